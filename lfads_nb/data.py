@@ -1,0 +1,216 @@
+"""The lfads_nb data model and its validation.
+
+A dataset is an ``xarray.Dataset`` with dims ``(trial, time, neuron)``:
+
+==================  ==========================  =============================================
+name                dims                        meaning
+==================  ==========================  =============================================
+``spikes``          (trial, time, neuron)       spike counts per bin (NaN = not observed)
+``trial``           (trial,)                    trial ids (coordinate)
+``time``            (time,)                     bin centres in seconds (coordinate)
+``neuron``          (neuron,)                   neuron ids or names (coordinate)
+``condition``       (trial,)                    condition label per trial (coordinate)
+``split``           (trial,)                    'train', 'valid' or 'test' (coordinate)
+``rates_true``      (trial, time, neuron)       optional ground-truth rates in Hz
+``latents_true``    (trial, time, latent)       optional ground-truth latent state
+``inputs_true``     (trial, time, input)        optional ground-truth inputs to the dynamics
+``behavior``        (trial, time, behavior_dim) optional behaviour (e.g. hand velocity)
+``ext_input``       (trial, time, ext_input)    optional external inputs fed to the generator
+==================  ==========================  =============================================
+
+and the attribute ``bin_width`` (seconds). ``validate`` checks all of this and raises
+:class:`DataError` with a message that names the problem and the fix.
+
+Each observed data kind has its own rules; they live in ``OBSERVED_KINDS`` so a new kind
+(EMG, calcium events) adds a checker without touching the rest.
+"""
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from .errors import DataError
+
+DIMS = ("trial", "time", "neuron")
+SPLITS = ("train", "valid", "test")
+
+# Optional per-trial time series, each with its own last dim.
+TRUTH_VARIABLES = {
+    "rates_true": "neuron",
+    "latents_true": "latent",
+    "inputs_true": "input",
+    "behavior": "behavior_dim",
+    "ext_input": "ext_input",
+}
+
+
+def _check_counts(values: np.ndarray, name: str) -> None:
+    """Spike counts: finite, non-negative integers; NaN marks a bin that was not observed."""
+    if values.dtype.kind in "iu":
+        if values.size and values.min() < 0:
+            raise DataError(f"'{name}' has negative counts (min {values.min()}); spike counts must be >= 0.")
+        return
+    if values.dtype.kind != "f":
+        raise DataError(
+            f"'{name}' has dtype {values.dtype}; spike counts must be integers "
+            "(or floats holding integers, with NaN for bins that were not observed)."
+        )
+    observed = values[~np.isnan(values)]
+    if np.isinf(observed).any():
+        raise DataError(
+            f"'{name}' contains infinite values; counts must be finite "
+            "(use NaN to mark bins that were not observed)."
+        )
+    if observed.size and observed.min() < 0:
+        raise DataError(f"'{name}' has negative counts (min {observed.min()}); spike counts must be >= 0.")
+    if not np.array_equal(observed, np.round(observed)):
+        raise DataError(
+            f"'{name}' holds non-integer values; spike counts must be whole numbers. "
+            "If these are rates, convert them to counts per bin (rate x bin_width) and sample, "
+            "or store them as 'rates_true'."
+        )
+
+
+OBSERVED_KINDS = {"spikes": _check_counts}
+
+
+def observed_variable(ds: xr.Dataset) -> str:
+    """The name of the observed variable in ``ds`` (e.g. ``'spikes'``)."""
+    present = [name for name in OBSERVED_KINDS if name in ds.data_vars]
+    if not present:
+        raise DataError(
+            f"The dataset has no observed variable; expected one of {sorted(OBSERVED_KINDS)} "
+            f"with dims {DIMS}. Found variables {sorted(ds.data_vars)}; rename yours with "
+            "ds.rename({'old': 'spikes'})."
+        )
+    return present[0]
+
+
+def validate(ds: xr.Dataset, *, require_train: bool = False) -> xr.Dataset:
+    """Check that ``ds`` follows the lfads_nb data model and return it unchanged.
+
+    ``require_train`` (used by training entry points) also refuses data without
+    training trials. Raises :class:`DataError` naming the problem and the fix.
+    """
+    if not isinstance(ds, xr.Dataset):
+        raise DataError(
+            f"Expected an xarray.Dataset, got {type(ds).__name__}. "
+            "Build one with data_generators or load one with lfads_nb.load(path)."
+        )
+    name = observed_variable(ds)
+    observed = ds[name]
+    if observed.dims != DIMS:
+        missing = [d for d in DIMS if d not in observed.dims]
+        hint = f" Missing dims {missing}." if missing else ""
+        raise DataError(
+            f"'{name}' has dims {observed.dims}; expected {DIMS}.{hint} "
+            f"Rename dims with ds.rename_dims(...) / ds.rename(...) or reorder with ds.transpose{DIMS}."
+        )
+    for dim in ("trial", "neuron"):
+        if ds.sizes[dim] == 0:
+            raise DataError(f"The dataset has zero {dim}s; it needs at least one {dim}.")
+    if ds.sizes["time"] == 0:
+        raise DataError("The dataset has zero time bins; it needs at least one.")
+    OBSERVED_KINDS[name](observed.values, name)
+
+    bin_width = ds.attrs.get("bin_width")
+    if bin_width is None:
+        raise DataError(
+            "The dataset has no 'bin_width' attribute; set it in seconds, "
+            "e.g. ds.attrs['bin_width'] = 0.01 for 10 ms bins."
+        )
+    if not np.isfinite(bin_width) or float(bin_width) <= 0:
+        raise DataError(f"bin_width must be a positive number of seconds, got {bin_width!r}.")
+
+    for coord in ("time", "split"):
+        if coord not in ds.coords:
+            raise DataError(
+                f"The dataset has no '{coord}' coordinate. "
+                + (
+                    "Add bin centres in seconds: ds.assign_coords(time=(np.arange(T) + 0.5) * bin_width)."
+                    if coord == "time"
+                    else "Add one label per trial: ds.assign_coords(split=('trial', labels)) "
+                    f"with labels from {SPLITS}."
+                )
+            )
+    if ds["split"].dims != ("trial",):
+        raise DataError(f"'split' must have dims ('trial',), got {ds['split'].dims}.")
+    labels = set(np.unique(ds["split"].values.astype(str)))
+    unknown = labels - set(SPLITS)
+    if unknown:
+        raise DataError(
+            f"Unknown split labels {sorted(unknown)}; every trial's split must be one of {SPLITS}."
+        )
+    if require_train and "train" not in labels:
+        raise DataError(
+            "The dataset has no training trials (split == 'train'); training needs some. "
+            "Relabel trials with ds.assign_coords(split=('trial', labels))."
+        )
+    if "condition" in ds.coords and ds["condition"].dims != ("trial",):
+        raise DataError(f"'condition' must have dims ('trial',), got {ds['condition'].dims}.")
+
+    for var, last_dim in TRUTH_VARIABLES.items():
+        if var not in ds.data_vars:
+            continue
+        da = ds[var]
+        expected = ("trial", "time", last_dim)
+        if da.dims != expected:
+            raise DataError(f"'{var}' has dims {da.dims}; expected {expected}.")
+        if da.shape[:2] != observed.shape[:2]:
+            raise DataError(
+                f"'{var}' has shape {da.shape} but '{name}' has {observed.shape}; "
+                "ground truth must cover the same trials and time bins as the data."
+            )
+        if var == "rates_true" and da.shape != observed.shape:
+            raise DataError(
+                f"'rates_true' has shape {da.shape} but '{name}' has {observed.shape}; "
+                "true rates need one value per (trial, time, neuron)."
+            )
+    return ds
+
+
+def split(ds: xr.Dataset, name: str) -> xr.Dataset:
+    """The trials of one split ('train', 'valid' or 'test')."""
+    if name not in SPLITS:
+        raise DataError(f"Unknown split {name!r}; use one of {SPLITS}.")
+    return ds.isel(trial=np.flatnonzero(ds["split"].values.astype(str) == name))
+
+
+def make_dataset(
+    spikes: np.ndarray,
+    bin_width: float,
+    *,
+    split_labels,
+    condition=None,
+    trial_ids=None,
+    neuron_ids=None,
+    **truth: np.ndarray,
+) -> xr.Dataset:
+    """Assemble a validated Dataset from numpy arrays.
+
+    ``spikes``: counts, shape (trial, time, neuron). ``bin_width``: seconds.
+    ``split_labels``: one of 'train'/'valid'/'test' per trial. ``truth``: optional
+    arrays named as in ``TRUTH_VARIABLES`` (``rates_true`` in Hz).
+    """
+    spikes = np.asarray(spikes)
+    if spikes.ndim != 3:
+        raise DataError(f"spikes must be 3-D (trial, time, neuron), got shape {spikes.shape}.")
+    n_trials, n_time, n_neurons = spikes.shape
+    coords = {
+        "trial": np.arange(n_trials) if trial_ids is None else np.asarray(trial_ids),
+        "time": (np.arange(n_time) + 0.5) * bin_width,
+        "neuron": np.arange(n_neurons) if neuron_ids is None else np.asarray(neuron_ids),
+        "split": ("trial", np.asarray(split_labels).astype(str)),
+    }
+    if condition is not None:
+        coords["condition"] = ("trial", np.asarray(condition))
+    data_vars = {"spikes": (DIMS, spikes)}
+    for var, values in truth.items():
+        if var not in TRUTH_VARIABLES:
+            raise DataError(f"Unknown ground-truth variable {var!r}; known: {sorted(TRUTH_VARIABLES)}.")
+        data_vars[var] = (("trial", "time", TRUTH_VARIABLES[var]), np.asarray(values))
+    ds = xr.Dataset(data_vars, coords=coords, attrs={"bin_width": float(bin_width)})
+    ds["time"].attrs["units"] = "s"
+    if "rates_true" in ds:
+        ds["rates_true"].attrs["units"] = "Hz"
+    return validate(ds)
