@@ -1,0 +1,31 @@
+# Two entry points (see README): `make tutorials` and `make test`.
+# Both create or reuse .venv, install torch first (a CPU build: pip must never resolve a bare
+# torch, which pulls several GB of CUDA packages), then this package with its extras.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH ?= torch==2.13.0
+BUILD := build/tutorials
+# One torch thread: on small 2-core machines two threads are often slower than one.
+export OMP_NUM_THREADS ?= 1
+
+.PHONY: setup tutorials lab test
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet "$(TORCH)"
+	$(BIN)/python -m pip install --quiet -e ".[notebooks,test]"
+	touch $@
+
+tutorials: setup
+	mkdir -p $(BUILD)
+	LFADS_NB_LIVE=0 $(BIN)/python -m lfads_nb.tutorials tutorials $(BUILD)
+
+lab: setup
+	$(BIN)/jupyter lab tutorials
+
+test: setup
+	$(BIN)/python -m pytest

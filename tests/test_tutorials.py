@@ -1,0 +1,85 @@
+"""Every tutorial runs under papermill with small CI parameters, stays stripped, and is a batch job.
+
+The executed copies land in ``test-artifacts/tutorials`` so a failing run can be read.
+Cells marked ``# NBVAL_CHECK_OUTPUT`` must reproduce their output when nbval (lax) re-runs the
+executed notebook: the outputs that should be stable (shapes, seeded statistics) really are.
+"""
+from __future__ import annotations
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from lfads_nb.tutorials import execute, tutorial_paths
+
+ROOT = Path(__file__).resolve().parents[1]
+TUTORIALS = tutorial_paths(ROOT / "tutorials")
+ARTIFACTS = ROOT / "test-artifacts" / "tutorials"
+
+# Small, CI-sized parameters per tutorial; the notebooks' own defaults are teaching-sized.
+CI_PARAMETERS = {
+    "01_synthetic_data.ipynb": {"n_conditions": 20, "trials_per_condition": 5},
+    "02_train_lfads.ipynb": {"n_conditions": 12, "trials_per_condition": 5, "max_epochs": 3,
+                             "gen_dim": 16, "ic_enc_dim": 16, "ic_dim": 8, "fac_dim": 6,
+                             "co_dim": 1, "ci_enc_dim": 8, "con_dim": 8,
+                             "n_posterior_samples": 2, "output_path": "rates_ci.nc"},
+}
+
+NBVAL_CHECKED = {"01_synthetic_data.ipynb"}
+
+
+def _cells(path):
+    return json.loads(Path(path).read_text())["cells"]
+
+
+def test_every_tutorial_has_ci_parameters():
+    names = [p.name for p in TUTORIALS]
+    assert names, "no tutorials found"
+    assert set(names) == set(CI_PARAMETERS), "add CI parameters for every tutorial (and only those)"
+
+
+@pytest.mark.parametrize("notebook", TUTORIALS, ids=lambda p: p.name)
+def test_committed_without_outputs(notebook):
+    nb = json.loads(notebook.read_text())
+    for cell in nb["cells"]:
+        if cell["cell_type"] == "code":
+            assert cell.get("outputs") == [], f"{notebook.name}: strip outputs before committing"
+            assert cell.get("execution_count") is None
+    assert "widgets" not in nb.get("metadata", {}), f"{notebook.name}: saved widget state"
+
+
+@pytest.mark.parametrize("notebook", TUTORIALS, ids=lambda p: p.name)
+def test_parameters_cell_is_annotated(notebook):
+    tagged = [c for c in _cells(notebook) if "parameters" in c.get("metadata", {}).get("tags", [])]
+    assert len(tagged) == 1, "exactly one cell tagged 'parameters'"
+    source = "".join(tagged[0]["source"])
+    tree = ast.parse(source)
+    assigned = [n for n in tree.body if isinstance(n, (ast.Assign, ast.AnnAssign))]
+    assert assigned and all(isinstance(n, ast.AnnAssign) for n in assigned), "type-annotate every parameter"
+    lines = [ln for ln in source.splitlines() if ":" in ln and "=" in ln and not ln.lstrip().startswith("#")]
+    assert all("#" in ln for ln in lines), "comment every parameter"
+    names = {n.target.id for n in assigned}
+    assert set(CI_PARAMETERS[notebook.name]) <= names, "CI parameters must be parameters of the notebook"
+
+
+@pytest.mark.parametrize("notebook", TUTORIALS, ids=lambda p: p.name)
+def test_runs_under_papermill(notebook, monkeypatch):
+    monkeypatch.setenv("LFADS_NB_LIVE", "0")
+    out_dir = ARTIFACTS
+    executed = execute(notebook, out_dir, CI_PARAMETERS[notebook.name])
+    nb = json.loads(executed.read_text())
+    errors = [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    assert not errors
+    assert "widgets" not in nb.get("metadata", {}), "papermill runs must not store widget state"
+    if notebook.name in NBVAL_CHECKED:
+        env = dict(os.environ, LFADS_NB_LIVE="0")
+        result = subprocess.run(
+            [sys.executable, "-m", "pytest", "--nbval-lax", "-q", "-p", "no:cacheprovider", str(executed)],
+            cwd=out_dir, capture_output=True, text=True, env=env,
+        )
+        assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
