@@ -1,0 +1,237 @@
+"""Observation models: how LFADS factors turn into the likelihood of the recorded data.
+
+Every observation model does two jobs:
+
+1. **Readout.** A linear map from the factors ``(B, T, fac_dim)`` to the distribution
+   parameters ``(B, T, N, n_params)`` of every (time, neuron) entry, followed by nothing
+   else: the raw readout is what the model outputs as ``obs_params``. Any squashing
+   (exp, sigmoid) happens inside ``nll`` and ``mean`` so one tensor describes the output.
+2. **Likelihood.** ``nll(params, target)`` is the negative log-likelihood in nats of each
+   entry, shape ``(B, T, N)``, unreduced: the caller averages it over the entries it keeps
+   (coordinated dropout, sample validation and NaN masks are the caller's business).
+   ``mean(params)`` is the expected value of each entry; ``penalty()`` is any extra loss on
+   the model's own parameters.
+
+Targets may hold NaN (bins that were not observed). ``nll`` computes on
+``target.nan_to_num(0)`` so a NaN target gives a finite value (and finite gradients) that
+the caller then masks out.
+
+==========================  ========  ====================================================
+model                       n_params  params per entry
+==========================  ========  ====================================================
+``Poisson`` (spike counts)  1         log expected count per bin
+``Gaussian``                2         mean, log variance
+``Gamma`` (EMG)             2         log alpha (shape), log beta (rate)
+``ZeroInflatedGamma``       3         logits of alpha / scale, beta / scale, and q
+==========================  ========  ====================================================
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor, nn
+
+from .errors import ConfigError
+
+
+class ObservationModel(nn.Module):
+    """Base class: a readout from factors plus a per-entry likelihood.
+
+    ``n_params`` parameters are produced per (time, neuron) entry. ``fac_dim`` is the width of
+    the factors read out; ``None`` builds the likelihood alone (no readout), which is enough
+    for ``nll``, ``mean`` and ``penalty`` on parameters computed elsewhere.
+    """
+
+    n_params: int
+
+    def __init__(self, n_neurons: int, fac_dim: int | None = None):
+        super().__init__()
+        if not isinstance(n_neurons, int) or isinstance(n_neurons, bool) or n_neurons < 1:
+            raise ConfigError(f"n_neurons must be a positive integer, got {n_neurons!r}.")
+        if fac_dim is not None and (not isinstance(fac_dim, int) or isinstance(fac_dim, bool) or fac_dim < 1):
+            raise ConfigError(f"fac_dim must be a positive integer or None, got {fac_dim!r}.")
+        self.n_neurons = n_neurons
+        self.readout = None
+        if fac_dim is not None:
+            # Fan-in initialisation (std 1/sqrt(fac_dim)), zero bias, as lfads-torch.
+            self.readout = nn.Linear(fac_dim, n_neurons * self.n_params)
+            nn.init.normal_(self.readout.weight, std=1.0 / math.sqrt(fac_dim))
+            nn.init.zeros_(self.readout.bias)
+
+    def forward(self, factors: Tensor) -> Tensor:
+        """Factors ``(..., fac_dim)`` -> raw distribution parameters ``(..., N, n_params)``."""
+        if self.readout is None:
+            raise ConfigError(
+                f"This {type(self).__name__} was built without a readout (fac_dim=None); "
+                "build it with make_observation(name, n_neurons, fac_dim=...) to map factors."
+            )
+        params = self.readout(factors)
+        return params.view(*params.shape[:-1], self.n_neurons, self.n_params)
+
+    def nll(self, params: Tensor, target: Tensor) -> Tensor:
+        """Per-entry negative log-likelihood in nats, shape of ``target`` ``(B, T, N)``."""
+        raise NotImplementedError
+
+    def mean(self, params: Tensor) -> Tensor:
+        """Expected value of each entry, ``(B, T, N)``."""
+        raise NotImplementedError
+
+    def penalty(self) -> Tensor:
+        """Extra loss on the observation model's own parameters (a scalar); 0 by default."""
+        ref = self.readout.weight if self.readout is not None else torch.zeros(())
+        return ref.new_zeros(())
+
+
+class Poisson(ObservationModel):
+    """Spike counts. ``params[..., 0]`` is the log expected count per bin, log(lambda).
+
+    nll = lambda - x log(lambda) + log(x!), the full log-pmf including the log(x!) term, so
+    values are comparable across models and convertible to bits per spike.
+    """
+
+    n_params = 1
+
+    def nll(self, params: Tensor, target: Tensor) -> Tensor:
+        log_rate = params[..., 0]
+        x = target.nan_to_num(0.0)
+        return torch.exp(log_rate) - x * log_rate + torch.lgamma(x + 1.0)
+
+    def mean(self, params: Tensor) -> Tensor:
+        return torch.exp(params[..., 0])
+
+
+class Gaussian(ObservationModel):
+    """Continuous signals. ``params[..., 0]`` is the mean, ``params[..., 1]`` the log variance.
+
+    nll = 0.5 (log(2 pi) + log var + (x - mean)^2 / var).
+    """
+
+    n_params = 2
+
+    def nll(self, params: Tensor, target: Tensor) -> Tensor:
+        mean, logvar = params[..., 0], params[..., 1]
+        x = target.nan_to_num(0.0)
+        return 0.5 * (math.log(2 * math.pi) + logvar + (x - mean) ** 2 * torch.exp(-logvar))
+
+    def mean(self, params: Tensor) -> Tensor:
+        return params[..., 0]
+
+
+class Gamma(ObservationModel):
+    """Non-negative continuous signals (rectified EMG envelopes).
+
+    ``params = (log alpha, log beta)``: alpha (shape) and beta (rate) are positive through exp,
+    as in lfads-torch; the mean is alpha / beta.
+
+    nll = -(alpha log beta - lgamma(alpha) + (alpha - 1) log x - beta x).
+
+    Zeros: the Gamma density at x = 0 is 0 or infinite, so targets are clamped from below at
+    ``eps`` (default 1e-4, in the data's units) before the log. Choose ``eps`` well below the
+    smallest meaningful signal value; it only changes the loss of entries below it.
+    """
+
+    n_params = 2
+
+    def __init__(self, n_neurons: int, fac_dim: int | None = None, eps: float = 1e-4):
+        super().__init__(n_neurons, fac_dim)
+        if not eps > 0:
+            raise ConfigError(f"Gamma eps must be > 0 (it replaces zeros in the target), got {eps!r}.")
+        self.eps = float(eps)
+
+    def nll(self, params: Tensor, target: Tensor) -> Tensor:
+        log_alpha, log_beta = params[..., 0], params[..., 1]
+        alpha, beta = torch.exp(log_alpha), torch.exp(log_beta)
+        x = target.nan_to_num(0.0).clamp_min(self.eps)
+        return -(alpha * log_beta - torch.lgamma(alpha) + (alpha - 1.0) * torch.log(x) - beta * x)
+
+    def mean(self, params: Tensor) -> Tensor:
+        return torch.exp(params[..., 0] - params[..., 1])
+
+
+class ZeroInflatedGamma(ObservationModel):
+    """Deconvolved calcium events: mostly exact zeros, otherwise an event of size >= s_min.
+
+    ``params = (a, b, c)`` per entry, with a per-neuron learnable ``scale`` of shape (2, N)
+    (initialised to ``scale_init`` = 20):
+
+    - alpha = max(sigmoid(a), 1e-5) * scale[0], beta = max(sigmoid(b), 1e-5) * scale[1]
+      (the floor keeps lgamma(alpha) finite when a sigmoid underflows),
+    - q = sigmoid(c), the probability of an event.
+
+    p(x = 0) = 1 - q;  for x > 0:  p(x) = q * Gamma(x - s_min; alpha, beta).
+
+    So nll(0) = -log(1 - q) and nll(x) = -log q - log Gamma(x - s_min; alpha, beta), with
+    log q and log(1 - q) computed as logsigmoid(c) and logsigmoid(-c) (exact, never log 0).
+    Events must be 0 or at least ``s_min``; a positive value below ``s_min`` is treated as an
+    event of size s_min + ``eps`` (x - s_min is clamped at eps, default 1e-4).
+    mean = q (alpha / beta + s_min).  penalty = 0.5 * scale_penalty * sum((scale - scale_init)^2),
+    the L2 pull of the scales back to their initial value (weight 1e-4).
+    """
+
+    n_params = 3
+
+    def __init__(
+        self,
+        n_neurons: int,
+        fac_dim: int | None = None,
+        s_min: float = 0.1,
+        scale_init: float = 20.0,
+        scale_penalty: float = 1e-4,
+        eps: float = 1e-4,
+    ):
+        super().__init__(n_neurons, fac_dim)
+        if not s_min >= 0:
+            raise ConfigError(f"ZIG s_min (smallest event size) must be >= 0, got {s_min!r}.")
+        if not scale_init > 0:
+            raise ConfigError(f"ZIG scale_init must be > 0, got {scale_init!r}.")
+        if not scale_penalty >= 0:
+            raise ConfigError(f"ZIG scale_penalty must be >= 0, got {scale_penalty!r}.")
+        if not eps > 0:
+            raise ConfigError(f"ZIG eps must be > 0, got {eps!r}.")
+        self.s_min, self.scale_init = float(s_min), float(scale_init)
+        self.scale_penalty, self.eps = float(scale_penalty), float(eps)
+        self.scale = nn.Parameter(torch.full((2, n_neurons), self.scale_init))
+
+    def _alpha_beta(self, params: Tensor) -> tuple[Tensor, Tensor]:
+        sig = torch.sigmoid(params[..., :2]).clamp_min(1e-5)
+        return sig[..., 0] * self.scale[0], sig[..., 1] * self.scale[1]
+
+    def nll(self, params: Tensor, target: Tensor) -> Tensor:
+        alpha, beta = self._alpha_beta(params)
+        logit_q = params[..., 2]
+        x = target.nan_to_num(0.0)
+        y = (x - self.s_min).clamp_min(self.eps)
+        gamma_logpdf = alpha * torch.log(beta) - torch.lgamma(alpha) + (alpha - 1.0) * torch.log(y) - beta * y
+        nll_event = -nn.functional.logsigmoid(logit_q) - gamma_logpdf
+        nll_zero = -nn.functional.logsigmoid(-logit_q)
+        return torch.where(x > 0, nll_event, nll_zero)
+
+    def mean(self, params: Tensor) -> Tensor:
+        alpha, beta = self._alpha_beta(params)
+        return torch.sigmoid(params[..., 2]) * (alpha / beta + self.s_min)
+
+    def penalty(self) -> Tensor:
+        return 0.5 * self.scale_penalty * ((self.scale - self.scale_init) ** 2).sum()
+
+
+OBSERVATIONS = {
+    "poisson": Poisson,
+    "gaussian": Gaussian,
+    "gamma": Gamma,
+    "zig": ZeroInflatedGamma,
+}
+
+
+def make_observation(name: str, n_neurons: int, fac_dim: int | None = None) -> ObservationModel:
+    """Build the observation model called ``name`` for ``n_neurons`` channels.
+
+    ``fac_dim`` is the width of the factors it reads out (LFADS passes its ``fac_dim``);
+    ``None`` builds the likelihood alone. Unknown names raise :class:`ConfigError`.
+    """
+    if name not in OBSERVATIONS:
+        raise ConfigError(
+            f"Unknown observation model {name!r}; choose one of {sorted(OBSERVATIONS)} "
+            "('poisson' for spike counts, 'gamma' for EMG, 'zig' for calcium events)."
+        )
+    return OBSERVATIONS[name](n_neurons, fac_dim)
