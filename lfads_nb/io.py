@@ -1,0 +1,457 @@
+"""Saving and loading datasets: lfads_nb netCDF files and the LFADS HDF5 layout.
+
+``save(ds, path)`` writes a validated Dataset to netCDF-4 (engine ``h5netcdf``) and
+``load(path)`` reads it back identical. Writes are atomic: the data goes to a hidden
+temporary file ``.<name>.<random>.tmp`` in the target folder, which replaces ``path`` only
+once it is complete, so an interrupted write never leaves half a file and never destroys an
+existing one (a killed process may leave the hidden temporary file behind). Parent folders
+are not created: a missing folder raises :class:`DataError`, so a typo in a path cannot
+scatter new folders around. What netCDF changes on the way: string variables come back as
+numpy unicode arrays (``<U``) whatever their dtype was, list attributes come back as numpy
+arrays, and attributes must be strings, numbers or arrays of them (no bools, dicts or None).
+
+``load`` also reads the HDF5 layout of the original LFADS and lfads-torch (one array per key,
+trials x time x neurons)::
+
+    {train,valid,test}_encod_data   counts the encoders see
+    {train,valid,test}_recon_data   counts the model reconstructs (encod neurons first)
+    {train,valid,test}_data         older single-array form: encod = recon = this
+    {train,valid,test}_truth        optional true rates; truth / conversion_factor = counts per bin
+    {train,valid,test}_inds         optional trial ids (integers)
+    {train,valid,test}_ext_input    optional external inputs (trials x time x inputs)
+    conversion_factor               dataset or file attribute; absent means 1
+
+The layout has no bin width, so ``load(path, bin_width=...)`` takes it in seconds; files
+written by :func:`export_lfads_h5` carry it as the file attribute ``bin_width``. With
+``bin_width=None`` the stored value is used, else 0.01 s (with a warning); an explicit value
+that contradicts a stored one raises :class:`DataError` (this also holds for netCDF files).
+Trials are concatenated train, valid, test; with ``*_inds`` these are the trial ids and
+trials are sorted by id (which restores the original order when ids are trial positions),
+without them trials are numbered 0..n-1 in that concatenated order. Neurons are numbered
+0..N-1 and time holds bin centres ``(t + 0.5) * bin_width``. ``rates_true`` is stored in Hz:
+truth / conversion_factor / bin_width.
+
+Held-out neurons: when ``*_encod_data`` has fewer neurons than ``*_recon_data``, the extra
+(last) recon neurons are held out (seen only by the reconstruction, as in NLB co-smoothing).
+``spikes`` keeps all recon neurons, and the boolean neuron coordinate ``heldout`` marks them
+(True = held out). It exists only when some neuron is held out.
+
+``export_lfads_h5(ds, path)`` writes that layout (``*_encod_data`` / ``*_recon_data``) so the
+same data runs in lfads-torch: neurons with ``heldout`` True go only into recon data, after
+the observed ones (so recon neurons are reordered observed-first when they were
+interleaved); ``*_inds`` are the trial ids, which must be integers; ``*_truth`` holds
+``rates_true`` in Hz with ``conversion_factor = 1 / bin_width`` (so truth / conversion_factor
+is counts per bin, as lfads-torch expects); ``*_ext_input`` holds ``ext_input``. lfads-torch
+needs train and valid trials and cannot take NaN, so both raise :class:`DataError`; a test
+split without trials is omitted. Condition labels, neuron ids, time offsets and the other
+ground-truth variables have no place in the layout and are not written.
+"""
+from __future__ import annotations
+
+import numbers
+import os
+import uuid
+import warnings
+from pathlib import Path
+
+import h5py
+import numpy as np
+import xarray as xr
+
+from .data import OBSERVED_KINDS, SPLITS, make_dataset, observed_variable, validate
+from .errors import DataError
+
+DEFAULT_BIN_WIDTH = 0.01  # seconds, assumed for LFADS files that store none
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+OPTIONAL_LFADS_KEYS = ("truth", "inds", "ext_input")
+
+
+# ----------------------------------------------------------------------------- atomic writes
+
+def _atomic_write(path, write) -> Path:
+    """Call ``write(tmp)`` on a temporary file next to ``path``, then move it onto ``path``."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise DataError(f"{path} is a folder; give a file path such as {path / 'data.nc'}.")
+    if not path.parent.is_dir():
+        raise DataError(
+            f"The folder {path.parent} does not exist; create it first with "
+            f"Path({str(path.parent)!r}).mkdir(parents=True)."
+        )
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())  # the bytes reach the disk before the rename makes them visible
+        os.replace(tmp, path)
+    except BaseException as error:
+        tmp.unlink(missing_ok=True)
+        if isinstance(error, OSError):
+            raise DataError(
+                f"Could not write {path}: {error}. Check that the folder is writable and has free space."
+            ) from error
+        raise
+    return path
+
+
+# ----------------------------------------------------------------------------- netCDF
+
+def _check_serializable(ds: xr.Dataset) -> None:
+    """Refuse what netCDF cannot store, naming the variable or attribute, before writing."""
+    owners = [("the dataset", ds.attrs)] + [(f"variable '{n}'", v.attrs) for n, v in ds.variables.items()]
+    for owner, attrs in owners:
+        for key, value in attrs.items():
+            if isinstance(value, (bool, np.bool_)) or not isinstance(
+                value, (str, bytes, numbers.Number, np.ndarray, list, tuple)
+            ):
+                raise DataError(
+                    f"Attribute {key!r} of {owner} is {value!r} ({type(value).__name__}); netCDF "
+                    "attributes must be strings, numbers or lists of them. Store bools as 0/1 and "
+                    "dicts as JSON strings (json.dumps)."
+                )
+    for name, var in ds.variables.items():
+        if var.dtype == object and not all(isinstance(v, str) for v in var.values.ravel()):
+            raise DataError(
+                f"Variable '{name}' is an object array holding non-strings (e.g. None or mixed "
+                f"types); netCDF stores strings or numbers. Convert it, e.g. "
+                f"ds['{name}'] = ds['{name}'].astype(str)."
+            )
+
+
+def save(ds: xr.Dataset, path) -> Path:
+    """Validate ``ds`` and write it atomically to netCDF-4 at ``path`` (``.nc`` by convention).
+
+    Returns the path written. The folder must exist. Raises :class:`DataError` for invalid
+    data, values netCDF cannot store, or a path that cannot be written.
+    """
+    validate(ds)
+    _check_serializable(ds)
+
+    def write(tmp: Path) -> None:
+        try:
+            ds.to_netcdf(tmp, engine="h5netcdf")
+        except DataError:
+            raise
+        except (TypeError, ValueError) as error:
+            raise DataError(f"netCDF cannot store this dataset: {error}") from error
+
+    return _atomic_write(path, write)
+
+
+def _read_netcdf(path: Path) -> xr.Dataset:
+    try:
+        with xr.open_dataset(path, engine="h5netcdf") as opened:
+            ds = opened.load().drop_encoding()
+    except (OSError, ValueError, KeyError) as error:
+        raise DataError(
+            f"{path} looks like netCDF but cannot be read ({error}); it may be corrupt."
+        ) from error
+    # Older xarray versions decode netCDF strings as object arrays; make them numpy unicode.
+    strings = {name: ds[name].astype(str) for name in ds.variables if ds[name].dtype == object}
+    return ds.assign_coords({n: v for n, v in strings.items() if n in ds.coords}).assign(
+        {n: v for n, v in strings.items() if n in ds.data_vars}
+    )
+
+
+# ----------------------------------------------------------------------------- LFADS HDF5 (read)
+
+def _read_array(f: h5py.File, key: str, path: Path) -> np.ndarray:
+    if not isinstance(f[key], h5py.Dataset):
+        raise DataError(f"'{key}' in {path} is an HDF5 group; LFADS files hold arrays under that key.")
+    try:
+        return f[key][()]
+    except (OSError, KeyError, ValueError) as error:
+        raise DataError(
+            f"Cannot read '{key}' from {path} ({error}); the file is corrupt or truncated."
+        ) from error
+
+
+def _read_split(f: h5py.File, split: str, path: Path) -> dict | None:
+    """The arrays of one split, checked against each other, or None if the file has none."""
+    encod_key, recon_key = f"{split}_encod_data", f"{split}_recon_data"
+    if encod_key in f or recon_key in f:
+        for key, other in ((encod_key, recon_key), (recon_key, encod_key)):
+            if other not in f:
+                raise DataError(
+                    f"{path} has '{key}' but no '{other}'; LFADS files need both "
+                    "(write the same array twice when no neurons are held out)."
+                )
+        arrays = {"encod": _read_array(f, encod_key, path), "recon": _read_array(f, recon_key, path)}
+    elif f"{split}_data" in f:
+        arrays = {"encod": _read_array(f, f"{split}_data", path)}
+        arrays["recon"] = arrays["encod"]
+    else:
+        return None
+    for name in OPTIONAL_LFADS_KEYS:
+        if f"{split}_{name}" in f:
+            arrays[name] = _read_array(f, f"{split}_{name}", path)
+
+    encod, recon = arrays["encod"], arrays["recon"]
+    for key, array in ((encod_key, encod), (recon_key, recon)):
+        if array.ndim != 3:
+            raise DataError(f"'{key}' in {path} has shape {array.shape}; expected (trial, time, neuron).")
+    if recon.shape[0] == 0:
+        raise DataError(f"The {split} split in {path} has zero trials; delete its keys or add trials.")
+    if encod.shape[:2] != recon.shape[:2]:
+        raise DataError(
+            f"'{encod_key}' has shape {encod.shape} but '{recon_key}' has {recon.shape}; "
+            "they need the same trials and time bins."
+        )
+    n_encod = encod.shape[2]
+    if n_encod == 0 or n_encod > recon.shape[2]:
+        raise DataError(
+            f"'{encod_key}' has {n_encod} neurons and '{recon_key}' {recon.shape[2]}; encod data "
+            "needs between 1 and all of the recon neurons (the extra recon neurons are held out)."
+        )
+    if not np.array_equal(encod, recon[..., :n_encod], equal_nan=encod.dtype.kind == "f"):
+        raise DataError(
+            f"'{encod_key}' differs from the first {n_encod} neurons of '{recon_key}'; lfads_nb reads "
+            "held-out neurons as the last recon neurons, so recon data must start with the encod data."
+        )
+    if "truth" in arrays and arrays["truth"].shape != recon.shape:
+        raise DataError(
+            f"'{split}_truth' has shape {arrays['truth'].shape} but '{recon_key}' has {recon.shape}; "
+            "truth needs one rate per recon (trial, time, neuron)."
+        )
+    if "inds" in arrays:
+        inds = arrays["inds"]
+        if inds.shape != (recon.shape[0],) or inds.dtype.kind not in "iu":
+            raise DataError(
+                f"'{split}_inds' has shape {inds.shape} and dtype {inds.dtype}; it needs one integer "
+                f"trial id per {split} trial, i.e. shape ({recon.shape[0]},)."
+            )
+    if "ext_input" in arrays:
+        ext = arrays["ext_input"]
+        if ext.ndim != 3 or ext.shape[:2] != recon.shape[:2]:
+            raise DataError(
+                f"'{split}_ext_input' has shape {ext.shape}; expected ({recon.shape[0]}, "
+                f"{recon.shape[1]}, n_inputs) to match '{recon_key}'."
+            )
+    return arrays
+
+
+def _conversion_factor(f: h5py.File, path: Path) -> float:
+    if "conversion_factor" in f:
+        value = _read_array(f, "conversion_factor", path)
+    else:
+        value = f.attrs.get("conversion_factor", 1.0)
+    value = np.asarray(value)
+    if value.size != 1 or value.dtype.kind not in "iuf" or not np.isfinite(value) or value.item() <= 0:
+        raise DataError(
+            f"conversion_factor in {path} is {value!r}; it must be one positive number "
+            "(truth / conversion_factor = expected counts per bin)."
+        )
+    return float(value.item())
+
+
+def _bin_width(stored, given, path: Path) -> float:
+    """The bin width in seconds: the stored one (``given`` must agree), else ``given``, else the default."""
+    for value, origin in ((given, "bin_width"), (stored, f"The bin_width stored in {path}")):
+        if value is None:
+            continue
+        if (
+            isinstance(value, (bool, np.bool_))
+            or not isinstance(value, numbers.Real)
+            or not np.isfinite(value)
+            or value <= 0
+        ):
+            raise DataError(f"{origin} is {value!r}; it must be a positive number of seconds, e.g. 0.01.")
+    if given is not None and stored is not None and not np.isclose(given, stored, rtol=1e-9, atol=0):
+        raise DataError(
+            f"{path} stores bin_width={stored} s but bin_width={given} was passed; "
+            "omit bin_width to use the stored value (re-binning needs new counts, not a new label)."
+        )
+    if stored is not None:
+        return float(stored)
+    if given is not None:
+        return float(given)
+    warnings.warn(
+        f"{path} stores no bin width; assuming {DEFAULT_BIN_WIDTH} s bins. "
+        "Pass load(path, bin_width=...) with the real bin width in seconds.",
+        stacklevel=4,  # point at the caller of load()
+    )
+    return DEFAULT_BIN_WIDTH
+
+
+def _read_lfads(f: h5py.File, path: Path, bin_width) -> xr.Dataset:
+    splits = {s: arrays for s in SPLITS if (arrays := _read_split(f, s, path)) is not None}
+
+    first_name, first = next(iter(splits.items()))
+    for name, arrays in splits.items():
+        for what, key, axis in (
+            ("time bins", "recon", 1), ("recon neurons", "recon", 2), ("encod neurons", "encod", 2)
+        ):
+            if arrays[key].shape[axis] != first[key].shape[axis]:
+                raise DataError(
+                    f"The {name} split in {path} has {arrays[key].shape[axis]} {what} but the "
+                    f"{first_name} split has {first[key].shape[axis]}; all splits need the same."
+                )
+        for key in OPTIONAL_LFADS_KEYS:
+            if (key in arrays) != (key in first):
+                having = [s for s in splits if key in splits[s]]
+                raise DataError(
+                    f"Only the {having} splits in {path} have '*_{key}'; give every split "
+                    f"('{name}_{key}' and '{first_name}_{key}') or none."
+                )
+        if "ext_input" in arrays and arrays["ext_input"].shape[2] != first["ext_input"].shape[2]:
+            raise DataError(
+                f"'{name}_ext_input' has {arrays['ext_input'].shape[2]} inputs but "
+                f"'{first_name}_ext_input' has {first['ext_input'].shape[2]}; all splits need the same."
+            )
+
+    width = _bin_width(f.attrs.get("bin_width"), bin_width, path)
+    spikes = np.concatenate([a["recon"] for a in splits.values()])
+    labels = np.concatenate([[s] * len(a["recon"]) for s, a in splits.items()])
+    truth = {}
+    if "truth" in first:
+        true_counts = np.concatenate([a["truth"] for a in splits.values()])
+        dtype = true_counts.dtype if true_counts.dtype.kind == "f" else np.float64
+        hz_per_unit = 1.0 / (_conversion_factor(f, path) * width)
+        # Truth already in Hz (conversion_factor = 1 / bin_width, as export writes it) stays bit-exact.
+        if not np.isclose(hz_per_unit, 1.0, rtol=1e-12, atol=0):
+            true_counts = true_counts * hz_per_unit
+        truth["rates_true"] = true_counts.astype(dtype)
+    if "ext_input" in first:
+        truth["ext_input"] = np.concatenate([a["ext_input"] for a in splits.values()])
+    if "inds" in first:
+        ids = np.concatenate([a["inds"] for a in splits.values()])
+        if len(np.unique(ids)) != len(ids):
+            raise DataError(f"The '*_inds' in {path} repeat trial ids; every trial needs its own id.")
+        order = np.argsort(ids, kind="stable")
+    else:
+        ids = np.arange(len(spikes))
+        order = ids
+    ds = make_dataset(
+        spikes[order],
+        width,
+        split_labels=labels[order],
+        trial_ids=ids[order],
+        **{name: values[order] for name, values in truth.items()},
+    )
+    n_encod = first["encod"].shape[2]
+    if n_encod < spikes.shape[2]:
+        ds = ds.assign_coords(heldout=("neuron", np.arange(spikes.shape[2]) >= n_encod))
+    return ds
+
+
+# ----------------------------------------------------------------------------- load
+
+def _is_hdf5(path: Path) -> bool:
+    with open(path, "rb") as f:
+        if f.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE:
+            return True
+    return bool(h5py.is_hdf5(path))  # finds files whose HDF5 data starts after a user block
+
+
+def load(path, bin_width: float | None = None) -> xr.Dataset:
+    """Read a dataset from an lfads_nb netCDF file or an LFADS / lfads-torch HDF5 file.
+
+    The format is detected from the content, not the extension. ``bin_width`` (seconds) is
+    for LFADS files, which may not store one: None means the stored value, else 0.01 s. The
+    result is validated and held in memory (the file is closed). Raises :class:`DataError`
+    for a missing, corrupt or inconsistent file.
+    """
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise DataError(f"No file at {path} (working folder {Path.cwd()}); check the path.")
+    if path.is_dir():
+        raise DataError(f"{path} is a folder; give the path of a .nc or .h5 file inside it.")
+    try:
+        is_hdf5 = _is_hdf5(path)
+    except OSError as error:
+        raise DataError(f"Cannot read {path} ({error}); check its permissions.") from error
+    if not is_hdf5:
+        raise DataError(
+            f"{path} is neither an lfads_nb netCDF-4 file nor an LFADS HDF5 file (it is not HDF5). "
+            "If it is netCDF-3, convert it: xr.open_dataset(path).to_netcdf(new_path, engine='h5netcdf')."
+        )
+    try:
+        with h5py.File(path, "r") as f:
+            keys = sorted(f.keys())
+            if any(f"{s}_{kind}" in f for s in SPLITS for kind in ("encod_data", "recon_data", "data")):
+                ds = _read_lfads(f, path, bin_width)
+            elif not any(name in f for name in OBSERVED_KINDS):
+                raise DataError(
+                    f"{path} is neither an lfads_nb netCDF file (no {sorted(OBSERVED_KINDS)} variable) "
+                    "nor an LFADS HDF5 file (it needs train_encod_data and train_recon_data, or the "
+                    f"same for valid/test); found keys {keys}."
+                )
+            else:
+                ds = None
+    except OSError as error:
+        raise DataError(f"Cannot open {path} ({error}); the file is corrupt or truncated.") from error
+    if ds is None:
+        ds = _read_netcdf(path)
+        if "bin_width" in ds.attrs or bin_width is not None:  # else validate names the missing attribute
+            ds.attrs["bin_width"] = _bin_width(ds.attrs.get("bin_width"), bin_width, path)
+    try:
+        return validate(ds)
+    except DataError as error:
+        raise DataError(f"{path}: {error}") from error
+
+
+# ----------------------------------------------------------------------------- LFADS HDF5 (write)
+
+def export_lfads_h5(ds: xr.Dataset, path) -> Path:
+    """Write ``ds`` atomically in the LFADS HDF5 layout that lfads-torch reads; returns the path.
+
+    Needs train and valid trials, integer trial ids and no NaN. See the module docstring
+    for how held-out neurons, truth and the bin width are written.
+    """
+    validate(ds, require_train=True)
+    name = observed_variable(ds)
+    counts = ds[name].values
+    if counts.dtype.kind == "f" and np.isnan(counts).any():
+        raise DataError(
+            f"'{name}' has {int(np.isnan(counts).sum())} unobserved (NaN) bins, which lfads-torch "
+            "cannot take. Drop the trials that have them, e.g. "
+            f"ds.isel(trial=~ds['{name}'].isnull().any(['time', 'neuron']).values), "
+            f"or fill them if zero counts are right: ds['{name}'] = ds['{name}'].fillna(0)."
+        )
+    ids = ds["trial"].values
+    if ids.dtype.kind not in "iu":
+        raise DataError(
+            f"Trial ids have dtype {ids.dtype}; the LFADS layout stores integer ids ('*_inds'). "
+            "Number them first: ds = ds.assign_coords(trial=np.arange(ds.sizes['trial']))."
+        )
+    labels = ds["split"].values.astype(str)
+    if not (labels == "valid").any():
+        raise DataError(
+            "The dataset has no validation trials (split == 'valid'); lfads-torch needs some. "
+            "Relabel trials with ds.assign_coords(split=('trial', labels))."
+        )
+    heldout = np.zeros(ds.sizes["neuron"], bool)
+    if "heldout" in ds.coords:
+        if ds["heldout"].dims != ("neuron",) or ds["heldout"].dtype != bool:
+            raise DataError(
+                f"'heldout' has dims {ds['heldout'].dims} and dtype {ds['heldout'].dtype}; it must be "
+                "a bool per neuron: ds.assign_coords(heldout=('neuron', mask))."
+            )
+        heldout = ds["heldout"].values
+        if heldout.all():
+            raise DataError("Every neuron is marked heldout; the encoders need at least one observed neuron.")
+    neuron_order = np.argsort(heldout, kind="stable")  # observed neurons first, as the layout needs
+    n_encod = int((~heldout).sum())
+    bin_width = float(ds.attrs["bin_width"])
+
+    def write(tmp: Path) -> None:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["bin_width"] = bin_width
+            for split in SPLITS:
+                trials = np.flatnonzero(labels == split)
+                if len(trials) == 0:
+                    continue
+                recon = counts[trials][..., neuron_order]
+                f.create_dataset(f"{split}_encod_data", data=recon[..., :n_encod])
+                f.create_dataset(f"{split}_recon_data", data=recon)
+                f.create_dataset(f"{split}_inds", data=ids[trials].astype(np.int64))
+                if "rates_true" in ds.data_vars:
+                    truth = ds["rates_true"].values[trials][..., neuron_order]
+                    f.create_dataset(f"{split}_truth", data=truth)
+                if "ext_input" in ds.variables:
+                    ext_input = ds["ext_input"].transpose("trial", "time", ...).values[trials]
+                    f.create_dataset(f"{split}_ext_input", data=ext_input)
+            if "rates_true" in ds.data_vars:
+                f.create_dataset("conversion_factor", data=1.0 / bin_width)
+
+    return _atomic_write(path, write)

@@ -1,0 +1,198 @@
+"""lfads_nb.validate: a well-formed dataset passes unchanged; every bad input raises DataError
+whose message names the problem and the fix (asserted through a key phrase)."""
+import numpy as np
+import pytest
+import xarray as xr
+
+from lfads_nb import DataError, make_dataset, validate
+
+SPLIT_LABELS = ["train", "train", "valid", "test"]
+
+
+def good(spikes=None, **truth) -> xr.Dataset:
+    """4 trials x 5 bins x 3 neurons of 10 ms Poisson counts, built inline (no generators);
+    ``spikes`` replaces the counts afterwards, unchecked, so bad counts reach ``validate``."""
+    counts = np.random.default_rng(0).poisson(2.0, size=(4, 5, 3))
+    ds = make_dataset(counts, 0.01, split_labels=SPLIT_LABELS, condition=["a", "b", "a", "b"], **truth)
+    if spikes is not None:
+        ds["spikes"] = (("trial", "time", "neuron"), spikes)
+    return ds
+
+
+def raises(ds, phrase: str, **kwargs) -> str:
+    with pytest.raises(DataError, match=phrase) as info:
+        validate(ds, **kwargs)
+    return str(info.value)
+
+
+def test_a_good_dataset_passes_and_is_returned_unchanged():
+    ds = good(rates_true=np.full((4, 5, 3), 20.0), latents_true=np.zeros((4, 5, 2)))
+    assert validate(ds, require_train=True) is ds
+
+
+def test_nan_marks_unobserved_bins_and_passes():
+    spikes = np.random.default_rng(1).poisson(2.0, size=(4, 5, 3)).astype(float)
+    spikes[0, 1, 2] = np.nan
+    spikes[3] = np.nan
+    assert validate(good(spikes)) is not None
+
+
+def test_data_error_is_a_value_error():
+    assert issubclass(DataError, ValueError)
+
+
+@pytest.mark.parametrize("thing", [np.zeros((4, 5, 3)), {"spikes": np.zeros((4, 5, 3))}, None])
+def test_not_a_dataset(thing):
+    raises(thing, "Expected an xarray.Dataset, got")
+
+
+def test_a_data_array_is_not_a_dataset():
+    raises(good()["spikes"], "got DataArray.*lfads_nb.load")
+
+
+def test_no_observed_variable_suggests_renaming():
+    ds = good().rename({"spikes": "counts"})
+    message = raises(ds, "no observed variable")
+    assert "ds.rename({'old': 'spikes'})" in message and "counts" in message
+
+
+def test_misnamed_dim_names_the_missing_dim_and_the_rename():
+    ds = good().rename({"neuron": "unit"})
+    message = raises(ds, r"Missing dims \['neuron'\]")
+    assert "rename" in message
+
+
+def test_missing_dim():
+    ds = good().isel(neuron=0)  # spikes now (trial, time)
+    raises(ds, r"Missing dims \['neuron'\]")
+
+
+def test_wrong_dim_order_suggests_transpose():
+    ds = good().transpose("time", "trial", "neuron")
+    message = raises(ds, r"expected \('trial', 'time', 'neuron'\)")
+    assert "ds.transpose" in message
+
+
+@pytest.mark.parametrize("dtype", [int, float])
+def test_negative_counts(dtype):
+    spikes = np.ones((4, 5, 3), dtype)
+    spikes[1, 2, 0] = -1
+    raises(good(spikes), "negative counts.*must be >= 0")
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf])
+def test_infinite_counts(bad):
+    spikes = np.ones((4, 5, 3))
+    spikes[0, 0, 0] = bad
+    raises(good(spikes), "infinite values.*use NaN")
+
+
+def test_non_integer_counts_point_to_rates_true():
+    spikes = np.ones((4, 5, 3))
+    spikes[2, 3, 1] = 0.5
+    message = raises(good(spikes), "non-integer values")
+    assert "rates_true" in message and "rate x bin_width" in message
+
+
+@pytest.mark.parametrize("values", [np.full((4, 5, 3), "1"), np.ones((4, 5, 3), bool)])
+def test_non_numeric_counts(values):
+    ds = good()
+    ds["spikes"] = (("trial", "time", "neuron"), values)
+    raises(ds, "spike counts must be integers")
+
+
+def test_truth_with_a_different_neuron_count_than_the_data():
+    # Truth of another shape cannot share the 'neuron' dim, so it arrives under another dim name.
+    ds = good().assign(rates_true=(("trial", "time", "unit"), np.ones((4, 5, 7))))
+    raises(ds, r"'rates_true' has dims \('trial', 'time', 'unit'\); expected \('trial', 'time', 'neuron'\)")
+
+
+def test_truth_in_the_wrong_dim_order():
+    ds = good().assign(rates_true=(("trial", "neuron", "time"), np.ones((4, 3, 5))))
+    raises(ds, "'rates_true' has dims")
+
+
+def test_latents_with_wrong_dims():
+    ds = good().assign(latents_true=(("trial", "latent", "time"), np.ones((4, 2, 5))))
+    raises(ds, r"'latents_true' has dims.*expected \('trial', 'time', 'latent'\)")
+
+
+def test_zero_trials():
+    raises(good().isel(trial=[]), "zero trials")
+
+
+def test_zero_neurons():
+    raises(good().isel(neuron=[]), "zero neurons")
+
+
+def test_zero_time_bins():
+    raises(good().isel(time=[]), "zero time bins")
+
+
+def test_unknown_split_labels():
+    ds = good().assign_coords(split=("trial", ["train", "training", "valid", "val"]))
+    message = raises(ds, "Unknown split labels")
+    assert "training" in message and "val'" in message and "'train', 'valid', 'test'" in message
+
+
+def test_no_training_trials_only_when_required():
+    ds = good().assign_coords(split=("trial", ["valid", "valid", "test", "test"]))
+    assert validate(ds) is ds
+    raises(ds, "no training trials.*assign_coords", require_train=True)
+
+
+def test_missing_bin_width():
+    ds = good()
+    del ds.attrs["bin_width"]
+    raises(ds, r"no 'bin_width' attribute.*ds.attrs\['bin_width'\] = 0.01")
+
+
+@pytest.mark.parametrize("bin_width", [0.0, -0.01, np.nan, np.inf])
+def test_bin_width_must_be_a_positive_number(bin_width):
+    ds = good()
+    ds.attrs["bin_width"] = bin_width
+    raises(ds, "bin_width must be a positive number of seconds")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=(TypeError, ValueError),
+    reason="data.py bug: np.isfinite/float on a non-number bin_width raises a bare TypeError/ValueError",
+)
+@pytest.mark.parametrize("bin_width", ["0.01", [0.01], np.array([0.01, 0.02])])
+def test_bin_width_that_is_not_a_number(bin_width):
+    ds = good()
+    ds.attrs["bin_width"] = bin_width
+    raises(ds, "bin_width must be a positive number of seconds")
+
+
+def test_missing_time_coordinate():
+    ds = good().drop_vars("time")
+    raises(ds, r"no 'time' coordinate.*assign_coords\(time=")
+
+
+def test_missing_split_coordinate():
+    ds = good().drop_vars("split")
+    raises(ds, r"no 'split' coordinate.*assign_coords\(split=")
+
+
+def test_split_on_the_wrong_dim():
+    ds = good().drop_vars("split").assign_coords(split=("neuron", ["train", "valid", "test"]))
+    raises(ds, r"'split' must have dims \('trial',\)")
+
+
+def test_condition_on_the_wrong_dim():
+    ds = good().drop_vars("condition").assign_coords(condition=("time", np.arange(5)))
+    raises(ds, r"'condition' must have dims \('trial',\)")
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="data.py bug: TRUTH_VARIABLES gives ext_input the last dim 'ext_input', so xarray makes "
+    "the variable a coordinate (same name as a dim) and validate never checks it",
+)
+def test_ext_input_with_wrong_dims():
+    ds = good()
+    ds["ext_input"] = (("trial", "ext_input", "time"), np.zeros((4, 2, 5)))
+    with pytest.raises(DataError, match="'ext_input' has dims"):
+        validate(ds)
