@@ -15,7 +15,7 @@ name                dims                        meaning
 ``latents_true``    (trial, time, latent)       optional ground-truth latent state
 ``inputs_true``     (trial, time, input)        optional ground-truth inputs to the dynamics
 ``behavior``        (trial, time, behavior_dim) optional behaviour (e.g. hand velocity)
-``ext_input``       (trial, time, ext_input)    optional external inputs fed to the generator
+``ext_input``       (trial, time, ext_input_dim) optional external inputs fed to the generator
 ==================  ==========================  =============================================
 
 and the attribute ``bin_width`` (seconds). ``validate`` checks all of this and raises
@@ -25,6 +25,8 @@ Each observed data kind has its own rules; they live in ``OBSERVED_KINDS`` so a 
 (EMG, calcium events) adds a checker without touching the rest.
 """
 from __future__ import annotations
+
+import numbers
 
 import numpy as np
 import xarray as xr
@@ -40,7 +42,7 @@ TRUTH_VARIABLES = {
     "latents_true": "latent",
     "inputs_true": "input",
     "behavior": "behavior_dim",
-    "ext_input": "ext_input",
+    "ext_input": "ext_input_dim",
 }
 
 
@@ -119,6 +121,11 @@ def validate(ds: xr.Dataset, *, require_train: bool = False) -> xr.Dataset:
             "The dataset has no 'bin_width' attribute; set it in seconds, "
             "e.g. ds.attrs['bin_width'] = 0.01 for 10 ms bins."
         )
+    if isinstance(bin_width, (bool, np.bool_)) or not isinstance(bin_width, numbers.Real):
+        raise DataError(
+            f"bin_width must be a number of seconds, got {bin_width!r} ({type(bin_width).__name__}); "
+            "set e.g. ds.attrs['bin_width'] = 0.01."
+        )
     if not np.isfinite(bin_width) or float(bin_width) <= 0:
         raise DataError(f"bin_width must be a positive number of seconds, got {bin_width!r}.")
 
@@ -139,7 +146,7 @@ def validate(ds: xr.Dataset, *, require_train: bool = False) -> xr.Dataset:
     unknown = labels - set(SPLITS)
     if unknown:
         raise DataError(
-            f"Unknown split labels {sorted(unknown)}; every trial's split must be one of {SPLITS}."
+            f"Unknown split labels {sorted(str(x) for x in unknown)}; every trial's split must be one of {SPLITS}."
         )
     if require_train and "train" not in labels:
         raise DataError(
@@ -148,6 +155,13 @@ def validate(ds: xr.Dataset, *, require_train: bool = False) -> xr.Dataset:
         )
     if "condition" in ds.coords and ds["condition"].dims != ("trial",):
         raise DataError(f"'condition' must have dims ('trial',), got {ds['condition'].dims}.")
+    if len(np.unique(ds["trial"].values)) != ds.sizes["trial"]:
+        raise DataError("Trial ids repeat; give every trial its own id, e.g. ds.assign_coords(trial=np.arange(n)).")
+    if "heldout" in ds.coords and (ds["heldout"].dims != ("neuron",) or ds["heldout"].dtype != bool):
+        raise DataError(
+            "'heldout' must be a boolean per neuron (True = not seen by the encoder), "
+            "e.g. ds.assign_coords(heldout=('neuron', mask))."
+        )
 
     for var, last_dim in TRUTH_VARIABLES.items():
         if var not in ds.data_vars:
@@ -156,16 +170,6 @@ def validate(ds: xr.Dataset, *, require_train: bool = False) -> xr.Dataset:
         expected = ("trial", "time", last_dim)
         if da.dims != expected:
             raise DataError(f"'{var}' has dims {da.dims}; expected {expected}.")
-        if da.shape[:2] != observed.shape[:2]:
-            raise DataError(
-                f"'{var}' has shape {da.shape} but '{name}' has {observed.shape}; "
-                "ground truth must cover the same trials and time bins as the data."
-            )
-        if var == "rates_true" and da.shape != observed.shape:
-            raise DataError(
-                f"'rates_true' has shape {da.shape} but '{name}' has {observed.shape}; "
-                "true rates need one value per (trial, time, neuron)."
-            )
     return ds
 
 

@@ -421,12 +421,7 @@ def export_lfads_h5(ds: xr.Dataset, path) -> Path:
             "Relabel trials with ds.assign_coords(split=('trial', labels))."
         )
     heldout = np.zeros(ds.sizes["neuron"], bool)
-    if "heldout" in ds.coords:
-        if ds["heldout"].dims != ("neuron",) or ds["heldout"].dtype != bool:
-            raise DataError(
-                f"'heldout' has dims {ds['heldout'].dims} and dtype {ds['heldout'].dtype}; it must be "
-                "a bool per neuron: ds.assign_coords(heldout=('neuron', mask))."
-            )
+    if "heldout" in ds.coords:  # validate has checked it is a bool per neuron
         heldout = ds["heldout"].values
         if heldout.all():
             raise DataError("Every neuron is marked heldout; the encoders need at least one observed neuron.")

@@ -575,7 +575,7 @@ def test_export_held_out_mask_checks(tmp_path):
     with pytest.raises(DataError, match="Every neuron is marked heldout"):
         export_lfads_h5(all_held, tmp_path / "l.h5")
     not_bool = dataset().assign_coords(heldout=("neuron", np.array([0, 1, 0, 1])))
-    with pytest.raises(DataError, match="must be a bool per neuron"):
+    with pytest.raises(DataError, match="must be a boolean per neuron"):
         export_lfads_h5(not_bool, tmp_path / "l.h5")
 
 
