@@ -1,0 +1,547 @@
+"""Evaluation metrics, computed the way nlb_tools (Neural Latents Benchmark) computes them.
+
+All inputs are xarray DataArrays and are matched by dimension name and coordinate value,
+never by position: ``rates`` and ``spikes`` have dims ``(trial, time, neuron)`` in any order,
+latents ``(trial, time, <latent dim>)``, behaviour ``(trial, time, behavior_dim)``. Rates are
+in Hz; ``bin_width`` (seconds) turns them into expected counts per bin where a metric needs
+counts. Bad input raises :class:`DataError` (data) or :class:`ConfigError` (arguments).
+
+===================  ==========================================================================
+metric               definition
+===================  ==========================================================================
+``rate_r2``          R^2 per neuron over all (trial, time) points, averaged over neurons
+``bits_per_spike``   (NLL_null - NLL_model) / (spike count x ln 2), Poisson NLL incl. log(x!)
+``co_bps``           ``bits_per_spike`` on the held-out neurons only
+``velocity_r2``      ridge decoder (alpha by 5-fold CV over logspace(-4, 0, 9)) fit on train
+                     trials, R^2 on test trials, uniform average over behaviour dims
+``psth_r2``          single-trial rates vs their condition's leave-one-out PSTH of smoothed
+                     spikes, R^2 per neuron averaged over neurons
+``state_r2``         least-squares affine map true latents -> inferred latents, R^2 averaged
+                     over inferred dims
+===================  ==========================================================================
+
+``smooth_spikes`` is the Gaussian-smoothing baseline; ``choose_smoothing_sigma`` picks its width.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+
+import numpy as np
+import xarray as xr
+from scipy.ndimage import convolve1d
+from scipy.special import gammaln
+from sklearn.linear_model import Ridge
+from sklearn.model_selection import GridSearchCV
+
+from .data import DIMS
+from .errors import ConfigError, DataError
+
+# nlb_tools replaces zero predicted counts with this so a spike under a zero rate costs a
+# large but finite NLL instead of infinity.
+MIN_EXPECTED_COUNT = 1e-9
+# Ridge penalties nlb_tools searches over, with its default 5-fold (unshuffled) CV.
+RIDGE_ALPHAS = np.logspace(-4, 0, 9)
+CV_FOLDS = 5
+# The Gaussian kernel is truncated at this many standard deviations.
+KERNEL_TRUNCATE_SD = 4.0
+
+
+# ----------------------------------------------------------------------------- input checks
+
+def _as_array(da, name: str, dims: Sequence[str]) -> xr.DataArray:
+    """``da`` transposed to ``dims``; DataError if it is not a DataArray with exactly those dims."""
+    if isinstance(da, xr.Dataset):
+        raise DataError(
+            f"'{name}' is a Dataset; pass one variable, e.g. ds['spikes'] or ds['rates_true']."
+        )
+    if not isinstance(da, xr.DataArray):
+        raise DataError(
+            f"'{name}' must be an xarray.DataArray with dims {tuple(dims)}, got {type(da).__name__}. "
+            f"Wrap a numpy array with xr.DataArray(values, dims={tuple(dims)})."
+        )
+    if set(da.dims) != set(dims) or len(da.dims) != len(dims):
+        raise DataError(f"'{name}' has dims {da.dims}; expected {tuple(dims)} (in any order).")
+    return da.transpose(*dims)
+
+
+def _feature_dim(da, name: str) -> str:
+    """The one dim of a (trial, time, <feature>) DataArray that is neither trial nor time."""
+    if not isinstance(da, xr.DataArray):
+        raise DataError(f"'{name}' must be an xarray.DataArray, got {type(da).__name__}.")
+    others = [d for d in da.dims if d not in ("trial", "time")]
+    if "trial" not in da.dims or "time" not in da.dims or len(others) != 1:
+        raise DataError(
+            f"'{name}' has dims {da.dims}; expected ('trial', 'time', <one feature dim>), "
+            "e.g. ('trial', 'time', 'latent')."
+        )
+    return others[0]
+
+
+def _same_index(a: xr.DataArray, b: xr.DataArray, names: tuple[str, str], dims: Sequence[str]) -> None:
+    """Check that ``a`` and ``b`` have the same sizes and coordinate values along ``dims``."""
+    for dim in dims:
+        if a.sizes[dim] != b.sizes[dim]:
+            raise DataError(
+                f"'{names[0]}' has {a.sizes[dim]} entries along '{dim}' but '{names[1]}' has "
+                f"{b.sizes[dim]}; select matching entries, e.g. "
+                f"{names[1]}.sel({dim}={names[0]}['{dim}'])."
+            )
+        if dim not in a.coords or dim not in b.coords:
+            continue
+        va, vb = a[dim].values, b[dim].values
+        if va.dtype.kind == "f" and vb.dtype.kind == "f":
+            same = np.allclose(va, vb, rtol=1e-9, atol=1e-12)
+        else:
+            same = np.array_equal(va, vb)
+        if not same:
+            bad = int(np.flatnonzero(va != vb)[0]) if va.shape == vb.shape else 0
+            raise DataError(
+                f"'{names[0]}' and '{names[1]}' disagree on the '{dim}' coordinate "
+                f"(first difference at position {bad}: {va[bad].item()!r} vs {vb[bad].item()!r}); "
+                f"select matching entries, e.g. {names[1]}.sel({dim}={names[0]}['{dim}'])."
+            )
+
+
+def _finite(values: np.ndarray, name: str, where: str = "") -> None:
+    if not np.all(np.isfinite(values)):
+        raise DataError(
+            f"'{name}' contains NaN or infinite values{where}; metrics need finite predictions there."
+        )
+
+
+def _check_rates(values: np.ndarray, name: str) -> None:
+    negative = values < 0
+    if np.any(negative):
+        raise DataError(
+            f"'{name}' has negative values (min {np.nanmin(values):.4g}); rates must be >= 0 Hz. "
+            "Pass rates from the model's output nonlinearity (exp or softplus), not log-rates."
+        )
+
+
+def _check_bin_width(bin_width: float) -> float:
+    if not isinstance(bin_width, (int, float, np.number)) or not np.isfinite(bin_width) or bin_width <= 0:
+        raise ConfigError(f"bin_width must be a positive number of seconds, got {bin_width!r}.")
+    return float(bin_width)
+
+
+def _labels(da: xr.DataArray, dim: str) -> np.ndarray:
+    return da[dim].values if dim in da.coords else np.arange(da.sizes[dim])
+
+
+def _r2_columns(pred: np.ndarray, target: np.ndarray, what: str, labels) -> np.ndarray:
+    """R^2 of each column of ``pred`` (samples, columns) against ``target``."""
+    ss_tot = np.sum((target - target.mean(axis=0)) ** 2, axis=0)
+    flat = ss_tot == 0
+    if np.any(flat):
+        raise DataError(
+            f"R^2 is undefined for {what} {np.asarray(labels)[flat].tolist()}: the target is constant "
+            "there. Drop them first, e.g. .drop_sel(...) on that dim."
+        )
+    ss_res = np.sum((target - pred) ** 2, axis=0)
+    return 1.0 - ss_res / ss_tot
+
+
+# ----------------------------------------------------------------------------- rate R^2
+
+def rate_r2_per_neuron(rates: xr.DataArray, rates_true: xr.DataArray) -> xr.DataArray:
+    """R^2 of ``rates`` against ``rates_true`` for each neuron, over all (trial, time) points.
+
+    Both (trial, time, neuron) in the same unit (Hz). Returns a DataArray over ``neuron``.
+    """
+    rates = _as_array(rates, "rates", DIMS)
+    rates_true = _as_array(rates_true, "rates_true", DIMS)
+    _same_index(rates, rates_true, ("rates", "rates_true"), DIMS)
+    pred = rates.values.reshape(-1, rates.sizes["neuron"]).astype(float)
+    target = rates_true.values.reshape(-1, rates.sizes["neuron"]).astype(float)
+    _finite(pred, "rates")
+    _finite(target, "rates_true")
+    _check_rates(pred, "rates")
+    _check_rates(target, "rates_true")
+    neurons = _labels(rates_true, "neuron")
+    r2 = _r2_columns(pred, target, "neurons", neurons)
+    return xr.DataArray(r2, dims=("neuron",), coords={"neuron": neurons}, name="rate_r2")
+
+
+def rate_r2(rates: xr.DataArray, rates_true: xr.DataArray) -> float:
+    """Rate R^2: per-neuron R^2 over all (trial, time) points, averaged over neurons."""
+    return float(rate_r2_per_neuron(rates, rates_true).mean())
+
+
+# ----------------------------------------------------------------------------- bits per spike
+
+def _poisson_nll(expected: np.ndarray, counts: np.ndarray) -> float:
+    """Summed Poisson NLL, lambda - x log(lambda) + log(x!), over the given (observed) bins."""
+    expected = np.where(expected == 0, MIN_EXPECTED_COUNT, expected)
+    return float(np.sum(expected - counts * np.log(expected) + gammaln(counts + 1.0)))
+
+
+def bits_per_spike(rates: xr.DataArray, spikes: xr.DataArray, bin_width: float) -> float:
+    """Bits per spike of ``rates`` (Hz) on ``spikes`` (counts), both (trial, time, neuron).
+
+    ``(NLL_null - NLL_model) / (spike count x ln 2)`` with the Poisson NLL (including
+    log(x!)) of expected counts ``rates x bin_width``. The null model predicts each neuron's
+    mean count over the evaluated (trial, time) bins. NaN spikes (bins not observed) are
+    left out; rates must be finite and >= 0 wherever spikes are observed. Zero expected
+    counts are replaced by 1e-9, as nlb_tools does. 0 = no better than each neuron's mean
+    rate; the higher the better.
+    """
+    bin_width = _check_bin_width(bin_width)
+    rates = _as_array(rates, "rates", DIMS)
+    spikes = _as_array(spikes, "spikes", DIMS)
+    _same_index(rates, spikes, ("rates", "spikes"), DIMS)
+    counts = spikes.values.astype(float)
+    observed = ~np.isnan(counts)
+    if np.any(counts[observed] < 0):
+        raise DataError("'spikes' has negative counts; spike counts must be >= 0.")
+    total = counts[observed].sum()
+    if total == 0:
+        raise DataError(
+            "The evaluated spikes contain no spikes, so bits per spike is undefined; "
+            "evaluate on more trials or neurons."
+        )
+    expected = rates.values.astype(float) * bin_width
+    _finite(expected[observed], "rates", " where spikes are observed")
+    _check_rates(expected[observed], "rates")
+    # Null: each neuron's mean count over the observed bins, broadcast over (trial, time).
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a neuron never observed: all-NaN mean
+        null = np.broadcast_to(np.nanmean(counts, axis=(0, 1), keepdims=True), counts.shape)
+    nll_model = _poisson_nll(expected[observed], counts[observed])
+    nll_null = _poisson_nll(null[observed], counts[observed])
+    return (nll_null - nll_model) / (total * math.log(2))
+
+
+def co_bps(rates: xr.DataArray, spikes: xr.DataArray, heldout, bin_width: float) -> float:
+    """Co-smoothing bits per spike: ``bits_per_spike`` on the held-out neurons only.
+
+    ``heldout`` is either the name of a boolean coordinate along ``neuron`` (on ``spikes``
+    or ``rates``) that is True for held-out neurons, or a list of held-out neuron ids.
+    ``rates`` may cover all neurons or only the held-out ones.
+    """
+    if isinstance(heldout, str):
+        source = spikes if heldout in getattr(spikes, "coords", {}) else rates
+        if not isinstance(source, xr.DataArray) or heldout not in source.coords:
+            raise DataError(
+                f"No coordinate {heldout!r} on 'spikes' or 'rates'; add a boolean neuron coord, "
+                f"e.g. spikes.assign_coords({heldout}=('neuron', mask)), or pass a list of neuron ids."
+            )
+        mask = source[heldout]
+        if mask.dims != ("neuron",) or mask.dtype != bool:
+            raise DataError(f"Coordinate {heldout!r} must be boolean with dims ('neuron',), got "
+                            f"dtype {mask.dtype} and dims {mask.dims}.")
+        ids = source["neuron"].values[mask.values]
+    else:
+        ids = np.asarray(list(heldout))
+    if ids.size == 0:
+        raise DataError("No held-out neurons selected; co-bps needs at least one.")
+    return bits_per_spike(_select(rates, "rates", "neuron", ids), _select(spikes, "spikes", "neuron", ids),
+                          bin_width)
+
+
+def _select(da, name: str, dim: str, ids) -> xr.DataArray:
+    if not isinstance(da, xr.DataArray) or dim not in da.dims:
+        raise DataError(f"'{name}' must be a DataArray with a '{dim}' dim.")
+    valid = set(da[dim].values.tolist())
+    missing = [i for i in np.asarray(ids).tolist() if i not in valid]
+    if missing:
+        raise DataError(f"{dim} ids {missing} are not in '{name}'; "
+                        f"valid {dim}s: {_describe_ids(da[dim].values)}.")
+    return da.sel({dim: ids})
+
+
+def _describe_ids(values: np.ndarray) -> str:
+    """A short description of a set of ids for error messages."""
+    values = np.asarray(values)
+    if values.size and values.dtype.kind in "iu":
+        return f"ids from {values.min()} to {values.max()} ({values.size} in all)"
+    shown = ", ".join(repr(v) for v in values[:8].tolist())
+    return f"[{shown}{', ...' if values.size > 8 else ''}] ({values.size} in all)"
+
+
+# ----------------------------------------------------------------------------- behaviour decoding
+
+def _trial_ids(spec, da: xr.DataArray, name: str) -> np.ndarray:
+    """Trial ids from a split name (looked up in the 'split' coordinate) or a list of ids."""
+    if isinstance(spec, str):
+        if "split" not in da.coords:
+            raise DataError(
+                f"{name}={spec!r} names a split but there is no 'split' coordinate; "
+                "pass a list of trial ids instead."
+            )
+        ids = da["trial"].values[da["split"].values.astype(str) == spec]
+        if ids.size == 0:
+            raise DataError(f"No trials with split == {spec!r}; splits present: "
+                            f"{sorted(set(da['split'].values.astype(str)))}.")
+        return ids
+    ids = np.asarray(list(spec))
+    missing = sorted(set(ids.tolist()) - set(da["trial"].values.tolist()))
+    if missing:
+        raise DataError(f"{name} has trial ids {missing[:8]} that are not in the data; valid trials: "
+                        f"{_describe_ids(da['trial'].values)}.")
+    if ids.size == 0:
+        raise DataError(f"{name} is empty; it needs at least one trial.")
+    return ids
+
+
+def _lag_bins(lag: float, bin_width: float, n_time: int) -> int:
+    bins = round(lag / bin_width)
+    if not math.isclose(bins * bin_width, lag, rel_tol=1e-6, abs_tol=1e-9):
+        raise ConfigError(f"lag {lag} s is not a whole number of {bin_width} s bins.")
+    if abs(bins) >= n_time:
+        raise ConfigError(f"lag {lag} s spans the whole trial ({n_time} bins of {bin_width} s).")
+    return bins
+
+
+def _lagged(values: np.ndarray, bins: int, side: str) -> np.ndarray:
+    """The time slice of ``values`` (trial, time, ...) that pairs rates at t with behaviour at t + bins."""
+    n_time = values.shape[1]
+    if side == "rates":
+        return values[:, max(0, -bins): n_time - max(0, bins)]
+    return values[:, max(0, bins): n_time - max(0, -bins)]
+
+
+def _decoder_inputs(rates, behavior, bin_width, lag):
+    bin_width = _check_bin_width(bin_width)
+    rates = _as_array(rates, "rates", DIMS)
+    dim = _feature_dim(behavior, "behavior")
+    behavior = behavior.transpose("trial", "time", dim)
+    _same_index(rates, behavior, ("rates", "behavior"), ("trial", "time"))
+    values = rates.values.astype(float)
+    _finite(values, "rates")
+    bins = _lag_bins(lag, bin_width, rates.sizes["time"])
+    return rates, behavior, dim, bins, values * bin_width
+
+
+def decode_behavior(rates: xr.DataArray, behavior: xr.DataArray, *, train_trials, bin_width: float,
+                    lag: float = 0.0) -> xr.DataArray:
+    """Fit the nlb_tools ridge decoder from rates to behaviour on ``train_trials``; predict all trials.
+
+    ``rates``: (trial, time, neuron) in Hz, converted to expected counts per bin (what
+    nlb_tools regresses from, so its alpha grid means the same here). ``behavior``:
+    (trial, time, behavior_dim) with the same trial and time coordinates; NaN marks
+    samples without behaviour, left out of the fit. ``train_trials``: a split name
+    ('train') or a list of trial ids. ``lag`` (seconds, a whole number of bins): rates at
+    time t predict behaviour at t + lag (positive when neural activity leads movement);
+    bins with no paired rates are NaN in the output. The alpha chosen by 5-fold CV over
+    logspace(-4, 0, 9) is in ``attrs['alpha']``. Returns a DataArray like ``behavior``.
+    """
+    rates, behavior, dim, bins, counts = _decoder_inputs(rates, behavior, bin_width, lag)
+    train = np.isin(rates["trial"].values, _trial_ids(train_trials, behavior, "train_trials"))
+    x = _lagged(counts[train], bins, "rates").reshape(-1, counts.shape[-1])
+    y = _lagged(behavior.values[train].astype(float), bins, "behavior").reshape(-1, behavior.sizes[dim])
+    keep = np.all(np.isfinite(y), axis=1)
+    if keep.sum() < CV_FOLDS:
+        raise DataError(
+            f"Only {keep.sum()} training samples have behaviour; the decoder's {CV_FOLDS}-fold "
+            "cross-validation needs at least that many. Use more training trials."
+        )
+    search = GridSearchCV(Ridge(), {"alpha": RIDGE_ALPHAS}, cv=CV_FOLDS).fit(x[keep], y[keep])
+    paired = _lagged(counts, bins, "rates")
+    pred = np.full(behavior.shape, np.nan)
+    pred[:, max(0, bins): behavior.sizes["time"] - max(0, -bins)] = search.predict(
+        paired.reshape(-1, counts.shape[-1])
+    ).reshape(paired.shape[:2] + (behavior.sizes[dim],))
+    out = behavior.copy(data=pred)
+    out.name = f"{behavior.name}_decoded" if behavior.name else "behavior_decoded"
+    out.attrs = {**behavior.attrs, "alpha": float(search.best_params_["alpha"]), "lag": float(lag)}
+    return out
+
+
+def velocity_r2(rates: xr.DataArray, behavior: xr.DataArray, *, train_trials, test_trials,
+                bin_width: float, lag: float = 0.0) -> float:
+    """Behaviour-decoding R^2 (nlb_tools 'vel R2').
+
+    A ridge decoder (see :func:`decode_behavior`) fit on ``train_trials``, scored on
+    ``test_trials`` (split names or lists of trial ids; they must not overlap). R^2 per
+    behaviour dim over the test (trial, time) samples with behaviour, then the uniform
+    average over dims: what nlb_tools' ``GridSearchCV.score`` returns with scikit-learn
+    >= 0.23 (older versions weighted dims by variance).
+    """
+    train = _trial_ids(train_trials, behavior, "train_trials")
+    test = _trial_ids(test_trials, behavior, "test_trials")
+    overlap = sorted(set(train.tolist()) & set(test.tolist()))
+    if overlap:
+        raise DataError(f"train_trials and test_trials share trials {overlap[:8]}; "
+                        "the decoder must be scored on trials it was not fit on.")
+    pred = decode_behavior(rates, behavior, train_trials=train, bin_width=bin_width, lag=lag)
+    dim = pred.dims[-1]
+    true = behavior.transpose("trial", "time", dim).sel(trial=test).values.reshape(-1, pred.sizes[dim])
+    pred = pred.sel(trial=test).values.reshape(-1, pred.sizes[dim])
+    keep = np.all(np.isfinite(true), axis=1) & np.all(np.isfinite(pred), axis=1)
+    if keep.sum() < 2:
+        raise DataError("The test trials have fewer than 2 samples with behaviour; R^2 is undefined.")
+    return float(_r2_columns(pred[keep], true[keep], "behaviour dims", _labels(behavior, dim)).mean())
+
+
+# ----------------------------------------------------------------------------- smoothing
+
+def gaussian_kernel(bin_width: float, sigma: float) -> xr.DataArray:
+    """Gaussian kernel of std ``sigma`` seconds sampled at bin offsets, summing to 1.
+
+    Truncated at 4 sigma (at least one bin each side). Returns a DataArray over ``offset``
+    (seconds).
+    """
+    bin_width = _check_bin_width(bin_width)
+    if not np.isfinite(sigma) or sigma <= 0:
+        raise ConfigError(f"sigma must be a positive number of seconds, got {sigma!r}.")
+    half = max(1, math.ceil(KERNEL_TRUNCATE_SD * sigma / bin_width))
+    offsets = np.arange(-half, half + 1) * bin_width
+    weights = np.exp(-0.5 * (offsets / sigma) ** 2)
+    return xr.DataArray(weights / weights.sum(), dims=("offset",), coords={"offset": offsets},
+                        attrs={"sigma": float(sigma), "units": "1"})
+
+
+def _smooth(counts: np.ndarray, kernel: np.ndarray, axis: int) -> np.ndarray:
+    """Kernel-weighted mean count per bin, normalised by the kernel mass on observed bins.
+
+    Bins outside the trial and NaN (unobserved) bins carry no weight, so a constant count
+    stays that constant up to the edges; a bin with no observed bin in reach is NaN.
+    """
+    observed = ~np.isnan(counts)
+    num = convolve1d(np.where(observed, counts, 0.0), kernel, axis=axis, mode="constant", cval=0.0)
+    den = convolve1d(observed.astype(float), kernel, axis=axis, mode="constant", cval=0.0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(den > 0, num / den, np.nan)
+
+
+def smooth_spikes(spikes: xr.DataArray, bin_width: float, sigma: float) -> xr.DataArray:
+    """The Gaussian-smoothing baseline: spikes smoothed in time, per trial and neuron, in Hz.
+
+    ``spikes``: (trial, time, neuron) counts (NaN = not observed). ``sigma``: kernel std in
+    seconds. At trial edges (and around unobserved bins) the kernel is renormalised by its
+    mass inside the observed part, so no rate is lost there: a constant count c gives
+    c / bin_width Hz everywhere. Returns a DataArray with the coords of ``spikes``.
+    """
+    kernel = gaussian_kernel(bin_width, sigma).values
+    spikes = _as_array(spikes, "spikes", DIMS)
+    counts = spikes.values.astype(float)
+    if np.any(counts[~np.isnan(counts)] < 0):
+        raise DataError("'spikes' has negative counts; spike counts must be >= 0.")
+    rates = _smooth(counts, kernel, axis=1) / float(bin_width)
+    out = spikes.copy(data=rates)
+    out.name = "rates_smoothed"
+    out.attrs = {"units": "Hz", "sigma": float(sigma)}
+    return out
+
+
+def choose_smoothing_sigma(spikes: xr.DataArray, bin_width: float, sigmas: Sequence[float],
+                           rates_true: xr.DataArray | None = None) -> tuple[float, xr.DataArray]:
+    """Pick the smoothing width for ``smooth_spikes`` from candidate ``sigmas`` (seconds).
+
+    With ``rates_true`` (Hz): the sigma with the highest :func:`rate_r2` of the smoothed
+    spikes. Without: the sigma with the highest leave-one-bin-out bits per spike, where
+    each bin's rate comes from its neighbours only (kernel centre removed, renormalised),
+    so the spikes being scored never predict themselves. Pass training trials only.
+    Returns ``(best_sigma, scores)``, scores a DataArray over ``sigma``.
+    """
+    bin_width = _check_bin_width(bin_width)
+    sigmas = np.asarray(list(sigmas), dtype=float)
+    if sigmas.size == 0:
+        raise ConfigError("sigmas is empty; give candidate kernel widths in seconds.")
+    spikes = _as_array(spikes, "spikes", DIMS)
+    scores = []
+    for sigma in sigmas:
+        if rates_true is not None:
+            scores.append(rate_r2(smooth_spikes(spikes, bin_width, sigma), rates_true))
+            continue
+        if sigma < 0.5 * bin_width:
+            raise ConfigError(
+                f"sigma {sigma} s is under half a bin ({bin_width} s): leaving the centre bin out "
+                "would leave almost no weight on the neighbours. Use sigmas >= bin_width / 2."
+            )
+        kernel = gaussian_kernel(bin_width, sigma).values.copy()
+        kernel[kernel.size // 2] = 0.0
+        rates = spikes.copy(data=_smooth(spikes.values.astype(float), kernel, axis=1) / bin_width)
+        scores.append(bits_per_spike(rates, spikes, bin_width))
+    scores = xr.DataArray(np.asarray(scores), dims=("sigma",), coords={"sigma": sigmas},
+                          name="rate_r2" if rates_true is not None else "loo_bits_per_spike")
+    return float(sigmas[int(np.argmax(scores.values))]), scores
+
+
+# ----------------------------------------------------------------------------- PSTH R^2
+
+def psth_r2(rates: xr.DataArray, spikes: xr.DataArray, *, bin_width: float, sigma: float = 0.03,
+            condition="condition") -> float:
+    """PSTH R^2 (nlb_tools 'psth R2'): how well single-trial rates match their condition's PSTH.
+
+    For each trial in ``rates`` (Hz, (trial, time, neuron)), the target is the mean over the
+    *other* trials of the same condition in ``spikes`` of ``smooth_spikes(spikes, bin_width,
+    sigma)`` (leave-one-out, as nlb_tools builds it). R^2 per neuron over all (trial, time)
+    points, averaged over neurons. ``spikes`` holds the trials that form the PSTHs (e.g. all
+    trials) and must include those of ``rates``. ``condition``: the name of a per-trial
+    coordinate of ``spikes`` or a DataArray over ``trial``. Trials whose condition has no
+    other trial are skipped with a warning (nlb_tools does the same).
+    nlb_tools smooths 1 ms spikes with sigma 30 ms before binning; here smoothing is at bin
+    resolution.
+    """
+    bin_width = _check_bin_width(bin_width)
+    rates = _as_array(rates, "rates", DIMS)
+    spikes = _as_array(spikes, "spikes", DIMS)
+    _same_index(rates, spikes, ("rates", "spikes"), ("time", "neuron"))
+    if isinstance(condition, str):
+        if condition not in spikes.coords:
+            raise DataError(f"'spikes' has no {condition!r} coordinate; pass ds['spikes'] from a dataset "
+                            "with per-trial conditions, or a DataArray of conditions over 'trial'.")
+        condition = spikes[condition]
+    if not isinstance(condition, xr.DataArray) or condition.dims != ("trial",):
+        raise DataError("condition must be a coordinate name or a DataArray with dims ('trial',).")
+    _same_index(spikes, condition, ("spikes", "condition"), ("trial",))
+    pool_ids = spikes["trial"].values
+    eval_ids = _trial_ids(rates["trial"].values, spikes, "rates' trials")
+    smoothed = smooth_spikes(spikes, bin_width, sigma).values
+    labels = condition.values
+    position = {tid: i for i, tid in enumerate(pool_ids.tolist())}
+    targets, kept = [], []
+    for k, tid in enumerate(eval_ids.tolist()):
+        i = position[tid]
+        others = (labels == labels[i]) & (np.arange(pool_ids.size) != i)
+        if not others.any():
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # bins no other trial observed: NaN
+            targets.append(np.nanmean(smoothed[others], axis=0))
+        kept.append(k)
+    if len(kept) < len(eval_ids):
+        skipped = np.delete(eval_ids, kept).tolist()
+        if not kept:
+            raise DataError(f"No evaluated trial has another trial of its condition in 'spikes' "
+                            f"(trials {skipped[:8]}); PSTHs need at least 2 trials per condition.")
+        warnings.warn(f"PSTH R^2 skips trials {skipped[:8]} (no other trial of their condition).",
+                      stacklevel=2)
+    target = np.stack(targets)
+    pred = rates.values[kept].astype(float)
+    usable = np.isfinite(target).all(axis=2)  # time bins the PSTH covers (nlb drops NaN rows)
+    _finite(pred[usable], "rates")
+    _check_rates(pred[usable], "rates")
+    n = rates.sizes["neuron"]
+    return float(_r2_columns(pred[usable].reshape(-1, n), target[usable].reshape(-1, n),
+                             "neurons", _labels(rates, "neuron")).mean())
+
+
+# ----------------------------------------------------------------------------- state R^2
+
+def state_r2(latents_inferred: xr.DataArray, latents_true: xr.DataArray) -> float:
+    """State R^2 (latent recovery): how much of the inferred latent state the true state explains.
+
+    Both (trial, time, <latent dim>); the latent dims may differ in name and size. An
+    affine map from the true latents to the inferred latents is fitted by least squares
+    over all (trial, time) points (direction as in the NODE-LFADS paper: true -> inferred,
+    so inferred dims the truth cannot explain, e.g. extra noise dims, lower the score);
+    the result is R^2 per inferred dim, averaged over inferred dims. In-sample, so
+    between 0 and 1.
+    """
+    inferred_dim = _feature_dim(latents_inferred, "latents_inferred")
+    true_dim = _feature_dim(latents_true, "latents_true")
+    inferred = latents_inferred.transpose("trial", "time", inferred_dim)
+    true = latents_true.transpose("trial", "time", true_dim)
+    _same_index(inferred, true, ("latents_inferred", "latents_true"), ("trial", "time"))
+    y = inferred.values.reshape(-1, inferred.sizes[inferred_dim]).astype(float)
+    x = true.values.reshape(-1, true.sizes[true_dim]).astype(float)
+    _finite(y, "latents_inferred")
+    _finite(x, "latents_true")
+    design = np.hstack([x, np.ones((x.shape[0], 1))])
+    weights, *_ = np.linalg.lstsq(design, y, rcond=None)
+    return float(_r2_columns(design @ weights, y, f"inferred '{inferred_dim}'",
+                             _labels(inferred, inferred_dim)).mean())

@@ -1,0 +1,377 @@
+"""lfads_nb.metrics against hand-computed values and closed forms (each test says which)."""
+import math
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from lfads_nb import ConfigError, DataError, make_dataset
+from lfads_nb import metrics
+
+DIMS = ("trial", "time", "neuron")
+
+
+def arr(values, dims=DIMS, **coords):
+    """A DataArray with integer coords on every dim unless given."""
+    values = np.asarray(values, dtype=float)
+    full = {d: np.arange(n) for d, n in zip(dims, values.shape)}
+    full.update(coords)
+    return xr.DataArray(values, dims=dims, coords=full)
+
+
+# ----------------------------------------------------------------------------- rate R^2
+
+def test_rate_r2_known_2x2_case():
+    # One trial, 2 bins, 2 neurons. Neuron 0: true [0, 2], pred [1, 2]: SS_tot 2, SS_res 1 -> 0.5.
+    # Neuron 1: perfect -> 1. Average 0.75.
+    true = arr([[[0.0, 1.0], [2.0, 3.0]]])
+    pred = arr([[[1.0, 1.0], [2.0, 3.0]]])
+    per = metrics.rate_r2_per_neuron(pred, true)
+    np.testing.assert_allclose(per.values, [0.5, 1.0])
+    assert per.dims == ("neuron",) and list(per["neuron"].values) == [0, 1]
+    assert metrics.rate_r2(pred, true) == pytest.approx(0.75)
+
+
+def test_rate_r2_perfect_and_order_independent():
+    rng = np.random.default_rng(0)
+    true = arr(rng.uniform(1, 30, (4, 10, 3)))
+    assert metrics.rate_r2(true.copy(), true) == pytest.approx(1.0)
+    pred = true + rng.normal(0, 2, true.shape)
+    pred = pred.clip(min=0)
+    # Dims matched by name: a transposed prediction gives the same number.
+    assert metrics.rate_r2(pred.transpose("neuron", "trial", "time"), true) == pytest.approx(
+        metrics.rate_r2(pred, true))
+
+
+def test_rate_r2_errors():
+    true = arr(np.arange(12.0).reshape(1, 4, 3))
+    with pytest.raises(DataError, match="disagree on the 'neuron' coordinate"):
+        metrics.rate_r2(true.assign_coords(neuron=[0, 1, 5]), true)
+    with pytest.raises(DataError, match="entries along 'time'"):
+        metrics.rate_r2(true.isel(time=slice(0, 3)), true)
+    with pytest.raises(DataError, match="NaN"):
+        metrics.rate_r2(true.where(true != 4), true)
+    with pytest.raises(DataError, match="negative"):
+        metrics.rate_r2(true - 5, true)
+    with pytest.raises(DataError, match="expected"):
+        metrics.rate_r2(true.rename(neuron="unit"), true)
+    with pytest.raises(DataError, match="is a Dataset"):
+        metrics.rate_r2(true.to_dataset(name="rates"), true)
+    flat = true.copy()
+    flat[..., 2] = 7.0
+    with pytest.raises(DataError, match=r"undefined for neurons \[2\]"):
+        metrics.rate_r2(true, flat)
+
+
+# ----------------------------------------------------------------------------- bits per spike
+
+def test_bits_per_spike_hand_case():
+    # Spikes [0, 2] in 0.1 s bins; model 5 Hz, 15 Hz -> expected counts 0.5, 1.5; null mean 1.
+    # NLL_model = 0.5 + (1.5 - 2 ln 1.5 + ln 2!), NLL_null = 1 + (1 - 0 + ln 2!);
+    # difference 2 ln 1.5 over 2 spikes x ln 2 -> log2(1.5).
+    spikes = arr([[[0], [2]]])
+    rates = arr([[[5.0], [15.0]]])
+    assert metrics.bits_per_spike(rates, spikes, 0.1) == pytest.approx(math.log2(1.5), rel=1e-12)
+
+
+def test_bits_per_spike_null_model_is_zero():
+    rng = np.random.default_rng(1)
+    spikes = arr(rng.poisson(0.3, (5, 20, 4)))
+    null = spikes.mean(("trial", "time")) / 0.01 + 0 * spikes  # each neuron's mean rate, Hz
+    assert metrics.bits_per_spike(null, spikes, 0.01) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_bits_per_spike_of_a_perfect_prediction():
+    # Counts [0, 0, 4, 4] predicted exactly (rates = counts / bin_width): null mean 2;
+    # NLL_null - NLL_model = (8 - 8 ln 2) - (8 - 8 ln 4) - 2e-9 (zeros -> 1e-9) = 8 ln 2 - 2e-9,
+    # over 8 spikes x ln 2 -> 1 bit per spike.
+    spikes = arr([[[0], [0], [4], [4]]])
+    assert metrics.bits_per_spike(spikes / 0.02, spikes, 0.02) == pytest.approx(1.0, abs=1e-8)
+
+
+def test_bits_per_spike_spike_under_zero_rate_is_finite():
+    # nlb_tools replaces a zero expected count by 1e-9: NLL_model = 1e-9 - ln(1e-9), NLL_null = 1.
+    spikes = arr([[[1]]])
+    expected = (1 - (1e-9 - math.log(1e-9))) / math.log(2)
+    assert metrics.bits_per_spike(arr([[[0.0]]]), spikes, 0.01) == pytest.approx(expected)
+
+
+def test_bits_per_spike_ignores_unobserved_bins():
+    spikes = arr([[[0], [2]]])
+    rates = arr([[[5.0], [15.0]]])
+    # Two more bins that were not observed (NaN), with NaN and absurd rates: same answer.
+    spikes_nan = arr([[[0], [2], [np.nan], [np.nan]]])
+    rates_nan = arr([[[5.0], [15.0], [np.nan], [1e6]]])
+    assert metrics.bits_per_spike(rates_nan, spikes_nan, 0.1) == pytest.approx(
+        metrics.bits_per_spike(rates, spikes, 0.1), rel=1e-12)
+
+
+def test_co_bps_uses_only_heldout_neurons():
+    # Neuron 1 is held out and is the hand case above; neuron 0 (held in) has bad rates.
+    spikes = arr([[[3, 0], [0, 2]]]).assign_coords(heldout=("neuron", [False, True]))
+    rates = arr([[[0.0, 5.0], [100.0, 15.0]]])
+    assert metrics.co_bps(rates, spikes, "heldout", 0.1) == pytest.approx(math.log2(1.5))
+    assert metrics.co_bps(rates, spikes, [1], 0.1) == pytest.approx(math.log2(1.5))
+    # Rates for the held-out neurons only are enough.
+    assert metrics.co_bps(rates.sel(neuron=[1]), spikes, [1], 0.1) == pytest.approx(math.log2(1.5))
+
+
+def test_bits_per_spike_errors():
+    spikes = arr([[[0], [2]]])
+    rates = arr([[[5.0], [15.0]]])
+    with pytest.raises(DataError, match="negative"):
+        metrics.bits_per_spike(-rates, spikes, 0.1)
+    with pytest.raises(DataError, match="NaN or infinite values where spikes are observed"):
+        metrics.bits_per_spike(rates.where(rates > 10), spikes, 0.1)
+    with pytest.raises(DataError, match="no spikes"):
+        metrics.bits_per_spike(rates, spikes * 0, 0.1)
+    with pytest.raises(ConfigError, match="bin_width"):
+        metrics.bits_per_spike(rates, spikes, 0.0)
+    with pytest.raises(DataError, match="disagree on the 'trial' coordinate"):
+        metrics.bits_per_spike(rates.assign_coords(trial=[7]), spikes, 0.1)
+    with pytest.raises(DataError, match=r"neuron ids \[3\] are not in 'rates'"):
+        metrics.co_bps(rates, spikes, [3], 0.1)
+    with pytest.raises(DataError, match="No coordinate 'heldout'"):
+        metrics.co_bps(rates, spikes, "heldout", 0.1)
+
+
+# ----------------------------------------------------------------------------- behaviour decoding
+
+def linear_dataset(lag_bins=0, n_trials=30, n_time=25, seed=0):
+    """Rates iid in time; behaviour an exact affine map of the rates lag_bins earlier."""
+    rng = np.random.default_rng(seed)
+    bin_width = 0.02
+    rates = rng.uniform(5, 50, (n_trials, n_time, 6))
+    weights = rng.normal(0, 1, (6, 2))
+    behavior = np.full((n_trials, n_time, 2), np.nan)
+    behavior[:, lag_bins:] = rates[:, : n_time - lag_bins] * bin_width @ weights + [0.5, -1.0]
+    behavior[:, :lag_bins] = 0.0
+    splits = ["train"] * 24 + ["valid"] * 6
+    ds = make_dataset(rng.poisson(rates * bin_width), bin_width, split_labels=splits,
+                      rates_true=rates, behavior=behavior)
+    return ds
+
+
+def test_velocity_r2_exact_linear_map_is_one():
+    ds = linear_dataset()
+    r2 = metrics.velocity_r2(ds["rates_true"], ds["behavior"], train_trials="train",
+                             test_trials="valid", bin_width=0.02)
+    assert r2 == pytest.approx(1.0, abs=1e-3)
+    # The same with explicit trial ids.
+    r2_ids = metrics.velocity_r2(ds["rates_true"], ds["behavior"], train_trials=range(24),
+                                 test_trials=range(24, 30), bin_width=0.02)
+    assert r2_ids == pytest.approx(r2)
+
+
+def test_velocity_r2_lag_aligns_rates_before_behaviour():
+    ds = linear_dataset(lag_bins=2)
+    kwargs = dict(train_trials="train", test_trials="valid", bin_width=0.02)
+    assert metrics.velocity_r2(ds["rates_true"], ds["behavior"], lag=0.04, **kwargs) == pytest.approx(1.0, abs=1e-3)
+    # Without the lag the rates (iid in time) say nothing about the behaviour.
+    assert metrics.velocity_r2(ds["rates_true"], ds["behavior"], **kwargs) < 0.2
+
+
+def test_velocity_r2_uniform_average_over_behaviour_dims():
+    # Dim 0 exactly linear (R^2 ~ 1), dim 1 independent noise with 100x the variance
+    # (R^2 ~ 0): the uniform average is ~0.5; a variance-weighted one would be ~0.
+    ds = linear_dataset()
+    rng = np.random.default_rng(5)
+    behavior = ds["behavior"].copy()
+    behavior[..., 1] = rng.normal(0, 100, behavior.shape[:2])
+    r2 = metrics.velocity_r2(ds["rates_true"], behavior, train_trials="train", test_trials="valid",
+                             bin_width=0.02)
+    assert r2 == pytest.approx(0.5, abs=0.05)
+
+
+def test_decode_behavior_output():
+    ds = linear_dataset(lag_bins=2)
+    pred = metrics.decode_behavior(ds["rates_true"], ds["behavior"], train_trials="train",
+                                   bin_width=0.02, lag=0.04)
+    assert pred.dims == ds["behavior"].dims and pred.shape == ds["behavior"].shape
+    assert pred.attrs["alpha"] in metrics.RIDGE_ALPHAS
+    assert np.isnan(pred.isel(time=[0, 1])).all()  # no rates 40 ms before the first two bins
+    np.testing.assert_allclose(pred.isel(time=slice(2, None)), ds["behavior"].isel(time=slice(2, None)),
+                               atol=2e-2)
+
+
+def test_velocity_r2_errors():
+    ds = linear_dataset()
+    rates, behavior = ds["rates_true"], ds["behavior"]
+    with pytest.raises(DataError, match="share trials"):
+        metrics.velocity_r2(rates, behavior, train_trials="train", test_trials=[0, 25], bin_width=0.02)
+    with pytest.raises(DataError, match="not in the data"):
+        metrics.velocity_r2(rates, behavior, train_trials="train", test_trials=[99], bin_width=0.02)
+    with pytest.raises(DataError, match="No trials with split == 'test'"):
+        metrics.velocity_r2(rates, behavior, train_trials="train", test_trials="test", bin_width=0.02)
+    with pytest.raises(ConfigError, match="whole number"):
+        metrics.velocity_r2(rates, behavior, train_trials="train", test_trials="valid", bin_width=0.02,
+                            lag=0.03)
+    with pytest.raises(DataError, match="disagree on the 'time' coordinate"):
+        metrics.velocity_r2(rates, behavior.assign_coords(time=behavior.time + 1), train_trials="train",
+                            test_trials="valid", bin_width=0.02)
+
+
+# ----------------------------------------------------------------------------- smoothing
+
+def test_gaussian_kernel_sums_to_one_with_gaussian_shape():
+    kernel = metrics.gaussian_kernel(0.01, 0.02)
+    assert kernel.sum() == pytest.approx(1.0)
+    assert kernel.sizes["offset"] == 2 * 8 + 1  # truncated at 4 sd = 8 bins each side
+    np.testing.assert_allclose(kernel.values, kernel.values[::-1])
+    centre = kernel.sel(offset=0.0).item()
+    assert kernel.values[9] / centre == pytest.approx(math.exp(-0.5 * (0.01 / 0.02) ** 2))
+
+
+def test_smooth_constant_gives_constant_rate_including_edges():
+    spikes = arr(np.full((2, 15, 3), 2.0))
+    rates = metrics.smooth_spikes(spikes, 0.05, 0.1)
+    np.testing.assert_allclose(rates.values, 40.0)  # 2 spikes per 50 ms bin = 40 Hz, edges too
+    assert rates.attrs["units"] == "Hz" and rates.dims == DIMS
+    np.testing.assert_array_equal(rates["time"], spikes["time"])
+
+
+def test_smooth_single_spike_spreads_as_the_kernel():
+    bw, sigma = 0.01, 0.02
+    counts = np.zeros((1, 41, 1))
+    counts[0, 20, 0] = 1
+    rates = metrics.smooth_spikes(arr(counts), bw, sigma)
+    kernel = metrics.gaussian_kernel(bw, sigma).values
+    np.testing.assert_allclose(rates.values[0, 12:29, 0] * bw, kernel)  # interior: plain convolution
+    assert (rates.values * bw).sum() == pytest.approx(1.0)  # one spike in, one spike out
+
+
+def test_smooth_renormalises_at_the_edge():
+    # Spike in the first bin, kernel [w, 1, w]/(1 + 2w) with w = exp(-0.5 (bw / sigma)^2):
+    # at bin 0 only bins 0 and 1 exist, so the rate is 1 / (1 + w) counts per bin.
+    bw, sigma = 0.01, 0.004  # half-width ceil(4 x 0.4) = 2 bins; w2 = exp(-0.5 x 25) tiny
+    w1, w2 = math.exp(-0.5 * (bw / sigma) ** 2), math.exp(-0.5 * (2 * bw / sigma) ** 2)
+    counts = np.zeros((1, 6, 1))
+    counts[0, 0, 0] = 1
+    rates = metrics.smooth_spikes(arr(counts), bw, sigma).values[0, :, 0] * bw
+    assert rates[0] == pytest.approx(1 / (1 + w1 + w2))
+    assert rates[1] == pytest.approx(w1 / (1 + 2 * w1 + w2))
+
+
+def test_smooth_fills_unobserved_bins():
+    counts = np.full((1, 10, 2), 3.0)
+    counts[0, [0, 4, 5], 0] = np.nan
+    counts[0, :, 1] = np.nan  # never observed
+    rates = metrics.smooth_spikes(arr(counts), 0.1, 0.2)
+    np.testing.assert_allclose(rates.values[0, :, 0], 30.0)
+    assert np.isnan(rates.values[0, :, 1]).all()
+
+
+def test_smooth_errors():
+    with pytest.raises(ConfigError, match="sigma"):
+        metrics.smooth_spikes(arr(np.ones((1, 3, 1))), 0.01, 0.0)
+    with pytest.raises(DataError, match="negative"):
+        metrics.smooth_spikes(arr(-np.ones((1, 3, 1))), 0.01, 0.02)
+
+
+def test_choose_smoothing_sigma_against_true_rates():
+    rng = np.random.default_rng(3)
+    bw = 0.01
+    t = (np.arange(100) + 0.5) * bw
+    rates = 100 + 80 * np.sin(2 * np.pi * 1.5 * t)[None, :, None] * np.ones((20, 1, 3))
+    spikes = arr(rng.poisson(rates * bw))
+    sigmas = [0.005, 0.02, 0.05, 0.5]
+    best, scores = metrics.choose_smoothing_sigma(spikes, bw, sigmas, rates_true=arr(rates))
+    expected = [metrics.rate_r2(metrics.smooth_spikes(spikes, bw, s), arr(rates)) for s in sigmas]
+    np.testing.assert_allclose(scores.values, expected)
+    assert best == sigmas[int(np.argmax(expected))]
+    assert best not in (0.005, 0.5)  # too little smoothing and too much both lose
+
+
+def test_choose_smoothing_sigma_leave_one_bin_out():
+    # A constant-rate process: the wider the kernel, the closer to the true constant rate,
+    # so held-out bits per spike grows with sigma and the widest sigma wins.
+    rng = np.random.default_rng(4)
+    spikes = arr(rng.poisson(0.2, (20, 100, 3)))
+    best, scores = metrics.choose_smoothing_sigma(spikes, 0.01, [0.01, 0.03, 0.1])
+    assert best == 0.1
+    assert np.all(np.diff(scores.values) > 0)
+    with pytest.raises(ConfigError, match="half a bin"):
+        metrics.choose_smoothing_sigma(spikes, 0.01, [0.001])
+
+
+# ----------------------------------------------------------------------------- PSTH R^2
+
+def psth_spikes():
+    # Condition 'a': trials 0-2 (1 neuron, 3 bins of 0.1 s); condition 'b': trial 3 alone.
+    counts = np.array([[0, 1, 2], [2, 1, 0], [1, 1, 4], [9, 9, 9]], dtype=float)[:, :, None]
+    return arr(counts, time=(np.arange(3) + 0.5) * 0.1).assign_coords(
+        condition=("trial", ["a", "a", "a", "b"]))
+
+
+def test_psth_r2_leave_one_out_hand_case():
+    # sigma = bw/10: neighbour weight exp(-50), so smoothing is counts / bw. Leave-one-out
+    # PSTHs (Hz): trial 0 -> mean(t1, t2) = [15, 10, 20], trial 1 -> [5, 10, 30],
+    # trial 2 -> [10, 10, 10]. Predictions = PSTH + 5 Hz: SS_res = 9 x 25 = 225,
+    # SS_tot = 450 (mean 13.33), so R^2 = 0.5.
+    spikes = psth_spikes()
+    target = np.array([[15, 10, 20], [5, 10, 30], [10, 10, 10]], dtype=float)[:, :, None]
+    rates = arr(target + 5, time=spikes["time"].values)
+    assert metrics.psth_r2(rates, spikes, bin_width=0.1, sigma=0.01) == pytest.approx(0.5, abs=1e-9)
+
+
+def test_psth_r2_perfect_when_trials_repeat():
+    rng = np.random.default_rng(6)
+    base = rng.poisson(1.0, (2, 20, 4)).astype(float)
+    counts = np.concatenate([base[[0]]] * 3 + [base[[1]]] * 3)
+    spikes = arr(counts).assign_coords(condition=("trial", [0, 0, 0, 1, 1, 1]))
+    rates = metrics.smooth_spikes(spikes, 0.01, 0.03)
+    assert metrics.psth_r2(rates, spikes, bin_width=0.01, sigma=0.03) == pytest.approx(1.0)
+
+
+def test_psth_r2_skips_trials_alone_in_their_condition():
+    spikes = psth_spikes()
+    target = np.array([[15, 10, 20], [5, 10, 30], [10, 10, 10], [0, 0, 0]], dtype=float)[:, :, None]
+    rates = arr(target + 5, time=spikes["time"].values)
+    with pytest.warns(UserWarning, match=r"skips trials \[3\]"):
+        assert metrics.psth_r2(rates, spikes, bin_width=0.1, sigma=0.01) == pytest.approx(0.5)
+    with pytest.raises(DataError, match="at least 2 trials per condition"):
+        metrics.psth_r2(rates.sel(trial=[3]), spikes, bin_width=0.1, sigma=0.01)
+    with pytest.raises(DataError, match="no 'condition' coordinate"):
+        metrics.psth_r2(rates, spikes.drop_vars("condition"), bin_width=0.1)
+
+
+# ----------------------------------------------------------------------------- state R^2
+
+def test_state_r2_affine_recovery_is_one():
+    rng = np.random.default_rng(7)
+    true = arr(rng.normal(size=(5, 30, 3)), dims=("trial", "time", "latent"))
+    mixing = rng.normal(size=(3, 4))
+    inferred = arr(true.values @ mixing + 2.0, dims=("trial", "time", "factor"))
+    assert metrics.state_r2(inferred, true) == pytest.approx(1.0)
+
+
+def test_state_r2_direction_true_to_inferred():
+    # A 1-D inferred state that is a projection of the 3-D truth is fully explained by it (1.0);
+    # the other way round, the 1-D state cannot explain the 3-D truth (< 1).
+    rng = np.random.default_rng(8)
+    true = arr(rng.normal(size=(5, 30, 3)), dims=("trial", "time", "latent"))
+    inferred = arr(true.values @ [[1.0], [-2.0], [0.5]] - 1.0, dims=("trial", "time", "factor"))
+    assert metrics.state_r2(inferred, true) == pytest.approx(1.0)
+    assert metrics.state_r2(true, inferred) < 0.7
+
+
+def test_state_r2_unexplained_dim_scores_zero():
+    # Inferred dims: two affine images of the truth (R^2 1) and one built orthogonal to
+    # [1, truth] in-sample (R^2 exactly 0): average 2/3.
+    rng = np.random.default_rng(9)
+    x = rng.normal(size=(150, 2))
+    design = np.hstack([x, np.ones((150, 1))])
+    noise = rng.normal(size=150)
+    noise -= design @ np.linalg.lstsq(design, noise, rcond=None)[0]
+    inferred = np.column_stack([x @ [1.0, 2.0] + 3, x @ [0.0, -1.0], noise])
+    r2 = metrics.state_r2(arr(inferred.reshape(5, 30, 3), dims=("trial", "time", "factor")),
+                          arr(x.reshape(5, 30, 2), dims=("trial", "time", "latent")))
+    assert r2 == pytest.approx(2 / 3)
+
+
+def test_state_r2_errors():
+    true = arr(np.random.default_rng(0).normal(size=(2, 5, 3)), dims=("trial", "time", "latent"))
+    with pytest.raises(DataError, match="entries along 'trial'"):
+        metrics.state_r2(true.isel(trial=[0]), true)
+    with pytest.raises(DataError, match="one feature dim"):
+        metrics.state_r2(true.isel(latent=0), true)

@@ -1,0 +1,171 @@
+"""lfads_nb.plots: each figure builds from a small dataset with the expected traces and labels."""
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+import pytest
+
+from lfads_nb import DataError, make_dataset
+from lfads_nb import metrics, plots
+
+BIN = 0.01
+
+
+@pytest.fixture(scope="module")
+def ds():
+    rng = np.random.default_rng(0)
+    n_trials, n_time, n_neurons = 8, 30, 5
+    latents = np.cumsum(rng.normal(0, 0.3, (n_trials, n_time, 5)), axis=1)
+    rates = 10 * np.exp(0.3 * latents[..., :3] @ rng.normal(0, 1, (3, n_neurons)))
+    behavior = latents[..., :2] * 2.0
+    out = make_dataset(rng.poisson(rates * BIN), BIN, split_labels=["train"] * 6 + ["valid"] * 2,
+                       condition=[0, 1, 2, 0, 1, 2, 0, 1], trial_ids=np.arange(100, 108),
+                       rates_true=rates, latents_true=latents, behavior=behavior)
+    out["behavior"].attrs["units"] = "cm/s"
+    return out
+
+
+def test_raster_ticks_match_spikes(ds):
+    fig = plots.raster(ds, 103)
+    assert isinstance(fig, go.Figure)
+    (trace,) = fig.data
+    spikes = ds["spikes"].sel(trial=103)
+    assert len(trace.x) == int((spikes > 0).sum())  # one tick per bin with spikes
+    assert "trial 103" in fig.layout.title.text and "condition 0" in fig.layout.title.text
+    assert fig.layout.xaxis.title.text == "time (s)" and fig.layout.yaxis.title.text == "neuron"
+
+
+def test_raster_with_rates_heatmap(ds):
+    fig = plots.raster(ds, 100, rates="rates_true")
+    assert [type(t).__name__ for t in fig.data] == ["Scatter", "Heatmap"]
+    heat = fig.data[1]
+    np.testing.assert_allclose(np.asarray(heat.z), ds["rates_true"].sel(trial=100).values.T, rtol=1e-6)
+    assert fig.layout.annotations[1].text == "rates_true (Hz)"
+    assert fig.layout.xaxis2.title.text == "time (s)"
+    with pytest.raises(DataError, match="needs \\(trial, time, neuron\\) rates"):
+        plots.raster(ds, 100, rates="latents_true")
+
+
+def test_unknown_trial_names_the_valid_range(ds):
+    for call in (lambda: plots.raster(ds, 3), lambda: plots.rates_heatmap(ds, 3),
+                 lambda: plots.compare_rates(ds["rates_true"], ds, 3),
+                 lambda: plots.decoding(ds["behavior"], ds["behavior"], 3),
+                 lambda: plots.latents_3d(ds, trials=[100, 3])):
+        with pytest.raises(DataError, match="ids from 100 to 107 \\(8 in all\\)"):
+            call()
+
+
+def test_rates_heatmap(ds):
+    fig = plots.rates_heatmap(ds, 101)
+    (heat,) = fig.data
+    assert isinstance(heat, go.Heatmap)
+    np.testing.assert_allclose(np.asarray(heat.z), ds["rates_true"].sel(trial=101).values.T, rtol=1e-6)
+    assert fig.layout.title.text.startswith("rates_true (Hz), trial 101")
+    assert fig.layout.xaxis.title.text == "time (s)" and fig.layout.yaxis.title.text == "neuron"
+    assert plots.rates_heatmap(ds, 101, "latents_true").layout.yaxis.title.text == "latent"
+    with pytest.raises(DataError, match="no variable 'factors'"):
+        plots.rates_heatmap(ds, 101, "factors")
+
+
+def test_latents_3d_projects_onto_principal_components(ds):
+    fig = plots.latents_3d(ds)
+    lines = [t for t in fig.data if t.mode == "lines"]
+    assert len(lines) == ds.sizes["trial"] and len(fig.data) == ds.sizes["trial"] + 1  # + start markers
+    assert "top 3 principal components" in fig.layout.title.text
+    assert fig.layout.scene.xaxis.title.text == "PC1 (a.u.)"
+    # One legend entry per condition, trials of a condition share a colour.
+    assert sum(t.showlegend for t in lines) == 3
+    colours = {t.name: t.line.color for t in lines}
+    assert len(set(colours.values())) == 3
+    # The projection keeps the trajectory geometry: PC scores have the latents' centred norm.
+    points = ds["latents_true"].values.reshape(-1, 5)
+    total = ((points - points.mean(0)) ** 2).sum()
+    kept = sum((np.asarray(t.x) ** 2 + np.asarray(t.y) ** 2 + np.asarray(t.z) ** 2).sum() for t in lines)
+    assert kept <= total and kept > 0.5 * total
+
+
+def test_latents_3d_three_dims_and_trial_selection(ds):
+    three = ds.drop_dims("latent").assign(latents_true=ds["latents_true"].isel(latent=slice(0, 3)))
+    fig = plots.latents_3d(three, trials=[104, 105], color_by="split")
+    lines = [t for t in fig.data if t.mode == "lines"]
+    assert len(lines) == 2
+    np.testing.assert_allclose(np.asarray(lines[0].x), three["latents_true"].sel(trial=104, latent=0).values,
+                               rtol=1e-6)
+    assert "principal" not in fig.layout.title.text
+    assert fig.layout.scene.zaxis.title.text == "latent 2 (a.u.)"
+    with pytest.raises(DataError, match="needs at least 3"):
+        plots.latents_3d(ds.drop_dims("latent").assign(latents_true=ds["latents_true"].isel(latent=slice(0, 2))))
+    with pytest.raises(DataError, match="not a coordinate"):
+        plots.latents_3d(ds, color_by="monkey")
+
+
+def test_compare_rates(ds):
+    inferred = metrics.smooth_spikes(ds["spikes"], BIN, 0.03)
+    fig = plots.compare_rates(inferred, ds, 102, neurons=[1, 3])
+    assert len(fig.data) == 4  # true + inferred per neuron
+    assert [a.text for a in fig.layout.annotations] == ["neuron 1", "neuron 3"]
+    np.testing.assert_allclose(np.asarray(fig.data[2].y), ds["rates_true"].sel(trial=102, neuron=3))
+    np.testing.assert_allclose(np.asarray(fig.data[3].y), inferred.sel(trial=102, neuron=3))
+    assert fig.layout.yaxis.title.text == "rate (Hz)" and fig.layout.xaxis2.title.text == "time (s)"
+    assert len(plots.compare_rates(inferred, ds, 102).data) == 2 * plots.DEFAULT_NEURONS
+    with pytest.raises(DataError, match="neuron ids \\[9\\]"):
+        plots.compare_rates(inferred, ds, 102, neurons=[9])
+    with pytest.raises(DataError, match="different time bins"):
+        plots.compare_rates(inferred.isel(time=slice(0, 10)), ds, 102)
+
+
+def test_decoding(ds):
+    pred = metrics.decode_behavior(ds["rates_true"], ds["behavior"], train_trials="train", bin_width=BIN)
+    fig = plots.decoding(ds["behavior"], pred, 106)
+    assert len(fig.data) == 4 and [t.name for t in fig.data[:2]] == ["true", "decoded"]
+    np.testing.assert_allclose(np.asarray(fig.data[1].y), pred.sel(trial=106).isel(behavior_dim=0))
+    assert fig.layout.yaxis.title.text == "0 (cm/s)" and fig.layout.xaxis2.title.text == "time (s)"
+    assert "trial 106" in fig.layout.title.text
+
+
+def test_history_groups_and_log_axes():
+    # The columns lfads_nb.training writes, plus a text column.
+    epochs = np.arange(1, 21)
+    df = pd.DataFrame({
+        "epoch": epochs,
+        "train_loss": 1.0 + 1.0 / epochs,
+        "train_recon": 1000.0 / epochs,  # spans > 10x: log
+        "kl_ic": np.linspace(1.0, 2.0, 20),  # within 2x: linear
+        "kl_co": np.linspace(2.0, 3.0, 20),
+        "l2": np.linspace(5.0, 4.0, 20),
+        "valid_recon": np.where(epochs % 5 == 0, 1100.0 / epochs, np.nan),  # logged every 5 epochs
+        "kl_ramp": np.clip(epochs / 10, 0, 1),
+        "l2_ramp": np.clip(epochs / 10, 0, 1),
+        "lr": 1e-2 * 0.8 ** epochs,
+        "epoch_seconds": np.full(20, 0.5),
+        "valid_rate_r2": np.linspace(0.1, 0.8, 20),
+        "note": ["x"] * 20,  # not numeric: ignored
+    })
+    fig = plots.history(df)
+    assert [a.text for a in fig.layout.annotations] == [
+        "training objective", "reconstruction", "KL divergence", "L2 penalty", "learning rate",
+        "regulariser ramps", "time per epoch", "other metrics"]
+    assert [t.name for t in fig.data] == ["train_loss", "train_recon", "valid_recon", "kl_ic", "kl_co", "l2",
+                                          "lr", "kl_ramp", "l2_ramp", "epoch_seconds", "valid_rate_r2"]
+    assert len(fig.data[2].x) == 4  # NaN epochs skipped
+    types = [getattr(fig.layout, f"yaxis{i if i > 1 else ''}").type for i in range(1, 9)]
+    assert types == ["linear", "log", "linear", "linear", "log", "linear", "linear", "linear"]
+    assert fig.layout.yaxis2.title.text == "NLL per entry (nats) (log)"
+    assert fig.layout.yaxis3.title.text == "KL per trial (nats)"
+    assert fig.layout.xaxis8.title.text == "epoch"
+    with pytest.raises(DataError, match="reset_index"):
+        plots.history(df.set_index("epoch"))
+    with pytest.raises(DataError, match="no numeric metric"):
+        plots.history(df[["epoch", "note"]])
+
+
+def test_scatter_metric_hover_shows_hyperparameters():
+    table = pd.DataFrame({"valid_nll": [0.31, 0.29, 0.30], "rate_r2": [0.7, 0.8, 0.75],
+                          "kl_weight": [1e-4, 1e-3, 1e-2], "dropout": [0.1, 0.2, 0.3]})
+    fig = plots.scatter_metric(table, "valid_nll", "rate_r2", color="dropout")
+    (trace,) = fig.data
+    np.testing.assert_allclose(np.asarray(trace.x), table["valid_nll"])
+    assert "kl_weight" in trace.hovertemplate and "dropout" in trace.hovertemplate
+    assert fig.layout.xaxis.title.text == "valid_nll" and fig.layout.yaxis.title.text == "rate_r2"
+    assert "3 models" in fig.layout.title.text
+    with pytest.raises(DataError, match="no column 'bps'"):
+        plots.scatter_metric(table, "valid_nll", "bps")
