@@ -1,0 +1,571 @@
+"""LFADS: latent factor analysis via dynamical systems (Pandarinath et al., Nature Methods 2018).
+
+One file, top to bottom in the order the data flows. Notation (shapes):
+
+    B trials in a batch, T time bins, N neurons read out, E = encod_dim encoder input width
+    x        (B, T, E)        encoder input (spikes, already masked / rescaled by the caller)
+    g0       (B, ic_dim)      initial condition; posterior N(ic_mean, ic_std^2)
+    e_t      (B, 2 ci_enc)    controller input: CI-encoder outputs, forward lagged / backward led by 1
+    c_t      (B, con_dim)     controller state
+    u_t      (B, co_dim)      inferred input; posterior N(co_mean_t, co_std_t^2)
+    g_t      (B, gen_dim)     generator state
+    f_t      (B, fac_dim)     factors
+    params   (B, T, N, k)     observation parameters (Poisson: log expected count per bin)
+
+Data flow:
+
+    x --dropout--> IC encoder (bidirectional GRU) --final fwd+bwd states--> dropout --> linear
+      --> ic_mean, ic_logvar --> g0 = ic_mean + ic_std * eps   (eps = 0 when sample=False)
+    x --dropout--> CI encoder (bidirectional GRU) --lag by 1--> e_t
+    g_{-1} = linear(g0);  f_{-1} = W_fac dropout(g_{-1});  c_{-1} = learnable vector
+    for t in 0..T-1:
+        c_t = GRU_con(dropout([e_t, f_{t-1}]), c_{t-1});   co_mean_t, co_logvar_t = linear(c_t)
+        u_t = co_mean_t + co_std_t * eps_t                  (eps_t = 0 when sample=False)
+        g_t = GRU_gen([u_t, dropout(ext_t)], g_{t-1});     f_t = W_fac dropout(g_t)
+    params = observation readout(f)
+
+All recurrent cells are the TF-style GRU of the original LFADS (reset gate applied to the state
+before the candidate matmul, no recurrent bias, state clipped to +-cell_clip), as in lfads-torch.
+Without a controller (co_dim = 0) the generator's inputs do not depend on its state, so the whole
+generator recurrence runs as one fused autograd Function with a hand-written backward pass
+(``clipped_gru_scan``); the encoders, whose inputs never depend on their state, always use it.
+The step loop in ``LFADS._decode_loop`` is the plain-autograd reference; the tests check both
+agree in value and gradient.
+
+Sampling uses the global torch RNG, so ``torch.manual_seed`` makes runs reproducible.
+"""
+from __future__ import annotations
+
+import math
+import numbers
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .errors import ConfigError, DataError
+from .observations import OBSERVATIONS, ObservationModel, make_observation
+
+# --------------------------------------------------------------------------------------------
+# Configuration and outputs
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class LFADSConfig:
+    """Architecture hyperparameters (sizes are widths; times are in bins).
+
+    Defaults follow lfads-torch's configs for single-session data. ``co_dim = 0`` removes the
+    controller and its encoder (an autonomous generator, plus external inputs if any);
+    ``ci_enc_dim`` and ``con_dim`` are then unused.
+    """
+
+    n_neurons: int
+    encod_dim: int | None = None
+    ext_input_dim: int = 0
+    ic_enc_dim: int = 64
+    ci_enc_dim: int = 64
+    con_dim: int = 64
+    co_dim: int = 4
+    ic_dim: int = 64
+    gen_dim: int = 100
+    fac_dim: int = 20
+    dropout: float = 0.05
+    cell_clip: float = 5.0
+    ic_post_var_min: float = 1e-4
+    ic_prior_var: float = 0.1
+    co_prior_tau: float = 10.0
+    co_prior_var: float = 0.1
+    observation: str = "poisson"
+
+    def __post_init__(self):
+        if self.encod_dim is None:
+            self.encod_dim = self.n_neurons
+        positive = ["n_neurons", "encod_dim", "ic_enc_dim", "ic_dim", "gen_dim", "fac_dim"]
+        positive += ["ci_enc_dim", "con_dim"] if self.co_dim else []
+        for name in ["n_neurons", "encod_dim", "ext_input_dim", "ic_enc_dim", "ci_enc_dim", "con_dim", "co_dim", "ic_dim", "gen_dim", "fac_dim"]:
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Integral) or isinstance(value, bool):
+                raise ConfigError(f"LFADSConfig.{name} must be an integer, got {value!r}.")
+            value = int(value)
+            setattr(self, name, value)
+            if name in positive and value < 1:
+                hint = " when co_dim > 0 (or set co_dim=0 for no controller)" if name in ("ci_enc_dim", "con_dim") else ""
+                raise ConfigError(f"LFADSConfig.{name} must be > 0{hint}, got {value}.")
+            if value < 0:
+                raise ConfigError(f"LFADSConfig.{name} must be >= 0, got {value}.")
+        for name in ["dropout", "cell_clip", "ic_post_var_min", "ic_prior_var", "co_prior_tau", "co_prior_var"]:
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+                raise ConfigError(f"LFADSConfig.{name} must be a finite number, got {value!r}.")
+            setattr(self, name, float(value))
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"LFADSConfig.dropout is a drop probability in [0, 1), got {self.dropout}.")
+        for name in ["cell_clip", "ic_post_var_min", "ic_prior_var", "co_prior_tau", "co_prior_var"]:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"LFADSConfig.{name} must be > 0, got {getattr(self, name)}.")
+        if self.observation not in OBSERVATIONS:
+            raise ConfigError(
+                f"LFADSConfig.observation {self.observation!r} is unknown; choose one of {sorted(OBSERVATIONS)}."
+            )
+
+
+class LFADSOutput(NamedTuple):
+    """Everything one forward pass infers (B trials, T bins, N neurons)."""
+
+    obs_params: Tensor  # (B, T, N, n_params) raw observation parameters
+    factors: Tensor  # (B, T, fac_dim)
+    gen_states: Tensor  # (B, T, gen_dim) generator state after consuming step t
+    inputs: Tensor  # (B, T, co_dim) inferred inputs u_t (samples, or posterior means if sample=False)
+    ic_mean: Tensor  # (B, ic_dim) posterior mean of g0
+    ic_std: Tensor  # (B, ic_dim) posterior std of g0
+    co_mean: Tensor  # (B, T, co_dim) posterior mean of u_t
+    co_std: Tensor  # (B, T, co_dim) posterior std of u_t
+    kl_ic: Tensor  # (B,) KL(q(g0) || p(g0)) in nats
+    kl_co: Tensor  # (B,) KL(q(u) || p(u)) in nats (0 without a controller)
+
+
+# --------------------------------------------------------------------------------------------
+# The recurrent cell: TF-style clipped GRU, a step (reference) and a fused scan (fast)
+# --------------------------------------------------------------------------------------------
+
+
+def gru_step(xp_t: Tensor, h: Tensor, w_hh: Tensor, clip: float) -> Tensor:
+    """One step of the TF-style GRU. Plain autograd; the reference for ``clipped_gru_scan``.
+
+    xp_t: (..., B, 3H) input projection x_t W_ih^T + b, gate blocks ordered (z, r, n).
+    h: (..., B, H) previous state.  w_hh: (..., 3H, H) recurrent weights (no recurrent bias).
+
+        z = sigmoid(xz + h Wz^T)          update gate
+        r = sigmoid(xr + h Wr^T)          reset gate
+        n = tanh(xn + (r * h) Wn^T)       candidate: reset applied to h BEFORE the matmul (TF style)
+        h' = clamp(z * h + (1 - z) * n, -clip, clip)
+    """
+    H = h.shape[-1]
+    zr = torch.sigmoid(xp_t[..., : 2 * H] + h @ w_hh[..., : 2 * H, :].transpose(-1, -2))
+    z, r = zr[..., :H], zr[..., H:]
+    n = torch.tanh(xp_t[..., 2 * H :] + (r * h) @ w_hh[..., 2 * H :, :].transpose(-1, -2))
+    return torch.clamp(z * h + (1 - z) * n, -clip, clip)
+
+
+class _ClippedGRUScan(torch.autograd.Function):
+    """The whole recurrence h_1..h_T of D independent GRUs in one autograd node.
+
+    Forward runs ``gru_step`` T times without recording a graph, writing every intermediate
+    into preallocated buffers; backward is hand-written backpropagation through time. This
+    replaces ~20 autograd nodes per step with a handful of in-place kernels, and turns the
+    weight gradient into two large matmuls over all steps instead of T small ones.
+    Shapes: xp (T, D, B, 3H), h0 (D, B, H), w_hh (D, 3H, H) -> states (T, D, B, H).
+    """
+
+    @staticmethod
+    def forward(ctx, xp: Tensor, h0: Tensor, w_hh: Tensor, clip: float) -> Tensor:
+        T, D, B, H3 = xp.shape
+        H = H3 // 3
+        w_zr_t, w_n_t = w_hh[:, : 2 * H].transpose(1, 2), w_hh[:, 2 * H :].transpose(1, 2)
+        hs = xp.new_empty(T + 1, D, B, H)  # h_0 .. h_T
+        zr = xp.new_empty(T, D, B, 2 * H)  # gates z, r
+        n = xp.new_empty(T, D, B, H)  # candidate
+        rh = xp.new_empty(T, D, B, H)  # r * h_{t-1}, the input of the candidate matmul
+        pre = xp.new_empty(T, D, B, H)  # state before clipping (its mask gates the gradient)
+        hs[0] = h0
+        # unbind once: per-step views without per-step Python slicing
+        xzr_, xn_ = xp[..., : 2 * H].unbind(0), xp[..., 2 * H :].unbind(0)
+        hs_, zr_, n_, rh_, pre_ = hs.unbind(0), zr.unbind(0), n.unbind(0), rh.unbind(0), pre.unbind(0)
+        for t in range(T):
+            h, g = hs_[t], zr_[t]
+            torch.baddbmm(xzr_[t], h, w_zr_t, out=g).sigmoid_()
+            torch.mul(g[..., H:], h, out=rh_[t])
+            c = torch.baddbmm(xn_[t], rh_[t], w_n_t, out=n_[t]).tanh_()
+            p = torch.sub(h, c, out=pre_[t]).mul_(g[..., :H]).add_(c)  # n + z (h - n)
+            torch.clamp(p, -clip, clip, out=hs_[t + 1])
+        ctx.save_for_backward(w_hh, hs, zr, n, rh, pre)
+        ctx.clip = clip
+        return hs[1:]
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, d_out: Tensor):
+        w_hh, hs, zr, n, rh, pre = ctx.saved_tensors
+        T, D, B, H = n.shape
+        h_prev, z, r = hs[:-1], zr[..., :H], zr[..., H:]
+        # Local derivatives of all steps at once (large vectorised ops), with the clip mask
+        # folded in: dL/dpre = dL/dh' * m, m = 1 where |pre| <= clip (torch.clamp's rule).
+        m = (pre.abs() <= ctx.clip).to(n.dtype)
+        mz = m * z  # dh'/dh_prev through the z * h term
+        dn_coef = (m - mz) * (1 - n * n)  # dL/d(n pre-activation) = dL/dh' * (1 - z)(1 - n^2)
+        dz_coef = mz * (1 - z) * (h_prev - n)  # dL/d(z pre-activation) = dL/dh' * (h - n) z (1 - z)
+        dr_coef = h_prev * r * (1 - r)  # dL/d(r pre-activation) = dL/d(r h) * h r (1 - r)
+        w_zr, w_n = w_hh[:, : 2 * H], w_hh[:, 2 * H :]
+        d_xp = n.new_empty(T, D, B, 3 * H)  # gradients of the gate pre-activations
+        d_xzr_, d_xz_ = d_xp[..., : 2 * H].unbind(0), d_xp[..., :H].unbind(0)
+        d_xr_, d_xn_ = d_xp[..., H : 2 * H].unbind(0), d_xp[..., 2 * H :].unbind(0)
+        d_out_, dn_, dz_, dr_ = d_out.unbind(0), dn_coef.unbind(0), dz_coef.unbind(0), dr_coef.unbind(0)
+        mz_, r_ = mz.unbind(0), r.unbind(0)
+        dh = n.new_zeros(D, B, H)  # dL/dh_t flowing back from later steps
+        for t in range(T - 1, -1, -1):
+            dh.add_(d_out_[t])
+            dn = torch.mul(dh, dn_[t], out=d_xn_[t])
+            torch.mul(dh, dz_[t], out=d_xz_[t])
+            d_rh = torch.bmm(dn, w_n)
+            torch.mul(d_rh, dr_[t], out=d_xr_[t])
+            dh = torch.mul(dh, mz_[t]).addcmul_(d_rh, r_[t]).baddbmm_(d_xzr_[t], w_zr)
+
+        def flat(x: Tensor) -> Tensor:  # (T, D, B, k) -> (D, T*B, k)
+            return x.transpose(0, 1).reshape(D, T * B, x.shape[-1])
+
+        d_w = None
+        if ctx.needs_input_grad[2]:
+            d_w = torch.cat(
+                [
+                    torch.bmm(flat(d_xp[..., : 2 * H]).transpose(1, 2), flat(h_prev)),
+                    torch.bmm(flat(d_xp[..., 2 * H :]).transpose(1, 2), flat(rh)),
+                ],
+                dim=1,
+            )
+        return d_xp, dh, d_w, None
+
+
+def clipped_gru_scan(xp: Tensor, h0: Tensor, w_hh: Tensor, clip: float) -> Tensor:
+    """Run ``gru_step`` over all T steps of D independent GRUs: (T, D, B, 3H) -> (T, D, B, H).
+
+    Equal to looping ``gru_step`` (tested in value and gradient) but several times faster.
+    Only valid when the inputs xp do not depend on the states (encoders; generator without
+    a controller).
+    """
+    return _ClippedGRUScan.apply(xp, h0, w_hh, clip)
+
+
+class ClippedGRU(nn.Module):
+    """Weights of D side-by-side TF-style GRUs (D = 2: the two directions of an encoder).
+
+    weight_ih (D, 3H, in), bias_ih (D, 3H), weight_hh (D, 3H, H); gate blocks (z, r, n).
+    Initialisation as lfads-torch: weights N(0, 1/fan_in), where the encoders use
+    fan_in = in + H for both matrices; z and r biases 1 (gates start half-open towards
+    keeping the state), candidate bias 0.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, clip: float, directions: int = 1, encoder: bool = False):
+        super().__init__()
+        D, H = directions, hidden_size
+        self.hidden_size, self.clip = H, clip
+        self.weight_ih = nn.Parameter(torch.empty(D, 3 * H, input_size))
+        self.bias_ih = nn.Parameter(torch.zeros(D, 3 * H))
+        self.weight_hh = nn.Parameter(torch.empty(D, 3 * H, H))
+        ih_fan, hh_fan = (input_size + H, input_size + H) if encoder else (input_size, H)
+        if input_size:
+            nn.init.normal_(self.weight_ih, std=1 / math.sqrt(ih_fan))
+        nn.init.normal_(self.weight_hh, std=1 / math.sqrt(hh_fan))
+        with torch.no_grad():
+            self.bias_ih[:, : 2 * H] = 1.0
+
+    def project(self, x: Tensor) -> Tensor:
+        """Input projections of all steps in one matmul: x (..., in) -> (..., D, 3H)."""
+        D, H3, _ = self.weight_ih.shape
+        out = F.linear(x, self.weight_ih.reshape(D * H3, -1), self.bias_ih.reshape(-1))
+        return out.view(*x.shape[:-1], D, H3)
+
+
+class BidirectionalEncoder(nn.Module):
+    """Bidirectional clipped GRU over the whole trial, with learnable initial states.
+
+    forward(x (B, T, in)) -> (fwd, bwd), each (B, T, H): fwd[:, t] has read x_0..x_t,
+    bwd[:, t] has read x_t..x_{T-1}. The final states are fwd[:, -1] and bwd[:, 0].
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, clip: float):
+        super().__init__()
+        self.gru = ClippedGRU(input_size, hidden_size, clip, directions=2, encoder=True)
+        self.h0 = nn.Parameter(torch.zeros(2, 1, hidden_size))
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        B = x.shape[0]
+        p = self.gru.project(x.transpose(0, 1))  # (T, B, 2, 3H): both directions in one matmul
+        xp = torch.stack([p[:, :, 0], p[:, :, 1].flip(0)], dim=1)  # backward direction reads time reversed
+        states = clipped_gru_scan(xp, self.h0.expand(-1, B, -1), self.gru.weight_hh, self.gru.clip)
+        return states[:, 0].transpose(0, 1), states[:, 1].flip(0).transpose(0, 1)
+
+
+# --------------------------------------------------------------------------------------------
+# Priors
+# --------------------------------------------------------------------------------------------
+
+
+class GaussianPrior(nn.Module):
+    """p(g0) = N(mean, var I) with a learnable mean (init 0) and a fixed variance."""
+
+    def __init__(self, dim: int, var: float):
+        super().__init__()
+        self.mean = nn.Parameter(torch.zeros(dim))
+        self.register_buffer("logvar", torch.full((dim,), math.log(var)))
+
+    def kl(self, post_mean: Tensor, post_std: Tensor) -> Tensor:
+        """Analytic KL(N(post_mean, post_std^2) || prior) summed over dims: (B, dim) -> (B,).
+
+        KL = sum_i [ log(s_p / s_q) + (s_q^2 + (m_q - m_p)^2) / (2 s_p^2) - 1/2 ].
+        """
+        var_p = torch.exp(self.logvar)
+        kl = 0.5 * self.logvar - torch.log(post_std) + (post_std**2 + (post_mean - self.mean) ** 2) / (2 * var_p) - 0.5
+        return kl.sum(-1)
+
+
+class AR1Prior(nn.Module):
+    """Autoregressive prior on the inferred inputs, independent per input dimension d.
+
+        a = exp(-1 / tau)                                 (tau in bins, learnable via log tau)
+        u_0       ~ N(0, s^2 / (1 - a^2))                 the stationary (process) variance
+        u_t | u_{t-1} ~ N(a u_{t-1}, s^2)                 s^2: learnable noise variance
+
+    Starting from the stationary distribution makes every u_t have variance s^2 / (1 - a^2).
+    """
+
+    def __init__(self, dim: int, tau: float, noise_var: float):
+        super().__init__()
+        self.log_tau = nn.Parameter(torch.full((dim,), math.log(tau)))
+        self.log_noise_var = nn.Parameter(torch.full((dim,), math.log(noise_var)))
+
+    def _coefficients(self) -> tuple[Tensor, Tensor, Tensor]:
+        alpha = torch.exp(-torch.exp(-self.log_tau))
+        log_process_var = self.log_noise_var - torch.log1p(-alpha**2)
+        return alpha, self.log_noise_var, log_process_var
+
+    def log_prob(self, u: Tensor) -> Tensor:
+        """log p(u) summed over time and dims: (B, T, D) -> (B,)."""
+        alpha, log_nvar, log_pvar = self._coefficients()
+        first = -0.5 * (math.log(2 * math.pi) + log_pvar + u[:, 0] ** 2 * torch.exp(-log_pvar))
+        resid = u[:, 1:] - alpha * u[:, :-1]
+        rest = -0.5 * (math.log(2 * math.pi) + log_nvar + resid**2 * torch.exp(-log_nvar))
+        return first.sum(-1) + rest.sum((1, 2))
+
+    def kl_sample(self, post_mean: Tensor, post_std: Tensor, u: Tensor) -> Tensor:
+        """One-sample estimate log q(u) - log p(u) at a sample u ~ q: (B, T, D) -> (B,)."""
+        log_q = -0.5 * (math.log(2 * math.pi) + 2 * torch.log(post_std) + ((u - post_mean) / post_std) ** 2)
+        return log_q.sum((1, 2)) - self.log_prob(u)
+
+    def kl_expected(self, post_mean: Tensor, post_std: Tensor) -> Tensor:
+        """Closed-form KL(q || p) for the factorised Gaussian q: (B, T, D) -> (B,).
+
+        The expectation of ``kl_sample``. Under q the u_t are independent, so
+        E(u_t - a u_{t-1})^2 = (m_t - a m_{t-1})^2 + s_t^2 + a^2 s_{t-1}^2.
+        """
+        alpha, log_nvar, log_pvar = self._coefficients()
+        m, v = post_mean, post_std**2
+        neg_entropy = -0.5 * (math.log(2 * math.pi) + torch.log(v) + 1).sum((1, 2))
+        first = -0.5 * (math.log(2 * math.pi) + log_pvar + (m[:, 0] ** 2 + v[:, 0]) * torch.exp(-log_pvar))
+        sq = (m[:, 1:] - alpha * m[:, :-1]) ** 2 + v[:, 1:] + alpha**2 * v[:, :-1]
+        rest = -0.5 * (math.log(2 * math.pi) + log_nvar + sq * torch.exp(-log_nvar))
+        return neg_entropy - first.sum(-1) - rest.sum((1, 2))
+
+
+# --------------------------------------------------------------------------------------------
+# Factor readout
+# --------------------------------------------------------------------------------------------
+
+
+class FactorReadout(nn.Module):
+    """f_t = W g_t with no bias, each row of W rescaled to unit L2 norm (in forward, not in place).
+
+    Normalising the rows stops the model from shrinking factors and growing the observation
+    readout to dodge the L2 penalty; the factors stay on a fixed scale.
+    """
+
+    def __init__(self, gen_dim: int, fac_dim: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(fac_dim, gen_dim) / math.sqrt(gen_dim))
+
+    def normalized_weight(self) -> Tensor:
+        return F.normalize(self.weight, p=2, dim=1)
+
+    def forward(self, g: Tensor) -> Tensor:
+        return F.linear(g, self.normalized_weight())
+
+
+# --------------------------------------------------------------------------------------------
+# The model
+# --------------------------------------------------------------------------------------------
+
+
+def _fan_in_linear(in_features: int, out_features: int) -> nn.Linear:
+    layer = nn.Linear(in_features, out_features)
+    nn.init.normal_(layer.weight, std=1 / math.sqrt(in_features))
+    nn.init.zeros_(layer.bias)
+    return layer
+
+
+class LFADS(nn.Module):
+    """Sequential VAE: encoders infer g0 (and inputs u_t), a GRU generator produces the factors.
+
+    Submodules in data-flow order: ``ic_encoder``, ``ic_linear``, ``ic_prior``, ``ci_encoder``,
+    ``controller`` / ``con_h0`` / ``co_linear`` / ``co_prior`` (only with co_dim > 0),
+    ``ic_to_g0``, ``generator``, ``factor_readout``, ``observation`` (readout to the
+    observation parameters, plus the likelihood).
+
+    Initial states: the encoders' and the controller's (``con_h0``) are learnable vectors
+    (init 0). The controller's first input uses the factors of the generator's initial
+    state, f_{-1} = W_fac dropout(linear(g0)), as lfads-torch does.
+    """
+
+    def __init__(self, config: LFADSConfig):
+        super().__init__()
+        if not isinstance(config, LFADSConfig):
+            raise ConfigError(f"LFADS needs an LFADSConfig, got {type(config).__name__}.")
+        self.config = c = config
+        self.dropout = nn.Dropout(c.dropout)
+        self.ic_encoder = BidirectionalEncoder(c.encod_dim, c.ic_enc_dim, c.cell_clip)
+        self.ic_linear = _fan_in_linear(2 * c.ic_enc_dim, 2 * c.ic_dim)
+        self.ic_prior = GaussianPrior(c.ic_dim, c.ic_prior_var)
+        if c.co_dim:
+            self.ci_encoder = BidirectionalEncoder(c.encod_dim, c.ci_enc_dim, c.cell_clip)
+            self.controller = ClippedGRU(2 * c.ci_enc_dim + c.fac_dim, c.con_dim, c.cell_clip)
+            self.con_h0 = nn.Parameter(torch.zeros(c.con_dim))
+            self.co_linear = _fan_in_linear(c.con_dim, 2 * c.co_dim)
+            self.co_prior = AR1Prior(c.co_dim, c.co_prior_tau, c.co_prior_var)
+        self.ic_to_g0 = _fan_in_linear(c.ic_dim, c.gen_dim)
+        self.generator = ClippedGRU(c.co_dim + c.ext_input_dim, c.gen_dim, c.cell_clip)
+        self.factor_readout = FactorReadout(c.gen_dim, c.fac_dim)
+        self.observation: ObservationModel = make_observation(c.observation, c.n_neurons, c.fac_dim)
+
+    # ---- encoders ---------------------------------------------------------------------------
+
+    def encode_ic(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Posterior of g0 from the (dropped-out) input x (B, T, E): mean, std, each (B, ic_dim).
+
+        std = sqrt(exp(logvar) + ic_post_var_min): the floor keeps the posterior from collapsing.
+        """
+        fwd, bwd = self.ic_encoder(x)
+        h = self.dropout(torch.cat([fwd[:, -1], bwd[:, 0]], dim=-1))
+        mean, logvar = self.ic_linear(h).chunk(2, dim=-1)
+        return mean, torch.sqrt(torch.exp(logvar) + self.config.ic_post_var_min)
+
+    def encode_controller_inputs(self, x: Tensor) -> Tensor:
+        """Controller inputs e (B, T, 2 ci_enc_dim) from the (dropped-out) input x (B, T, E).
+
+        Lag of one step (as the original LFADS and lfads-torch): e_t = [fwd_{t-1}, bwd_{t+1}],
+        zeros past the edges. So e_t summarises x_0..x_{t-1} and x_{t+1}..x_{T-1} but never x_t
+        itself, and u_t cannot copy the spikes it is asked to reconstruct at t.
+        """
+        fwd, bwd = self.ci_encoder(x)
+        fwd = F.pad(fwd, (0, 0, 1, 0))[:, :-1]
+        bwd = F.pad(bwd, (0, 0, 0, 1))[:, 1:]
+        return torch.cat([fwd, bwd], dim=-1)
+
+    # ---- decoders (controller + generator) --------------------------------------------------
+
+    def _decode_scan(self, g_init: Tensor, ext: Tensor) -> tuple[Tensor, Tensor]:
+        """Generator without a controller: inputs (ext only) known in advance, one fused scan.
+
+        g_init (B, gen_dim), ext (B, T, ext_input_dim) already dropped out -> states, factors.
+        """
+        xp = self.generator.project(ext.transpose(0, 1))  # (T, B, 1, 3H)
+        states = clipped_gru_scan(xp.transpose(1, 2), g_init[None], self.generator.weight_hh, self.config.cell_clip)
+        states = states[:, 0].transpose(0, 1)  # (B, T, gen_dim)
+        return states, self.factor_readout(self.dropout(states))
+
+    def _decode_loop(self, g_init: Tensor, ci: Tensor | None, ext: Tensor, sample: bool):
+        """Step-by-step decoder in plain autograd: the readable reference, needed with a controller.
+
+        g_init (B, gen_dim); ci (B, T, 2 ci_enc_dim) or None without controller;
+        ext (B, T, ext_input_dim) already dropped out.
+        Returns states (B, T, gen_dim), factors (B, T, fac_dim), u, co_mean, co_std (B, T, co_dim).
+        """
+        c = self.config
+        B, T = ext.shape[:2]
+        gen, w_fac = self.generator, self.factor_readout.normalized_weight()
+        # The parts of every input projection that do not depend on the recurrence, all steps at once.
+        gen_xp_ext = F.linear(ext, gen.weight_ih[0, :, c.co_dim :], gen.bias_ih[0])  # (B, T, 3 gen_dim)
+        g = g_init
+        outputs = {"states": [], "factors": [], "u": [], "co_mean": [], "co_std": []}
+        if self.config.co_dim:
+            con = self.controller
+            n_ci = 2 * c.ci_enc_dim
+            # dropout([e_t, f_{t-1}]) == [dropout(e_t), dropout(f_{t-1})]: independent per element
+            con_xp_ci = F.linear(self.dropout(ci), con.weight_ih[0, :, :n_ci], con.bias_ih[0])
+            eps = torch.randn(B, T, c.co_dim, dtype=ext.dtype, device=ext.device) if sample else None
+            h_con = self.con_h0.expand(B, -1)
+            f = F.linear(self.dropout(g_init), w_fac)  # f_{-1}
+        for t in range(T):
+            gen_xp = gen_xp_ext[:, t]
+            if self.config.co_dim:
+                con_xp = con_xp_ci[:, t] + F.linear(self.dropout(f), con.weight_ih[0, :, n_ci:])
+                h_con = gru_step(con_xp, h_con, con.weight_hh[0], c.cell_clip)
+                co_mean, co_logvar = self.co_linear(h_con).chunk(2, dim=-1)
+                co_std = torch.exp(0.5 * co_logvar)
+                u = co_mean + co_std * eps[:, t] if sample else co_mean
+                gen_xp = gen_xp + F.linear(u, gen.weight_ih[0, :, : c.co_dim])
+                outputs["u"].append(u), outputs["co_mean"].append(co_mean), outputs["co_std"].append(co_std)
+            g = gru_step(gen_xp, g, gen.weight_hh[0], c.cell_clip)
+            f = F.linear(self.dropout(g), w_fac)
+            outputs["states"].append(g), outputs["factors"].append(f)
+        empty = ext.new_zeros(B, T, 0)
+        return tuple(torch.stack(v, dim=1) if v else empty for v in outputs.values())
+
+    # ---- forward ----------------------------------------------------------------------------
+
+    def _check_inputs(self, encoder_input: Tensor, ext_input: Tensor | None) -> None:
+        c = self.config
+        dtype = self.generator.weight_hh.dtype
+        if not isinstance(encoder_input, Tensor) or encoder_input.dim() != 3 or encoder_input.shape[-1] != c.encod_dim:
+            shape = tuple(encoder_input.shape) if isinstance(encoder_input, Tensor) else type(encoder_input).__name__
+            raise DataError(
+                f"encoder_input must be a tensor (trial, time, {c.encod_dim}); got {shape}. "
+                "Set LFADSConfig.encod_dim (or n_neurons) to the number of input channels."
+            )
+        if encoder_input.dtype != dtype:
+            raise DataError(f"encoder_input has dtype {encoder_input.dtype}, the model {dtype}; convert with .to({dtype}).")
+        if encoder_input.shape[1] == 0:
+            raise DataError("encoder_input has zero time bins; LFADS needs at least one.")
+        if c.ext_input_dim == 0:
+            if ext_input is not None and ext_input.shape[-1] != 0:
+                raise DataError("ext_input was given but LFADSConfig.ext_input_dim is 0; set ext_input_dim to its width.")
+            return
+        expected = (*encoder_input.shape[:2], c.ext_input_dim)
+        if ext_input is None or tuple(ext_input.shape) != expected:
+            got = None if ext_input is None else tuple(ext_input.shape)
+            raise DataError(f"ext_input must have shape {expected} (trial, time, ext_input_dim); got {got}.")
+        if ext_input.dtype != dtype:
+            raise DataError(f"ext_input has dtype {ext_input.dtype}, the model {dtype}; convert with .to({dtype}).")
+
+    def forward(self, encoder_input: Tensor, ext_input: Tensor | None = None, *, sample: bool = True) -> LFADSOutput:
+        """Infer everything for a batch.
+
+        encoder_input (B, T, encod_dim): already masked / rescaled by the caller, NaN already 0.
+        ext_input (B, T, ext_input_dim) or None. ``sample=True`` draws g0 and u_t from their
+        posteriors (training, posterior sampling); ``sample=False`` uses the posterior means.
+        kl_co is the one-sample estimate at the drawn u when sampling, and its closed-form
+        expectation when not (so ``sample=False`` is deterministic in eval mode).
+        """
+        self._check_inputs(encoder_input, ext_input)
+        c = self.config
+        B, T, _ = encoder_input.shape
+        x = self.dropout(encoder_input)
+        ic_mean, ic_std = self.encode_ic(x)
+        g0 = ic_mean + ic_std * torch.randn_like(ic_std) if sample else ic_mean
+        kl_ic = self.ic_prior.kl(ic_mean, ic_std)
+        g_init = self.ic_to_g0(g0)
+        ext = self.dropout(ext_input) if c.ext_input_dim else x.new_zeros(B, T, 0)
+        if c.co_dim:
+            ci = self.encode_controller_inputs(x)
+            states, factors, u, co_mean, co_std = self._decode_loop(g_init, ci, ext, sample)
+            kl_co = self.co_prior.kl_sample(co_mean, co_std, u) if sample else self.co_prior.kl_expected(co_mean, co_std)
+        else:
+            states, factors = self._decode_scan(g_init, ext)
+            u = co_mean = co_std = x.new_zeros(B, T, 0)
+            kl_co = x.new_zeros(B)
+        return LFADSOutput(self.observation(factors), factors, states, u, ic_mean, ic_std, co_mean, co_std, kl_ic, kl_co)
+
+    def l2_penalties(self) -> dict[str, Tensor]:
+        """0.5 ||W_hh||^2 / (number of entries of W_hh) for the generator and the controller.
+
+        The training loss multiplies them by l2_gen_scale and l2_con_scale (and the L2 ramp).
+        """
+
+        def l2(w: Tensor) -> Tensor:
+            return 0.5 * w.pow(2).sum() / w.numel()
+
+        w_gen = self.generator.weight_hh
+        return {
+            "l2_gen": l2(w_gen),
+            "l2_con": l2(self.controller.weight_hh) if self.config.co_dim else w_gen.new_zeros(()),
+        }
