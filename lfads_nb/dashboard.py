@@ -1,0 +1,524 @@
+"""Training progress: a live dashboard in JupyterLab, concise text everywhere else.
+
+The training loop talks to a :class:`Progress`::
+
+    progress.start(max_epochs)
+    for each epoch:
+        for each batch:
+            ...
+            if progress.stop_requested:   # polled after every batch
+                break                     # training ends cleanly, the best checkpoint is kept
+        progress.update(row, example)     # once per epoch
+    progress.finish(history, message)
+
+``row`` holds ``'epoch'`` (the 0-based epoch index) and that epoch's metrics (``train_loss``,
+``train_recon``, ``valid_recon``, ``valid_recon_smoothed``, ``valid_sv_nll``, ``kl_ic``,
+``kl_co``, ``l2``, ``kl_ramp``, ``l2_ramp``, ``lr``; absent keys are simply not shown, NaN is
+allowed). ``example`` is None or one trial's rates (see :meth:`Progress.update`). ``history``
+is the tidy table of all rows, one per epoch.
+
+Two implementations, chosen by :func:`make_progress`:
+
+- :class:`LiveDashboard`: ipywidgets and plotly ``FigureWidget``s updated while the cell runs
+  (loss curves, ramps and learning rate, one trial's inferred vs true rates, a status line and
+  a Stop button).
+- :class:`TextProgress`: one flushed line every few epochs and a static plotly figure of the
+  history at the end; no widgets, so notebooks executed by papermill or CI store no widget state.
+
+Which one (``make_progress(live=None)``): an explicit ``live`` wins; then the environment
+variable ``LFADS_NB_LIVE`` ('1' live, '0' text); otherwise live only in a Jupyter frontend
+session, that is an IPython kernel whose environment has ``JPY_SESSION_NAME``, which
+jupyter_server sets (to the notebook's path) for every kernel it starts for JupyterLab or
+Notebook, and only when ipywidgets imports. Kernels started by papermill (through nbclient and
+jupyter_client) have ``JPY_PARENT_PID`` but no ``JPY_SESSION_NAME``, so papermill, CI and plain
+scripts get text without being told. Other frontends (VS Code) need ``LFADS_NB_LIVE=1``; a
+papermill run started from inside a notebook cell inherits ``JPY_SESSION_NAME`` and needs
+``LFADS_NB_LIVE=0``.
+
+How the Stop button reaches a running loop
+------------------------------------------
+A click travels as a ``comm_msg`` on the kernel's shell channel. ipykernel handles shell
+messages one at a time on the main thread's event loop, and that loop is blocked while a cell
+runs, so a click would normally be handled only after training ended. ipykernel 7 reads the
+shell socket in a "shell channel" thread and forwards every message for the main shell to the
+main thread over an inproc socket, where a ``ZMQStream`` hands it to ``kernel.shell_main``, which
+waits for ``kernel._main_asyncio_lock`` (held by the running cell) before it dispatches.
+(jupyter-ui-poll, the usual fix, calls ``kernel.do_one_iteration()``, which ipykernel 7.4 no
+longer has: it swallows the AttributeError and the click never arrives.)
+
+:func:`handle_widget_messages` (called by :attr:`LiveDashboard.stop_requested` at most every
+0.2 s) reads whatever is waiting on that main-thread socket without blocking, from the main
+thread that owns it:
+
+- ``comm_open``/``comm_msg``/``comm_close`` are deserialized and passed straight to the comm
+  manager's handler (a plain function, as ipykernel itself does for comms that arrive while an
+  async cell holds the lock), with the kernel's parent header set to the comm message and put
+  back afterwards, so the cell's own output still goes to the cell. The button's handler runs
+  there and sets the stop flag.
+- Anything else (the next cell's ``execute_request``, completion or inspection requests) is
+  never dispatched here: it is handed back unread to the stream's own callback through
+  ``io_loop.add_callback``, so when the loop regains control it goes through ``shell_main``
+  exactly as if it had just arrived, queues on the same asyncio lock (first come, first served,
+  behind the running cell) and runs after the cell. The next cell therefore cannot run inside
+  this one. (jupyter-ui-poll reaches the same end differently: it swaps the kernel's
+  ``execute_request`` handler for one that stores requests, and replays them after the cell's
+  ``post_run_cell`` event.)
+
+Only the header is peeked at first (``Session.deserialize(content=False)`` leaves the signature
+unrecorded, so the kernel's later full deserialization does not reject it as a replay).
+ipykernel 6 (6.29) has no shell channel thread: the main thread reads ``kernel.shell_stream``
+itself, and the same steps apply to that stream (its callback queues the message behind the
+running cell). Outside a kernel or off the main thread it does nothing.
+"""
+from __future__ import annotations
+
+import html
+import math
+import os
+import sys
+import threading
+import time
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from .errors import ConfigError, DataError
+
+# (row key, legend label, colour, dash) of the loss panel (log y) ...
+LOSS_TRACES = (
+    ("train_loss", "train total", "#7f7f7f", "dot"),
+    ("train_recon", "train recon", "#1f77b4", "solid"),
+    ("valid_recon", "valid recon", "#d62728", "solid"),
+    ("valid_recon_smoothed", "valid recon (smoothed)", "#d62728", "dot"),
+    ("valid_sv_nll", "valid SV NLL", "#9467bd", "solid"),
+    ("kl_ic", "KL ic", "#2ca02c", "solid"),
+    ("kl_co", "KL co", "#17becf", "solid"),
+    ("l2", "L2", "#8c564b", "solid"),
+)
+# ... and of the schedule panel: ramps on the left axis (0..1), learning rate on the right (log).
+SCHEDULE_TRACES = (
+    ("kl_ramp", "KL ramp", "#2ca02c", "dash"),
+    ("l2_ramp", "L2 ramp", "#8c564b", "dash"),
+    ("lr", "learning rate", "#ff7f0e", "solid"),
+)
+CURVE_TRACES = LOSS_TRACES + SCHEDULE_TRACES
+# (label, row key) of the one-line summary, in order.
+SUMMARY_FIELDS = (("train", "train_recon"), ("valid", "valid_recon"), ("sv", "valid_sv_nll"))
+
+
+# ---------------------------------------------------------------------------------------------
+# The protocol, and the summary both implementations print
+# ---------------------------------------------------------------------------------------------
+
+class Progress:
+    """What the training loop reports to. This base class is silent and never asks to stop.
+
+    Subclasses override :meth:`start`, :meth:`update`, :attr:`stop_requested` and
+    :meth:`finish`; the helpers :meth:`summary` and :meth:`best_valid` work on ``self.rows``.
+    """
+
+    def __init__(self) -> None:
+        self.max_epochs = 0
+        self.rows: list[dict[str, float]] = []
+        self.started = time.monotonic()
+
+    def start(self, max_epochs: int) -> None:
+        """Training begins; it runs at most ``max_epochs`` epochs."""
+        self.max_epochs = int(max_epochs)
+        self.rows = []
+        self.started = time.monotonic()
+
+    def update(self, row: dict[str, float], example: dict | None) -> None:
+        """One epoch ended.
+
+        ``row``: ``'epoch'`` (0-based index) and metrics (see the module docstring).
+        ``example``: None or ``{'trial': id, 'time': (T,) s, 'neurons': K labels,
+        'rates': (T, K) inferred Hz, 'rates_true': (T, K) Hz or None, 'spikes': (T, K) counts}``.
+        """
+        self.rows.append({k: float(v) for k, v in row.items()})
+
+    @property
+    def stop_requested(self) -> bool:
+        """Polled after every batch; True ends training cleanly (the best checkpoint is kept)."""
+        return False
+
+    def finish(self, history, message: str) -> None:
+        """Training ended (``history``: pandas DataFrame, one row per epoch) for ``message``'s reason."""
+
+    def elapsed(self) -> float:
+        """Seconds since :meth:`start`."""
+        return time.monotonic() - self.started
+
+    def best_valid(self) -> tuple[float, int] | None:
+        """(lowest ``valid_recon`` so far, its epoch index), or None before any finite value."""
+        scored = [(r["valid_recon"], int(r["epoch"])) for r in self.rows if math.isfinite(r.get("valid_recon", math.nan))]
+        return min(scored) if scored else None
+
+    def summary(self, row: Mapping[str, float], sep: str = "  ") -> str:
+        """``epoch 12/100  train 0.412  valid 0.437  lr 4.0e-03  elapsed 0:42`` for ``row``.
+
+        ``train``/``valid``/``sv`` are the reconstruction NLLs (``train_recon``, ``valid_recon``,
+        ``valid_sv_nll``); fields whose key the row lacks are left out.
+        """
+        parts = [f"epoch {int(row['epoch']) + 1}/{self.max_epochs}"]
+        parts += [f"{label} {row[key]:.4g}" for label, key in SUMMARY_FIELDS if key in row]
+        if "lr" in row:
+            parts.append(f"lr {row['lr']:.1e}")
+        parts.append(f"elapsed {_clock(self.elapsed())}")
+        return sep.join(parts)
+
+
+def _clock(seconds: float) -> str:
+    """0:42, 12:05 or 1:02:03."""
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Figures (shared by the live dashboard and the static summary)
+# ---------------------------------------------------------------------------------------------
+
+def curves_figure(widget: bool = False) -> go.Figure:
+    """Empty figure of the training curves: losses (log y) above, ramps and lr below.
+
+    Traces follow ``CURVE_TRACES`` in order; :func:`set_curves` fills them. ``widget`` gives a
+    ``go.FigureWidget`` that updates in place.
+    """
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.72, 0.28], vertical_spacing=0.06,
+                        specs=[[{}], [{"secondary_y": True}]])
+    for key, label, colour, dash in LOSS_TRACES:
+        fig.add_scatter(name=label, x=[], y=[], mode="lines", line=dict(color=colour, dash=dash),
+                        showlegend=False, row=1, col=1)
+    for key, label, colour, dash in SCHEDULE_TRACES:
+        fig.add_scatter(name=label, x=[], y=[], mode="lines", line=dict(color=colour, dash=dash),
+                        showlegend=False, row=2, col=1, secondary_y=key == "lr")
+    fig.update_yaxes(type="log", title_text="loss", row=1, col=1)
+    fig.update_yaxes(range=[0, 1.05], title_text="ramp", row=2, col=1, secondary_y=False)
+    fig.update_yaxes(type="log", title_text="lr", tickformat=".0e", showgrid=False, row=2, col=1, secondary_y=True)
+    fig.update_xaxes(title_text="epoch", row=2, col=1)
+    fig.update_layout(height=460, margin=dict(l=60, r=60, t=30, b=40), template="plotly_white")
+    return go.FigureWidget(fig) if widget else fig
+
+
+def set_curves(fig: go.Figure, columns: Mapping[str, np.ndarray], max_points: int = 1000) -> None:
+    """Put ``columns`` (row key -> values per epoch, with ``'epoch'``) into a :func:`curves_figure`.
+
+    Keys the columns lack stay empty and out of the legend. At most ``max_points`` points per
+    trace (evenly thinned, the last epoch always kept) so a long run stays cheap to redraw.
+    """
+    epochs = np.asarray(columns.get("epoch", []), dtype=float)
+    keep = _thin(len(epochs), max_points)
+    for trace, (key, *_) in zip(fig.data, CURVE_TRACES):
+        if key in columns:
+            trace.update(x=epochs[keep], y=np.asarray(columns[key], dtype=float)[keep], showlegend=True)
+
+
+def _thin(n: int, max_points: int) -> np.ndarray:
+    """Indices of at most ``max_points`` of ``n`` evenly spaced points, always including the last."""
+    if n <= max_points:
+        return np.arange(n)
+    return np.unique(np.append(np.arange(0, n, math.ceil(n / max_points)), n - 1))
+
+
+def history_figure(history) -> go.Figure:
+    """Static figure of a training ``history`` (pandas DataFrame, one row per epoch)."""
+    fig = curves_figure()
+    if len(history):
+        set_curves(fig, {k: history[k].to_numpy(dtype=float) for k in history.columns}, max_points=len(history))
+    return fig
+
+
+def example_figure(n_neurons: int = 3, widget: bool = False) -> go.Figure:
+    """Empty figure for one trial: ``n_neurons`` panels of inferred rate, true rate and spikes.
+
+    Each panel has three traces, in this order: inferred (solid), true (dashed), spikes (ticks at
+    0 Hz on bins with at least one spike); :func:`set_example` fills them.
+    """
+    fig = make_subplots(rows=n_neurons, cols=1, shared_xaxes=True, vertical_spacing=0.08,
+                        subplot_titles=[" "] * n_neurons)
+    for r in range(1, n_neurons + 1):
+        first = r == 1
+        fig.add_scatter(name="inferred", x=[], y=[], mode="lines", line=dict(color="#1f77b4"),
+                        legendgroup="inferred", showlegend=first, row=r, col=1)
+        fig.add_scatter(name="true", x=[], y=[], mode="lines", line=dict(color="#000000", dash="dash"),
+                        legendgroup="true", showlegend=first, row=r, col=1)
+        fig.add_scatter(name="spikes", x=[], y=[], mode="markers", legendgroup="spikes", showlegend=first,
+                        marker=dict(symbol="line-ns-open", size=9, color="#7f7f7f"), row=r, col=1)
+        fig.update_yaxes(title_text="Hz", rangemode="tozero", row=r, col=1)
+    fig.update_xaxes(title_text="time (s)", row=n_neurons, col=1)
+    fig.update_layout(height=110 + 130 * n_neurons, margin=dict(l=60, r=20, t=60, b=40),
+                      template="plotly_white", title=dict(text="example trial", font=dict(size=13)))
+    return go.FigureWidget(fig) if widget else fig
+
+
+def set_example(fig: go.Figure, example: Mapping) -> None:
+    """Put one ``example`` (see :meth:`Progress.update`) into an :func:`example_figure`.
+
+    Shows the first neurons of the example, as many as the figure has panels.
+    """
+    time_s = np.asarray(example["time"], dtype=float)
+    rates = np.asarray(example["rates"], dtype=float)
+    spikes = np.asarray(example["spikes"], dtype=float)
+    truth = example.get("rates_true")
+    truth = None if truth is None else np.asarray(truth, dtype=float)
+    neurons = list(example["neurons"])
+    expected = (len(time_s), len(neurons))
+    for name, values in (("rates", rates), ("spikes", spikes), ("rates_true", truth)):
+        if values is not None and values.shape != expected:
+            raise DataError(
+                f"example['{name}'] has shape {values.shape}; it must be (time, neuron) = {expected}, "
+                "matching example['time'] and example['neurons']."
+            )
+    for panel in range(len(fig.data) // 3):
+        inferred, true, ticks = fig.data[3 * panel:3 * panel + 3]
+        if panel >= len(neurons):  # fewer neurons than panels: leave the rest blank
+            for trace in (inferred, true, ticks):
+                trace.update(x=[], y=[])
+            fig.layout.annotations[panel].text = " "
+            continue
+        inferred.update(x=time_s, y=rates[:, panel])
+        true.update(x=time_s if truth is not None else [], y=truth[:, panel] if truth is not None else [])
+        fired = np.nan_to_num(spikes[:, panel]) > 0
+        ticks.update(x=time_s[fired], y=np.zeros(int(fired.sum())), text=spikes[fired, panel],
+                     hovertemplate="%{x:.3f} s: %{text:.0f} spikes<extra></extra>")
+        fig.layout.annotations[panel].text = f"neuron {neurons[panel]}"
+    fig.layout.title.text = f"trial {example['trial']}: inferred vs true rates"
+
+
+# ---------------------------------------------------------------------------------------------
+# Text progress (papermill, CI, scripts)
+# ---------------------------------------------------------------------------------------------
+
+class TextProgress(Progress):
+    """One concise line every ``every`` epochs (default: about 20 lines per run) and the last,
+    flushed; at :meth:`finish` the message and a static plotly figure of the history.
+
+    ``stream``: where lines go (default ``sys.stdout`` at the time of printing). The figure is
+    kept as ``self.figure`` and displayed when running in a Jupyter kernel.
+    """
+
+    def __init__(self, every: int | None = None, stream=None) -> None:
+        super().__init__()
+        if every is not None and every < 1:
+            raise ConfigError(f"TextProgress(every={every}): print every N >= 1 epochs.")
+        self.every, self.stream = every, stream
+        self.figure: go.Figure | None = None
+        self._printed_epoch: int | None = None
+
+    def _print(self, line: str) -> None:
+        print(line, file=self.stream or sys.stdout, flush=True)
+
+    def start(self, max_epochs: int) -> None:
+        super().start(max_epochs)
+        self._printed_epoch = None
+
+    def update(self, row: dict[str, float], example: dict | None) -> None:
+        super().update(row, example)
+        done = int(row["epoch"]) + 1
+        every = self.every or max(1, math.ceil(self.max_epochs / 20))
+        if len(self.rows) == 1 or done % every == 0 or done >= self.max_epochs:
+            self._print(self.summary(self.rows[-1]))
+            self._printed_epoch = int(row["epoch"])
+
+    def finish(self, history, message: str) -> None:
+        if self.rows and self._printed_epoch != int(self.rows[-1]["epoch"]):
+            self._print(self.summary(self.rows[-1]))
+        best = self.best_valid()
+        self._print(message + (f"  (best valid {best[0]:.4g} at epoch {best[1] + 1})" if best else ""))
+        self.figure = history_figure(history)
+        if _kernel() is not None:
+            from IPython.display import display
+
+            display(self.figure)
+
+
+# ---------------------------------------------------------------------------------------------
+# Live dashboard (JupyterLab)
+# ---------------------------------------------------------------------------------------------
+
+class LiveDashboard(Progress):
+    """Widgets that update while training runs: status line and Stop button, training curves,
+    and one example trial's rates (first ``example_neurons`` neurons of the example).
+
+    Each :meth:`update` is one ``batch_update`` per figure; curves keep at most ``max_points``
+    points per trace. ``self.widget`` is the whole dashboard (displayed by :meth:`start` when
+    running in a Jupyter kernel).
+    """
+
+    poll_interval = 0.2  # seconds between looks for a click while training runs
+
+    def __init__(self, example_neurons: int = 3, max_points: int = 1000) -> None:
+        import ipywidgets as widgets
+
+        super().__init__()
+        if example_neurons < 1 or max_points < 2:
+            raise ConfigError(
+                f"LiveDashboard(example_neurons={example_neurons}, max_points={max_points}): "
+                "show at least 1 neuron and keep at least 2 points per curve."
+            )
+        self.max_points = max_points
+        self.curves = curves_figure(widget=True)
+        self.example = example_figure(example_neurons, widget=True)
+        self.status = widgets.HTML("waiting for the first epoch")
+        self.button = widgets.Button(description="Stop", icon="stop", button_style="danger",
+                                     tooltip="End training after this batch; the best checkpoint is kept")
+        self.button.on_click(self._on_stop)
+        self.widget = widgets.VBox([widgets.HBox([self.button, self.status]), self.curves, self.example])
+        self._stop = False
+        self._last_poll = -math.inf
+
+    def _on_stop(self, _button) -> None:
+        self._stop = True
+        self.button.disabled = True
+        self.button.description = "Stopping"
+
+    def start(self, max_epochs: int) -> None:
+        from IPython.display import display
+
+        super().start(max_epochs)
+        self._stop = False
+        self.button.disabled, self.button.description = False, "Stop"
+        self.status.value = f"training: up to {self.max_epochs} epochs"
+        if _kernel() is not None:  # widgets render only in a kernel; elsewhere display would print a repr
+            display(self.widget)
+
+    def update(self, row: dict[str, float], example: dict | None) -> None:
+        super().update(row, example)
+        with self.curves.batch_update():
+            set_curves(self.curves, _columns(self.rows), self.max_points)
+        if example is not None:
+            with self.example.batch_update():
+                set_example(self.example, example)
+        self.status.value = self._status_html(self.summary(self.rows[-1], sep=" · "))
+
+    def _status_html(self, text: str) -> str:
+        best = self.best_valid()
+        if best is not None:
+            text += f" · best valid {best[0]:.4g} (epoch {best[1] + 1})"
+        return f"<code>{html.escape(text)}</code>"
+
+    @property
+    def stop_requested(self) -> bool:
+        now = time.monotonic()
+        if not self._stop and now - self._last_poll >= self.poll_interval:
+            self._last_poll = now
+            handle_widget_messages()
+        return self._stop
+
+    def finish(self, history, message: str) -> None:
+        if len(history):  # the whole run, including epochs from before a resume
+            with self.curves.batch_update():
+                set_curves(self.curves, {k: history[k].to_numpy(dtype=float) for k in history.columns},
+                           self.max_points)
+        last = f"{self.summary(self.rows[-1], sep=' · ')} · " if self.rows else ""
+        self.status.value = self._status_html(f"{last}{message}")
+        self.button.disabled = True
+        self.button.description = "Stopped" if self._stop else "Done"
+
+
+def _columns(rows: Sequence[Mapping[str, float]]) -> dict[str, np.ndarray]:
+    """Row dicts -> key -> values per row (NaN where a row lacks the key)."""
+    keys = dict.fromkeys(k for row in rows for k in row)
+    return {k: np.array([row.get(k, math.nan) for row in rows], dtype=float) for k in keys}
+
+
+# ---------------------------------------------------------------------------------------------
+# Widget messages while a cell runs (see the module docstring)
+# ---------------------------------------------------------------------------------------------
+
+_COMM_MESSAGES = frozenset({"comm_open", "comm_msg", "comm_close"})
+
+
+def _kernel():
+    """The running IPython kernel, or None (plain Python, terminal IPython)."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython is not None else None
+    return getattr(shell, "kernel", None)
+
+
+def handle_widget_messages() -> int:
+    """Handle the widget (comm) messages that reached the kernel while the current cell runs.
+
+    Returns how many were handled. Other shell messages are handed back to the kernel, which
+    runs them after the current cell. Does nothing outside a kernel or off the main thread.
+    """
+    kernel = _kernel()
+    if kernel is None or threading.current_thread() is not threading.main_thread():
+        return 0
+    channel_thread = getattr(kernel, "shell_channel_thread", None)
+    if channel_thread is not None:  # ipykernel 7: messages for the main shell come over inproc
+        stream = channel_thread.manager.get_shell_channel_to_subshell_pair(None).to_stream
+    else:
+        stream = getattr(kernel, "shell_stream", None)
+    if stream is None or stream.socket is None:
+        return 0
+    import zmq
+
+    handled = 0
+    while True:
+        try:
+            frames = stream.socket.recv_multipart(zmq.NOBLOCK, copy=False)
+        except zmq.Again:
+            return handled
+        msg_type, idents, parts = _peek(kernel.session, frames)
+        if msg_type in _COMM_MESSAGES:
+            _handle_comm(kernel, stream, idents, parts)
+            handled += 1
+        else:  # back to the kernel's own path: it waits for this cell, then runs
+            kernel.io_loop.add_callback(stream._recv_callback, frames)
+
+
+def _peek(session, frames):
+    """(msg_type, idents, frames after the delimiter); msg_type None if not a regular message."""
+    try:
+        idents, parts = session.feed_identities(frames, copy=False)
+        return session.deserialize(parts, content=False, copy=False)["header"]["msg_type"], idents, parts
+    except Exception:  # e.g. ipykernel's one-frame "stop aborting" marker: the kernel handles it
+        return None, None, None
+
+
+def _handle_comm(kernel, stream, idents, parts) -> None:
+    """Run one comm message's handler now, as ipykernel does for comms during an async cell."""
+    try:
+        msg = kernel.session.deserialize(parts, content=True, copy=False)
+    except Exception:
+        kernel.log.error("Invalid comm message", exc_info=True)
+        return
+    parent, parent_ident = kernel.get_parent("shell"), kernel._parent_ident["shell"]
+    kernel.set_parent(idents, msg, channel="shell")
+    try:
+        kernel.shell_handlers[msg["header"]["msg_type"]](stream, idents, msg)
+    finally:
+        kernel.set_parent(parent_ident, parent, channel="shell")
+
+
+# ---------------------------------------------------------------------------------------------
+# Choosing one
+# ---------------------------------------------------------------------------------------------
+
+def in_jupyter_frontend() -> bool:
+    """True inside a kernel that jupyter_server started (JupyterLab, Notebook), which is where
+    widgets render; False in papermill and nbclient kernels, terminal IPython and scripts."""
+    return _kernel() is not None and bool(os.environ.get("JPY_SESSION_NAME"))
+
+
+def make_progress(live: bool | None = None) -> Progress:
+    """The live dashboard or text progress: ``live`` True/False wins; None decides by
+    ``LFADS_NB_LIVE`` ('1'/'0'), else live only in a Jupyter frontend with ipywidgets."""
+    if live is None:
+        switch = os.environ.get("LFADS_NB_LIVE", "").strip()
+        if switch not in ("", "0", "1"):
+            raise ConfigError(f"LFADS_NB_LIVE={switch!r}: set it to '1' (live dashboard) or '0' (text), or unset it.")
+        live = switch == "1" if switch else in_jupyter_frontend() and _widgets_available()
+    return LiveDashboard() if live else TextProgress()
+
+
+def _widgets_available() -> bool:
+    try:
+        import ipywidgets  # noqa: F401
+    except ImportError:
+        return False
+    return True
