@@ -11,7 +11,8 @@ The training loop talks to a :class:`Progress`::
         progress.update(row, example)     # once per epoch
     progress.finish(history, message)
 
-``row`` holds ``'epoch'`` (the 0-based epoch index) and that epoch's metrics (``train_loss``,
+``row`` holds ``'epoch'`` (the 0-based epoch index; everything shown counts from 1, so the
+row with ``'epoch': 11`` is "epoch 12/100") and that epoch's metrics (``train_loss``,
 ``train_recon``, ``valid_recon``, ``valid_recon_smoothed``, ``valid_sv_nll``, ``kl_ic``,
 ``kl_co``, ``l2``, ``kl_ramp``, ``l2_ramp``, ``lr``; absent keys are simply not shown, NaN is
 allowed). ``example`` is None or one trial's rates (see :meth:`Progress.update`). ``history``
@@ -152,7 +153,7 @@ class Progress:
         return time.monotonic() - self.started
 
     def best_valid(self) -> tuple[float, int] | None:
-        """(lowest ``valid_recon`` so far, its epoch index), or None before any finite value."""
+        """(lowest ``valid_recon`` so far, its row's 0-based ``'epoch'``), or None before any finite value."""
         scored = [(r["valid_recon"], int(r["epoch"])) for r in self.rows if math.isfinite(r.get("valid_recon", math.nan))]
         return min(scored) if scored else None
 
@@ -206,10 +207,11 @@ def curves_figure(widget: bool = False) -> go.Figure:
 def set_curves(fig: go.Figure, columns: Mapping[str, np.ndarray], max_points: int = 1000) -> None:
     """Put ``columns`` (row key -> values per epoch, with ``'epoch'``) into a :func:`curves_figure`.
 
+    x is the number of epochs completed (``epoch + 1``), as in the status line and text lines.
     Keys the columns lack stay empty and out of the legend. At most ``max_points`` points per
     trace (evenly thinned, the last epoch always kept) so a long run stays cheap to redraw.
     """
-    epochs = np.asarray(columns.get("epoch", []), dtype=float)
+    epochs = np.asarray(columns.get("epoch", []), dtype=float) + 1
     keep = _thin(len(epochs), max_points)
     for trace, (key, *_) in zip(fig.data, CURVE_TRACES):
         if key in columns:

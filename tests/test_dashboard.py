@@ -133,7 +133,7 @@ def test_text_finish_makes_a_static_figure_of_the_history():
     by_name = {trace.name: trace for trace in fig.data}
     np.testing.assert_allclose(by_name["valid recon"].y, history["valid_recon"])
     np.testing.assert_allclose(by_name["learning rate"].y, history["lr"])
-    np.testing.assert_array_equal(by_name["train total"].x, np.arange(12))
+    np.testing.assert_array_equal(by_name["train total"].x, np.arange(1, 13))  # epochs completed
     assert len(by_name["valid SV NLL"].x) == 0 and not by_name["valid SV NLL"].showlegend  # absent key
     assert fig.layout.yaxis.type == "log"
 
@@ -178,7 +178,7 @@ def test_live_traces_stay_bounded():
     for row in rows(301):
         live.update(row, None)
     x = trace(live.curves, "valid recon").x
-    assert 40 <= len(x) <= 50 and x[0] == 0 and x[-1] == 300  # thinned evenly, last epoch kept
+    assert 40 <= len(x) <= 50 and x[0] == 1 and x[-1] == 301  # thinned evenly, last epoch kept
 
 
 def test_live_example_rates_are_plotted():
