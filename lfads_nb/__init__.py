@@ -1,13 +1,30 @@
 """lfads_nb: learn, explore and train LFADS and its family from Jupyter."""
+from . import metrics, plots
 from .data import make_dataset, split, validate
 from .errors import CheckpointError, ConfigError, DataError, TrainingDiverged
+from .io import export_lfads_h5, load, save
+from .model import LFADS, LFADSConfig
+from .training import TrainConfig, TrainResult, build_model, infer, load_model, train
 
 __all__ = [
     "CheckpointError",
     "ConfigError",
     "DataError",
+    "LFADS",
+    "LFADSConfig",
+    "TrainConfig",
+    "TrainResult",
     "TrainingDiverged",
+    "build_model",
+    "export_lfads_h5",
+    "infer",
+    "load",
+    "load_model",
     "make_dataset",
+    "metrics",
+    "plots",
+    "save",
     "split",
+    "train",
     "validate",
 ]

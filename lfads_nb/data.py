@@ -218,3 +218,31 @@ def make_dataset(
     if "rates_true" in ds:
         ds["rates_true"].attrs["units"] = "Hz"
     return validate(ds)
+
+
+def describe_ids(values) -> str:
+    """A short description of a set of coordinate values, for error messages."""
+    values = np.asarray(values)
+    if values.size and values.dtype.kind in "iu":
+        return f"ids from {values.min()} to {values.max()} ({values.size} in all)"
+    shown = ", ".join(repr(v) for v in values[:8].tolist())
+    return f"[{shown}{', ...' if values.size > 8 else ''}] ({values.size} in all)"
+
+
+def select_ids(obj, dim: str, ids, name: str):
+    """``obj.sel({dim: ids})`` for one id or a list of ids that must all exist.
+
+    Raises DataError naming the missing ids and the valid range, where xarray would raise a KeyError.
+    """
+    if dim not in obj.dims:
+        raise DataError(f"'{name}' has no '{dim}' dim (dims {tuple(obj.dims)}).")
+    wanted = [ids] if np.ndim(ids) == 0 else np.asarray(ids).tolist()
+    if not wanted:
+        raise DataError(f"No {dim}s selected; pass at least one {dim} id.")
+    valid = set(obj[dim].values.tolist())
+    missing = [i for i in wanted if i not in valid]
+    if missing:
+        raise DataError(
+            f"{dim} ids {missing[:8]} are not in '{name}'; valid {dim}s: {describe_ids(obj[dim].values)}."
+        )
+    return obj.sel({dim: ids})

@@ -35,7 +35,7 @@ from scipy.special import gammaln
 from sklearn.linear_model import Ridge
 from sklearn.model_selection import GridSearchCV
 
-from .data import DIMS
+from .data import DIMS, describe_ids, select_ids
 from .errors import ConfigError, DataError
 
 # nlb_tools replaces zero predicted counts with this so a spike under a zero rate costs a
@@ -236,28 +236,8 @@ def co_bps(rates: xr.DataArray, spikes: xr.DataArray, heldout, bin_width: float)
         ids = np.asarray(list(heldout))
     if ids.size == 0:
         raise DataError("No held-out neurons selected; co-bps needs at least one.")
-    return bits_per_spike(_select(rates, "rates", "neuron", ids), _select(spikes, "spikes", "neuron", ids),
+    return bits_per_spike(select_ids(rates, "neuron", ids, "rates"), select_ids(spikes, "neuron", ids, "spikes"),
                           bin_width)
-
-
-def _select(da, name: str, dim: str, ids) -> xr.DataArray:
-    if not isinstance(da, xr.DataArray) or dim not in da.dims:
-        raise DataError(f"'{name}' must be a DataArray with a '{dim}' dim.")
-    valid = set(da[dim].values.tolist())
-    missing = [i for i in np.asarray(ids).tolist() if i not in valid]
-    if missing:
-        raise DataError(f"{dim} ids {missing} are not in '{name}'; "
-                        f"valid {dim}s: {_describe_ids(da[dim].values)}.")
-    return da.sel({dim: ids})
-
-
-def _describe_ids(values: np.ndarray) -> str:
-    """A short description of a set of ids for error messages."""
-    values = np.asarray(values)
-    if values.size and values.dtype.kind in "iu":
-        return f"ids from {values.min()} to {values.max()} ({values.size} in all)"
-    shown = ", ".join(repr(v) for v in values[:8].tolist())
-    return f"[{shown}{', ...' if values.size > 8 else ''}] ({values.size} in all)"
 
 
 # ----------------------------------------------------------------------------- behaviour decoding
@@ -279,7 +259,7 @@ def _trial_ids(spec, da: xr.DataArray, name: str) -> np.ndarray:
     missing = sorted(set(ids.tolist()) - set(da["trial"].values.tolist()))
     if missing:
         raise DataError(f"{name} has trial ids {missing[:8]} that are not in the data; valid trials: "
-                        f"{_describe_ids(da['trial'].values)}.")
+                        f"{describe_ids(da['trial'].values)}.")
     if ids.size == 0:
         raise DataError(f"{name} is empty; it needs at least one trial.")
     return ids

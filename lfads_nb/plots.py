@@ -16,9 +16,8 @@ import plotly.graph_objects as go
 import xarray as xr
 from plotly.subplots import make_subplots
 
-from .data import validate
+from .data import select_ids, validate
 from .errors import DataError
-from .metrics import _describe_ids
 
 MAX_TRIALS_3D = 20
 DEFAULT_NEURONS = 4
@@ -27,27 +26,6 @@ ROW_HEIGHT = 220  # pixels per subplot row in stacked figures
 
 
 # ----------------------------------------------------------------------------- selection helpers
-
-def _pick(obj, dim: str, value, name: str):
-    """``obj.sel({dim: value})`` for one coordinate value; DataError naming the valid ids."""
-    if dim not in obj.dims:
-        raise DataError(f"'{name}' has no '{dim}' dim (dims {tuple(obj.dims)}).")
-    valid = obj[dim].values
-    if np.ndim(value) != 0 or value not in set(valid.tolist()):
-        raise DataError(f"{dim} {value!r} is not in '{name}'; valid {dim} ids: {_describe_ids(valid)}.")
-    return obj.sel({dim: value})
-
-
-def _pick_many(obj, dim: str, values, name: str):
-    values = list(values)
-    if not values:
-        raise DataError(f"No {dim}s selected; pass at least one {dim} id.")
-    missing = [v for v in values if v not in set(obj[dim].values.tolist())]
-    if missing:
-        raise DataError(f"{dim} ids {missing[:8]} are not in '{name}'; valid {dim} ids: "
-                        f"{_describe_ids(obj[dim].values)}.")
-    return obj.sel({dim: values})
-
 
 def _variable(ds: xr.Dataset, variable: str) -> xr.DataArray:
     if variable not in ds.data_vars:
@@ -87,7 +65,7 @@ def raster(ds: xr.Dataset, trial, *, rates: str | None = None) -> go.Figure:
     beside the raster as a heatmap on the same neuron axis. Unobserved (NaN) bins are blank.
     """
     validate(ds)
-    one = _pick(ds, "trial", trial, "ds")
+    one = select_ids(ds, "trial", trial, "ds")
     spikes = one["spikes"].transpose("time", "neuron")
     t_idx, n_idx = np.nonzero(np.nan_to_num(spikes.values) > 0)
     ticks = go.Scatter(
@@ -120,7 +98,7 @@ def raster(ds: xr.Dataset, trial, *, rates: str | None = None) -> go.Figure:
 
 def rates_heatmap(ds: xr.Dataset, trial, variable: str = "rates_true") -> go.Figure:
     """Heatmap of one trial of a (trial, time, <dim>) variable: time (s) vs its third dim."""
-    one = _pick(_variable(ds, variable), "trial", trial, variable)
+    one = select_ids(_variable(ds, variable), "trial", trial, variable)
     dim = _feature_dim(ds[variable], variable)
     one = one.transpose("time", dim)
     units = one.attrs.get("units", "")
@@ -146,7 +124,7 @@ def latents_3d(ds: xr.Dataset, trials=None, variable: str = "latents_true",
                         "at least 3. Use rates_heatmap(ds, trial, variable) instead.")
     if trials is None:
         trials = ds["trial"].values[:MAX_TRIALS_3D].tolist()
-    da = _pick_many(da, "trial", trials, variable).transpose("trial", "time", dim)
+    da = select_ids(da, "trial", trials, variable).transpose("trial", "time", dim)
     if color_by is not None and color_by not in ds.coords:
         raise DataError(f"color_by={color_by!r} is not a coordinate; per-trial coordinates: "
                         f"{[c for c in ds.coords if ds[c].dims == ('trial',)]}.")
@@ -197,13 +175,13 @@ def compare_rates(inferred: xr.DataArray, ds: xr.Dataset, trial, neurons=None) -
     if not isinstance(inferred, xr.DataArray):
         raise DataError(f"'inferred' must be a DataArray of rates (trial, time, neuron), "
                         f"got {type(inferred).__name__}.")
-    true = _pick(_variable(ds, "rates_true"), "trial", trial, "ds")
-    mine = _pick(inferred, "trial", trial, "inferred")
+    true = select_ids(_variable(ds, "rates_true"), "trial", trial, "ds")
+    mine = select_ids(inferred, "trial", trial, "inferred")
     _same_time(mine, true, ("inferred", "rates_true"))
     if neurons is None:
         neurons = ds["neuron"].values[:DEFAULT_NEURONS].tolist()
-    true = _pick_many(true, "neuron", neurons, "ds")
-    mine = _pick_many(mine, "neuron", neurons, "inferred")
+    true = select_ids(true, "neuron", neurons, "ds")
+    mine = select_ids(mine, "neuron", neurons, "inferred")
     fig = make_subplots(rows=len(neurons), cols=1, shared_xaxes=True, vertical_spacing=0.06,
                         subplot_titles=[f"neuron {n}" for n in neurons])
     for row, neuron in enumerate(neurons, start=1):
@@ -234,8 +212,8 @@ def decoding(behavior_true: xr.DataArray, behavior_pred: xr.DataArray, trial) ->
     if _feature_dim(behavior_pred, "behavior_pred") != dim:
         raise DataError(f"'behavior_pred' has dims {behavior_pred.dims}; expected the dims of "
                         f"'behavior_true' {behavior_true.dims}.")
-    true = _pick(behavior_true, "trial", trial, "behavior_true")
-    pred = _pick(behavior_pred, "trial", trial, "behavior_pred")
+    true = select_ids(behavior_true, "trial", trial, "behavior_true")
+    pred = select_ids(behavior_pred, "trial", trial, "behavior_pred")
     _same_time(pred, true, ("behavior_pred", "behavior_true"))
     names = true[dim].values.tolist() if dim in true.coords else list(range(true.sizes[dim]))
     fig = make_subplots(rows=len(names), cols=1, shared_xaxes=True, vertical_spacing=0.08,

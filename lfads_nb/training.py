@@ -1,0 +1,593 @@
+"""Training LFADS on a Dataset, checkpointing, resuming, and inference back to xarray.
+
+The pieces, in the order a run uses them:
+
+1. ``TrainConfig``: optimiser, schedule, loss weights and ramps, masking (coordinated dropout,
+   sample validation), seed and device.
+2. ``build_model(ds, **sizes)``: an LFADS sized for the data (neurons, held-out neurons, external
+   inputs are read off the Dataset).
+3. ``train(model, ds, config)``: Adam with gradient-norm clipping, KL and L2 ramps, learning-rate
+   decay on a plateau of the smoothed validation loss, early stopping, and restore of the best
+   checkpoint. Every epoch ends with an atomic checkpoint, so a run killed at any point resumes
+   from its last epoch and reproduces the uninterrupted run bit for bit.
+4. ``infer(model, ds)``: posterior means (or the average over posterior samples) as a Dataset
+   aligned to the input trials: ``rates`` (Hz), ``factors``, ``inputs``, ``ic_mean``,
+   ``generator_states``.
+
+The loss is lfads-torch's scale: the mean per-entry reconstruction NLL over the entries the loss
+may see, plus ``kl_ramp * (kl_ic_scale KL_ic + kl_co_scale KL_co)`` (nats per trial, averaged
+over the batch) plus ``l2_ramp * (l2_gen_scale L2_gen + l2_con_scale L2_con)``.
+
+Masks, per (trial, time, neuron) entry:
+
+- NaN in ``spikes`` means "not observed": zero at the encoder, out of every loss.
+- Sample validation (``sv_fraction``): one fixed, seeded mask holds out entries in every split.
+  They are zeroed at the encoder (the rest rescaled), never trained on, and their NLL on the
+  validation trials is reported each epoch as ``valid_sv_nll``.
+- Coordinated dropout (``cd_rate``): each training step drops a fresh random set of entries from
+  the encoder input (the kept ones rescaled) and the reconstruction loss counts only the dropped
+  ones, so the model cannot learn to copy its input to its output. Off at validation and
+  inference.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import xarray as xr
+
+from .data import validate
+from .errors import CheckpointError, ConfigError, DataError, TrainingDiverged
+from .model import LFADS, LFADSConfig
+
+
+@dataclass
+class TrainConfig:
+    """How to train. Epoch counts are in epochs, rates are fractions in [0, 1)."""
+
+    max_epochs: int = 200
+    batch_size: int = 32
+    lr: float = 4e-3
+    lr_decay: float = 0.95          # multiply lr by this on a validation plateau
+    lr_patience: int = 6            # epochs without improvement of the smoothed validation loss
+    lr_min: float = 1e-5
+    grad_clip: float = 200.0        # max global gradient norm
+    kl_ic_scale: float = 1e-4
+    kl_co_scale: float = 1e-4
+    l2_gen_scale: float = 1e-4
+    l2_con_scale: float = 1e-4
+    kl_ramp_epochs: int = 50        # KL weight rises linearly from 0 to 1 over these epochs
+    l2_ramp_epochs: int = 50
+    early_stop_patience: int = 40   # epochs after the ramps without a new best
+    cd_rate: float = 0.0            # coordinated dropout: fraction of entries hidden from the encoder
+    sv_fraction: float = 0.0        # sample validation: fraction of entries held out everywhere
+    sv_seed: int = 0
+    select_by: str = "valid_recon"  # or "valid_sv_nll" (needs sv_fraction > 0)
+    seed: int = 0
+    device: str = "cpu"
+
+    def __post_init__(self):
+        positive = ("max_epochs", "batch_size", "lr", "lr_min", "grad_clip")
+        for name in positive:
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"TrainConfig.{name} must be positive, got {getattr(self, name)!r}.")
+        for name in ("kl_ic_scale", "kl_co_scale", "l2_gen_scale", "l2_con_scale",
+                     "kl_ramp_epochs", "l2_ramp_epochs", "lr_patience", "early_stop_patience"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)!r}.")
+        if not 0 < self.lr_decay <= 1:
+            raise ConfigError(f"TrainConfig.lr_decay must be in (0, 1], got {self.lr_decay!r}.")
+        for name in ("cd_rate", "sv_fraction"):
+            if not 0 <= getattr(self, name) < 1:
+                raise ConfigError(f"TrainConfig.{name} must be in [0, 1), got {getattr(self, name)!r}.")
+        if self.select_by not in ("valid_recon", "valid_sv_nll"):
+            raise ConfigError(
+                f"TrainConfig.select_by must be 'valid_recon' or 'valid_sv_nll', got {self.select_by!r}."
+            )
+        if self.select_by == "valid_sv_nll" and self.sv_fraction == 0:
+            raise ConfigError("select_by='valid_sv_nll' needs sample validation: set sv_fraction > 0.")
+        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            raise ConfigError(f"device={self.device!r} but no CUDA GPU is available; use device='cpu'.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Dataset -> tensors
+# ---------------------------------------------------------------------------------------------
+
+def heldin_mask(ds: xr.Dataset) -> np.ndarray:
+    """Boolean per neuron: True for neurons the encoder sees (all unless a ``heldout`` coord says)."""
+    if "heldout" in ds.coords:
+        return ~ds["heldout"].values.astype(bool)
+    return np.ones(ds.sizes["neuron"], dtype=bool)
+
+
+@dataclass
+class _Tensors:
+    spikes: torch.Tensor        # (trial, time, neuron), NaN = not observed
+    ext_input: torch.Tensor | None
+    heldin: torch.Tensor        # (neuron,) bool
+    sv_keep: torch.Tensor       # (trial, time, neuron) bool, False = held out for sample validation
+
+
+def _sv_keep_mask(ds: xr.Dataset, fraction: float, seed: int) -> np.ndarray:
+    """The fixed sample-validation mask, seeded per trial id so it does not depend on trial order."""
+    shape = (ds.sizes["time"], ds.sizes["neuron"])
+    if fraction == 0:
+        return np.ones((ds.sizes["trial"],) + shape, dtype=bool)
+    ids = ds["trial"].values
+    keep = np.empty((len(ids),) + shape, dtype=bool)
+    for i, trial_id in enumerate(ids):
+        key = int(trial_id) if np.issubdtype(np.asarray(trial_id).dtype, np.integer) else zlib.crc32(str(trial_id).encode())
+        keep[i] = np.random.default_rng([seed, key]).random(shape) >= fraction
+    return keep
+
+
+def _to_tensors(ds: xr.Dataset, config: TrainConfig) -> _Tensors:
+    device = torch.device(config.device)
+    ext = None
+    if "ext_input" in ds:
+        ext = torch.as_tensor(ds["ext_input"].values, dtype=torch.float32, device=device)
+    return _Tensors(
+        spikes=torch.as_tensor(ds["spikes"].values.astype(np.float32), device=device),
+        ext_input=ext,
+        heldin=torch.as_tensor(heldin_mask(ds), device=device),
+        sv_keep=torch.as_tensor(_sv_keep_mask(ds, config.sv_fraction, config.sv_seed), device=device),
+    )
+
+
+def build_model(ds: xr.Dataset, **sizes) -> LFADS:
+    """An LFADS sized for ``ds``: ``sizes`` are LFADSConfig fields (gen_dim, co_dim, ...)."""
+    validate(ds)
+    for name in ("n_neurons", "encod_dim", "ext_input_dim"):
+        if name in sizes:
+            raise ConfigError(f"{name} is read from the data; do not pass it to build_model.")
+    config = LFADSConfig(
+        n_neurons=ds.sizes["neuron"],
+        encod_dim=int(heldin_mask(ds).sum()),
+        ext_input_dim=ds.sizes["ext_input_dim"] if "ext_input" in ds else 0,
+        **sizes,
+    )
+    return LFADS(config)
+
+
+def _check_fits(model: LFADS, ds: xr.Dataset) -> None:
+    cfg = model.config
+    n_heldin = int(heldin_mask(ds).sum())
+    ext_dim = ds.sizes["ext_input_dim"] if "ext_input" in ds else 0
+    if (cfg.n_neurons, cfg.encod_dim or cfg.n_neurons, cfg.ext_input_dim) != (ds.sizes["neuron"], n_heldin, ext_dim):
+        raise DataError(
+            f"The model was built for {cfg.n_neurons} neurons ({cfg.encod_dim or cfg.n_neurons} held in) and "
+            f"{cfg.ext_input_dim} external inputs, but the data have {ds.sizes['neuron']} neurons "
+            f"({n_heldin} held in) and {ext_dim} external inputs. Build the model for these data with "
+            "lfads_nb.build_model(ds, ...)."
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# One step's loss
+# ---------------------------------------------------------------------------------------------
+
+def _encoder_input(x: torch.Tensor, keep: torch.Tensor, keep_prob: float, heldin: torch.Tensor) -> torch.Tensor:
+    """Zero the hidden entries, rescale the kept ones so the expected input is unchanged."""
+    return (x * keep / keep_prob)[..., heldin]
+
+
+def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+def _batch_loss(model, tensors, idx, config, kl_ramp, l2_ramp):
+    """Training loss of one batch and its parts (recon NLL per entry, KLs in nats per trial)."""
+    raw = tensors.spikes[idx]
+    observed = ~torch.isnan(raw)
+    x = raw.nan_to_num(0.0)
+    sv_keep = tensors.sv_keep[idx]
+    visible = observed & sv_keep
+    keep_prob = 1.0 - config.sv_fraction
+    loss_mask = visible
+    if config.cd_rate > 0:
+        cd_keep = torch.rand(x.shape, device=x.device) >= config.cd_rate
+        keep_prob *= 1.0 - config.cd_rate
+        encoder_keep = sv_keep & cd_keep
+        # Held-in entries count only where the encoder did not see them; held-out neurons always count.
+        loss_mask = visible & (~cd_keep | ~tensors.heldin)
+    else:
+        encoder_keep = sv_keep
+    ext = None if tensors.ext_input is None else tensors.ext_input[idx]
+    out = model(_encoder_input(x, encoder_keep, keep_prob, tensors.heldin), ext, sample=True)
+    recon = _masked_mean(model.observation.nll(out.obs_params, x), loss_mask)
+    kl_ic, kl_co = out.kl_ic.mean(), out.kl_co.mean()
+    l2 = model.l2_penalties()
+    loss = (
+        recon
+        + kl_ramp * (config.kl_ic_scale * kl_ic + config.kl_co_scale * kl_co)
+        + l2_ramp * (config.l2_gen_scale * l2["l2_gen"] + config.l2_con_scale * l2["l2_con"])
+        + model.observation.penalty()
+    )
+    parts = {"train_recon": recon, "kl_ic": kl_ic, "kl_co": kl_co,
+             "l2": l2["l2_gen"] + l2["l2_con"]}
+    return loss, parts
+
+
+@torch.no_grad()
+def _validation_metrics(model, tensors, idx, config, batch_size) -> dict[str, float]:
+    """Validation NLL per entry on the visible entries and, with SV, on the held-out ones."""
+    model.eval()
+    sums = {"recon": 0.0, "recon_n": 0.0, "sv": 0.0, "sv_n": 0.0}
+    for start in range(0, len(idx), batch_size):
+        b = idx[start:start + batch_size]
+        raw = tensors.spikes[b]
+        observed = ~torch.isnan(raw)
+        x = raw.nan_to_num(0.0)
+        sv_keep = tensors.sv_keep[b]
+        ext = None if tensors.ext_input is None else tensors.ext_input[b]
+        out = model(_encoder_input(x, sv_keep, 1.0 - config.sv_fraction, tensors.heldin), ext, sample=False)
+        nll = model.observation.nll(out.obs_params, x)
+        seen, held = observed & sv_keep, observed & ~sv_keep
+        sums["recon"] += float((nll * seen).sum())
+        sums["recon_n"] += float(seen.sum())
+        sums["sv"] += float((nll * held).sum())
+        sums["sv_n"] += float(held.sum())
+    model.train()
+    metrics = {"valid_recon": sums["recon"] / max(sums["recon_n"], 1)}
+    if config.sv_fraction > 0:
+        metrics["valid_sv_nll"] = sums["sv"] / max(sums["sv_n"], 1)
+    return metrics
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints: plain tensors, numbers and strings, so they load with weights_only=True
+# ---------------------------------------------------------------------------------------------
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path) -> dict:
+    """Read a checkpoint written by ``train`` (``torch.load(weights_only=True)``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"No checkpoint at {path}; train with checkpoint_dir=... to write one.")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for damaged files
+        raise CheckpointError(
+            f"{path} is not a readable lfads_nb checkpoint ({type(exc).__name__}: {exc}). "
+            "It may be truncated; delete it and resume from another checkpoint or retrain."
+        ) from None
+    if not isinstance(ckpt, dict) or "model_config" not in ckpt or "model" not in ckpt:
+        raise CheckpointError(f"{path} is not an lfads_nb checkpoint (no model_config / model).")
+    return ckpt
+
+
+def load_model(path) -> LFADS:
+    """The LFADS stored in a checkpoint file (e.g. ``run/best.pt``), in eval mode."""
+    ckpt = load_checkpoint(path)
+    model = LFADS(LFADSConfig(**ckpt["model_config"]))
+    model.load_state_dict(ckpt["model"])
+    return model.eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class TrainResult:
+    model: LFADS           # with the best checkpoint's weights, in eval mode
+    history: pd.DataFrame  # one row per epoch: losses, ramps, lr, time
+    best_epoch: int
+    stop_reason: str       # 'max_epochs', 'early_stopping', 'stop_button', 'diverged'
+
+
+class _RunState:
+    """Everything that changes during a run, i.e. what a checkpoint must hold to resume exactly."""
+
+    def __init__(self, config: TrainConfig):
+        self.epoch = 0
+        self.history: list[dict[str, float]] = []
+        self.smoothed: float | None = None
+        self.best_smoothed = math.inf        # for the lr schedule
+        self.epochs_since_improvement = 0
+        self.best_score = math.inf           # for model selection / early stopping
+        self.best_epoch = -1
+        self.epochs_since_best = 0
+        self.lr = config.lr
+
+    def as_dict(self) -> dict:
+        return {k: v for k, v in vars(self).items()}
+
+    @classmethod
+    def from_dict(cls, config: TrainConfig, values: dict) -> "_RunState":
+        state = cls(config)
+        vars(state).update(values)
+        return state
+
+
+def _ramp(epoch_position: float, ramp_epochs: int) -> float:
+    return 1.0 if ramp_epochs == 0 else min(1.0, epoch_position / ramp_epochs)
+
+
+def train(
+    model: LFADS,
+    ds: xr.Dataset,
+    config: TrainConfig | None = None,
+    *,
+    checkpoint_dir=None,
+    resume: bool = True,
+    progress=None,
+    live: bool | None = None,
+) -> TrainResult:
+    """Train ``model`` on the 'train' trials of ``ds``, validating on its 'valid' trials.
+
+    ``checkpoint_dir``: where ``last.pt`` (every epoch) and ``best.pt`` go; with ``resume``
+    a run finds ``last.pt`` there and continues from it. ``progress``: a
+    :class:`lfads_nb.dashboard.Progress`; by default the live dashboard in JupyterLab and text
+    elsewhere (``live`` forces either). Returns a :class:`TrainResult` whose model holds the best
+    checkpoint's weights. A NaN or infinite loss raises :class:`TrainingDiverged` after restoring
+    the best weights so far (``err.result`` holds them).
+    """
+    from .dashboard import make_progress
+
+    config = config or TrainConfig()
+    validate(ds, require_train=True)
+    _check_fits(model, ds)
+    splits = ds["split"].values.astype(str)
+    train_idx = torch.as_tensor(np.flatnonzero(splits == "train"))
+    valid_idx = torch.as_tensor(np.flatnonzero(splits == "valid"))
+    if len(valid_idx) == 0:
+        raise DataError(
+            "The dataset has no validation trials (split == 'valid'); training needs them for the "
+            "learning-rate schedule, early stopping and model selection. Label about 20 % of trials 'valid'."
+        )
+
+    torch.manual_seed(config.seed)
+    device = torch.device(config.device)
+    model.to(device).train()
+    tensors = _to_tensors(ds, config)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    shuffle = torch.Generator().manual_seed(config.seed)
+    state = _RunState(config)
+
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    best_state = None
+    if ckpt_dir is not None:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        last = ckpt_dir / "last.pt"
+        if resume and last.exists():
+            state = _restore(last, model, optimizer, shuffle, config)
+        best_path = ckpt_dir / "best.pt"
+        if state.best_epoch >= 0 and best_path.exists():
+            best_state = load_checkpoint(best_path)["model"]
+
+    progress = progress or make_progress(live)
+    progress.start(config.max_epochs)
+    example = _example_picker(ds, valid_idx)
+    steps_per_epoch = math.ceil(len(train_idx) / config.batch_size)
+    stop_reason = "max_epochs"
+
+    while state.epoch < config.max_epochs:
+        t0 = time.perf_counter()
+        for group in optimizer.param_groups:
+            group["lr"] = state.lr
+        order = train_idx[torch.randperm(len(train_idx), generator=shuffle)]
+        sums = {}
+        for step in range(steps_per_epoch):
+            idx = order[step * config.batch_size:(step + 1) * config.batch_size]
+            position = state.epoch + step / steps_per_epoch
+            kl_ramp, l2_ramp = _ramp(position, config.kl_ramp_epochs), _ramp(position, config.l2_ramp_epochs)
+            loss, parts = _batch_loss(model, tensors, idx, config, kl_ramp, l2_ramp)
+            if not torch.isfinite(loss):
+                raise _diverged(model, best_state, state, progress, ckpt_dir, config, step)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            optimizer.step()
+            for k, v in {"train_loss": loss, **parts}.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            if progress.stop_requested:
+                stop_reason = "stop_button"
+                break
+        if stop_reason == "stop_button" and step < steps_per_epoch - 1:
+            break  # a partial epoch is not recorded; the last checkpoint stands
+
+        row = {"epoch": state.epoch}
+        row.update({k: v / steps_per_epoch for k, v in sums.items()})
+        row.update(_validation_metrics(model, tensors, valid_idx, config, max(config.batch_size, 256)))
+        row.update(kl_ramp=kl_ramp, l2_ramp=l2_ramp, lr=state.lr, epoch_seconds=time.perf_counter() - t0)
+        if not math.isfinite(row["valid_recon"]):
+            raise _diverged(model, best_state, state, progress, ckpt_dir, config, steps_per_epoch)
+        improved = _end_of_epoch(state, row, config)
+        state.history.append(row)
+        state.epoch += 1
+        if improved:
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        if ckpt_dir is not None:
+            if improved:
+                _atomic_save(_checkpoint(model, optimizer, shuffle, state, config, best_state), ckpt_dir / "best.pt")
+            _atomic_save(_checkpoint(model, optimizer, shuffle, state, config), ckpt_dir / "last.pt")
+        progress.update(row, example(model, tensors))
+        if stop_reason == "stop_button":
+            break
+        if _ramps_done(state.epoch, config) and state.epochs_since_best >= config.early_stop_patience:
+            stop_reason = "early_stopping"
+            break
+
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    history = pd.DataFrame(state.history)
+    progress.finish(history, f"stopped: {stop_reason}; best epoch {state.best_epoch}")
+    return TrainResult(model.eval(), history, state.best_epoch, stop_reason)
+
+
+def _ramps_done(epoch: int, config: TrainConfig) -> bool:
+    return epoch >= max(config.kl_ramp_epochs, config.l2_ramp_epochs)
+
+
+def _end_of_epoch(state: _RunState, row: dict, config: TrainConfig) -> bool:
+    """Update the lr schedule and model selection from this epoch's validation; True if a new best."""
+    valid = row["valid_recon"]
+    state.smoothed = valid if state.smoothed is None else 0.3 * state.smoothed + 0.7 * valid
+    row["valid_recon_smoothed"] = state.smoothed
+    if state.smoothed < state.best_smoothed:
+        state.best_smoothed, state.epochs_since_improvement = state.smoothed, 0
+    else:
+        state.epochs_since_improvement += 1
+        if state.epochs_since_improvement >= config.lr_patience:
+            state.lr = max(config.lr_min, state.lr * config.lr_decay)
+            state.epochs_since_improvement = 0
+    score = row[config.select_by]
+    if score < state.best_score:
+        state.best_score, state.best_epoch, state.epochs_since_best = score, state.epoch, 0
+        return True
+    state.epochs_since_best += 1
+    return False
+
+
+def _checkpoint(model, optimizer, shuffle, state, config, weights=None) -> dict:
+    return {
+        "model_config": dataclasses.asdict(model.config),
+        "train_config": dataclasses.asdict(config),
+        "model": weights if weights is not None else model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "run_state": state.as_dict(),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "shuffle_rng": shuffle.get_state(),
+    }
+
+
+def _restore(path: Path, model, optimizer, shuffle, config) -> _RunState:
+    ckpt = load_checkpoint(path)
+    if ckpt["model_config"] != dataclasses.asdict(model.config):
+        raise CheckpointError(
+            f"{path} holds a model with a different configuration; resume with the same model sizes, "
+            "or pass resume=False (or a new checkpoint_dir) to start afresh."
+        )
+    saved = dict(ckpt["train_config"])
+    now = dataclasses.asdict(config)
+    changed = sorted(k for k in now if k not in ("max_epochs", "device") and saved.get(k) != now[k])
+    if changed:
+        raise CheckpointError(
+            f"{path} was trained with different settings ({', '.join(changed)}); resume with the same "
+            "TrainConfig (only max_epochs and device may change), or pass resume=False."
+        )
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    torch.set_rng_state(ckpt["torch_rng"])
+    if ckpt["cuda_rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
+    shuffle.set_state(ckpt["shuffle_rng"])
+    return _RunState.from_dict(config, ckpt["run_state"])
+
+
+def _diverged(model, best_state, state, progress, ckpt_dir, config, step):
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    history = pd.DataFrame(state.history)
+    where = f"epoch {state.epoch}, step {step}"
+    kept = f" The best checkpoint (epoch {state.best_epoch}) is kept in {ckpt_dir}." if ckpt_dir else ""
+    message = (
+        f"The loss became NaN or infinite at {where}.{kept} Try a lower learning rate "
+        f"(now {state.lr:.2g}), a smaller grad_clip (now {config.grad_clip:g}), or longer KL/L2 ramps; "
+        "check the data for extreme counts."
+    )
+    progress.finish(history, message)
+    err = TrainingDiverged(message)
+    err.result = TrainResult(model.eval(), history, state.best_epoch, "diverged")
+    return err
+
+
+def _example_picker(ds: xr.Dataset, valid_idx: torch.Tensor, n_neurons: int = 3):
+    """A function giving one validation trial's inferred vs true rates for the dashboard."""
+    trial = int(valid_idx[0])
+    counts = np.nan_to_num(ds["spikes"].values[trial])
+    neurons = np.argsort(counts.sum(axis=0))[::-1][:n_neurons]  # the most active, so the plot says something
+    bin_width = float(ds.attrs["bin_width"])
+    truth = ds["rates_true"].values[trial][:, neurons] if "rates_true" in ds else None
+
+    def example(model, tensors):
+        model.eval()
+        with torch.no_grad():
+            x = tensors.spikes[trial:trial + 1].nan_to_num(0.0)[..., tensors.heldin]
+            ext = None if tensors.ext_input is None else tensors.ext_input[trial:trial + 1]
+            out = model(x, ext, sample=False)
+            rates = model.observation.mean(out.obs_params)[0].cpu().numpy() / bin_width
+        model.train()
+        return {
+            "trial": ds["trial"].values[trial].item(),
+            "time": ds["time"].values,
+            "neurons": [ds["neuron"].values[n].item() for n in neurons],
+            "rates": rates[:, neurons],
+            "rates_true": truth,
+            "spikes": counts[:, neurons],
+        }
+
+    return example
+
+
+# ---------------------------------------------------------------------------------------------
+# Inference
+# ---------------------------------------------------------------------------------------------
+
+@torch.no_grad()
+def infer(model: LFADS, ds: xr.Dataset, *, n_samples: int = 0, batch_size: int = 256, seed: int = 0) -> xr.Dataset:
+    """Run the trained model on every trial of ``ds``.
+
+    ``n_samples`` 0 uses the posterior means; N > 0 averages every output over N posterior
+    samples (seeded by ``seed``). Returns a Dataset aligned to ``ds`` (same ``trial`` ids,
+    ``split``, ``condition``, ``time``, ``neuron``) with ``rates`` (Hz), ``factors``,
+    ``inputs`` (inferred u_t), ``ic_mean`` (posterior mean of g0) and ``generator_states``.
+    """
+    validate(ds)
+    _check_fits(model, ds)
+    if n_samples < 0:
+        raise ConfigError(f"n_samples must be >= 0 (0 = posterior means), got {n_samples}.")
+    device = next(model.parameters()).device
+    config = TrainConfig(device=str(device))
+    tensors = _to_tensors(ds, config)
+    bin_width = float(ds.attrs["bin_width"])
+    was_training = model.training
+    model.eval()
+    generator_state = torch.get_rng_state()
+    torch.manual_seed(seed)
+    parts = {"rates": [], "factors": [], "inputs": [], "ic_mean": [], "generator_states": []}
+    for start in range(0, ds.sizes["trial"], batch_size):
+        x = tensors.spikes[start:start + batch_size].nan_to_num(0.0)[..., tensors.heldin]
+        ext = None if tensors.ext_input is None else tensors.ext_input[start:start + batch_size]
+        draws = [model(x, ext, sample=True) for _ in range(n_samples)] or [model(x, ext, sample=False)]
+        per_draw = {
+            "rates": [model.observation.mean(o.obs_params) / bin_width for o in draws],
+            "factors": [o.factors for o in draws],
+            "inputs": [o.inputs for o in draws],
+            "ic_mean": [o.ic_mean for o in draws],
+            "generator_states": [o.gen_states for o in draws],
+        }
+        for name, values in per_draw.items():
+            parts[name].append(torch.stack(values).mean(0).cpu().numpy())
+    torch.set_rng_state(generator_state)
+    model.train(was_training)
+    joined = {k: np.concatenate(v) for k, v in parts.items()}
+    coords = {name: ds.coords[name] for name in ("trial", "time", "neuron", "split", "condition") if name in ds.coords}
+    out = xr.Dataset(
+        {
+            "rates": (("trial", "time", "neuron"), joined["rates"], {"units": "Hz"}),
+            "factors": (("trial", "time", "factor"), joined["factors"]),
+            "inputs": (("trial", "time", "inferred_input"), joined["inputs"]),
+            "ic_mean": (("trial", "ic"), joined["ic_mean"]),
+            "generator_states": (("trial", "time", "generator"), joined["generator_states"]),
+        },
+        coords=coords,
+        attrs={"bin_width": bin_width, "posterior_samples": n_samples},
+    )
+    return out

@@ -1,0 +1,227 @@
+"""Training, checkpoints, resume and inference (lfads_nb.training)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import xarray as xr
+
+import lfads_nb
+from lfads_nb.dashboard import Progress
+from lfads_nb.training import TrainConfig, build_model, infer, load_checkpoint, load_model, train
+
+TINY = dict(ic_enc_dim=8, ci_enc_dim=6, con_dim=6, co_dim=2, ic_dim=4, gen_dim=10, fac_dim=3)
+
+
+def tiny_dataset(n_trials=24, n_time=15, n_neurons=7, seed=0, heldout=0):
+    rng = np.random.default_rng(seed)
+    phase = rng.uniform(0, 2 * np.pi, (n_trials, 1, 1))
+    t = np.arange(n_time)[None, :, None]
+    rates = 20 * (1.2 + np.sin(0.4 * t + phase + np.arange(n_neurons)[None, None, :]))  # Hz
+    spikes = rng.poisson(rates * 0.01)
+    labels = np.where(np.arange(n_trials) % 4 == 0, "valid", "train")
+    ds = lfads_nb.make_dataset(spikes, 0.01, split_labels=labels, condition=np.arange(n_trials) % 3,
+                               rates_true=rates)
+    if heldout:
+        ds = ds.assign_coords(heldout=("neuron", np.arange(n_neurons) >= n_neurons - heldout))
+    return ds
+
+
+class Quiet(Progress):
+    """Collects what the loop reports, and can ask it to stop."""
+
+    def __init__(self, stop_after_updates=None, raise_after_updates=None):
+        self.rows, self.examples, self.finished = [], [], None
+        self.stop_after, self.raise_after = stop_after_updates, raise_after_updates
+
+    def start(self, max_epochs):
+        pass
+
+    def update(self, row, example):
+        self.rows.append(row)
+        self.examples.append(example)
+        if self.raise_after is not None and len(self.rows) >= self.raise_after:
+            raise KeyboardInterrupt  # a kill at the end of an epoch, after its checkpoint
+
+    @property
+    def stop_requested(self):
+        return self.stop_after is not None and len(self.rows) >= self.stop_after
+
+    def finish(self, history, message):
+        self.finished = message
+
+
+def run(ds, config, **kwargs):
+    torch.manual_seed(123)
+    model = build_model(ds, **TINY)
+    return train(model, ds, config, progress=kwargs.pop("progress", Quiet()), **kwargs)
+
+
+def config(**kw):
+    base = dict(max_epochs=4, batch_size=8, kl_ramp_epochs=2, l2_ramp_epochs=2, seed=3)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_history_is_a_tidy_table_and_loss_falls():
+    ds = tiny_dataset()
+    result = run(ds, config(max_epochs=12, lr=1e-2))
+    h = result.history
+    assert isinstance(h, pd.DataFrame) and list(h["epoch"]) == list(range(12))
+    for col in ("train_loss", "train_recon", "valid_recon", "kl_ic", "kl_co", "l2", "kl_ramp", "l2_ramp", "lr"):
+        assert col in h and np.isfinite(h[col]).all(), col
+    assert h["valid_recon"].iloc[-1] < h["valid_recon"].iloc[0]
+    assert h["kl_ramp"].iloc[0] < 1 and h["kl_ramp"].iloc[-1] == 1
+    assert result.best_epoch == int(h["valid_recon"].idxmin())
+
+
+def test_same_seed_reproduces_and_resume_after_kill_equals_uninterrupted(tmp_path):
+    ds = tiny_dataset()
+    cfg = config(max_epochs=5, cd_rate=0.2)  # CD draws random masks: the RNG state must survive the restart
+    full = run(ds, cfg, checkpoint_dir=tmp_path / "full")
+    again = run(ds, cfg, checkpoint_dir=tmp_path / "again")
+    pd.testing.assert_frame_equal(full.history.drop(columns="epoch_seconds"),
+                                  again.history.drop(columns="epoch_seconds"))
+
+    with pytest.raises(KeyboardInterrupt):
+        run(ds, cfg, checkpoint_dir=tmp_path / "killed", progress=Quiet(raise_after_updates=2))
+    assert load_checkpoint(tmp_path / "killed" / "last.pt")["run_state"]["epoch"] == 2
+    resumed = run(ds, cfg, checkpoint_dir=tmp_path / "killed")
+    pd.testing.assert_frame_equal(full.history.drop(columns="epoch_seconds"),
+                                  resumed.history.drop(columns="epoch_seconds"))
+    for (name, a), b in zip(full.model.state_dict().items(), resumed.model.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_checkpoints_load_with_weights_only_and_rebuild_the_best_model(tmp_path):
+    ds = tiny_dataset()
+    result = run(ds, config(), checkpoint_dir=tmp_path)
+    raw = torch.load(tmp_path / "best.pt", weights_only=True)
+    assert raw["run_state"]["best_epoch"] == result.best_epoch
+    model = load_model(tmp_path / "best.pt")
+    a = infer(model, ds)["rates"]
+    b = infer(result.model, ds)["rates"]
+    np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_corrupt_checkpoint_and_changed_settings_are_clear_errors(tmp_path):
+    ds = tiny_dataset()
+    run(ds, config(max_epochs=1), checkpoint_dir=tmp_path)
+    with pytest.raises(lfads_nb.CheckpointError, match="resume=False"):
+        run(ds, config(max_epochs=2, lr=1e-3), checkpoint_dir=tmp_path)
+    (tmp_path / "last.pt").write_bytes((tmp_path / "last.pt").read_bytes()[:100])
+    with pytest.raises(lfads_nb.CheckpointError, match="truncated"):
+        run(ds, config(max_epochs=2), checkpoint_dir=tmp_path)
+    with pytest.raises(lfads_nb.CheckpointError, match="No checkpoint"):
+        load_model(tmp_path / "missing.pt")
+
+
+def test_stop_request_ends_cleanly_with_best_weights(tmp_path):
+    ds = tiny_dataset()
+    result = run(ds, config(max_epochs=50), checkpoint_dir=tmp_path, progress=Quiet(stop_after_updates=3))
+    assert result.stop_reason == "stop_button"
+    assert len(result.history) == 3
+    best = torch.load(tmp_path / "best.pt", weights_only=True)["model"]
+    for name, value in result.model.state_dict().items():
+        assert torch.equal(value, best[name]), name
+
+
+def test_nan_loss_stops_with_advice_and_keeps_the_last_good_checkpoint(tmp_path):
+    ds = tiny_dataset()
+    model = build_model(ds, **TINY)
+    progress = Quiet()
+
+    class Poison(Quiet):
+        def update(self, row, example):
+            super().update(row, example)
+            if len(self.rows) == 2:  # corrupt the weights after two good epochs
+                with torch.no_grad():
+                    next(model.parameters()).fill_(float("nan"))
+
+    with pytest.raises(lfads_nb.TrainingDiverged, match="learning rate") as info:
+        train(model, ds, config(max_epochs=6), checkpoint_dir=tmp_path, progress=Poison())
+    result = info.value.result
+    assert result.stop_reason == "diverged" and len(result.history) == 2
+    assert all(torch.isfinite(p).all() for p in result.model.parameters())
+    assert (tmp_path / "best.pt").exists()
+    del progress
+
+
+def test_early_stopping_after_ramps():
+    ds = tiny_dataset()
+    result = run(ds, config(max_epochs=200, lr=1e-2, early_stop_patience=2, kl_ramp_epochs=1, l2_ramp_epochs=1))
+    assert result.stop_reason == "early_stopping"
+    assert len(result.history) - 1 - result.best_epoch == 2
+
+
+def test_infer_is_aligned_to_the_input_trials_and_units():
+    ds = tiny_dataset(heldout=2)
+    result = run(ds, config(max_epochs=2))
+    assert result.model.config.encod_dim == 5 and result.model.config.n_neurons == 7
+    shuffled = ds.isel(trial=np.random.default_rng(1).permutation(ds.sizes["trial"]))
+    out = infer(result.model, shuffled)
+    assert list(out["trial"].values) == list(shuffled["trial"].values)
+    assert list(out["split"].values) == list(shuffled["split"].values)
+    assert out["rates"].dims == ("trial", "time", "neuron") and out["rates"].attrs["units"] == "Hz"
+    assert out["factors"].sizes["factor"] == TINY["fac_dim"]
+    assert out["inputs"].sizes["inferred_input"] == TINY["co_dim"]
+    assert out["ic_mean"].sizes["ic"] == TINY["ic_dim"]
+    assert out["generator_states"].sizes["generator"] == TINY["gen_dim"]
+    # Rates in Hz: the per-bin expectation of the observation model divided by bin_width.
+    model = result.model
+    x = torch.as_tensor(shuffled["spikes"].values[:2, :, :5], dtype=torch.float32)
+    with torch.no_grad():
+        expected = model.observation.mean(model(x, sample=False).obs_params) / 0.01
+    np.testing.assert_allclose(out["rates"].values[:2], expected.numpy(), rtol=1e-5)
+    sampled = infer(result.model, ds, n_samples=3, seed=1)
+    assert not np.allclose(sampled["rates"], infer(result.model, ds)["rates"])
+    xr.testing.assert_equal(sampled["rates"], infer(result.model, ds, n_samples=3, seed=1)["rates"])
+
+
+def test_sample_validation_reports_held_out_nll_and_hides_entries():
+    ds = tiny_dataset()
+    result = run(ds, config(sv_fraction=0.2, select_by="valid_sv_nll"))
+    assert "valid_sv_nll" in result.history and np.isfinite(result.history["valid_sv_nll"]).all()
+    from lfads_nb.training import _sv_keep_mask
+
+    keep = _sv_keep_mask(ds, 0.2, seed=0)
+    assert abs(1 - keep.mean() - 0.2) < 0.03
+    # Fixed per trial id: the same entries are held out whatever the trial order.
+    np.testing.assert_array_equal(_sv_keep_mask(ds.isel(trial=[3, 1]), 0.2, seed=0), keep[[3, 1]])
+
+
+def test_coordinated_dropout_loss_counts_only_hidden_entries(monkeypatch):
+    ds = tiny_dataset()
+    from lfads_nb import training
+
+    seen = {}
+    real = training._masked_mean
+
+    def spy(values, mask):
+        seen["mask"] = mask.clone()
+        return real(values, mask)
+
+    monkeypatch.setattr(training, "_masked_mean", spy)
+    model = build_model(ds, **TINY)
+    tensors = training._to_tensors(ds, config(cd_rate=0.3))
+    torch.manual_seed(0)
+    training._batch_loss(model, tensors, torch.arange(8), config(cd_rate=0.3), 1.0, 1.0)
+    assert abs(seen["mask"].float().mean().item() - 0.3) < 0.05
+
+
+def test_bad_inputs_are_clear_errors():
+    ds = tiny_dataset()
+    with pytest.raises(lfads_nb.ConfigError, match="cd_rate"):
+        TrainConfig(cd_rate=1.0)
+    with pytest.raises(lfads_nb.ConfigError, match="sv_fraction"):
+        TrainConfig(select_by="valid_sv_nll")
+    with pytest.raises(lfads_nb.DataError, match="no training trials"):
+        run(ds.assign_coords(split=("trial", ["valid"] * ds.sizes["trial"])), config())
+    with pytest.raises(lfads_nb.DataError, match="no validation trials"):
+        run(ds.assign_coords(split=("trial", ["train"] * ds.sizes["trial"])), config())
+    model = build_model(ds, **TINY)
+    with pytest.raises(lfads_nb.DataError, match="build_model"):
+        train(model, ds.isel(neuron=slice(0, 5)), config(), progress=Quiet())
+    with pytest.raises(lfads_nb.ConfigError, match="read from the data"):
+        build_model(ds, n_neurons=3)
