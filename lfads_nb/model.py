@@ -135,17 +135,18 @@ class LFADSOutput(NamedTuple):
 def gru_step(xp_t: Tensor, h: Tensor, w_hh: Tensor, clip: float) -> Tensor:
     """One step of the TF-style GRU. Plain autograd; the reference for ``clipped_gru_scan``.
 
-    xp_t: (..., B, 3H) input projection x_t W_ih^T + b, gate blocks ordered (z, r, n).
-    h: (..., B, H) previous state.  w_hh: (..., 3H, H) recurrent weights (no recurrent bias).
+    xp_t: (..., B, 3H) input projection x_t W_ih^T + b, gate blocks ordered (r, z, n) as in
+    torch.nn.GRU.  h: (..., B, H) previous state.  w_hh: (..., 3H, H) recurrent weights (no
+    recurrent bias).
 
-        z = sigmoid(xz + h Wz^T)          update gate
         r = sigmoid(xr + h Wr^T)          reset gate
+        z = sigmoid(xz + h Wz^T)          update gate
         n = tanh(xn + (r * h) Wn^T)       candidate: reset applied to h BEFORE the matmul (TF style)
         h' = clamp(z * h + (1 - z) * n, -clip, clip)
     """
     H = h.shape[-1]
-    zr = torch.sigmoid(xp_t[..., : 2 * H] + h @ w_hh[..., : 2 * H, :].transpose(-1, -2))
-    z, r = zr[..., :H], zr[..., H:]
+    rz = torch.sigmoid(xp_t[..., : 2 * H] + h @ w_hh[..., : 2 * H, :].transpose(-1, -2))
+    r, z = rz[..., :H], rz[..., H:]
     n = torch.tanh(xp_t[..., 2 * H :] + (r * h) @ w_hh[..., 2 * H :, :].transpose(-1, -2))
     return torch.clamp(z * h + (1 - z) * n, -clip, clip)
 
@@ -153,65 +154,81 @@ def gru_step(xp_t: Tensor, h: Tensor, w_hh: Tensor, clip: float) -> Tensor:
 class _ClippedGRUScan(torch.autograd.Function):
     """The whole recurrence h_1..h_T of D independent GRUs in one autograd node.
 
-    Forward runs ``gru_step`` T times without recording a graph, writing every intermediate
-    into preallocated buffers; backward is hand-written backpropagation through time. This
-    replaces ~20 autograd nodes per step with a handful of in-place kernels, and turns the
-    weight gradient into two large matmuls over all steps instead of T small ones.
-    Shapes: xp (T, D, B, 3H), h0 (D, B, H), w_hh (D, 3H, H) -> states (T, D, B, H).
+    Forward runs ``gru_step`` T times without recording a graph, in place in preallocated
+    buffers; backward is hand-written backpropagation through time. This replaces ~20
+    autograd nodes per step with about ten in-place kernels, and turns the weight gradient
+    into two large matmuls over all steps instead of 2T small ones.
+    Shapes: xp (T, D, B, 3H), h0 (D, B, H), w_hh (D, 3H, H) -> states (T, D, B, H) and the
+    last state (D, B, H) (a separate output so that users of the last state alone, like the
+    IC encoder, send no gradient for the other T - 1 states).
     """
 
     @staticmethod
-    def forward(ctx, xp: Tensor, h0: Tensor, w_hh: Tensor, clip: float) -> Tensor:
+    def forward(ctx, xp: Tensor, h0: Tensor, w_hh: Tensor, clip: float) -> tuple[Tensor, Tensor]:
         T, D, B, H3 = xp.shape
         H = H3 // 3
-        w_zr_t, w_n_t = w_hh[:, : 2 * H].transpose(1, 2), w_hh[:, 2 * H :].transpose(1, 2)
+        w_rz_t, w_n_t = w_hh[:, : 2 * H].transpose(1, 2), w_hh[:, 2 * H :].transpose(1, 2)
+        # The gate buffers start as the input projections; each step adds its matmul in place.
+        rz = xp[..., : 2 * H].clone(memory_format=torch.contiguous_format)  # -> gates r, z
+        n = xp[..., 2 * H :].clone(memory_format=torch.contiguous_format)  # -> candidate n
         hs = xp.new_empty(T + 1, D, B, H)  # h_0 .. h_T
-        zr = xp.new_empty(T, D, B, 2 * H)  # gates z, r
-        n = xp.new_empty(T, D, B, H)  # candidate
         rh = xp.new_empty(T, D, B, H)  # r * h_{t-1}, the input of the candidate matmul
         pre = xp.new_empty(T, D, B, H)  # state before clipping (its mask gates the gradient)
         hs[0] = h0
         # unbind once: per-step views without per-step Python slicing
-        xzr_, xn_ = xp[..., : 2 * H].unbind(0), xp[..., 2 * H :].unbind(0)
-        hs_, zr_, n_, rh_, pre_ = hs.unbind(0), zr.unbind(0), n.unbind(0), rh.unbind(0), pre.unbind(0)
+        hs_, rz_, n_, rh_, pre_ = hs.unbind(0), rz.unbind(0), n.unbind(0), rh.unbind(0), pre.unbind(0)
         for t in range(T):
-            h, g = hs_[t], zr_[t]
-            torch.baddbmm(xzr_[t], h, w_zr_t, out=g).sigmoid_()
-            torch.mul(g[..., H:], h, out=rh_[t])
-            c = torch.baddbmm(xn_[t], rh_[t], w_n_t, out=n_[t]).tanh_()
-            p = torch.sub(h, c, out=pre_[t]).mul_(g[..., :H]).add_(c)  # n + z (h - n)
+            h, g, c, p = hs_[t], rz_[t], n_[t], pre_[t]
+            g.baddbmm_(h, w_rz_t).sigmoid_()
+            torch.mul(g[..., :H], h, out=rh_[t])
+            # tanh(a) = 2 sigmoid(2a) - 1: CPU sigmoid is several times faster than tanh
+            c.baddbmm_(rh_[t], w_n_t, beta=2, alpha=2).sigmoid_().mul_(2).sub_(1)
+            torch.addcmul(c, g[..., H:], torch.sub(h, c, out=p), out=p)  # n + z (h - n)
             torch.clamp(p, -clip, clip, out=hs_[t + 1])
-        ctx.save_for_backward(w_hh, hs, zr, n, rh, pre)
+        ctx.save_for_backward(w_hh, hs, rz, n, rh, pre)
         ctx.clip = clip
-        return hs[1:]
+        ctx.set_materialize_grads(False)
+        return hs[1:], hs[T].clone()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, d_out: Tensor):
-        w_hh, hs, zr, n, rh, pre = ctx.saved_tensors
+    def backward(ctx, d_states: Tensor | None, d_last: Tensor | None):
+        w_hh, hs, rz, n, rh, pre = ctx.saved_tensors
         T, D, B, H = n.shape
-        h_prev, z, r = hs[:-1], zr[..., :H], zr[..., H:]
+        h_prev, r, z = hs[:-1], rz[..., :H], rz[..., H:]
         # Local derivatives of all steps at once (large vectorised ops), with the clip mask
         # folded in: dL/dpre = dL/dh' * m, m = 1 where |pre| <= clip (torch.clamp's rule).
         m = (pre.abs() <= ctx.clip).to(n.dtype)
         mz = m * z  # dh'/dh_prev through the z * h term
-        dn_coef = (m - mz) * (1 - n * n)  # dL/d(n pre-activation) = dL/dh' * (1 - z)(1 - n^2)
-        dz_coef = mz * (1 - z) * (h_prev - n)  # dL/d(z pre-activation) = dL/dh' * (h - n) z (1 - z)
-        dr_coef = h_prev * r * (1 - r)  # dL/d(r pre-activation) = dL/d(r h) * h r (1 - r)
-        w_zr, w_n = w_hh[:, : 2 * H], w_hh[:, 2 * H :]
-        d_xp = n.new_empty(T, D, B, 3 * H)  # gradients of the gate pre-activations
-        d_xzr_, d_xz_ = d_xp[..., : 2 * H].unbind(0), d_xp[..., :H].unbind(0)
-        d_xr_, d_xn_ = d_xp[..., H : 2 * H].unbind(0), d_xp[..., 2 * H :].unbind(0)
-        d_out_, dn_, dz_, dr_ = d_out.unbind(0), dn_coef.unbind(0), dz_coef.unbind(0), dr_coef.unbind(0)
-        mz_, r_ = mz.unbind(0), r.unbind(0)
-        dh = n.new_zeros(D, B, H)  # dL/dh_t flowing back from later steps
+        zn_coef = torch.stack(
+            [
+                mz * (1 - z) * (h_prev - n),  # dL/d(z pre-activation) = dL/dh' (h - n) z (1 - z)
+                (m - mz) * (1 - n * n),  # dL/d(n pre-activation) = dL/dh' (1 - z)(1 - n^2)
+            ],
+            dim=-2,
+        )  # (T, D, B, 2, H)
+        r_coef = h_prev * r * (1 - r)  # dL/d(r pre-activation) = dL/d(r h) h r (1 - r)
+        w_rz, w_n = w_hh[:, : 2 * H], w_hh[:, 2 * H :]
+        d_xp = n.new_empty(T, D, B, 3 * H)  # gradients of the gate pre-activations (r, z, n)
+        d_xrz_, d_xr_, d_xn_ = d_xp[..., : 2 * H].unbind(0), d_xp[..., :H].unbind(0), d_xp[..., 2 * H :].unbind(0)
+        d_xzn_ = d_xp.view(T, D, B, 3, H)[..., 1:, :].unbind(0)
+        zn_coef_, r_coef_, mz_, r_ = zn_coef.unbind(0), r_coef.unbind(0), mz.unbind(0), r.unbind(0)
+        d_states_ = d_states.unbind(0) if d_states is not None else None
+        # dh = dL/dh_t in total (from the outputs at t and from step t + 1); two buffers in turn
+        dh = n.new_zeros(D, B, H) if d_last is None else d_last.clone()
+        if d_states is not None:
+            dh.add_(d_states_[T - 1])
+        spare = torch.empty_like(dh)
         for t in range(T - 1, -1, -1):
-            dh.add_(d_out_[t])
-            dn = torch.mul(dh, dn_[t], out=d_xn_[t])
-            torch.mul(dh, dz_[t], out=d_xz_[t])
-            d_rh = torch.bmm(dn, w_n)
-            torch.mul(d_rh, dr_[t], out=d_xr_[t])
-            dh = torch.mul(dh, mz_[t]).addcmul_(d_rh, r_[t]).baddbmm_(d_xzr_[t], w_zr)
+            torch.mul(dh.unsqueeze(-2), zn_coef_[t], out=d_xzn_[t])
+            d_rh = torch.bmm(d_xn_[t], w_n)
+            torch.mul(d_rh, r_coef_[t], out=d_xr_[t])
+            if d_states is not None and t > 0:
+                nxt = torch.addcmul(d_states_[t - 1], dh, mz_[t], out=spare)
+            else:
+                nxt = torch.mul(dh, mz_[t], out=spare)
+            nxt.addcmul_(d_rh, r_[t]).baddbmm_(d_xrz_[t], w_rz)
+            dh, spare = nxt, dh
 
         def flat(x: Tensor) -> Tensor:  # (T, D, B, k) -> (D, T*B, k)
             return x.transpose(0, 1).reshape(D, T * B, x.shape[-1])
@@ -228,9 +245,10 @@ class _ClippedGRUScan(torch.autograd.Function):
         return d_xp, dh, d_w, None
 
 
-def clipped_gru_scan(xp: Tensor, h0: Tensor, w_hh: Tensor, clip: float) -> Tensor:
-    """Run ``gru_step`` over all T steps of D independent GRUs: (T, D, B, 3H) -> (T, D, B, H).
+def clipped_gru_scan(xp: Tensor, h0: Tensor, w_hh: Tensor, clip: float) -> tuple[Tensor, Tensor]:
+    """Run ``gru_step`` over all T steps of D independent GRUs.
 
+    xp (T, D, B, 3H), h0 (D, B, H), w_hh (D, 3H, H) -> (states (T, D, B, H), last state (D, B, H)).
     Equal to looping ``gru_step`` (tested in value and gradient) but several times faster.
     Only valid when the inputs xp do not depend on the states (encoders; generator without
     a controller).
@@ -241,10 +259,10 @@ def clipped_gru_scan(xp: Tensor, h0: Tensor, w_hh: Tensor, clip: float) -> Tenso
 class ClippedGRU(nn.Module):
     """Weights of D side-by-side TF-style GRUs (D = 2: the two directions of an encoder).
 
-    weight_ih (D, 3H, in), bias_ih (D, 3H), weight_hh (D, 3H, H); gate blocks (z, r, n).
+    weight_ih (D, 3H, in), bias_ih (D, 3H), weight_hh (D, 3H, H); gate blocks (r, z, n).
     Initialisation as lfads-torch: weights N(0, 1/fan_in), where the encoders use
-    fan_in = in + H for both matrices; z and r biases 1 (gates start half-open towards
-    keeping the state), candidate bias 0.
+    fan_in = in + H for both matrices; r and z biases 1 (gates start mostly open, the state
+    mostly kept), candidate bias 0.
     """
 
     def __init__(self, input_size: int, hidden_size: int, clip: float, directions: int = 1, encoder: bool = False):
@@ -271,8 +289,9 @@ class ClippedGRU(nn.Module):
 class BidirectionalEncoder(nn.Module):
     """Bidirectional clipped GRU over the whole trial, with learnable initial states.
 
-    forward(x (B, T, in)) -> (fwd, bwd), each (B, T, H): fwd[:, t] has read x_0..x_t,
-    bwd[:, t] has read x_t..x_{T-1}. The final states are fwd[:, -1] and bwd[:, 0].
+    ``forward(x)`` (x: (B, T, in)) returns (fwd, bwd), each (B, T, H): fwd[:, t] has read
+    x_0..x_t, bwd[:, t] has read x_t..x_{T-1}. ``final_states(x)`` returns only
+    [fwd[:, -1], bwd[:, 0]] (B, 2H), the summaries of the whole trial.
     """
 
     def __init__(self, input_size: int, hidden_size: int, clip: float):
@@ -280,12 +299,18 @@ class BidirectionalEncoder(nn.Module):
         self.gru = ClippedGRU(input_size, hidden_size, clip, directions=2, encoder=True)
         self.h0 = nn.Parameter(torch.zeros(2, 1, hidden_size))
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        B = x.shape[0]
+    def _scan(self, x: Tensor) -> tuple[Tensor, Tensor]:
         p = self.gru.project(x.transpose(0, 1))  # (T, B, 2, 3H): both directions in one matmul
         xp = torch.stack([p[:, :, 0], p[:, :, 1].flip(0)], dim=1)  # backward direction reads time reversed
-        states = clipped_gru_scan(xp, self.h0.expand(-1, B, -1), self.gru.weight_hh, self.gru.clip)
+        return clipped_gru_scan(xp, self.h0.expand(-1, x.shape[0], -1), self.gru.weight_hh, self.gru.clip)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        states, _ = self._scan(x)  # (T, 2, B, H)
         return states[:, 0].transpose(0, 1), states[:, 1].flip(0).transpose(0, 1)
+
+    def final_states(self, x: Tensor) -> Tensor:
+        _, last = self._scan(x)  # (2, B, H)
+        return torch.cat([last[0], last[1]], dim=-1)
 
 
 # --------------------------------------------------------------------------------------------
@@ -434,8 +459,7 @@ class LFADS(nn.Module):
 
         std = sqrt(exp(logvar) + ic_post_var_min): the floor keeps the posterior from collapsing.
         """
-        fwd, bwd = self.ic_encoder(x)
-        h = self.dropout(torch.cat([fwd[:, -1], bwd[:, 0]], dim=-1))
+        h = self.dropout(self.ic_encoder.final_states(x))
         mean, logvar = self.ic_linear(h).chunk(2, dim=-1)
         return mean, torch.sqrt(torch.exp(logvar) + self.config.ic_post_var_min)
 
@@ -459,7 +483,7 @@ class LFADS(nn.Module):
         g_init (B, gen_dim), ext (B, T, ext_input_dim) already dropped out -> states, factors.
         """
         xp = self.generator.project(ext.transpose(0, 1))  # (T, B, 1, 3H)
-        states = clipped_gru_scan(xp.transpose(1, 2), g_init[None], self.generator.weight_hh, self.config.cell_clip)
+        states, _ = clipped_gru_scan(xp.transpose(1, 2), g_init[None], self.generator.weight_hh, self.config.cell_clip)
         states = states[:, 0].transpose(0, 1)  # (B, T, gen_dim)
         return states, self.factor_readout(self.dropout(states))
 

@@ -146,6 +146,8 @@ def test_fused_scan_passes_gradcheck():
     w = torch.randn(D, 3 * H, H, dtype=torch.float64, requires_grad=True)
     assert (h0.abs() > 2.0).any()
     assert torch.autograd.gradcheck(lambda a, b, c: clipped_gru_scan(a, b, c, 2.0), (xp, h0, w))
+    # the last-state output alone (how the IC encoder uses it: no gradient for the sequence)
+    assert torch.autograd.gradcheck(lambda a, b, c: clipped_gru_scan(a, b, c, 2.0)[1], (xp, h0, w))
 
 
 def test_fused_scan_equals_step_loop():
@@ -155,7 +157,8 @@ def test_fused_scan_equals_step_loop():
     xp = torch.randn(T, D, B, 3 * H, dtype=torch.float64, requires_grad=True)
     h0 = (torch.randn(D, B, H, dtype=torch.float64) * 3).requires_grad_()
     w = torch.randn(D, 3 * H, H, dtype=torch.float64, requires_grad=True)
-    fast = clipped_gru_scan(xp, h0, w, 2.5)
+    fast, last = clipped_gru_scan(xp, h0, w, 2.5)
+    torch.testing.assert_close(last, fast[-1], rtol=0, atol=0)
     h, ref = h0, []
     for t in range(T):
         h = gru_step(xp[t], h, w, 2.5)
