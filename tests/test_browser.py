@@ -1,0 +1,337 @@
+"""The live training dashboard in a real JupyterLab, driven by headless Chromium.
+
+A JupyterLab server runs on 127.0.0.1 (a free port, a token, a temporary root and temporary
+config, data, settings and runtime dirs so no user setting leaks in). tests/browser/drive_lab.mjs
+(playwright-core driving the system Chromium) logs in with the token, opens a notebook, runs all
+cells from the Run menu, samples the points plotly draws in the dashboard while training runs,
+clicks Stop, and waits for every cell to finish. This test asserts on what it saw and on the files
+the notebook left behind. Screenshots go to test-artifacts/browser/.
+
+Needs /usr/bin/chromium (or $LFADS_NB_CHROMIUM) and `npm ci` in tests/browser; .ci/run installs both.
+"""
+from __future__ import annotations
+
+import ctypes
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import nbformat
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DRIVER = REPO / "tests" / "browser" / "drive_lab.mjs"
+ARTIFACTS = REPO / "test-artifacts" / "browser"
+CHROMIUM = os.environ.get("LFADS_NB_CHROMIUM", "/usr/bin/chromium")
+NODE = shutil.which("node")
+
+# Seconds. Every wait is bounded so that even a failing run ends within 3 minutes (server start +
+# driver limit + shutdown); a passing run takes about 40 s on 2 busy cores. The driver's waits: one
+# click or fill (action), login to an idle kernel (load), run-all to the curve's first points
+# (firstPoints: imports, data, model, and plotly's first render, which took 15-20 s here while
+# the kernel trains on the other core), the curve gaining points (growth), and Stop to the
+# notebook halting (finish).
+SERVER_START = 30
+TIMEOUTS = {"action": 10, "load": 25, "firstPoints": 60, "growth": 15, "finish": 15}
+DRIVER_LIMIT = 125
+
+
+def _require_tools() -> None:
+    """Fail (never skip) with the fix when the browser or the driver's packages are missing."""
+    missing = []
+    if not (os.path.isfile(CHROMIUM) and os.access(CHROMIUM, os.X_OK)):
+        missing.append(f"Chromium at {CHROMIUM} (apt-get install chromium, or set LFADS_NB_CHROMIUM)")
+    if NODE is None:
+        missing.append("node (apt-get install nodejs npm)")
+    if not (DRIVER.parent / "node_modules" / "playwright-core").is_dir():
+        missing.append("playwright-core (cd tests/browser && npm ci)")
+    if missing:
+        pytest.fail("The browser test needs: " + "; ".join(missing) + ". .ci/run installs all of them.")
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: get SIGTERM when pytest dies, even by SIGKILL, so that no server
+    (which then shuts its kernels down) or browser outlives a killed test run. Linux only."""
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _write_settings(settings_dir: Path) -> None:
+    """JupyterLab settings for an unattended run on a closed network: never fetch news or check for
+    updates, and start the notebook's own kernel without asking (as 'Always start the preferred
+    kernel' in the Select Kernel dialog does)."""
+    settings = {
+        "apputils-extension/notification": {"fetchNews": "false", "checkForUpdates": False},
+        "notebook-extension/tracker": {"autoStartDefaultKernel": True},
+    }
+    for plugin, values in settings.items():
+        path = settings_dir / "@jupyterlab" / f"{plugin}.jupyterlab-settings"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(values))
+
+
+class Lab:
+    """A JupyterLab server in its own process group, with its own dirs under ``base``."""
+
+    def __init__(self, base: Path):
+        self.root = base / "root"
+        self.home = base / "home"
+        self.runtime = base / "runtime"
+        for d in (self.root, self.home, self.runtime):
+            d.mkdir()
+        self.port = _free_port()
+        self.token = os.urandom(24).hex()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = base / "jupyterlab.log"
+        settings = self.home / "lab-settings"
+        _write_settings(settings)
+        # The kernel inherits this environment. LFADS_NB_LIVE is left out so that the dashboard's
+        # own detection of a JupyterLab kernel is what chooses the live dashboard.
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("JUPYTER", "IPYTHON", "LFADS_NB"))}
+        env.update(
+            HOME=str(self.home),
+            JUPYTER_CONFIG_DIR=str(self.home / "config"),
+            JUPYTER_DATA_DIR=str(self.home / "data"),
+            JUPYTER_RUNTIME_DIR=str(self.runtime),
+            JUPYTERLAB_SETTINGS_DIR=str(settings),
+            JUPYTERLAB_WORKSPACES_DIR=str(self.home / "workspaces"),
+            IPYTHONDIR=str(self.home / "ipython"),
+            PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            OMP_NUM_THREADS="1",
+        )
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "jupyterlab",
+                "--ServerApp.ip=127.0.0.1",
+                f"--ServerApp.port={self.port}",
+                "--ServerApp.port_retries=0",
+                f"--IdentityProvider.token={self.token}",
+                f"--ServerApp.root_dir={self.root}",
+                "--ServerApp.open_browser=False",
+                "--LabApp.news_url=None",
+                "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+                "--LabApp.extension_manager=readonly",
+                # CI containers run as root; JupyterLab refuses that unless told.
+                *(["--ServerApp.allow_root=True"] if os.geteuid() == 0 else []),
+            ],
+            cwd=self.root, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+            preexec_fn=_die_with_parent,
+        )
+
+    def api(self, path: str, method: str = "GET", timeout: float = 5):
+        request = urllib.request.Request(
+            self.url + path, method=method, headers={"Authorization": f"token {self.token}"}
+        )
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            body = response.read()
+        return json.loads(body) if body else None
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + SERVER_START
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"JupyterLab exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                self.api("/api/status", timeout=2)
+                return
+            except OSError:
+                time.sleep(0.3)
+        raise TimeoutError(f"JupyterLab did not answer on {self.url} within {SERVER_START} s:\n{self.log()}")
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+    def stop(self) -> None:
+        """Shut down kernels and server through the API; then signals; then kill leftovers by pid."""
+        if self.proc.poll() is None:
+            try:
+                self.api("/api/shutdown", method="POST")
+            except OSError:
+                pass
+            _wait_or_signal(self.proc, [(15, None), (5, signal.SIGTERM), (5, signal.SIGKILL)])
+        # Kernels run in their own sessions; any still alive carries our runtime dir on its command line.
+        for pid in _pids_mentioning(str(self.runtime)):
+            os.kill(pid, signal.SIGKILL)
+        self._log.close()
+
+
+def _wait_or_signal(proc: subprocess.Popen, plan) -> None:
+    for wait, sig in plan:
+        if sig is not None:
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                return
+        try:
+            proc.wait(wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def _pids_mentioning(text: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if text in cmdline:
+                pids.append(int(entry.name))
+    return pids
+
+
+@pytest.fixture
+def lab(tmp_path):
+    _require_tools()
+    server = Lab(tmp_path)
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()
+
+
+def drive(lab: Lab, notebook: str, tmp_path: Path) -> dict:
+    """Run tests/browser/drive_lab.mjs against ``lab``; return what it saw (see the script)."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    for old in ARTIFACTS.glob("*.png"):
+        old.unlink()
+    result_path = tmp_path / "browser-result.json"
+    config = {
+        "baseUrl": lab.url,
+        "token": lab.token,
+        "notebook": notebook,
+        "chromium": CHROMIUM,
+        "userDataDir": str(tmp_path / "chromium-profile"),
+        "artifactsDir": str(ARTIFACTS),
+        "resultPath": str(result_path),
+        "traceName": "train total",
+        "minGain": 2,
+        "minSeconds": 1.5,
+        "stopLabel": "Stop",
+        "timeouts": TIMEOUTS,
+    }
+    config_path = tmp_path / "browser-config.json"
+    config_path.write_text(json.dumps(config))
+    home = tmp_path / "browser-home"  # Chromium's crash reports and caches stay out of the user's home
+    env = dict(os.environ, HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"), XDG_CACHE_HOME=str(home / ".cache"))
+    proc = subprocess.Popen(
+        [NODE, str(DRIVER), str(config_path)], cwd=DRIVER.parent, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent,
+    )
+    try:
+        log, _ = proc.communicate(timeout=DRIVER_LIMIT)
+    except subprocess.TimeoutExpired:
+        _wait_or_signal(proc, [(0, signal.SIGTERM), (5, signal.SIGKILL)])  # node and its Chromium
+        log, _ = proc.communicate()
+        pytest.fail(f"The browser driver ran past {DRIVER_LIMIT} s:\n{log.decode(errors='replace')}")
+    finally:
+        if proc.poll() is None:
+            _wait_or_signal(proc, [(0, signal.SIGKILL)])
+    log = log.decode(errors="replace")
+    if not result_path.exists():
+        pytest.fail(f"The browser driver wrote no result (exit {proc.returncode}):\n{log}")
+    result = json.loads(result_path.read_text())
+    result["log"] = log
+    (ARTIFACTS / "result.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
+# ---------------------------------------------------------------------------------------------
+# The notebook under test
+# ---------------------------------------------------------------------------------------------
+
+MAX_EPOCHS = 10_000  # ~0.2 s an epoch: only the Stop button can end this run within the test
+
+TRAINING_CELLS = [
+    # Parameters: a tiny chaotic-RNN dataset (100 trials of 25 bins) and a tiny LFADS.
+    "import torch\n"
+    "torch.set_num_threads(1)\n"
+    "from data_generators import chaotic_rnn\n"
+    "from lfads_nb.training import TrainConfig, build_model, load_checkpoint, train\n"
+    f"max_epochs = {MAX_EPOCHS}\n"
+    "checkpoint_dir = 'checkpoints'",
+    "ds = chaotic_rnn(seed=0, n_units=20, n_bins=25, n_conditions=20, trials_per_condition=5)\n"
+    "model = build_model(ds, ic_enc_dim=16, ci_enc_dim=16, con_dim=16, co_dim=2, ic_dim=16, gen_dim=32, fac_dim=8)",
+    # No `live=`: in JupyterLab the default must be the live dashboard.
+    "config = TrainConfig(max_epochs=max_epochs, batch_size=20, early_stop_patience=max_epochs)\n"
+    "result = train(model, ds, config, checkpoint_dir=checkpoint_dir)",
+    "best = load_checkpoint(f'{checkpoint_dir}/best.pt')\n"
+    "restored = all(torch.equal(w, result.model.state_dict()[k]) for k, w in best['model'].items())\n"
+    "print(f'stop_reason={result.stop_reason} epochs={len(result.history)} best_epoch={result.best_epoch} '\n"
+    "      f'best_pt_epoch={best[\"run_state\"][\"best_epoch\"]} best_weights_restored={restored}')",
+]
+
+
+def _write_notebook(path: Path, cells: list[str]) -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+    nb.cells = [nbformat.v4.new_code_cell(src) for src in cells]
+    nbformat.write(nb, path)
+
+
+def _report(result: dict, lab: Lab) -> str:
+    """What to show when an assertion fails: the driver's log, the cells' outputs, the server log."""
+    outputs = "\n".join(f"cell {o['index']} {o['prompt']} {o['text'][-800:]!r}" for o in result.get("outputs", []))
+    return f"{result.get('error', '')}\n{result['log']}\ncells:\n{outputs}\nJupyterLab log:\n{lab.log()}"
+
+
+def test_live_dashboard_trains_and_stops_in_jupyterlab(lab, tmp_path):
+    _write_notebook(lab.root / "train.ipynb", TRAINING_CELLS)
+    result = drive(lab, "train.ipynb", tmp_path)
+    report = _report(result, lab)
+    assert "error" not in result, report
+    assert not result["pageErrors"], report
+
+    # The dashboard rendered, and its loss curve gained points while the training cell ran: the
+    # points plotly holds for the trace grew, and its SVG line was drawn and redrawn.
+    first, second = result["moments"]
+    assert 2 <= first["length"] and first["length"] + 2 <= second["length"], report
+    assert second["t"] - first["t"] >= 1.5, report
+    assert first["drawn"] >= 2 and second["drawn"] >= 2 and first["path"] != second["path"], report
+    training = TRAINING_CELLS.index(next(c for c in TRAINING_CELLS if "result = train(" in c))
+    assert first["prompts"][training] == second["prompts"][training] == "[*]:", report
+    assert second["t"] < result["stopClickedAt"], report
+    names = {t["name"] for f in result["samples"][-1]["figures"] for t in f["traces"]}
+    assert {"train total", "valid recon", "learning rate", "inferred", "true", "spikes"} <= names, report
+
+    # Stop ended training cleanly long before max_epochs, and the dashboard says so.
+    assert result["finishedAt"] - result["stopClickedAt"] < TIMEOUTS["finish"], report
+    assert result["stopButton"] == {"text": "Stopped", "disabled": True}, report
+    code = [o for o in result["outputs"] if o["kind"] == "code"]
+    assert "stopped: stop_button" in code[training]["text"], report  # the dashboard's status line
+    assert [o["prompt"] for o in code] == [f"[{i}]:" for i in range(1, len(TRAINING_CELLS) + 1)], report
+    assert all(o["stderr"] == 0 for o in code), report
+    summary = dict(item.split("=") for item in code[-1]["text"].split())
+    epochs, best_epoch = int(summary["epochs"]), int(summary["best_epoch"])
+    assert summary["stop_reason"] == "stop_button", report
+    assert summary["best_weights_restored"] == "True", report
+    assert 1 <= epochs < MAX_EPOCHS and 0 <= best_epoch < epochs, report
+    assert int(summary["best_pt_epoch"]) == best_epoch, report
+
+    # The checkpoints on disk, read here: best.pt holds the epoch with the lowest validation loss
+    # of the run that last.pt recorded (the reference: argmin over its history).
+    from lfads_nb.training import load_checkpoint
+
+    last = load_checkpoint(lab.root / "checkpoints" / "last.pt")["run_state"]
+    best = load_checkpoint(lab.root / "checkpoints" / "best.pt")["run_state"]
+    assert last["epoch"] == epochs, report
+    valid = [row["valid_recon"] for row in last["history"]]
+    assert best["best_epoch"] == best_epoch == min(range(len(valid)), key=valid.__getitem__), report
