@@ -24,11 +24,16 @@ Data flow:
         g_t = GRU_gen([u_t, dropout(ext_t)], g_{t-1});     f_t = W_fac dropout(g_t)
     params = observation readout(f)
 
+Priors and KL terms (nats per trial): p(g0) = N(learnable mean, ic_prior_var I), KL(q(g0) || p(g0))
+in closed form; p(u) = AR(1) per input dimension with learnable time constant and noise variance,
+KL(q(u) || p(u)) estimated from the sampled u (closed form when sample=False).
+
 All recurrent cells are the TF-style GRU of the original LFADS (reset gate applied to the state
 before the candidate matmul, no recurrent bias, state clipped to +-cell_clip), as in lfads-torch.
 Without a controller (co_dim = 0) the generator's inputs do not depend on its state, so the whole
 generator recurrence runs as one fused autograd Function with a hand-written backward pass
-(``clipped_gru_scan``); the encoders, whose inputs never depend on their state, always use it.
+(``clipped_gru_scan``); the encoders, whose inputs never depend on their state, always use it
+(they use the same clipped cell as the generator, as in lfads-torch, rather than torch.nn.GRU).
 The step loop in ``LFADS._decode_loop`` is the plain-autograd reference; the tests check both
 agree in value and gradient.
 
@@ -196,39 +201,48 @@ class _ClippedGRUScan(torch.autograd.Function):
         w_hh, hs, rz, n, rh, pre = ctx.saved_tensors
         T, D, B, H = n.shape
         h_prev, r, z = hs[:-1], rz[..., :H], rz[..., H:]
-        # Local derivatives of all steps at once (large vectorised ops), with the clip mask
-        # folded in: dL/dpre = dL/dh' * m, m = 1 where |pre| <= clip (torch.clamp's rule).
-        m = (pre.abs() <= ctx.clip).to(n.dtype)
-        mz = m * z  # dh'/dh_prev through the z * h term
-        zn_coef = torch.stack(
-            [
-                mz * (1 - z) * (h_prev - n),  # dL/d(z pre-activation) = dL/dh' (h - n) z (1 - z)
-                (m - mz) * (1 - n * n),  # dL/d(n pre-activation) = dL/dh' (1 - z)(1 - n^2)
-            ],
-            dim=-2,
-        )  # (T, D, B, 2, H)
-        r_coef = h_prev * r * (1 - r)  # dL/d(r pre-activation) = dL/d(r h) h r (1 - r)
+        # Local derivatives of all steps at once, as large vectorised ops written into one
+        # preallocated tensor (fresh multi-MB temporaries cost page faults). coef[..., k, :]
+        # for the gate blocks (r, z, n), with the clip mask m folded in: dL/dpre = dL/dh' m,
+        # m = 1 where |pre| <= clip (torch.clamp's rule).
+        #   dL/d(r pre-act) = dL/d(r h) * h r (1 - r)
+        #   dL/d(z pre-act) = dL/dh' * m (h - n) z (1 - z)
+        #   dL/d(n pre-act) = dL/dh' * m (1 - z) (1 - n^2)
+        coef = n.new_empty(T, D, B, 3, H)
+        c_r, c_z, c_n = coef.unbind(-2)
+        m = torch.abs(pre, out=c_n).le_(ctx.clip)  # 1.0 / 0.0
+        mz = m * z  # dh'/dh_prev through the z h term
+        c_n.sub_(mz)  # m (1 - z)
+        torch.sub(h_prev, n, out=c_z).mul_(z).mul_(c_n)
+        torch.mul(n, n, out=c_r).neg_().add_(1)  # 1 - n^2, c_r as scratch
+        c_n.mul_(c_r)
+        torch.mul(r, r, out=c_r).neg_().add_(r).mul_(h_prev)
         w_rz, w_n = w_hh[:, : 2 * H], w_hh[:, 2 * H :]
         d_xp = n.new_empty(T, D, B, 3 * H)  # gradients of the gate pre-activations (r, z, n)
         d_xrz_, d_xr_, d_xn_ = d_xp[..., : 2 * H].unbind(0), d_xp[..., :H].unbind(0), d_xp[..., 2 * H :].unbind(0)
         d_xzn_ = d_xp.view(T, D, B, 3, H)[..., 1:, :].unbind(0)
-        zn_coef_, r_coef_, mz_, r_ = zn_coef.unbind(0), r_coef.unbind(0), mz.unbind(0), r.unbind(0)
+        c_zn_, c_r_, mz_, r_ = coef[..., 1:, :].unbind(0), c_r.unbind(0), mz.unbind(0), r.unbind(0)
         d_states_ = d_states.unbind(0) if d_states is not None else None
-        # dh = dL/dh_t in total (from the outputs at t and from step t + 1); two buffers in turn
-        dh = n.new_zeros(D, B, H) if d_last is None else d_last.clone()
+        # dh = dL/dh_t in total (from the output at t and from step t + 1), in two buffers used
+        # in turn; each kept with a (D, B, 1, H) view that broadcasts over the (z, n) blocks.
+        bufs = n.new_zeros(2, D, B, 1, H)
+        flat_, wide_ = bufs.squeeze(-2).unbind(0), bufs.unbind(0)
+        if d_last is not None:
+            flat_[0].copy_(d_last)
         if d_states is not None:
-            dh.add_(d_states_[T - 1])
-        spare = torch.empty_like(dh)
+            flat_[0].add_(d_states_[T - 1])
         for t in range(T - 1, -1, -1):
-            torch.mul(dh.unsqueeze(-2), zn_coef_[t], out=d_xzn_[t])
+            i = (T - 1 - t) % 2
+            dh, nxt = flat_[i], flat_[1 - i]
+            torch.mul(wide_[i], c_zn_[t], out=d_xzn_[t])
             d_rh = torch.bmm(d_xn_[t], w_n)
-            torch.mul(d_rh, r_coef_[t], out=d_xr_[t])
+            torch.mul(d_rh, c_r_[t], out=d_xr_[t])
             if d_states is not None and t > 0:
-                nxt = torch.addcmul(d_states_[t - 1], dh, mz_[t], out=spare)
+                torch.addcmul(d_states_[t - 1], dh, mz_[t], out=nxt)
             else:
-                nxt = torch.mul(dh, mz_[t], out=spare)
+                torch.mul(dh, mz_[t], out=nxt)
             nxt.addcmul_(d_rh, r_[t]).baddbmm_(d_xrz_[t], w_rz)
-            dh, spare = nxt, dh
+        dh = flat_[T % 2]
 
         def flat(x: Tensor) -> Tensor:  # (T, D, B, k) -> (D, T*B, k)
             return x.transpose(0, 1).reshape(D, T * B, x.shape[-1])
@@ -268,7 +282,7 @@ class ClippedGRU(nn.Module):
     def __init__(self, input_size: int, hidden_size: int, clip: float, directions: int = 1, encoder: bool = False):
         super().__init__()
         D, H = directions, hidden_size
-        self.hidden_size, self.clip = H, clip
+        self.clip = clip
         self.weight_ih = nn.Parameter(torch.empty(D, 3 * H, input_size))
         self.bias_ih = nn.Parameter(torch.zeros(D, 3 * H))
         self.weight_hh = nn.Parameter(torch.empty(D, 3 * H, H))
@@ -280,10 +294,14 @@ class ClippedGRU(nn.Module):
             self.bias_ih[:, : 2 * H] = 1.0
 
     def project(self, x: Tensor) -> Tensor:
-        """Input projections of all steps in one matmul: x (..., in) -> (..., D, 3H)."""
-        D, H3, _ = self.weight_ih.shape
-        out = F.linear(x, self.weight_ih.reshape(D * H3, -1), self.bias_ih.reshape(-1))
-        return out.view(*x.shape[:-1], D, H3)
+        """Input projections of all T steps, one batched matmul for the D GRUs.
+
+        x (T, D, B, in) -> (T, D, B, 3H) = x W_ih^T + b (a transposed view of the matmul output).
+        """
+        T, D, B, _ = x.shape
+        xs = x.transpose(0, 1).reshape(D, T * B, -1)
+        out = torch.baddbmm(self.bias_ih.unsqueeze(1), xs, self.weight_ih.transpose(1, 2))
+        return out.view(D, T, B, -1).transpose(0, 1)
 
 
 class BidirectionalEncoder(nn.Module):
@@ -300,9 +318,9 @@ class BidirectionalEncoder(nn.Module):
         self.h0 = nn.Parameter(torch.zeros(2, 1, hidden_size))
 
     def _scan(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        p = self.gru.project(x.transpose(0, 1))  # (T, B, 2, 3H): both directions in one matmul
-        xp = torch.stack([p[:, :, 0], p[:, :, 1].flip(0)], dim=1)  # backward direction reads time reversed
-        return clipped_gru_scan(xp, self.h0.expand(-1, x.shape[0], -1), self.gru.weight_hh, self.gru.clip)
+        x = x.transpose(0, 1)  # (T, B, in)
+        xp = self.gru.project(torch.stack([x, x.flip(0)], dim=1))  # backward direction reads time reversed
+        return clipped_gru_scan(xp, self.h0.expand(-1, x.shape[1], -1), self.gru.weight_hh, self.gru.clip)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
         states, _ = self._scan(x)  # (T, 2, B, H)
@@ -392,8 +410,8 @@ class AR1Prior(nn.Module):
 class FactorReadout(nn.Module):
     """f_t = W g_t with no bias, each row of W rescaled to unit L2 norm (in forward, not in place).
 
-    Normalising the rows stops the model from shrinking factors and growing the observation
-    readout to dodge the L2 penalty; the factors stay on a fixed scale.
+    Normalising the rows fixes the scale of the factors: otherwise any scale could shift freely
+    between W and the observation readout, and factors of different runs would not compare.
     """
 
     def __init__(self, gen_dim: int, fac_dim: int):
@@ -482,8 +500,8 @@ class LFADS(nn.Module):
 
         g_init (B, gen_dim), ext (B, T, ext_input_dim) already dropped out -> states, factors.
         """
-        xp = self.generator.project(ext.transpose(0, 1))  # (T, B, 1, 3H)
-        states, _ = clipped_gru_scan(xp.transpose(1, 2), g_init[None], self.generator.weight_hh, self.config.cell_clip)
+        xp = self.generator.project(ext.transpose(0, 1).unsqueeze(1))  # (T, 1, B, 3H)
+        states, _ = clipped_gru_scan(xp, g_init[None], self.generator.weight_hh, self.config.cell_clip)
         states = states[:, 0].transpose(0, 1)  # (B, T, gen_dim)
         return states, self.factor_readout(self.dropout(states))
 
