@@ -55,6 +55,17 @@ def test_output_shapes(co_dim, ext):
         assert (out.kl_co == 0).all() and model.l2_penalties()["l2_con"].item() == 0.0
 
 
+@pytest.mark.parametrize("name,k", [("poisson", 1), ("gaussian", 2), ("gamma", 2), ("zig", 3)])
+def test_every_observation_model_plugs_in(name, k):
+    model = _model(torch.float32, co_dim=2, observation=name)
+    x = torch.rand(3, 1, 5)  # a single time bin works too
+    out = model(x)
+    assert out.obs_params.shape == (3, 1, 5, k)
+    loss = model.observation.nll(out.obs_params, x).mean() + model.observation.penalty()
+    loss.backward()
+    assert torch.isfinite(loss) and model.observation.readout.weight.grad is not None
+
+
 def test_ic_kl_matches_closed_form_gaussian_kl():
     # Reference: torch.distributions.kl_divergence(Normal, Normal), an independent implementation
     # of KL = log(sp/sq) + (sq^2 + (mq - mp)^2) / (2 sp^2) - 1/2.
