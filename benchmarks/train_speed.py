@@ -113,7 +113,8 @@ def run_epoch(model, optimizer, train, valid, batch_size, cd_rate) -> dict:
     t0, c0 = time.perf_counter(), time.process_time()
     model.train()
     order = torch.randperm(len(train))
-    losses = [train_step(model, optimizer, train[order[i : i + batch_size]], cd_rate) for i in range(0, len(train), batch_size)]
+    batches = [order[i : i + batch_size] for i in range(0, len(train), batch_size)]
+    losses = [train_step(model, optimizer, train[idx], cd_rate) for idx in batches]
     t_train = time.perf_counter() - t0
     model.eval()
     with torch.no_grad():

@@ -88,16 +88,19 @@ class LFADSConfig:
     def __post_init__(self):
         if self.encod_dim is None:
             self.encod_dim = self.n_neurons
+        sizes = ["n_neurons", "encod_dim", "ext_input_dim", "ic_enc_dim", "ci_enc_dim", "con_dim", "co_dim"]
+        sizes += ["ic_dim", "gen_dim", "fac_dim"]
         positive = ["n_neurons", "encod_dim", "ic_enc_dim", "ic_dim", "gen_dim", "fac_dim"]
         positive += ["ci_enc_dim", "con_dim"] if self.co_dim else []
-        for name in ["n_neurons", "encod_dim", "ext_input_dim", "ic_enc_dim", "ci_enc_dim", "con_dim", "co_dim", "ic_dim", "gen_dim", "fac_dim"]:
+        for name in sizes:
             value = getattr(self, name)
             if not isinstance(value, numbers.Integral) or isinstance(value, bool):
                 raise ConfigError(f"LFADSConfig.{name} must be an integer, got {value!r}.")
             value = int(value)
             setattr(self, name, value)
             if name in positive and value < 1:
-                hint = " when co_dim > 0 (or set co_dim=0 for no controller)" if name in ("ci_enc_dim", "con_dim") else ""
+                controller = name in ("ci_enc_dim", "con_dim")
+                hint = " when co_dim > 0 (or set co_dim=0 for no controller)" if controller else ""
                 raise ConfigError(f"LFADSConfig.{name} must be > 0{hint}, got {value}.")
             if value < 0:
                 raise ConfigError(f"LFADSConfig.{name} must be >= 0, got {value}.")
@@ -555,12 +558,16 @@ class LFADS(nn.Module):
                 "Set LFADSConfig.encod_dim (or n_neurons) to the number of input channels."
             )
         if encoder_input.dtype != dtype:
-            raise DataError(f"encoder_input has dtype {encoder_input.dtype}, the model {dtype}; convert with .to({dtype}).")
+            raise DataError(
+                f"encoder_input has dtype {encoder_input.dtype}, the model {dtype}; convert with .to({dtype})."
+            )
         if encoder_input.shape[1] == 0:
             raise DataError("encoder_input has zero time bins; LFADS needs at least one.")
         if c.ext_input_dim == 0:
             if ext_input is not None and ext_input.shape[-1] != 0:
-                raise DataError("ext_input was given but LFADSConfig.ext_input_dim is 0; set ext_input_dim to its width.")
+                raise DataError(
+                    "ext_input was given but LFADSConfig.ext_input_dim is 0; set ext_input_dim to its width."
+                )
             return
         expected = (*encoder_input.shape[:2], c.ext_input_dim)
         if ext_input is None or tuple(ext_input.shape) != expected:
@@ -590,12 +597,17 @@ class LFADS(nn.Module):
         if c.co_dim:
             ci = self.encode_controller_inputs(x)
             states, factors, u, co_mean, co_std = self._decode_loop(g_init, ci, ext, sample)
-            kl_co = self.co_prior.kl_sample(co_mean, co_std, u) if sample else self.co_prior.kl_expected(co_mean, co_std)
+            if sample:
+                kl_co = self.co_prior.kl_sample(co_mean, co_std, u)
+            else:
+                kl_co = self.co_prior.kl_expected(co_mean, co_std)
         else:
             states, factors = self._decode_scan(g_init, ext)
             u = co_mean = co_std = x.new_zeros(B, T, 0)
             kl_co = x.new_zeros(B)
-        return LFADSOutput(self.observation(factors), factors, states, u, ic_mean, ic_std, co_mean, co_std, kl_ic, kl_co)
+        return LFADSOutput(
+            self.observation(factors), factors, states, u, ic_mean, ic_std, co_mean, co_std, kl_ic, kl_co
+        )
 
     def l2_penalties(self) -> dict[str, Tensor]:
         """0.5 ||W_hh||^2 / (number of entries of W_hh) for the generator and the controller.

@@ -197,7 +197,9 @@ def test_fast_decoder_equals_reference_loop(ext):
     wrt = [g_init, ext_in] + params
     loss_f = (fast[0] ** 2).sum() + fast[1].sin().sum()
     loss_r = (ref[0] ** 2).sum() + ref[1].sin().sum()
-    for a, b in zip(torch.autograd.grad(loss_f, wrt, allow_unused=True), torch.autograd.grad(loss_r, wrt, allow_unused=True)):
+    grads_f = torch.autograd.grad(loss_f, wrt, allow_unused=True)
+    grads_r = torch.autograd.grad(loss_r, wrt, allow_unused=True)
+    for a, b in zip(grads_f, grads_r):
         if a is None or b is None:
             assert a is None and b is None
         else:
