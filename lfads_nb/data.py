@@ -18,7 +18,9 @@ name                dims                        meaning
 ``ext_input``       (trial, time, ext_input_dim) optional external inputs fed to the generator
 ==================  ==========================  =============================================
 
-and the attribute ``bin_width`` (seconds). ``validate`` checks all of this and raises
+and the attribute ``bin_width`` (seconds). The Dataset that ``lfads_nb.infer`` returns follows
+the same model with ``rates`` (Hz) as its observed variable in place of ``spikes``, so it can be
+saved, loaded, sliced and plotted the same way. ``validate`` checks all of this and raises
 :class:`DataError` with a message that names the problem and the fix.
 
 Each observed data kind has its own rules; they live in ``OBSERVED_KINDS`` so a new kind
@@ -73,7 +75,19 @@ def _check_counts(values: np.ndarray, name: str) -> None:
         )
 
 
-OBSERVED_KINDS = {"spikes": _check_counts}
+def _check_rates(values: np.ndarray, name: str) -> None:
+    """Firing rates in Hz (e.g. what ``lfads_nb.infer`` returns): finite, non-negative floats."""
+    if values.dtype.kind not in "iuf":
+        raise DataError(f"'{name}' has dtype {values.dtype}; rates must be numbers (Hz).")
+    observed = values[~np.isnan(values)] if values.dtype.kind == "f" else values
+    if not np.isfinite(observed).all():
+        raise DataError(f"'{name}' contains infinite values; rates must be finite (Hz).")
+    if observed.size and observed.min() < 0:
+        raise DataError(f"'{name}' has negative rates (min {observed.min()}); rates in Hz must be >= 0.")
+
+
+# The observed variable of each data kind and its rules, in order of precedence.
+OBSERVED_KINDS = {"spikes": _check_counts, "rates": _check_rates}
 
 
 def observed_variable(ds: xr.Dataset) -> str:
@@ -91,8 +105,8 @@ def observed_variable(ds: xr.Dataset) -> str:
 def validate(ds: xr.Dataset, *, require_train: bool = False) -> xr.Dataset:
     """Check that ``ds`` follows the lfads_nb data model and return it unchanged.
 
-    ``require_train`` (used by training entry points) also refuses data without
-    training trials. Raises :class:`DataError` naming the problem and the fix.
+    ``require_train`` (used by training entry points) also refuses data without spike counts
+    or without training trials. Raises :class:`DataError` naming the problem and the fix.
     """
     if not isinstance(ds, xr.Dataset):
         raise DataError(
@@ -147,6 +161,11 @@ def validate(ds: xr.Dataset, *, require_train: bool = False) -> xr.Dataset:
     if unknown:
         raise DataError(
             f"Unknown split labels {sorted(str(x) for x in unknown)}; every trial's split must be one of {SPLITS}."
+        )
+    if require_train and name != "spikes":
+        raise DataError(
+            f"Training needs spike counts in a 'spikes' variable; this dataset's observed variable is "
+            f"'{name}' (an inference output?). Train on the recorded data instead."
         )
     if require_train and "train" not in labels:
         raise DataError(

@@ -58,7 +58,7 @@ import h5py
 import numpy as np
 import xarray as xr
 
-from .data import OBSERVED_KINDS, SPLITS, make_dataset, observed_variable, validate
+from .data import SPLITS, make_dataset, observed_variable, validate
 from .errors import DataError
 
 DEFAULT_BIN_WIDTH = 0.01  # seconds, assumed for LFADS files that store none
@@ -370,9 +370,9 @@ def load(path, bin_width: float | None = None) -> xr.Dataset:
             keys = sorted(f.keys())
             if any(f"{s}_{kind}" in f for s in SPLITS for kind in ("encod_data", "recon_data", "data")):
                 ds = _read_lfads(f, path, bin_width)
-            elif not any(name in f for name in OBSERVED_KINDS):
+            elif "_NCProperties" not in f.attrs:  # the mark netCDF-4 writers (h5netcdf, netCDF-C) leave
                 raise DataError(
-                    f"{path} is neither an lfads_nb netCDF file (no {sorted(OBSERVED_KINDS)} variable) "
+                    f"{path} is neither a netCDF-4 file "
                     "nor an LFADS HDF5 file (it needs train_encod_data and train_recon_data, or the "
                     f"same for valid/test); found keys {keys}."
                 )

@@ -186,3 +186,15 @@ def test_ext_input_with_wrong_dims():
     ds["ext_input"] = (("trial", "ext_input_dim", "time"), np.zeros((4, 2, 5)))
     with pytest.raises(DataError, match="'ext_input' has dims"):
         validate(ds)
+
+
+def test_rates_dataset_is_valid_but_cannot_be_trained_on():
+    """An inference output holds 'rates' (Hz) instead of 'spikes': valid to save and plot, not to train."""
+    ds = good()
+    rates = ds.drop_vars("spikes").assign(rates=ds["spikes"].astype(float) * 10.0)
+    validate(rates)
+    with pytest.raises(DataError, match="Training needs spike counts"):
+        validate(rates, require_train=True)
+    negative = rates.assign(rates=-rates["rates"] - 1)
+    with pytest.raises(DataError, match="negative rates"):
+        validate(negative)

@@ -225,3 +225,10 @@ def test_bad_inputs_are_clear_errors():
         train(model, ds.isel(neuron=slice(0, 5)), config(), progress=Quiet())
     with pytest.raises(lfads_nb.ConfigError, match="read from the data"):
         build_model(ds, n_neurons=3)
+
+
+def test_inference_output_saves_and_loads_identically(tmp_path):
+    ds = tiny_dataset()
+    out = infer(run(ds, config(max_epochs=1)).model, ds)
+    lfads_nb.save(out, tmp_path / "out.nc")
+    xr.testing.assert_identical(lfads_nb.load(tmp_path / "out.nc"), out)

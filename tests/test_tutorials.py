@@ -1,6 +1,6 @@
 """Every tutorial runs under papermill with small CI parameters, stays stripped, and is a batch job.
 
-The executed copies land in ``test-artifacts/tutorials`` so a failing run can be read.
+The executed copies land in ``test-artifacts/tutorials/<name>/`` so a failing run can be read.
 Cells marked ``# NBVAL_CHECK_OUTPUT`` must reproduce their output when nbval (lax) re-runs the
 executed notebook: the outputs that should be stable (shapes, seeded statistics) really are.
 """
@@ -9,10 +9,12 @@ from __future__ import annotations
 import ast
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import papermill
 import pytest
 
 from lfads_nb.tutorials import execute, tutorial_paths
@@ -65,12 +67,15 @@ def test_parameters_cell_is_annotated(notebook):
     assert all("#" in ln for ln in lines), "comment every parameter"
     names = {n.target.id for n in assigned}
     assert set(CI_PARAMETERS[notebook.name]) <= names, "CI parameters must be parameters of the notebook"
+    # papermill must parse every line (it gives up on some, e.g. an '=' inside a comment)
+    assert set(papermill.inspect_notebook(str(notebook))) == names
 
 
 @pytest.mark.parametrize("notebook", TUTORIALS, ids=lambda p: p.name)
 def test_runs_under_papermill(notebook, monkeypatch):
     monkeypatch.setenv("LFADS_NB_LIVE", "0")
-    out_dir = ARTIFACTS
+    out_dir = ARTIFACTS / notebook.stem
+    shutil.rmtree(out_dir, ignore_errors=True)  # no checkpoints or files left from an earlier run
     executed = execute(notebook, out_dir, CI_PARAMETERS[notebook.name])
     nb = json.loads(executed.read_text())
     errors = [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
