@@ -1,0 +1,291 @@
+"""Hyperparameter search: the search space as data, and a random search over it.
+
+The pieces, in the order a search uses them:
+
+1. ``Hyperparameter`` and ``SearchSpace``: which fields to tune and over what range. A space is
+   plain data the user edits; ``DEFAULT_SPACE`` is AutoLFADS's (reference section 5). Names
+   are ``TrainConfig`` fields (``lr``, ``cd_rate``, ``kl_co_scale``, ...) or ``LFADSConfig``
+   fields (``dropout``); ``init`` and ``explore_width`` are for population-based training.
+2. ``SearchSpace.sample(n, seed)``: ``n`` seeded points, each a dict name -> value.
+3. ``apply_point(point, train_config, model_sizes)``: the ``TrainConfig`` and model sizes of
+   one point.
+4. ``score(result, ds)``: what one trained model is judged by: validation NLL and
+   sample-validation NLL at its selected epoch, and rate R^2 against ``rates_true``.
+5. ``random_search(ds, n_models, ...)``: train ``n_models`` models one after another in this
+   process and return a :class:`SearchResult`: a tidy table (Dataset with dim ``model``) and
+   the trained models.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import xarray as xr
+
+from .dashboard import Progress
+from .data import validate
+from .errors import ConfigError
+from .metrics import rate_r2
+from .model import LFADSConfig
+from .training import TrainConfig, TrainResult, build_model, infer, train
+
+# Fields a search may tune: the real-valued fields of the two configs. sv_fraction is left out
+# because it defines the sample-validation metric the models are compared by.
+TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.type in ("float", float) and f.name != "sv_fraction")
+MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(LFADSConfig) if f.type in ("float", float))
+
+
+@dataclass(frozen=True)
+class Hyperparameter:
+    """One tuned field and its range.
+
+    ``name``: a ``TrainConfig`` field (``TRAIN_FIELDS``) or ``LFADSConfig`` field
+    (``MODEL_FIELDS``). Values are drawn uniformly in [low, high], or log-uniformly when
+    ``log`` (then low > 0). ``init``: the value population-based training starts from (None:
+    sampled like the random search, which always samples). ``explore_width`` w: PBT perturbs a
+    value by a factor 1 +- U[0.002 w, w] (in log space when ``log``); 0 < w < 1.
+    """
+
+    name: str
+    low: float
+    high: float
+    log: bool = True
+    init: float | None = None
+    explore_width: float = 0.3
+
+    def __post_init__(self):
+        if self.name not in TRAIN_FIELDS + MODEL_FIELDS:
+            raise ConfigError(
+                f"Hyperparameter {self.name!r} is not tunable; choose a TrainConfig field {list(TRAIN_FIELDS)} "
+                f"or an LFADSConfig field {list(MODEL_FIELDS)}."
+            )
+        for what in ("low", "high"):
+            value = getattr(self, what)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ConfigError(f"Hyperparameter {self.name!r}: {what} must be a finite number, got {value!r}.")
+        if not self.low < self.high:
+            raise ConfigError(
+                f"Hyperparameter {self.name!r}: low ({self.low}) must be below high ({self.high}); to fix a value, "
+                "leave it out of the space and set it in train_config / model_sizes."
+            )
+        if self.log and self.low <= 0:
+            raise ConfigError(
+                f"Hyperparameter {self.name!r}: a log-scale range needs low > 0, got {self.low}; use log=False "
+                "or a positive low."
+            )
+        if self.init is not None and not self.low <= self.init <= self.high:
+            raise ConfigError(f"Hyperparameter {self.name!r}: init {self.init} lies outside [{self.low}, {self.high}].")
+        if not 0 < self.explore_width < 1:
+            raise ConfigError(
+                f"Hyperparameter {self.name!r}: explore_width must be in (0, 1), got {self.explore_width}."
+            )
+        for end in (self.low, self.high):  # both ends must be values the configs accept
+            try:
+                apply_point({self.name: end}, TrainConfig(), {"n_neurons": 1})
+            except ConfigError as err:
+                raise ConfigError(f"Hyperparameter {self.name!r}: the range [{self.low}, {self.high}] "
+                                  f"reaches a value the configuration rejects: {err}") from None
+
+    def sample(self, rng: np.random.Generator) -> float:
+        """One value drawn from the range (log-uniform when ``log``)."""
+        if self.log:
+            return float(math.exp(rng.uniform(math.log(self.low), math.log(self.high))))
+        return float(rng.uniform(self.low, self.high))
+
+
+class SearchSpace(Mapping):
+    """A read-only mapping name -> :class:`Hyperparameter`, in the order given."""
+
+    def __init__(self, hyperparameters: Iterable[Hyperparameter]):
+        self._hps: dict[str, Hyperparameter] = {}
+        for hp in hyperparameters:
+            if not isinstance(hp, Hyperparameter):
+                raise ConfigError(f"A SearchSpace holds Hyperparameter objects, got {type(hp).__name__}.")
+            if hp.name in self._hps:
+                raise ConfigError(f"Hyperparameter {hp.name!r} appears twice in the search space.")
+            self._hps[hp.name] = hp
+        if not self._hps:
+            raise ConfigError("The search space is empty; give at least one Hyperparameter.")
+
+    def __getitem__(self, name: str) -> Hyperparameter:
+        return self._hps[name]
+
+    def __iter__(self):
+        return iter(self._hps)
+
+    def __len__(self) -> int:
+        return len(self._hps)
+
+    def __repr__(self) -> str:
+        rows = [f"  {hp.name}: [{hp.low:g}, {hp.high:g}]{' log' if hp.log else ''}" for hp in self.values()]
+        return "SearchSpace(\n" + "\n".join(rows) + "\n)"
+
+    def without(self, *names: str) -> "SearchSpace":
+        """The same space minus ``names`` (e.g. ``without('cd_rate')`` to search with CD off)."""
+        unknown = [n for n in names if n not in self._hps]
+        if unknown:
+            raise ConfigError(f"{unknown} are not in the search space ({list(self._hps)}).")
+        return SearchSpace(hp for name, hp in self._hps.items() if name not in names)
+
+    def sample(self, n: int, seed: int = 0) -> list[dict[str, float]]:
+        """``n`` points, each {name: value}. Seeded; point i does not depend on ``n``."""
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+            raise ConfigError(f"Number of points must be a positive integer, got {n!r}.")
+        rng = np.random.default_rng(seed)
+        return [{name: hp.sample(rng) for name, hp in self._hps.items()} for _ in range(int(n))]
+
+
+def apply_point(point: Mapping[str, float], train_config: TrainConfig | None = None,
+                model_sizes: Mapping | None = None) -> tuple[TrainConfig, dict]:
+    """The ``TrainConfig`` and model sizes (``build_model`` keywords) of one point.
+
+    Values of ``point`` replace the fields of the same name in ``train_config`` (TrainConfig
+    fields) or ``model_sizes`` (LFADSConfig fields, e.g. ``dropout``). Raises ConfigError for an
+    unknown name or a value a config rejects.
+    """
+    train_config = train_config or TrainConfig()
+    sizes = dict(model_sizes or {})
+    unknown = [n for n in point if n not in TRAIN_FIELDS + MODEL_FIELDS]
+    if unknown:
+        raise ConfigError(f"{unknown} are not tunable fields; choose from {list(TRAIN_FIELDS + MODEL_FIELDS)}.")
+    config = dataclasses.replace(train_config, **{k: float(v) for k, v in point.items() if k in TRAIN_FIELDS})
+    sizes.update({k: float(v) for k, v in point.items() if k in MODEL_FIELDS})
+    try:  # check the model values now rather than at build time (n_neurons comes from the data)
+        LFADSConfig(**{"n_neurons": 1, **sizes})
+    except TypeError as err:
+        raise ConfigError(f"model_sizes has a key that is not an LFADSConfig field ({err}).") from None
+    return config, sizes
+
+
+# AutoLFADS's search space (reference section 5; lfads-torch's PBT configs).
+DEFAULT_SPACE = SearchSpace([
+    Hyperparameter("lr", 1e-5, 5e-3, log=True, init=4e-3, explore_width=0.3),
+    Hyperparameter("dropout", 0.0, 0.6, log=False, explore_width=0.3),
+    Hyperparameter("cd_rate", 0.01, 0.7, log=False, init=0.5, explore_width=0.3),
+    Hyperparameter("l2_gen_scale", 1e-4, 1.0, log=True, explore_width=0.8),
+    Hyperparameter("l2_con_scale", 1e-4, 1.0, log=True, explore_width=0.8),
+    Hyperparameter("kl_co_scale", 1e-6, 1e-4, log=True, explore_width=0.8),
+    Hyperparameter("kl_ic_scale", 1e-6, 1e-3, log=True, explore_width=0.8),
+])
+
+
+# ---------------------------------------------------------------------------------------------
+# Judging one model
+# ---------------------------------------------------------------------------------------------
+
+def score(result: TrainResult, ds: xr.Dataset) -> dict[str, float]:
+    """What a trained model is compared by, at its selected (best) epoch.
+
+    ``valid_nll``: reconstruction NLL per entry on the validation trials (nats);
+    ``sv_nll``: the same on the sample-validation entries (NaN without sample validation);
+    ``rate_r2``: rate R^2 of the posterior-mean rates on the validation trials against
+    ``rates_true`` (NaN when the data have no ground truth); ``best_epoch``.
+    """
+    row = result.history.iloc[result.best_epoch] if result.best_epoch >= 0 else {}
+    out = {
+        "valid_nll": float(row.get("valid_recon", math.nan)),
+        "sv_nll": float(row.get("valid_sv_nll", math.nan)),
+        "rate_r2": math.nan,
+        "best_epoch": int(result.best_epoch),
+    }
+    if "rates_true" in ds:
+        valid = ds.isel(trial=np.flatnonzero(ds["split"].values == "valid"))
+        out["rate_r2"] = rate_r2(infer(result.model, valid)["rates"], valid["rates_true"])
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Random search
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class SearchResult:
+    """``table``: Dataset with dim ``model`` (see :func:`random_search`); ``runs``: the
+    :class:`TrainResult` of each model (best weights, history), in the table's order."""
+
+    table: xr.Dataset
+    runs: list[TrainResult]
+
+
+def _model_seed(seed: int, i: int) -> int:
+    return int(np.random.SeedSequence([seed, i]).generate_state(1)[0] >> 1)
+
+
+def random_search(
+    ds: xr.Dataset,
+    n_models: int,
+    *,
+    space: SearchSpace = DEFAULT_SPACE,
+    model_sizes: Mapping | None = None,
+    train_config: TrainConfig | None = None,
+    seed: int = 0,
+    progress: bool = True,
+) -> SearchResult:
+    """Train ``n_models`` LFADS models on ``ds``, each at a random point of ``space``.
+
+    Every model starts from ``train_config`` and ``model_sizes`` (``build_model`` keywords)
+    with the point's values replacing the tuned fields; models train one after another in
+    this process with :func:`lfads_nb.training.train`. ``seed`` fixes the points, the weight
+    initialisations and the training randomness, so the same call gives the same table.
+    ``progress`` prints one line per model.
+
+    Returns a :class:`SearchResult` whose ``table`` has dim ``model`` (0..n_models-1) and the
+    variables: each tuned hyperparameter; ``valid_nll``, ``sv_nll``, ``rate_r2``,
+    ``best_epoch`` (see :func:`score`); ``epochs`` trained; ``train_seconds``; ``model_seed``.
+    ``attrs`` record the fixed settings (JSON) so a saved table says how it was made.
+    """
+    validate(ds, require_train=True)
+    if not isinstance(space, SearchSpace):
+        raise ConfigError(f"space must be a SearchSpace, got {type(space).__name__}; e.g. lfads_nb.search.DEFAULT_SPACE.")
+    if "rates_true" not in ds and progress:
+        print("no rates_true in the data: rate_r2 will be NaN")
+    train_config = train_config or TrainConfig()
+    model_sizes = dict(model_sizes or {})
+    points = space.sample(n_models, seed)
+    configs = [apply_point(p, train_config, model_sizes) for p in points]  # every error before any training
+    rows, runs = [], []
+    for i, (point, (config, sizes)) in enumerate(zip(points, configs)):
+        model_seed = _model_seed(seed, i)
+        config = dataclasses.replace(config, seed=model_seed)
+        start = time.perf_counter()
+        torch.manual_seed(model_seed)  # the weight initialisation
+        result = train(build_model(ds, **sizes), ds, config, progress=Progress())
+        seconds = time.perf_counter() - start
+        metrics = score(result, ds)
+        rows.append({**point, **metrics, "epochs": len(result.history), "train_seconds": seconds,
+                     "model_seed": model_seed})
+        runs.append(result)
+        if progress:
+            print(_progress_line(i, n_models, point, rows[-1]), flush=True)
+    table = xr.Dataset(
+        {name: ("model", np.array([r[name] for r in rows])) for name in rows[0]},
+        coords={"model": np.arange(n_models)},
+        attrs={
+            "description": f"random search: {n_models} LFADS models, one row per model",
+            "search_seed": int(seed),
+            "space": json.dumps({n: dataclasses.asdict(hp) for n, hp in space.items()}),
+            "train_config": json.dumps(dataclasses.asdict(train_config)),
+            "model_sizes": json.dumps(model_sizes),
+        },
+    )
+    for name in space:
+        table[name].attrs["description"] = "sampled hyperparameter"
+    table["valid_nll"].attrs.update(units="nats per entry", description="validation reconstruction NLL at the best epoch")
+    table["sv_nll"].attrs.update(units="nats per entry", description="NLL of the sample-validation entries at the best epoch")
+    table["rate_r2"].attrs["description"] = "rate R^2 on the validation trials (posterior-mean rates vs rates_true)"
+    table["train_seconds"].attrs["units"] = "s"
+    return SearchResult(table, runs)
+
+
+def _progress_line(i: int, n: int, point: Mapping[str, float], row: Mapping[str, float]) -> str:
+    hps = " ".join(f"{k} {v:.3g}" for k, v in point.items())
+    sv = f" sv {row['sv_nll']:.4f}" if math.isfinite(row["sv_nll"]) else ""
+    r2 = f" R2 {row['rate_r2']:.3f}" if math.isfinite(row["rate_r2"]) else ""
+    return (f"model {i + 1}/{n}: {hps} -> valid {row['valid_nll']:.4f}{sv}{r2} "
+            f"(best epoch {row['best_epoch'] + 1}/{row['epochs']}, {row['train_seconds']:.0f} s)")
