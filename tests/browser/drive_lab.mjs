@@ -83,7 +83,9 @@ function installProbes() {
         index,
         kind: cell.classList.contains('jp-CodeCell') ? 'code' : 'other',
         prompt: cell.querySelector('.jp-InputPrompt')?.textContent.trim() ?? '',
-        text: [...cell.querySelectorAll('.jp-OutputArea-output')].map((o) => o.innerText).join('\n'),
+        // textContent, not innerText: cells scrolled out of view are not rendered (JupyterLab's
+        // content-visibility windowing) and their innerText is empty.
+        text: [...cell.querySelectorAll('.jp-OutputArea-output')].map((o) => o.textContent).join('\n'),
         stderr: cell.querySelectorAll('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]').length,
       }));
     },
@@ -150,6 +152,13 @@ try {
   await page.locator('.lm-MenuBar-item', { hasText: /^Run$/ }).click();
   await page.getByRole('menuitem', { name: 'Run All Cells', exact: true }).click();
 
+  // As a user would: scroll to the dashboard once it appears, so that plotly lays it out on screen.
+  enter('wait for the dashboard and scroll to it');
+  const stop = page.locator('.jp-OutputArea .jupyter-widgets button', { hasText: config.stopLabel }).first();
+  await waitFor(page, 'the Stop button', config.timeouts.dashboard, async () => (await stop.count()) > 0,
+    { whileRunning: true });
+  await stop.scrollIntoViewIfNeeded();
+
   enter(`wait for the '${config.traceName}' curve to draw points`);
   // One look at the figures (kept in result.samples, without the SVG paths) and at the prompts;
   // returns the watched trace ({t, prompts, name, length, drawn, path}) or null.
@@ -166,8 +175,6 @@ try {
     const trace = await sample();
     return trace && trace.length >= 2 ? trace : null;
   }, { intervalMs: 200, whileRunning: true })];
-  const plot = page.locator('.jp-OutputArea .js-plotly-plot').first();
-  await plot.scrollIntoViewIfNeeded();
 
   enter('wait for the curve to gain points while training');
   const more = `${config.minGain} more points, ${config.minSeconds} s later`;
@@ -180,9 +187,18 @@ try {
   await screenshot(page, 'dashboard_training.png');
 
   enter('click Stop');
-  const stop = page.locator('.jp-OutputArea .jupyter-widgets button', { hasText: config.stopLabel }).first();
   await stop.click();
   result.stopClickedAt = elapsed();
+
+  // The dashboard disables the button at once ('Stopping') and relabels it when training has ended.
+  enter('wait for the dashboard to report the end of training');
+  const buttonState = () => stop.evaluate((b) => ({ text: b.textContent.trim(), disabled: b.disabled }));
+  result.stopButton = await waitFor(page, 'the Stop button to leave its Stopping state', config.timeouts.stop,
+    async () => {
+      const state = await buttonState();
+      return state.disabled && state.text !== 'Stopping' ? state : null;
+    });
+  result.stoppedAt = elapsed();
 
   enter('wait for the notebook to halt');
   await waitFor(page, 'the notebook to halt', config.timeouts.finish, () => probe(page, 'halted'));
@@ -190,8 +206,7 @@ try {
   await sample();
   result.prompts = await probe(page, 'prompts');
   result.outputs = await probe(page, 'outputs');
-  result.stopButton = await stop.evaluate((b) => ({ text: b.textContent.trim(), disabled: b.disabled }));
-  await plot.scrollIntoViewIfNeeded();
+  await stop.scrollIntoViewIfNeeded();
   await screenshot(page, 'dashboard_stopped.png');
   enter('done');
 } catch (err) {
