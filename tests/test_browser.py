@@ -1,11 +1,13 @@
 """The live training dashboard in a real JupyterLab, driven by headless Chromium.
 
 A JupyterLab server runs on 127.0.0.1 (a free port, a token, a temporary root and temporary
-config, data, settings and runtime dirs so no user setting leaks in). tests/browser/drive_lab.mjs
-(playwright-core driving the system Chromium) logs in with the token, opens a notebook, runs all
-cells from the Run menu, samples the points plotly draws in the dashboard while training runs,
-clicks Stop, and waits for every cell to finish. This test asserts on what it saw and on the files
-the notebook left behind. Screenshots go to test-artifacts/browser/.
+config, data, settings and runtime dirs so no user setting leaks in). The notebook is a copy of
+tutorial 02 with tiny parameters and a run that only Stop can end. tests/browser/drive_lab.mjs
+(playwright-core driving the system Chromium) logs in with the token, opens it, runs all cells
+from the Run menu, reads the loss curve's points at two moments while training runs, clicks the
+dashboard's Stop button, and waits for the notebook to halt. This test asserts on what the browser
+saw and on the files the notebook left behind (checkpoints, saved inference). Screenshots and the
+driver's record go to test-artifacts/browser/.
 
 Needs /usr/bin/chromium (or $LFADS_NB_CHROMIUM) and `npm ci` in tests/browser; .ci/run installs both.
 """
@@ -37,11 +39,11 @@ CHROMIUM = os.environ.get("LFADS_NB_CHROMIUM", "/usr/bin/chromium")
 NODE = shutil.which("node")
 
 # Seconds. Every wait is bounded so that even a failing run ends within 3 minutes (server start +
-# driver limit + shutdown); a passing run takes about 40 s on 2 busy cores. The driver's waits: one
-# click or fill (action), login to an idle kernel (load), run-all to the dashboard (dashboard:
-# imports, data, the smoothing baseline, the model), then to the curve's first points
-# (firstPoints: plotly's first render, 10-15 s here while the kernel trains on the other core),
-# the curve gaining points (growth), Stop to the end of training (stop), and then the rest of the
+# driver limit + shutdown); a passing run takes 50-60 s on 2 busy cores. The driver's waits: one
+# click or fill (action), login to an idle kernel (load), run-all to the dashboard on screen
+# (dashboard: imports, data, the smoothing baseline, the model, and the widgets' first render,
+# which waits for plotly's code: 25-30 s here), its loss curve's first points (firstPoints), the
+# curve gaining points (growth), Stop to the end of training (stop), and then the rest of the
 # tutorial: inference, metrics, figures, saving (finish). DRIVER_LIMIT caps their sum.
 SERVER_START = 20
 TIMEOUTS = {"action": 10, "load": 25, "dashboard": 45, "firstPoints": 45, "growth": 15, "stop": 20, "finish": 30}
