@@ -9,7 +9,7 @@ BUILD := build/tutorials
 # One torch thread: on small 2-core machines two threads are often slower than one.
 export OMP_NUM_THREADS ?= 1
 
-.PHONY: setup tutorials lab test
+.PHONY: setup browser-setup tutorials lab test
 
 setup: $(VENV)/.installed
 
@@ -27,5 +27,9 @@ tutorials: setup
 lab: setup
 	$(BIN)/jupyter lab tutorials
 
-test: setup
+# The browser test needs Chromium (apt, as root or with sudo) and playwright-core (npm).
+browser-setup:
+	tests/browser/setup.sh
+
+test: setup browser-setup
 	$(BIN)/python -m pytest

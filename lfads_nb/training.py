@@ -426,7 +426,7 @@ def train(
     if best_state is not None:
         model.load_state_dict(best_state)
     history = pd.DataFrame(state.history)
-    progress.finish(history, f"stopped: {stop_reason}; best epoch {state.best_epoch}")
+    progress.finish(history, f"stopped: {stop_reason}; best epoch {state.best_epoch + 1}")
     return TrainResult(model.eval(), history, state.best_epoch, stop_reason)
 
 

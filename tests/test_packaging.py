@@ -41,3 +41,51 @@ def test_environment_yml_installs_the_package_and_cpu_torch():
     assert "pytorch=*=cpu*" in deps
     pip_section = next(d["pip"] for d in deps if isinstance(d, dict))
     assert "-e ." in pip_section
+
+
+def _pip_equivalent() -> list[str]:
+    """environment.yml as pip requirements: conda names mapped to PyPI's, the package itself last."""
+    requirements = []
+    for dep in _environment()["dependencies"]:
+        if isinstance(dep, str) and _name(dep) not in CONDA_ONLY:
+            requirements.append(CONDA_TO_PIP.get(_name(dep), _name(dep)) + dep[len(_name(dep)):].split("=*")[0])
+    return requirements
+
+
+def _tutorial_imports() -> set[str]:
+    """Top-level modules imported by any tutorial's code cells."""
+    import ast
+    import json
+
+    modules = set()
+    for notebook in sorted((ROOT / "tutorials").glob("*.ipynb")):
+        for cell in json.loads(notebook.read_text())["cells"]:
+            if cell["cell_type"] != "code":
+                continue
+            for node in ast.walk(ast.parse("".join(cell["source"]))):
+                if isinstance(node, ast.Import):
+                    modules |= {alias.name.split(".")[0] for alias in node.names}
+                elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                    modules.add(node.module.split(".")[0])
+    return modules
+
+
+def test_a_fresh_environment_from_environment_yml_imports_every_tutorial_module(tmp_path):
+    """Binder's environment, built the pip way: a new venv gets exactly environment.yml's list."""
+    import os
+    import subprocess
+    import sys
+
+    venv = tmp_path / "env"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = str(venv / "bin" / "python")
+    requirements = _pip_equivalent()
+    torch = os.environ.get("LFADS_NB_TORCH", "torch==2.13.0")  # a CPU build first, never a bare torch
+    pip = [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    subprocess.run(pip + [torch], check=True)
+    subprocess.run(pip + [r for r in requirements if _name(r) != "torch"] + ["-e", str(ROOT)], check=True)
+    modules = sorted(_tutorial_imports())
+    assert {"lfads_nb", "data_generators", "torch", "plotly"} <= set(modules)
+    result = subprocess.run([python, "-c", "import " + ", ".join(modules)], capture_output=True, text=True,
+                            cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]

@@ -71,6 +71,25 @@ def test_parameters_cell_is_annotated(notebook):
     assert set(papermill.inspect_notebook(str(notebook))) == names
 
 
+SCREEN_LINES = 30  # a code cell longer than a screen belongs in lfads_nb/
+
+
+@pytest.mark.parametrize("notebook", TUTORIALS, ids=lambda p: p.name)
+def test_reads_like_a_lecture(notebook):
+    """Goals and prerequisites first, exercises with collapsed solutions, a summary and what comes next."""
+    cells = _cells(notebook)
+    opening = "".join(cells[0]["source"])
+    assert cells[0]["cell_type"] == "markdown" and "Learning goals" in opening and "Prerequisites" in opening
+    closing = "".join(cells[-1]["source"])
+    assert cells[-1]["cell_type"] == "markdown" and "Summary" in closing and "next" in closing
+    markdown = "".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+    assert "Exercises" in markdown and "<details>" in markdown
+    for cell in cells:
+        if cell["cell_type"] == "code":
+            lines = "".join(cell["source"]).splitlines()
+            assert len(lines) <= SCREEN_LINES, f"{notebook.name}: a {len(lines)}-line cell belongs in the library"
+
+
 @pytest.mark.parametrize("notebook", TUTORIALS, ids=lambda p: p.name)
 def test_runs_under_papermill(notebook, monkeypatch):
     monkeypatch.setenv("LFADS_NB_LIVE", "0")
