@@ -290,15 +290,20 @@ class PopulationLFADS(nn.Module):
         h_con = w.con_h0.unsqueeze(1).expand(-1, B, -1)
         g = g_init
         f = _linear(drop(g_init, noise.g_init if sample else None), w_fac)  # f_{-1}
+        # Per-step views by unbind: its backward is one stack, where indexing [:, :, t] would
+        # backpropagate through a zero-filled full-size tensor at every step.
+        con_xp_ci, gen_xp_ext = con_xp_ci.unbind(2), gen_xp_ext.unbind(2)
+        if sample:
+            f_u, g_u, eps = noise.factors_in.unbind(2), noise.gen_states.unbind(2), noise.co_eps.unbind(2)
         out = {"states": [], "factors": [], "u": [], "co_mean": [], "co_std": []}
         for t in range(T):
-            f_in = drop(f, noise.factors_in[:, :, t] if sample else None)
-            h_con = gru_step(con_xp_ci[:, :, t] + _linear(f_in, w_con_f), h_con, con.weight_hh[:, 0], c.cell_clip)
+            f_in = drop(f, f_u[t] if sample else None)
+            h_con = gru_step(con_xp_ci[t] + _linear(f_in, w_con_f), h_con, con.weight_hh[:, 0], c.cell_clip)
             co_mean, co_logvar = _linear(h_con, w.co_linear.weight, w.co_linear.bias).chunk(2, dim=-1)
             co_std = torch.exp(0.5 * co_logvar)
-            u = co_mean + co_std * noise.co_eps[:, :, t] if sample else co_mean
-            g = gru_step(gen_xp_ext[:, :, t] + _linear(u, w_gen_u), g, gen.weight_hh[:, 0], c.cell_clip)
-            f = _linear(drop(g, noise.gen_states[:, :, t] if sample else None), w_fac)
+            u = co_mean + co_std * eps[t] if sample else co_mean
+            g = gru_step(gen_xp_ext[t] + _linear(u, w_gen_u), g, gen.weight_hh[:, 0], c.cell_clip)
+            f = _linear(drop(g, g_u[t] if sample else None), w_fac)
             for k, v in zip(out, (g, f, u, co_mean, co_std)):
                 out[k].append(v)
         return tuple(torch.stack(v, dim=2) for v in out.values())
