@@ -1,0 +1,447 @@
+"""Population-based training (AutoLFADS; Keshtkaran et al. 2022) of a whole LFADS population on one device.
+
+The pieces, in the order a run uses them:
+
+1. ``PBTConfig``: population size, generation length, burn-in, exploit rule, stopping rule.
+   The search space (which hyperparameters, their ranges, initial values and explore widths)
+   is a :class:`lfads_nb.search.SearchSpace`, ``DEFAULT_SPACE`` by default (reference
+   section 5); its names must be per-member hyperparameters (``population.MEMBER_HPS``).
+2. ``pbt(ds, ...)``: trains a :class:`lfads_nb.population.Population` (all members in one
+   batched model) synchronously: a burn-in (generation 0, covering the KL / L2 ramps), then
+   generations of ``generation_epochs``. At the end of each generation every member's fitness
+   is its smoothed validation NLL (smth = 0.3 prev + 0.7 current, per epoch); members with NaN
+   or infinite fitness are always replaced; the others are exploited by binary tournament
+   (random pairs, the loser copies the winner) or truncation (the bottom fraction copies the
+   top fraction), copying weights, Adam state and hyperparameters together; every member that
+   copied then explores: each hyperparameter is multiplied by 1 +- U[0.002 w, w] (a step in log
+   space), redrawn until inside its bounds. The run stops when the best fitness improved by
+   less than ``stop_improvement`` (relative) over ``stop_patience`` generations, or after
+   ``max_generations``.
+3. Checkpoints: at the end of every generation ``pbt.pt`` (the whole population, optimiser,
+   hyperparameters, RNG states, history; atomic, loads with ``weights_only=True``) and, when
+   the best member improves, ``best.pt`` in ``lfads_nb.training``'s checkpoint format, so
+   ``lfads_nb.load_model(dir / 'best.pt')`` returns it as an ordinary ``LFADS``. A killed run
+   resumes from ``pbt.pt`` and loses at most the generation it was in; the resumed run is
+   identical to an uninterrupted one.
+4. ``PBTResult``: the best member as an ``LFADS`` (for ``lfads_nb.infer``), its
+   hyperparameters, and the history as an xarray Dataset with dims (generation, member).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import xarray as xr
+
+from .data import validate
+from .errors import CheckpointError, ConfigError, DataError, TrainingDiverged
+from .model import LFADS, LFADSConfig
+from .population import MEMBER_HPS, Population
+from .search import DEFAULT_SPACE, SearchSpace
+from .training import TrainConfig, _ramp, _to_tensors, build_model
+
+
+@dataclass
+class PBTConfig:
+    """How the population evolves. Epoch counts in epochs; ``stop_improvement`` a fraction."""
+
+    population: int = 20
+    generation_epochs: int = 25
+    burn_in_epochs: int | None = None      # None: the longer of the KL and L2 ramps
+    max_generations: int = 50              # generations after the burn-in
+    exploit: str = "tournament"            # or "truncation"
+    truncation_fraction: float = 0.2       # truncation: bottom fraction copies top fraction
+    stop_improvement: float = 5e-4         # stop when the best fitness improves by less than 0.05 % ...
+    stop_patience: int = 4                 # ... over this many generations
+    metric: str = "valid_recon"            # or "valid_sv_nll" (needs TrainConfig.sv_fraction > 0)
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in ("population", "generation_epochs", "max_generations", "stop_patience"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"PBTConfig.{name} must be a positive integer, got {value!r}.")
+        if self.population < 2:
+            raise ConfigError("PBTConfig.population must be at least 2 (exploitation needs two members).")
+        if self.burn_in_epochs is not None and (not isinstance(self.burn_in_epochs, int) or self.burn_in_epochs < 1):
+            raise ConfigError(f"PBTConfig.burn_in_epochs must be a positive integer or None, got {self.burn_in_epochs!r}.")
+        if self.exploit not in ("tournament", "truncation"):
+            raise ConfigError(f"PBTConfig.exploit must be 'tournament' or 'truncation', got {self.exploit!r}.")
+        if not 0 < self.truncation_fraction <= 0.5:
+            raise ConfigError(f"PBTConfig.truncation_fraction must be in (0, 0.5], got {self.truncation_fraction!r}.")
+        if not self.stop_improvement >= 0:
+            raise ConfigError(f"PBTConfig.stop_improvement must be >= 0, got {self.stop_improvement!r}.")
+        if self.metric not in ("valid_recon", "valid_sv_nll"):
+            raise ConfigError(f"PBTConfig.metric must be 'valid_recon' or 'valid_sv_nll', got {self.metric!r}.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Exploit and explore (pure functions of the fitness, the hyperparameters and a generator)
+# ---------------------------------------------------------------------------------------------
+
+def exploit(fitness: np.ndarray, rule: str, generator: torch.Generator, truncation_fraction: float = 0.2) -> np.ndarray:
+    """Who copies whom: ``parent[i]`` is the member i copies (i itself if it keeps its weights).
+
+    Lower fitness is better. Non-finite fitness (a diverged member) always loses: it copies a
+    random finite member if no rule already replaced it.
+    """
+    P = len(fitness)
+    parent = np.arange(P)
+    finite = np.isfinite(fitness)
+    if not finite.any():
+        raise TrainingDiverged("Every member of the population diverged (NaN or infinite validation loss); "
+                               "lower the learning-rate range or raise the KL/L2 ramps.")
+    score = np.where(finite, fitness, np.inf)
+    if rule == "tournament":
+        order = torch.randperm(P, generator=generator).numpy()
+        for a, b in zip(order[0::2], order[1::2]):
+            winner, loser = (a, b) if score[a] <= score[b] else (b, a)
+            if score[loser] > score[winner]:
+                parent[loser] = winner
+    else:
+        k = max(1, int(round(truncation_fraction * P)))
+        ranked = np.argsort(score, kind="stable")
+        top, bottom = ranked[:k], ranked[-k:]
+        picks = torch.randint(k, (k,), generator=generator).numpy()
+        for loser, pick in zip(bottom, picks):
+            if score[loser] > score[top[pick]]:
+                parent[loser] = top[pick]
+    good = np.flatnonzero(finite)
+    for i in np.flatnonzero(~finite):
+        if parent[i] == i:
+            parent[i] = good[int(torch.randint(len(good), (1,), generator=generator))]
+    return parent
+
+
+def explore(value: float, low: float, high: float, width: float, generator: torch.Generator) -> float:
+    """value * (1 +- U[0.002 width, width]) (a step in log space), redrawn until in [low, high].
+
+    After 100 draws outside the bounds (value pinned at a bound) the value is clipped.
+    """
+    for _ in range(100):
+        u = torch.rand(2, generator=generator, dtype=torch.float64)
+        factor = 1.0 + (1.0 if u[0] < 0.5 else -1.0) * (0.002 * width + (width - 0.002 * width) * float(u[1]))
+        new = value * factor
+        if low <= new <= high:
+            return new
+    return float(min(max(value, low), high))
+
+
+# ---------------------------------------------------------------------------------------------
+# The run
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class PBTResult:
+    model: LFADS             # the best member (best fitness at any generation end), eval mode, CPU float32
+    hparams: dict            # its hyperparameters
+    history: xr.Dataset      # dims (generation, member); see ``pbt``
+    best_generation: int
+    stop_reason: str         # 'plateau' or 'max_generations'
+
+
+class _RunState:
+    """What a checkpoint holds besides the population: where the run is and what happened."""
+
+    def __init__(self, P: int):
+        self.generation = 0
+        self.epoch = 0
+        self.smoothed = [math.nan] * P
+        self.parent = list(range(P))          # whom each member copied at the start of this generation
+        self.rows: list[dict] = []            # one per finished generation, values per member
+        self.best_fitness = math.inf
+        self.best_generation = -1
+        self.best_member: dict | None = None  # {"state": ..., "hparams": ..., "config": ...}
+        self.stop_reason = ""
+
+    def as_dict(self) -> dict:
+        return dict(vars(self))
+
+
+def _space_for_population(space: SearchSpace) -> SearchSpace:
+    if not isinstance(space, SearchSpace):
+        raise ConfigError(f"space must be a SearchSpace, got {type(space).__name__}; e.g. lfads_nb.search.DEFAULT_SPACE.")
+    bad = [name for name in space if name not in MEMBER_HPS]
+    if bad:
+        raise ConfigError(
+            f"{bad} cannot differ between members of one population; PBT can tune {list(MEMBER_HPS)}. "
+            "Remove them from the space (space.without(...)) and set them in train_config / model_sizes."
+        )
+    return space
+
+
+def _initial_hparams(space: SearchSpace, P: int, seed: int) -> dict[str, list[float]]:
+    """``init`` for every member where the space gives one, else P draws from the range."""
+    rng = np.random.default_rng(seed)
+    return {name: [hp.init if hp.init is not None else hp.sample(rng) for _ in range(P)] for name, hp in space.items()}
+
+
+def _member_seed(seed: int, i: int) -> int:
+    return int(np.random.SeedSequence([seed, i]).generate_state(1)[0] >> 1)
+
+
+def check_population_fits(model_config: LFADSConfig, P: int, batch_size: int, n_bins: int, device: str,
+                          available_bytes: int | None = None) -> None:
+    """Raise ConfigError if P members will not fit in the device's memory, saying how many will.
+
+    The per-member need is estimated from the sizes: weights x 4 (weights, gradients, two Adam
+    moments) plus the activations a training step keeps for the backward pass (about 24 floats
+    per recurrent unit, trial and bin, plus the data-sized masks and outputs).
+    """
+    c = model_config
+    n_weights = sum(p.numel() for p in LFADS(model_config).parameters())
+    units = 2 * c.ic_enc_dim + (2 * c.ci_enc_dim + c.con_dim if c.co_dim else 0) + c.gen_dim
+    per_bin = 24 * units + 8 * (c.n_neurons + c.encod_dim + c.fac_dim + c.co_dim)
+    bytes_per_float = 4
+    need = bytes_per_float * (4 * n_weights + batch_size * n_bins * per_bin)
+    if available_bytes is None:
+        available_bytes = _available_bytes(device)
+    fits = int(available_bytes * 0.8 // need)
+    if P > fits:
+        raise ConfigError(
+            f"A population of {P} LFADS members needs about {P * need / 2**30:.1f} GiB on {device}, but about "
+            f"{available_bytes / 2**30:.1f} GiB is free: at most {fits} members fit at batch_size {batch_size}. "
+            "Lower PBTConfig.population or TrainConfig.batch_size, or use a larger device."
+        )
+
+
+def _available_bytes(device: str) -> int:
+    if device.startswith("cuda"):
+        free, _ = torch.cuda.mem_get_info(torch.device(device))
+        return int(free)
+    with open("/proc/meminfo") as f:
+        info = {line.split(":")[0]: line.split()[1] for line in f}
+    return int(info["MemAvailable"]) * 1024
+
+
+def pbt(
+    ds: xr.Dataset,
+    *,
+    space: SearchSpace = DEFAULT_SPACE,
+    pbt_config: PBTConfig | None = None,
+    train_config: TrainConfig | None = None,
+    model_sizes: dict | None = None,
+    checkpoint_dir=None,
+    resume: bool = True,
+    progress=None,
+) -> PBTResult:
+    """Population-based training of LFADS on the 'train' trials of ``ds``, judged on its 'valid' trials.
+
+    ``train_config`` gives the shared settings (batch size, ramps, sample validation, device,
+    and the value of any per-member hyperparameter not in ``space``); its ``max_epochs``,
+    ``lr_decay`` schedule and early stopping are not used (PBT explores lr instead).
+    ``model_sizes``: ``build_model`` keywords (``dropout`` is a member hyperparameter if in
+    ``space``). ``checkpoint_dir``: where ``pbt.pt`` and ``best.pt`` go; with ``resume`` a run
+    continues from ``pbt.pt``. ``progress``: an object with ``epoch(generation, epoch, metrics)``
+    and ``generation(history)`` methods, called after every epoch and generation (default: one
+    printed line per generation).
+
+    History (``PBTResult.history``, dims generation x member, generation 0 = burn-in): each
+    hyperparameter during the generation, ``fitness`` (smoothed validation NLL at its end),
+    ``valid_recon`` / ``valid_sv_nll`` / ``train_loss`` (its last epoch), ``parent`` (the member
+    whose weights it started the generation from; itself if it kept its own) and ``end_epoch``.
+    """
+    pc = pbt_config or PBTConfig()
+    tc = train_config or TrainConfig()
+    space = _space_for_population(space)
+    model_sizes = dict(model_sizes or {})
+    validate(ds, require_train=True)
+    if pc.metric == "valid_sv_nll" and tc.sv_fraction == 0:
+        raise ConfigError("PBTConfig.metric='valid_sv_nll' needs sample validation: set TrainConfig.sv_fraction > 0.")
+    splits = ds["split"].values.astype(str)
+    train_idx = torch.as_tensor(np.flatnonzero(splits == "train"))
+    valid_idx = torch.as_tensor(np.flatnonzero(splits == "valid"))
+    if len(valid_idx) == 0:
+        raise DataError("The dataset has no validation trials (split == 'valid'); PBT judges members by their "
+                        "validation loss. Label about 20 % of trials 'valid'.")
+    P = pc.population
+    model_config = build_model(ds, **model_sizes).config
+    check_population_fits(model_config, P, tc.batch_size, ds.sizes["time"], tc.device)
+    hparams = _initial_hparams(space, P, pc.seed)
+    population = Population(model_config, tc, hparams, [_member_seed(pc.seed, i) for i in range(P)],
+                            noise_seed=pc.seed, device=tc.device)
+    tensors = _to_tensors(ds, tc)
+    decisions = torch.Generator().manual_seed(pc.seed)  # batch order, exploit pairs, explore draws
+    state = _RunState(P)
+    settings = {"pbt_config": dataclasses.asdict(pc), "train_config": dataclasses.asdict(tc),
+                "model_config": dataclasses.asdict(model_config),
+                "space": {n: dataclasses.asdict(hp) for n, hp in space.items()}}
+    ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if ckpt_dir is not None:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+        if resume and (ckpt_dir / "pbt.pt").exists():
+            state = _restore(ckpt_dir / "pbt.pt", settings, population, decisions)
+    progress = progress or _TextProgress()
+    burn_in = pc.burn_in_epochs or max(tc.kl_ramp_epochs, tc.l2_ramp_epochs, 1)
+    steps_per_epoch = math.ceil(len(train_idx) / tc.batch_size)
+
+    while not state.stop_reason:
+        length = burn_in if state.generation == 0 else pc.generation_epochs
+        t0 = time.perf_counter()
+        for _ in range(length):
+            order = train_idx[torch.randperm(len(train_idx), generator=decisions)]
+            sums = torch.zeros(P, dtype=torch.float64)
+            for step in range(steps_per_epoch):
+                idx = order[step * tc.batch_size:(step + 1) * tc.batch_size].to(population.device)
+                position = state.epoch + step / steps_per_epoch
+                out = population.train_step(tensors, idx, _ramp(position, tc.kl_ramp_epochs),
+                                            _ramp(position, tc.l2_ramp_epochs))
+                sums += out["train_loss"].double().cpu()
+            metrics = {k: v.double().cpu().numpy() for k, v in population.validate(tensors, valid_idx, tc.batch_size).items()}
+            metrics["train_loss"] = (sums / steps_per_epoch).numpy()
+            current = metrics[pc.metric]
+            state.smoothed = [float(c if math.isnan(s) else 0.3 * s + 0.7 * c) for s, c in zip(state.smoothed, current)]
+            state.epoch += 1
+            progress.epoch(state.generation, state.epoch, {**metrics, "fitness": np.array(state.smoothed)})
+        _end_generation(state, population, space, pc, decisions, metrics, ckpt_dir, settings, time.perf_counter() - t0)
+        progress.generation(_history(state, space, settings))
+
+    history = _history(state, space, settings)
+    best = state.best_member
+    model = LFADS(LFADSConfig(**best["config"]))
+    model.load_state_dict(best["state"])
+    return PBTResult(model.eval(), dict(best["hparams"]), history, state.best_generation, state.stop_reason)
+
+
+def _end_generation(state, population, space, pc, decisions, metrics, ckpt_dir, settings, seconds) -> None:
+    """Record the generation, keep the best member, exploit / explore, decide on stopping, checkpoint."""
+    P = population.size
+    fitness = np.array(state.smoothed, dtype=np.float64)
+    fitness[~np.isfinite(fitness)] = np.nan
+    row = {"fitness": fitness, "parent": np.array(state.parent), "end_epoch": state.epoch, "seconds": seconds,
+           **{k: np.asarray(v, dtype=np.float64) for k, v in metrics.items()},
+           **{k: population.hps[k].double().cpu().numpy() for k in space}}
+    state.rows.append(row)
+    if np.isfinite(fitness).any():
+        i = int(np.nanargmin(fitness))
+        if fitness[i] < state.best_fitness:
+            state.best_fitness, state.best_generation = float(fitness[i]), state.generation
+            state.best_member = {
+                "state": {k: v.float().cpu() for k, v in population.model.member_state_dict(i).items()},
+                "hparams": population.member_hparams(i),
+                "config": dataclasses.asdict(population.member_config(i)),
+            }
+            if ckpt_dir is not None:
+                _atomic_save(_best_checkpoint(state, settings), ckpt_dir / "best.pt")
+    # stopping: the best fitness so far against stop_patience generations ago (burn-in excluded)
+    best_so_far = np.minimum.accumulate([np.nanmin(r["fitness"]) if np.isfinite(r["fitness"]).any() else np.inf
+                                         for r in state.rows[1:]]) if len(state.rows) > 1 else []
+    g = state.generation
+    if g >= pc.max_generations:
+        state.stop_reason = "max_generations"
+    elif len(best_so_far) > pc.stop_patience:
+        before, now = best_so_far[-1 - pc.stop_patience], best_so_far[-1]
+        if before - now < pc.stop_improvement * abs(before):
+            state.stop_reason = "plateau"
+    if not state.stop_reason:
+        parent = exploit(fitness, pc.exploit, decisions, pc.truncation_fraction)
+        losers = np.flatnonzero(parent != np.arange(P))
+        population.copy_members(losers.tolist(), parent[losers].tolist())
+        for i in losers:
+            for name, hp in space.items():
+                new = explore(float(population.hps[name][i]), hp.low, hp.high, hp.explore_width, decisions)
+                population.hps[name][i] = new
+        state.smoothed = [state.smoothed[p] for p in parent]
+        state.parent = parent.tolist()
+        state.generation += 1
+    if ckpt_dir is not None:
+        _atomic_save({"settings": json.dumps(settings), "population": population.state_dict(),
+                      "decisions": decisions.get_state(), "run_state": _jsonable_state(state)}, ckpt_dir / "pbt.pt")
+
+
+# ---------------------------------------------------------------------------------------------
+# History, checkpoints, progress
+# ---------------------------------------------------------------------------------------------
+
+def _history(state: _RunState, space: SearchSpace, settings: dict) -> xr.Dataset:
+    rows = state.rows
+    if not rows:
+        return xr.Dataset()
+    P = len(rows[0]["fitness"])
+    data = {}
+    for name in rows[0]:
+        values = np.array([r[name] for r in rows])
+        data[name] = ("generation", values) if values.ndim == 1 else (("generation", "member"), values)
+    ds = xr.Dataset(data, coords={"generation": np.arange(len(rows)), "member": np.arange(P)},
+                    attrs={"description": "population-based training: one row per generation (0 = burn-in)",
+                           **{k: json.dumps(v) for k, v in settings.items()}})
+    for name in space:
+        ds[name].attrs["description"] = "hyperparameter during the generation"
+    ds["fitness"].attrs.update(units="nats per entry", description="smoothed validation NLL at the generation's end")
+    ds["parent"].attrs["description"] = "member whose weights, optimiser state and hyperparameters it started from"
+    ds["seconds"].attrs["units"] = "s"
+    return ds
+
+
+def _jsonable_state(state: _RunState) -> dict:
+    """The run state as tensors / numbers / strings (weights_only-loadable)."""
+    d = state.as_dict()
+    d["rows"] = [{k: torch.as_tensor(np.asarray(v)) for k, v in r.items()} for r in state.rows]
+    return d
+
+
+def _best_checkpoint(state: _RunState, settings: dict) -> dict:
+    train_config = {**settings["train_config"], **state.best_member["hparams"]}
+    train_config.pop("dropout", None)
+    return {"model_config": state.best_member["config"], "model": state.best_member["state"],
+            "train_config": train_config, "pbt_generation": state.best_generation}
+
+
+def _atomic_save(obj, path: Path) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _restore(path: Path, settings: dict, population: Population, decisions: torch.Generator) -> _RunState:
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for damaged files
+        raise CheckpointError(f"{path} is not a readable PBT checkpoint ({type(exc).__name__}: {exc}); delete it "
+                              "to start afresh.") from None
+    if not isinstance(ckpt, dict) or "settings" not in ckpt:
+        raise CheckpointError(f"{path} is not a PBT checkpoint; pass a different checkpoint_dir or resume=False.")
+    saved = json.loads(ckpt["settings"])
+    changed = sorted(k for k in settings if json.dumps(saved.get(k), sort_keys=True) != json.dumps(settings[k], sort_keys=True)
+                     and k != "train_config")
+    changed += sorted(f"train_config.{k}" for k, v in settings["train_config"].items()
+                      if k != "device" and saved["train_config"].get(k) != v)
+    if changed:
+        raise CheckpointError(f"{path} belongs to a run with different settings ({', '.join(changed)}); resume with the "
+                              "same settings (only the device may change), or pass resume=False.")
+    population.load_state_dict(ckpt["population"])
+    decisions.set_state(ckpt["decisions"])
+    state = _RunState(population.size)
+    values = dict(ckpt["run_state"])
+    values["rows"] = [{k: (v.item() if v.dim() == 0 else v.numpy()) for k, v in r.items()} for r in values["rows"]]
+    vars(state).update(values)
+    return state
+
+
+class _TextProgress:
+    """One printed line per generation: best fitness and its member's hyperparameters."""
+
+    def epoch(self, generation: int, epoch: int, metrics: dict) -> None:
+        pass
+
+    def generation(self, history: xr.Dataset) -> None:
+        last = history.isel(generation=-1)
+        fit = last["fitness"].values
+        if not np.isfinite(fit).any():
+            print(f"generation {int(last.generation)}: every member diverged", flush=True)
+            return
+        i = int(np.nanargmin(fit))
+        hps = " ".join(f"{k} {float(last[k][i]):.3g}" for k in MEMBER_HPS if k in history)
+        replaced = int((last["parent"].values != np.arange(len(fit))).sum())
+        print(f"generation {int(last.generation)} (epoch {int(last['end_epoch'])}): best fitness {fit[i]:.5f} "
+              f"(member {i}: {hps}); {replaced} members replaced at its start", flush=True)
+
+
+__all__ = ["PBTConfig", "PBTResult", "check_population_fits", "explore", "exploit", "pbt"]
