@@ -527,17 +527,21 @@ class LFADS(nn.Module):
             n_ci = 2 * c.ci_enc_dim
             # dropout([e_t, f_{t-1}]) == [dropout(e_t), dropout(f_{t-1})]: independent per element
             con_xp_ci = F.linear(self.dropout(ci), con.weight_ih[0, :, :n_ci], con.bias_ih[0])
-            eps = torch.randn(B, T, c.co_dim, dtype=ext.dtype, device=ext.device) if sample else None
+            eps = torch.randn(B, T, c.co_dim, dtype=ext.dtype, device=ext.device).unbind(1) if sample else None
             h_con = self.con_h0.expand(B, -1)
             f = F.linear(self.dropout(g_init), w_fac)  # f_{-1}
+        # Per-step views by unbind: indexing [:, t] would zero-fill a full-size gradient every step.
+        gen_xp_steps = gen_xp_ext.unbind(1)
+        if self.config.co_dim:
+            con_xp_steps = con_xp_ci.unbind(1)
         for t in range(T):
-            gen_xp = gen_xp_ext[:, t]
+            gen_xp = gen_xp_steps[t]
             if self.config.co_dim:
-                con_xp = con_xp_ci[:, t] + F.linear(self.dropout(f), con.weight_ih[0, :, n_ci:])
+                con_xp = con_xp_steps[t] + F.linear(self.dropout(f), con.weight_ih[0, :, n_ci:])
                 h_con = gru_step(con_xp, h_con, con.weight_hh[0], c.cell_clip)
                 co_mean, co_logvar = self.co_linear(h_con).chunk(2, dim=-1)
                 co_std = torch.exp(0.5 * co_logvar)
-                u = co_mean + co_std * eps[:, t] if sample else co_mean
+                u = co_mean + co_std * eps[t] if sample else co_mean
                 gen_xp = gen_xp + F.linear(u, gen.weight_ih[0, :, : c.co_dim])
                 outputs["u"].append(u), outputs["co_mean"].append(co_mean), outputs["co_std"].append(co_std)
             g = gru_step(gen_xp, g, gen.weight_hh[0], c.cell_clip)
