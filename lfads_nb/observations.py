@@ -32,7 +32,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from .errors import ConfigError
+from .errors import ConfigError, DataError
 
 
 class ObservationModel(nn.Module):
@@ -69,6 +69,16 @@ class ObservationModel(nn.Module):
         params = self.readout(factors)
         return params.view(*params.shape[:-1], self.n_neurons, self.n_params)
 
+    @torch.no_grad()
+    def init_from_data(self, target: Tensor) -> None:
+        """Data-dependent start: set the readout bias so that, with the factors at zero, every
+        channel predicts its own average. ``target`` (trial, time, N), NaN = not observed.
+
+        Without it the model starts at the same value for every channel (exp(0) = 1 spike per
+        bin for Poisson) and spends its first epochs learning the per-channel means.
+        The base class keeps the zero bias.
+        """
+
     def nll(self, params: Tensor, target: Tensor) -> Tensor:
         """Per-entry negative log-likelihood in nats, shape of ``target`` ``(B, T, N)``."""
         raise NotImplementedError
@@ -77,10 +87,27 @@ class ObservationModel(nn.Module):
         """Expected value of each entry, ``(B, T, N)``."""
         raise NotImplementedError
 
+    def _readout_or_raise(self) -> nn.Linear:
+        if self.readout is None:
+            raise ConfigError(
+                f"This {type(self).__name__} has no readout (fac_dim=None), so there is no bias to "
+                "initialise; build it with make_observation(name, n_neurons, fac_dim=...)."
+            )
+        return self.readout
+
     def penalty(self) -> Tensor:
         """Extra loss on the observation model's own parameters (a scalar); 0 by default."""
         ref = self.readout.weight if self.readout is not None else torch.zeros(())
         return ref.new_zeros(())
+
+
+def _channel_nanmean(target: Tensor) -> Tensor:
+    """Mean of each channel (last dim) over all observed (non-NaN) entries: (..., N) -> (N,)."""
+    flat = target.reshape(-1, target.shape[-1]).to(torch.float64)
+    observed = ~torch.isnan(flat)
+    if not observed.any(0).all():
+        raise DataError("Some channels have no observed (non-NaN) entries; cannot take their mean.")
+    return flat.nan_to_num(0.0).sum(0) / observed.sum(0)
 
 
 class Poisson(ObservationModel):
@@ -96,6 +123,12 @@ class Poisson(ObservationModel):
         log_rate = params[..., 0]
         x = target.nan_to_num(0.0)
         return torch.exp(log_rate) - x * log_rate + torch.lgamma(x + 1.0)
+
+    @torch.no_grad()
+    def init_from_data(self, target: Tensor) -> None:
+        """Bias = log(mean count per bin) of each neuron (floored at 1e-4 for silent neurons)."""
+        mean = _channel_nanmean(target)
+        self._readout_or_raise().bias.copy_(torch.log(mean.clamp_min(1e-4)))
 
     def mean(self, params: Tensor) -> Tensor:
         return torch.exp(params[..., 0])
@@ -113,6 +146,14 @@ class Gaussian(ObservationModel):
         mean, logvar = params[..., 0], params[..., 1]
         x = target.nan_to_num(0.0)
         return 0.5 * (math.log(2 * math.pi) + logvar + (x - mean) ** 2 * torch.exp(-logvar))
+
+    @torch.no_grad()
+    def init_from_data(self, target: Tensor) -> None:
+        """Mean bias = each channel's mean; log-variance bias = log of its variance (floored at 1e-6)."""
+        mean = _channel_nanmean(target)
+        var = _channel_nanmean((target - mean) ** 2)
+        bias = self._readout_or_raise().bias.view(self.n_neurons, 2)
+        bias[:, 0], bias[:, 1] = mean, torch.log(var.clamp_min(1e-6))
 
     def mean(self, params: Tensor) -> Tensor:
         return params[..., 0]

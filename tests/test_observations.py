@@ -6,7 +6,7 @@ import pytest
 import torch
 from scipy import stats
 
-from lfads_nb.errors import ConfigError
+from lfads_nb.errors import ConfigError, DataError
 from lfads_nb.observations import (
     Gamma,
     Gaussian,
@@ -152,3 +152,38 @@ def test_readout_shapes_and_unknown_name():
         make_observation("poisson", 7)(torch.randn(2, 3, 5))
     with pytest.raises(ConfigError):
         make_observation("poisson", 0)
+
+
+def test_init_from_data_starts_each_channel_at_its_mean():
+    # Reference: numpy nanmean / nanvar of the same counts, computed independently.
+    g = np.random.default_rng(3)
+    counts = g.poisson([0.05, 0.3, 2.0], size=(40, 25, 3)).astype(float)
+    counts[0, :5, 1] = np.nan  # unobserved bins are left out of the mean
+    counts[:, :, 2] = 0.0  # a silent neuron: the floor keeps log finite
+    target = torch.tensor(counts)
+    poisson = make_observation("poisson", 3, fac_dim=4)
+    poisson.init_from_data(target)
+    expected = np.log(np.maximum(np.nanmean(counts, axis=(0, 1)), 1e-4))
+    np.testing.assert_allclose(poisson.readout.bias.detach().numpy(), expected, rtol=1e-6)
+    at_zero = poisson.mean(poisson(torch.zeros(1, 1, 4)))[0, 0]
+    np.testing.assert_allclose(at_zero.detach().numpy(), np.exp(expected), rtol=1e-6)
+
+    values = g.normal([1.0, -2.0, 5.0], [0.5, 2.0, 1.0], size=(40, 25, 3))
+    values[1, 3, 0] = np.nan
+    gaussian = make_observation("gaussian", 3, fac_dim=4)
+    gaussian.init_from_data(torch.tensor(values))
+    bias = gaussian.readout.bias.detach().numpy().reshape(3, 2)
+    np.testing.assert_allclose(bias[:, 0], np.nanmean(values, axis=(0, 1)), rtol=1e-5)
+    np.testing.assert_allclose(bias[:, 1], np.log(np.nanvar(values, axis=(0, 1))), rtol=1e-5)
+
+
+def test_init_from_data_errors_and_default():
+    with pytest.raises(ConfigError, match="no readout"):
+        Poisson(3).init_from_data(torch.ones(2, 2, 3))
+    all_nan = torch.ones(2, 2, 3)
+    all_nan[..., 1] = float("nan")
+    with pytest.raises(DataError, match="no observed"):
+        make_observation("poisson", 3, fac_dim=2).init_from_data(all_nan)
+    gamma = make_observation("gamma", 3, fac_dim=2)  # no data-dependent start: the bias stays 0
+    gamma.init_from_data(torch.ones(2, 2, 3))
+    assert torch.equal(gamma.readout.bias, torch.zeros(6))

@@ -232,3 +232,13 @@ def test_inference_output_saves_and_loads_identically(tmp_path):
     out = infer(run(ds, config(max_epochs=1)).model, ds)
     lfads_nb.save(out, tmp_path / "out.nc")
     xr.testing.assert_identical(lfads_nb.load(tmp_path / "out.nc"), out)
+
+
+def test_build_model_starts_the_readout_at_the_train_trials_mean_rates():
+    ds = tiny_dataset()
+    spikes = ds["spikes"].values.astype(float)
+    spikes[ds["split"].values == "valid"] += 5  # valid trials must not leak into the init
+    ds["spikes"] = (ds["spikes"].dims, spikes.astype(ds["spikes"].dtype))
+    model = build_model(ds, **TINY)
+    train_mean = spikes[ds["split"].values == "train"].mean(axis=(0, 1))
+    np.testing.assert_allclose(model.observation.readout.bias.detach().numpy(), np.log(train_mean), rtol=1e-6)
