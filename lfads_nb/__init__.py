@@ -4,14 +4,21 @@ from .data import make_dataset, split, validate
 from .errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from .io import export_lfads_h5, load, save
 from .model import LFADS, LFADSConfig
+from .pbt import PBTConfig, PBTResult, pbt
+from .search import DEFAULT_SPACE, Hyperparameter, SearchSpace, random_search
 from .training import TrainConfig, TrainResult, build_model, infer, load_model, train
 
 __all__ = [
     "CheckpointError",
     "ConfigError",
+    "DEFAULT_SPACE",
     "DataError",
+    "Hyperparameter",
     "LFADS",
     "LFADSConfig",
+    "PBTConfig",
+    "PBTResult",
+    "SearchSpace",
     "TrainConfig",
     "TrainResult",
     "TrainingDiverged",
@@ -22,7 +29,9 @@ __all__ = [
     "load_model",
     "make_dataset",
     "metrics",
+    "pbt",
     "plots",
+    "random_search",
     "save",
     "split",
     "train",
