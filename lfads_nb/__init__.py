@@ -4,7 +4,7 @@ from .data import make_dataset, split, validate
 from .errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from .io import export_lfads_h5, load, save
 from .model import LFADS, LFADSConfig
-from .pbt import PBTConfig, PBTResult, pbt
+from .pbt import PBTConfig, PBTResult
 from .search import DEFAULT_SPACE, Hyperparameter, SearchSpace, random_search
 from .training import TrainConfig, TrainResult, build_model, infer, load_model, train
 
@@ -29,7 +29,6 @@ __all__ = [
     "load_model",
     "make_dataset",
     "metrics",
-    "pbt",
     "plots",
     "random_search",
     "save",
