@@ -312,3 +312,128 @@ def scatter_metric(table: pd.DataFrame, x: str, y: str, color: str | None = None
     fig.update_layout(title=f"{y} vs {x}, one point per model ({len(table)} models{by})",
                       xaxis_title=x, yaxis_title=y)
     return fig
+
+
+# ----------------------------------------------------------------------------- population-based training
+
+def _pbt_history(history: xr.Dataset) -> xr.Dataset:
+    if not isinstance(history, xr.Dataset):
+        raise DataError(f"history must be the xarray Dataset of a PBT run (PBTResult.history), got {type(history).__name__}.")
+    missing = [v for v in ("fitness", "parent") if v not in history]
+    if missing or set(history["fitness"].dims) != {"generation", "member"}:
+        raise DataError(f"history lacks {missing or 'the (generation, member) dims'}; pass PBTResult.history "
+                        "(one row per generation, one column per member).")
+    if history.sizes["generation"] == 0:
+        raise DataError("history has no generations yet; plot it after the burn-in ends.")
+    return history.transpose("generation", "member")
+
+
+def _pbt_space(history: xr.Dataset) -> dict:
+    """name -> {'low', 'high', 'log', ...} of the tuned hyperparameters, from the run's settings."""
+    import json
+
+    if "space" not in history.attrs:
+        raise DataError("history has no 'space' attribute (the search space of the run); pass PBTResult.history.")
+    return {name: hp for name, hp in json.loads(history.attrs["space"]).items() if name in history}
+
+
+def _member_colour(member: int) -> str:
+    return PALETTE[member % len(PALETTE)]
+
+
+def pbt_hyperparameters(history: xr.Dataset) -> go.Figure:
+    """Each tuned hyperparameter of a PBT run over generations, one line per member.
+
+    ``history``: ``PBTResult.history`` (dims generation x member; generation 0 is the burn-in).
+    A value holds for a whole generation, so lines are steps; a jump at a generation is a
+    member that copied a better one and explored from its values. Log-scaled hyperparameters
+    (as the search space says) get a log y axis, with the search range as its limits.
+    """
+    history = _pbt_history(history)
+    space = _pbt_space(history)
+    if not space:
+        raise DataError("history holds no tuned hyperparameters.")
+    generations = history["generation"].values
+    fig = make_subplots(rows=len(space), cols=1, shared_xaxes=True, vertical_spacing=0.04,
+                        subplot_titles=list(space))
+    for row, (name, hp) in enumerate(space.items(), start=1):
+        for member in history["member"].values:
+            fig.add_trace(go.Scatter(
+                x=generations, y=history[name].sel(member=member).values, mode="lines+markers",
+                line=dict(color=_member_colour(int(member)), shape="hv", width=1.5), marker=dict(size=4),
+                name=f"member {member}", legendgroup=str(member), showlegend=row == 1,
+                hovertemplate=f"member {member}<br>generation %{{x}}<br>{name} %{{y:.3g}}<extra></extra>"),
+                row=row, col=1)
+        if hp["log"]:
+            fig.update_yaxes(type="log", range=[np.log10(hp["low"]), np.log10(hp["high"])],
+                             title_text=f"{name} (log)", row=row, col=1)
+        else:
+            fig.update_yaxes(range=[hp["low"], hp["high"]], title_text=name, row=row, col=1)
+    fig.update_xaxes(title_text="generation (0 = burn-in)", row=len(space), col=1)
+    fig.update_layout(title=f"Hyperparameters of {history.sizes['member']} PBT members over generations",
+                      height=max(300, 170 * len(space)))
+    return fig
+
+
+def pbt_fitness(history: xr.Dataset) -> go.Figure:
+    """Fitness (smoothed validation NLL at each generation's end; lower is better) of every
+    member of a PBT run, with the best so far in black."""
+    history = _pbt_history(history)
+    generations = history["generation"].values
+    fitness = history["fitness"].values
+    fig = go.Figure()
+    for j, member in enumerate(history["member"].values):
+        fig.add_trace(go.Scatter(x=generations, y=fitness[:, j], mode="lines+markers", name=f"member {member}",
+                                 line=dict(color=_member_colour(int(member)), width=1), marker=dict(size=5),
+                                 hovertemplate=f"member {member}<br>generation %{{x}}<br>fitness %{{y:.5f}}<extra></extra>"))
+    best = np.fmin.accumulate(np.nanmin(np.where(np.isfinite(fitness), fitness, np.nan), axis=1))
+    fig.add_trace(go.Scatter(x=generations, y=best, mode="lines", name="best so far",
+                             line=dict(color="black", width=3)))
+    units = history["fitness"].attrs.get("units", "")
+    fig.update_layout(title=f"Fitness of {history.sizes['member']} PBT members per generation (lower is better)",
+                      xaxis_title="generation (0 = burn-in)",
+                      yaxis_title=f"smoothed validation NLL ({units})" if units else "smoothed validation NLL")
+    return fig
+
+
+def pbt_lineage(history: xr.Dataset) -> go.Figure:
+    """Who copied whom: one dot per member and generation (coloured by fitness), a line from
+    the member each one started the generation from (grey: kept its own weights; red: copied a
+    better member), and the ancestry of the best member drawn thick."""
+    history = _pbt_history(history)
+    generations = history["generation"].values
+    members = history["member"].values
+    parent = history["parent"].values.astype(int)  # parent[g, i]: whom i copied at the start of g
+    fitness = history["fitness"].values
+    fig = go.Figure()
+    for copied, colour, label in ((False, "#bbbbbb", "kept its weights"), (True, "#d62728", "copied a better member")):
+        xs, ys = [], []
+        for g in range(1, len(generations)):
+            for i in range(len(members)):
+                if (parent[g, i] != i) == copied:
+                    xs += [generations[g - 1], generations[g], None]
+                    ys += [members[parent[g, i]], members[i], None]
+        fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", line=dict(color=colour, width=1.5 if copied else 1),
+                                 name=label, hoverinfo="skip"))
+    if np.isfinite(fitness).any():  # the ancestry of the best member at its best generation
+        g, i = np.unravel_index(np.nanargmin(np.where(np.isfinite(fitness), fitness, np.nan)), fitness.shape)
+        path = [(g, i)]
+        while g > 0:
+            g, i = g - 1, parent[g, i]
+            path.append((g, i))
+        path.reverse()
+        fig.add_trace(go.Scatter(x=[generations[g] for g, _ in path], y=[members[i] for _, i in path],
+                                 mode="lines", line=dict(color="black", width=4), name="ancestry of the best"))
+    gg, mm = np.meshgrid(generations, members, indexing="ij")
+    fig.add_trace(go.Scatter(
+        x=gg.ravel(), y=mm.ravel(), mode="markers", name="member", showlegend=False,
+        marker=dict(size=9, color=fitness.ravel(), colorscale="Viridis_r",
+                    colorbar=dict(title="fitness", x=1.02, y=0.4, len=0.8), line=dict(width=0.5, color="black")),
+        customdata=np.stack([parent.ravel(), fitness.ravel()], axis=1),
+        hovertemplate="generation %{x}, member %{y}<br>started from member %{customdata[0]}"
+                      "<br>fitness %{customdata[1]:.5f}<extra></extra>"))
+    fig.update_layout(title="PBT lineage: whom each member copied at each generation's start",
+                      xaxis_title="generation (0 = burn-in)", yaxis_title="member",
+                      yaxis=dict(tickmode="array", tickvals=members.tolist()),
+                      legend=dict(orientation="h", y=-0.2))
+    return fig

@@ -169,3 +169,80 @@ def test_scatter_metric_hover_shows_hyperparameters():
     assert "3 models" in fig.layout.title.text
     with pytest.raises(DataError, match="no column 'bps'"):
         plots.scatter_metric(table, "valid_nll", "bps")
+
+
+# ----------------------------------------------------------------------------- population-based training
+
+def pbt_history():
+    """A 4-generation, 4-member history in pbt's own format (lfads_nb.pbt._history), values by hand.
+
+    Generation 2: member 3 copied member 0 and member 1 copied member 2; generation 3: member 0
+    copied member 3. The best fitness (0.5) is member 0 at generation 3, whose ancestry is
+    member 0 (g0), 0 (g1), 3 (g2, copied from 0), 0 (g3, copied from 3).
+    """
+    import dataclasses
+    import json
+
+    from lfads_nb.pbt import _history, _RunState
+    from lfads_nb.search import Hyperparameter, SearchSpace
+
+    space = SearchSpace([Hyperparameter("lr", 1e-5, 5e-3, log=True), Hyperparameter("dropout", 0.0, 0.6, log=False),
+                         Hyperparameter("l2_gen_scale", 1e-4, 1.0, log=True)])
+    fitness = np.array([[1.0, 1.1, 0.9, 1.2], [0.8, 1.0, 0.7, 0.95], [0.7, 0.66, 0.6, 0.65], [0.5, 0.62, 0.55, np.nan]])
+    parent = np.array([[0, 1, 2, 3], [0, 1, 2, 3], [0, 2, 2, 0], [3, 1, 2, 3]])
+    lr = np.array([[4e-3] * 4, [4e-3] * 4, [4e-3, 3e-3, 4e-3, 5e-3], [4.5e-3, 3e-3, 4e-3, 5e-3]])
+    state = _RunState(4)
+    for g in range(4):
+        state.rows.append({"fitness": fitness[g], "parent": parent[g], "end_epoch": 3 + 2 * g, "seconds": 1.0,
+                           "valid_recon": fitness[g], "train_loss": fitness[g] + 0.1, "lr": lr[g],
+                           "dropout": np.full(4, 0.1 + 0.05 * g), "l2_gen_scale": np.full(4, 1e-3 * 10 ** g)})
+    settings = {"space": {n: dataclasses.asdict(hp) for n, hp in space.items()}}
+    h = _history(state, space, settings)
+    assert json.loads(h.attrs["space"]).keys() == {"lr", "dropout", "l2_gen_scale"}
+    return h
+
+
+def test_pbt_hyperparameters_one_stepped_line_per_member_log_axis_for_log_scaled():
+    h = pbt_history()
+    fig = plots.pbt_hyperparameters(h)
+    assert [a.text for a in fig.layout.annotations] == ["lr", "dropout", "l2_gen_scale"]
+    assert len(fig.data) == 3 * 4  # 3 hyperparameters x 4 members
+    lr_member_1 = fig.data[1]
+    assert lr_member_1.name == "member 1" and lr_member_1.line.shape == "hv"
+    np.testing.assert_allclose(lr_member_1.y, h["lr"].sel(member=1).values)
+    np.testing.assert_array_equal(lr_member_1.x, [0, 1, 2, 3])
+    assert fig.layout.yaxis.type == "log" and fig.layout.yaxis.range == pytest.approx((np.log10(1e-5), np.log10(5e-3)))
+    assert fig.layout.yaxis2.type != "log" and fig.layout.yaxis2.range == (0.0, 0.6)  # dropout: linear
+    assert fig.layout.yaxis3.type == "log"
+    assert sum(t.showlegend is not False for t in fig.data) == 4  # one legend entry per member
+    assert fig.data[0].line.color == fig.data[4].line.color  # a member keeps its colour across panels
+
+
+def test_pbt_fitness_members_and_best_so_far():
+    h = pbt_history()
+    fig = plots.pbt_fitness(h)
+    assert [t.name for t in fig.data] == ["member 0", "member 1", "member 2", "member 3", "best so far"]
+    np.testing.assert_allclose(fig.data[4].y, [0.9, 0.7, 0.6, 0.5])  # running minimum, NaN ignored
+    assert np.isnan(fig.data[3].y[3])  # a diverged member shows as a gap
+    assert "nats per entry" in fig.layout.yaxis.title.text and "generation" in fig.layout.xaxis.title.text
+
+
+def test_pbt_lineage_copies_and_ancestry_of_the_best():
+    h = pbt_history()
+    fig = plots.pbt_lineage(h)
+    kept, copied, ancestry, dots = fig.data
+    segments = lambda tr: {(tr.x[k], tr.y[k], tr.x[k + 1], tr.y[k + 1]) for k in range(0, len(tr.x), 3)}
+    assert segments(copied) == {(1, 0, 2, 3), (1, 2, 2, 1), (2, 3, 3, 0)}  # (g-1, parent) -> (g, member)
+    assert len(segments(kept)) == 3 * 4 - 3
+    assert (1, 1, 2, 1) not in segments(kept)  # member 1 did not keep its weights at generation 2
+    assert list(ancestry.x) == [0, 1, 2, 3] and list(ancestry.y) == [0, 0, 3, 0]
+    assert len(dots.x) == 16
+    np.testing.assert_allclose(np.asarray(dots.marker.color, dtype=float)[:4], [1.0, 1.1, 0.9, 1.2])
+
+
+def test_pbt_plots_reject_what_is_not_a_history():
+    for fn in (plots.pbt_hyperparameters, plots.pbt_fitness, plots.pbt_lineage):
+        with pytest.raises(DataError, match="PBTResult.history"):
+            fn(pd.DataFrame({"fitness": [1.0]}))
+        with pytest.raises(DataError, match="PBTResult.history"):
+            fn(pbt_history().drop_vars("parent"))
