@@ -74,6 +74,7 @@ running cell). Outside a kernel or off the main thread it does nothing.
 from __future__ import annotations
 
 import html
+import json
 import math
 import os
 import sys
@@ -524,3 +525,187 @@ def _widgets_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+# ---------------------------------------------------------------------------------------------
+# Population-based training (lfads_nb.pbt.pbt)
+# ---------------------------------------------------------------------------------------------
+
+class PBTProgress:
+    """What :func:`lfads_nb.pbt.pbt` reports to. This base class is silent and never asks to stop.
+
+    The PBT loop calls :meth:`epoch` after every epoch, :meth:`generation` after every
+    generation, polls :attr:`stop_requested` after every training step, and calls
+    :meth:`finish` once at the end. Epochs count from 1 across the whole run; generation 0 is
+    the burn-in. The clock starts at the first epoch.
+    """
+
+    def __init__(self) -> None:
+        self.started: float | None = None
+
+    def epoch(self, generation: int, epoch: int, metrics: Mapping[str, np.ndarray]) -> None:
+        """Epoch ``epoch`` of generation ``generation`` ended. ``metrics``: name -> (P,) values per
+        member: ``valid_recon``, ``valid_sv_nll``, ``train_loss`` and ``fitness`` (smoothed
+        validation NLL, what members are judged by; NaN for a diverged member)."""
+        if self.started is None:
+            self.started = time.monotonic()
+
+    def generation(self, history) -> None:
+        """A generation ended; ``history`` is the run's Dataset (generation x member) so far."""
+
+    @property
+    def stop_requested(self) -> bool:
+        """Polled after every training step; True ends the run after saving (see ``pbt``)."""
+        return False
+
+    def finish(self, history, message: str) -> None:
+        """The run ended (``history`` as in :meth:`generation`) for ``message``'s reason."""
+
+    def elapsed(self) -> float:
+        """Seconds since the first epoch ended (0 before)."""
+        return 0.0 if self.started is None else time.monotonic() - self.started
+
+
+def _best_line(history) -> str:
+    """'generation 3 (epoch 80): best fitness 0.41234 (member 5: lr 0.0031 dropout 0.21 ...); 4 members replaced'."""
+    last = history.isel(generation=-1)
+    fitness = last["fitness"].values
+    head = f"generation {int(last['generation'])} (epoch {int(last['end_epoch'])})"
+    if not np.isfinite(fitness).any():
+        return f"{head}: every member diverged"
+    i = int(np.nanargmin(fitness))
+    space = json.loads(history.attrs.get("space", "{}"))  # the tuned hyperparameters
+    hps = " ".join(f"{name} {float(last[name][i]):.3g}" for name in space if name in history)
+    replaced = int((last["parent"].values != np.arange(len(fitness))).sum())
+    return f"{head}: best fitness {fitness[i]:.5f} (member {i}: {hps}); {replaced} members started from a better one"
+
+
+class PBTTextProgress(PBTProgress):
+    """One flushed line per generation (its best member and how many members were replaced) and,
+    at :meth:`finish`, the message and a static fitness figure (``self.figure``; displayed when
+    running in a Jupyter kernel). ``stream``: where lines go (default ``sys.stdout``)."""
+
+    def __init__(self, stream=None) -> None:
+        super().__init__()
+        self.stream = stream
+        self.figure: go.Figure | None = None
+
+    def _print(self, line: str) -> None:
+        print(line, file=self.stream or sys.stdout, flush=True)
+
+    def generation(self, history) -> None:
+        self._print(f"{_best_line(history)}  elapsed {_clock(self.elapsed())}")
+
+    def finish(self, history, message: str) -> None:
+        from .plots import pbt_fitness
+
+        self._print(message)
+        if history.sizes.get("generation", 0):
+            self.figure = pbt_fitness(history)
+            if _kernel() is not None:
+                from IPython.display import display
+
+                display(self.figure)
+
+
+class PBTLiveDashboard(PBTProgress):
+    """Widgets that update while PBT runs: a status line and Stop button, every member's fitness
+    after every epoch (dotted lines mark generation ends), and after every generation the
+    hyperparameter trajectories and the lineage (``lfads_nb.plots.pbt_hyperparameters`` /
+    ``pbt_lineage``). Fitness curves keep at most ``max_points`` points per member.
+
+    ``self.widget`` is the whole dashboard, displayed at the first epoch when running in a
+    Jupyter kernel. Stop ends the current generation after the running training step; the run
+    records and saves it and returns the best member so far.
+    """
+
+    poll_interval = 0.2  # seconds between looks for a click while PBT runs
+
+    def __init__(self, max_points: int = 500) -> None:
+        import ipywidgets as widgets
+
+        super().__init__()
+        if max_points < 2:
+            raise ConfigError(f"PBTLiveDashboard(max_points={max_points}): keep at least 2 points per curve.")
+        self.max_points = max_points
+        self.status = widgets.HTML("waiting for the first epoch")
+        self.button = widgets.Button(description="Stop", icon="stop", button_style="danger",
+                                     tooltip="End PBT after this training step: the generation is saved, "
+                                             "the best member so far is returned")
+        self.button.on_click(self._on_stop)
+        self.fitness = go.FigureWidget(layout=dict(
+            height=320, margin=dict(l=60, r=20, t=40, b=40), template="plotly_white",
+            title=dict(text="fitness per member (smoothed validation NLL, lower is better)", font=dict(size=13)),
+            xaxis_title="epoch", yaxis_title="fitness"))
+        self.generations = widgets.VBox([])  # hyperparameters and lineage, replaced every generation
+        self.widget = widgets.VBox([widgets.HBox([self.button, self.status]), self.fitness, self.generations])
+        self.epochs: list[int] = []
+        self.values: list[np.ndarray] = []  # fitness per member, one array per epoch
+        self._stop = False
+        self._last_poll = -math.inf
+
+    def _on_stop(self, _button) -> None:
+        self._stop = True
+        self.button.disabled = True
+        self.button.description = "Stopping"
+
+    def epoch(self, generation: int, epoch: int, metrics: Mapping[str, np.ndarray]) -> None:
+        if self.started is None and _kernel() is not None:  # widgets render only in a kernel
+            from IPython.display import display
+
+            display(self.widget)
+        super().epoch(generation, epoch, metrics)
+        fitness = np.asarray(metrics["fitness"], dtype=float)
+        self.epochs.append(int(epoch))
+        self.values.append(fitness)
+        keep = _thin(len(self.epochs), self.max_points)
+        x, y = np.asarray(self.epochs)[keep], np.asarray(self.values)[keep]
+        with self.fitness.batch_update():
+            for member in range(len(self.fitness.data), len(fitness)):  # traces appear with the first epoch
+                self.fitness.add_scatter(name=f"member {member}", mode="lines", line=dict(width=1.5))
+            for member, trace in enumerate(self.fitness.data):
+                trace.update(x=x, y=y[:, member])
+        finite = np.isfinite(fitness)
+        best = f" · best fitness {np.nanmin(fitness):.5f} (member {int(np.nanargmin(fitness))})" if finite.any() else ""
+        self.status.value = self._status_html(f"generation {generation} · epoch {epoch}{best}")
+
+    def _status_html(self, text: str) -> str:
+        return f"<code>{html.escape(f'{text} · elapsed {_clock(self.elapsed())}')}</code>"
+
+    def generation(self, history) -> None:
+        from .plots import pbt_hyperparameters, pbt_lineage
+
+        self.fitness.add_vline(x=int(history["end_epoch"].values[-1]), line=dict(color="#999999", dash="dot", width=1))
+        for old in self.generations.children:
+            old.close()
+        self.generations.children = [go.FigureWidget(pbt_hyperparameters(history)),
+                                     go.FigureWidget(pbt_lineage(history))]
+        self.status.value = self._status_html(_best_line(history))
+
+    @property
+    def stop_requested(self) -> bool:
+        now = time.monotonic()
+        if not self._stop and now - self._last_poll >= self.poll_interval:
+            self._last_poll = now
+            handle_widget_messages()
+        return self._stop
+
+    def finish(self, history, message: str) -> None:
+        self.status.value = self._status_html(message)
+        self.button.disabled = True
+        self.button.description = "Stopped" if self._stop else "Done"
+
+
+def _choose_live(live: bool | None) -> bool:
+    """``make_progress``'s rule: ``live`` wins, then ``LFADS_NB_LIVE``, then a Jupyter frontend with ipywidgets."""
+    if live is not None:
+        return bool(live)
+    switch = os.environ.get("LFADS_NB_LIVE", "").strip()
+    if switch not in ("", "0", "1"):
+        raise ConfigError(f"LFADS_NB_LIVE={switch!r}: set it to '1' (live dashboard) or '0' (text), or unset it.")
+    return switch == "1" if switch else in_jupyter_frontend() and _widgets_available()
+
+
+def make_pbt_progress(live: bool | None = None) -> PBTProgress:
+    """The live PBT dashboard or text progress, chosen as :func:`make_progress` chooses."""
+    return PBTLiveDashboard() if _choose_live(live) else PBTTextProgress()

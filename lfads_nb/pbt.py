@@ -231,6 +231,7 @@ def pbt(
     checkpoint_dir=None,
     resume: bool = True,
     progress=None,
+    live: bool | None = None,
 ) -> PBTResult:
     """Population-based training of LFADS on the 'train' trials of ``ds``, judged on its 'valid' trials.
 
@@ -240,8 +241,13 @@ def pbt(
     ``model_sizes``: ``build_model`` keywords (``dropout`` is a member hyperparameter if in
     ``space``). ``checkpoint_dir``: where ``pbt.pt`` and ``best.pt`` go; with ``resume`` a run
     continues from ``pbt.pt``. ``progress``: an object with ``epoch(generation, epoch, metrics)``
-    and ``generation(history)`` methods, called after every epoch and generation (default: one
-    printed line per generation).
+    and ``generation(history)`` methods, called after every epoch and generation, and optionally
+    ``stop_requested`` (polled after every training step) and ``finish(history, message)``
+    (see :class:`lfads_nb.dashboard.PBTProgress`); by default the live PBT dashboard in
+    JupyterLab and one printed line per generation elsewhere (``live`` forces either). A stop
+    request ends the current generation early: it is recorded, the best member kept and
+    ``pbt.pt`` saved as at any generation's end; ``stop_reason`` is then 'stop_button', and a
+    later call with ``resume`` continues with the next generation.
 
     History (``PBTResult.history``, dims generation x member, generation 0 = burn-in): each
     hyperparameter during the generation, ``fitness`` (smoothed validation NLL at its end),
@@ -278,13 +284,17 @@ def pbt(
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         if resume and (ckpt_dir / "pbt.pt").exists():
             state = _restore(ckpt_dir / "pbt.pt", settings, population, decisions)
-    progress = progress or _TextProgress()
+    if progress is None:
+        from .dashboard import make_pbt_progress
+
+        progress = make_pbt_progress(live)
     burn_in = pc.burn_in_epochs or max(tc.kl_ramp_epochs, tc.l2_ramp_epochs, 1)
     steps_per_epoch = math.ceil(len(train_idx) / tc.batch_size)
 
     while not state.stop_reason:
         length = burn_in if state.generation == 0 else pc.generation_epochs
         t0 = time.perf_counter()
+        stopped = False
         for _ in range(length):
             order = train_idx[torch.randperm(len(train_idx), generator=decisions)]
             sums = torch.zeros(P, dtype=torch.float64)
@@ -294,24 +304,37 @@ def pbt(
                 out = population.train_step(tensors, idx, _ramp(position, tc.kl_ramp_epochs),
                                             _ramp(position, tc.l2_ramp_epochs))
                 sums += out["train_loss"].double().cpu()
+                stopped = bool(getattr(progress, "stop_requested", False))
+                if stopped:
+                    break
             metrics = {k: v.double().cpu().numpy() for k, v in population.validate(tensors, valid_idx, tc.batch_size).items()}
-            metrics["train_loss"] = (sums / steps_per_epoch).numpy()
+            metrics["train_loss"] = (sums / (step + 1)).numpy()
             current = metrics[pc.metric]
             state.smoothed = [float(c if math.isnan(s) else 0.3 * s + 0.7 * c) for s, c in zip(state.smoothed, current)]
             state.epoch += 1
             progress.epoch(state.generation, state.epoch, {**metrics, "fitness": np.array(state.smoothed)})
-        _end_generation(state, population, space, pc, decisions, metrics, ckpt_dir, settings, time.perf_counter() - t0)
+            if stopped:
+                break
+        _end_generation(state, population, space, pc, decisions, metrics, ckpt_dir, settings, time.perf_counter() - t0,
+                        stopped)
         progress.generation(_history(state, space, settings))
 
     history = _history(state, space, settings)
+    if hasattr(progress, "finish"):
+        progress.finish(history, f"stopped: {state.stop_reason}; best fitness {state.best_fitness:.5f} "
+                                 f"at generation {state.best_generation}")
     best = state.best_member
     model = LFADS(LFADSConfig(**best["config"]))
     model.load_state_dict(best["state"])
     return PBTResult(model.eval(), dict(best["hparams"]), history, state.best_generation, state.stop_reason)
 
 
-def _end_generation(state, population, space, pc, decisions, metrics, ckpt_dir, settings, seconds) -> None:
-    """Record the generation, keep the best member, exploit / explore, decide on stopping, checkpoint."""
+def _end_generation(state, population, space, pc, decisions, metrics, ckpt_dir, settings, seconds, stopped) -> None:
+    """Record the generation, keep the best member, exploit / explore, decide on stopping, checkpoint.
+
+    ``stopped`` (a stop request): the run ends here, but exploits and explores as usual first so
+    that a resumed run goes on with the next generation.
+    """
     P = population.size
     fitness = np.array(state.smoothed, dtype=np.float64)
     fitness[~np.isfinite(fitness)] = np.nan
@@ -334,13 +357,15 @@ def _end_generation(state, population, space, pc, decisions, metrics, ckpt_dir, 
     best_so_far = np.minimum.accumulate([np.nanmin(r["fitness"]) if np.isfinite(r["fitness"]).any() else np.inf
                                          for r in state.rows[1:]]) if len(state.rows) > 1 else []
     g = state.generation
-    if g >= pc.max_generations:
+    if stopped:
+        state.stop_reason = "stop_button"
+    elif g >= pc.max_generations:
         state.stop_reason = "max_generations"
     elif len(best_so_far) > pc.stop_patience:
         before, now = best_so_far[-1 - pc.stop_patience], best_so_far[-1]
         if before - now < pc.stop_improvement * abs(before):
             state.stop_reason = "plateau"
-    if not state.stop_reason:
+    if state.stop_reason in ("", "stop_button"):
         parent = exploit(fitness, pc.exploit, decisions, pc.truncation_fraction)
         losers = np.flatnonzero(parent != np.arange(P))
         population.copy_members(losers.tolist(), parent[losers].tolist())
@@ -422,26 +447,9 @@ def _restore(path: Path, settings: dict, population: Population, decisions: torc
     values = dict(ckpt["run_state"])
     values["rows"] = [{k: (v.item() if v.dim() == 0 else v.numpy()) for k, v in r.items()} for r in values["rows"]]
     vars(state).update(values)
+    if state.stop_reason == "stop_button":  # stopped by hand: go on with the next generation
+        state.stop_reason = ""
     return state
-
-
-class _TextProgress:
-    """One printed line per generation: best fitness and its member's hyperparameters."""
-
-    def epoch(self, generation: int, epoch: int, metrics: dict) -> None:
-        pass
-
-    def generation(self, history: xr.Dataset) -> None:
-        last = history.isel(generation=-1)
-        fit = last["fitness"].values
-        if not np.isfinite(fit).any():
-            print(f"generation {int(last.generation)}: every member diverged", flush=True)
-            return
-        i = int(np.nanargmin(fit))
-        hps = " ".join(f"{k} {float(last[k][i]):.3g}" for k in MEMBER_HPS if k in history)
-        replaced = int((last["parent"].values != np.arange(len(fit))).sum())
-        print(f"generation {int(last.generation)} (epoch {int(last['end_epoch'])}): best fitness {fit[i]:.5f} "
-              f"(member {i}: {hps}); {replaced} members replaced at its start", flush=True)
 
 
 __all__ = ["PBTConfig", "PBTResult", "check_population_fits", "explore", "exploit", "pbt"]

@@ -311,3 +311,189 @@ def test_papermill_gets_text_progress_without_being_told(tmp_path, monkeypatch):
                                progress_bar=False, cwd=str(REPO))
     out = nbformat.read(tmp_path / "out.ipynb", as_version=4)
     assert out.cells[0].outputs[0]["text"].split() == ["TextProgress", "False", "True"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Population-based training
+# ---------------------------------------------------------------------------------------------
+
+PBT_SIZES = dict(ic_enc_dim=6, ci_enc_dim=5, con_dim=7, ic_dim=4, gen_dim=8, fac_dim=3, co_dim=0)
+PBT_TRAIN = dict(batch_size=8, kl_ramp_epochs=2, l2_ramp_epochs=2)
+
+
+def tiny_pbt(progress=None, checkpoint_dir=None, **pbt_kw):
+    import torch
+
+    import lfads_nb
+    from data_generators import chaotic_rnn
+    from lfads_nb.pbt import PBTConfig, pbt
+
+    torch.set_num_threads(1)
+    ds = chaotic_rnn(seed=0, n_units=12, n_bins=8, n_conditions=10, trials_per_condition=3)
+    pc = PBTConfig(**{"population": 4, "generation_epochs": 2, "max_generations": 3, "seed": 1, **pbt_kw})
+    return pbt(ds, pbt_config=pc, train_config=lfads_nb.TrainConfig(**PBT_TRAIN), model_sizes=PBT_SIZES,
+                        checkpoint_dir=checkpoint_dir, progress=progress)
+
+
+class Recorder(dashboard.PBTProgress):
+    """Records every call; asks to stop once ``stop_after`` training steps were polled."""
+
+    def __init__(self, stop_after=None):
+        super().__init__()
+        self.calls, self.polls, self.stop_after = [], 0, stop_after
+
+    def epoch(self, generation, epoch, metrics):
+        super().epoch(generation, epoch, metrics)
+        self.calls.append(("epoch", generation, epoch, metrics["fitness"].copy()))
+
+    def generation(self, history):
+        self.calls.append(("generation", history.sizes["generation"]))
+
+    @property
+    def stop_requested(self):
+        self.polls += 1
+        return self.stop_after is not None and self.polls >= self.stop_after
+
+    def finish(self, history, message):
+        self.calls.append(("finish", message))
+
+
+def test_make_pbt_progress_follows_the_same_rules(no_switch):
+    assert type(dashboard.make_pbt_progress()) is dashboard.PBTTextProgress  # pytest: no kernel
+    assert type(dashboard.make_pbt_progress(live=True)) is dashboard.PBTLiveDashboard
+    no_switch.setenv("LFADS_NB_LIVE", "1")
+    assert type(dashboard.make_pbt_progress()) is dashboard.PBTLiveDashboard
+    assert type(dashboard.make_pbt_progress(live=False)) is dashboard.PBTTextProgress
+    no_switch.setenv("LFADS_NB_LIVE", "0")
+    no_switch.setenv("JPY_SESSION_NAME", "/tmp/some.ipynb")
+    no_switch.setattr(dashboard, "_kernel", lambda: object())
+    assert type(dashboard.make_pbt_progress()) is dashboard.PBTTextProgress
+    no_switch.delenv("LFADS_NB_LIVE")
+    assert type(dashboard.make_pbt_progress()) is dashboard.PBTLiveDashboard  # a Jupyter frontend
+    no_switch.setenv("LFADS_NB_LIVE", "on")
+    with pytest.raises(ConfigError, match="LFADS_NB_LIVE"):
+        dashboard.make_pbt_progress()
+
+
+def test_pbt_reports_every_epoch_and_generation_then_finishes():
+    progress = Recorder()
+    result = tiny_pbt(progress)
+    kinds = [c[0] for c in progress.calls]
+    # burn-in 2 epochs + 3 generations of 2: one generation call after each, then finish
+    assert kinds == ["epoch", "epoch", "generation"] * 4 + ["finish"]
+    assert [c[2] for c in progress.calls if c[0] == "epoch"] == list(range(1, 9))
+    assert [c[1] for c in progress.calls if c[0] == "epoch"] == [0, 0, 1, 1, 2, 2, 3, 3]
+    last_epoch = [c for c in progress.calls if c[0] == "epoch"][-1]
+    np.testing.assert_allclose(last_epoch[3], result.history["fitness"].values[-1])  # the fitness judged
+    assert progress.calls[-1][1].startswith("stopped: max_generations")
+    assert progress.polls == 8 * 3  # after every training step: 24 train trials / batch 8
+
+
+def test_pbt_default_progress_is_text_outside_jupyter(no_switch, capsys):
+    tiny_pbt(max_generations=1)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("generation 0 (epoch 2): best fitness") and "member" in lines[0] and "lr" in lines[0]
+    assert lines[1].startswith("generation 1 (epoch 4)")
+    assert lines[2].startswith("stopped: max_generations; best fitness")
+
+
+def test_stop_ends_the_generation_saves_and_resume_goes_on(tmp_path):
+    import torch
+
+    progress = Recorder(stop_after=3 * 3 + 1)  # the first step of generation 1's second epoch
+    stopped = tiny_pbt(progress, tmp_path)
+    assert stopped.stop_reason == "stop_button"
+    assert stopped.history.sizes["generation"] == 2  # the burn-in and the stopped generation 1
+    assert stopped.history["end_epoch"].values.tolist() == [2, 4]  # the partial epoch counts as the last
+    assert progress.calls[-1][1].startswith("stopped: stop_button")
+    saved = torch.load(tmp_path / "pbt.pt", weights_only=True)["run_state"]
+    assert saved["stop_reason"] == "stop_button" and saved["generation"] == 2 and len(saved["rows"]) == 2
+    assert (tmp_path / "best.pt").exists()
+    resumed = tiny_pbt(Recorder(), tmp_path)  # goes on with generation 2
+    assert resumed.stop_reason == "max_generations" and resumed.history.sizes["generation"] == 4
+    np.testing.assert_array_equal(resumed.history["fitness"].values[:2], stopped.history["fitness"].values)
+    assert resumed.history["end_epoch"].values.tolist() == [2, 4, 6, 8]
+
+
+def test_pbt_text_progress_lines_and_static_figure():
+    out = io.StringIO()
+    progress = dashboard.PBTTextProgress(stream=out)
+    result = tiny_pbt(progress, max_generations=2)
+    lines = out.getvalue().strip().splitlines()
+    assert len(lines) == 3 + 1 and "elapsed" in lines[0] and lines[-1].startswith("stopped: max_generations")
+    best = result.history.isel(generation=2)["fitness"].values
+    assert f"best fitness {np.nanmin(best):.5f} (member {int(np.nanargmin(best))}:" in lines[2]
+    assert isinstance(progress.figure, go.Figure) and progress.figure.data[-1].name == "best so far"
+
+
+def test_pbt_live_dashboard_updates_curves_and_generation_figures():
+    live = dashboard.PBTLiveDashboard(max_points=5)
+    result = tiny_pbt(live)
+    assert len(live.fitness.data) == 4  # one fitness curve per member
+    member_2 = live.fitness.data[2]
+    assert len(member_2.x) <= 6 and member_2.x[-1] == 8  # thinned, the last epoch kept
+    np.testing.assert_allclose(member_2.y[-1], result.history["fitness"].values[-1, 2])
+    assert [s.x0 for s in live.fitness.layout.shapes] == [2, 4, 6, 8]  # generation ends
+    hps, lineage = live.generations.children
+    assert isinstance(hps, go.FigureWidget) and len(hps.data) == len(lfads_space()) * 4
+    assert lineage.layout.title.text.startswith("PBT lineage")
+    assert "max_generations" in live.status.value and live.button.description == "Done"
+    assert not live.stop_requested
+    live.button.click()
+    assert live.stop_requested and live.button.disabled
+
+
+def lfads_space():
+    from lfads_nb.search import DEFAULT_SPACE
+
+    return DEFAULT_SPACE
+
+
+PBT_CLICK_CELL = """
+import time
+from lfads_nb.dashboard import make_pbt_progress
+import test_dashboard
+progress = make_pbt_progress()
+print("READY", type(progress).__name__, progress.button.model_id, flush=True)
+t0 = time.monotonic()
+result = test_dashboard.tiny_pbt(progress, max_generations=10000)
+print("STOPPED", result.stop_reason, progress.button.description, round(time.monotonic() - t0), flush=True)
+"""
+
+
+def test_pbt_stop_button_click_reaches_a_running_pbt_in_a_real_kernel():
+    from jupyter_client import KernelManager
+
+    km = KernelManager(kernel_name="python3")
+    env = kernel_env(JPY_SESSION_NAME=str(REPO / "pbt.ipynb"))
+    env["PYTHONPATH"] += os.pathsep + str(REPO / "tests")  # the cell imports tiny_pbt from this file
+    km.start_kernel(env=env, cwd=str(REPO))
+    kc = km.client()
+    kc.start_channels()
+    texts = []
+
+    def read_until(word):
+        while not any(word in t for t in texts):
+            msg = kc.get_iopub_msg(timeout=60)
+            assert msg["msg_type"] != "error", msg["content"]
+            if msg["msg_type"] == "stream":
+                texts.append(msg["content"]["text"])
+        return next(t for t in texts if word in t)
+
+    try:
+        kc.wait_for_ready(timeout=60)
+        kc.execute(PBT_CLICK_CELL)
+        _, kind, button = read_until("READY").split()
+        assert kind == "PBTLiveDashboard"  # JPY_SESSION_NAME in a kernel: live
+        time.sleep(2.0)  # the run is in its first generations
+        kc.shell_channel.send(kc.session.msg("comm_msg", {
+            "comm_id": button, "data": {"method": "custom", "content": {"event": "click"}}}))
+        stopped = read_until("STOPPED")
+    except queue.Empty:
+        pytest.fail(f"the kernel did not answer in time; output so far: {texts}")
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+    _, reason, description, seconds = stopped.split()
+    assert reason == "stop_button" and description == "Stopped"
+    assert int(seconds) < 30  # ended by the click, not by 10000 generations
