@@ -10,7 +10,8 @@ The pieces, in the order a search uses them:
 3. ``apply_point(point, train_config, model_sizes)``: the ``TrainConfig`` and model sizes of
    one point.
 4. ``score(result, ds)``: what one trained model is judged by: validation NLL and
-   sample-validation NLL at its selected epoch, and rate R^2 against ``rates_true``.
+   sample-validation NLL at its selected epoch, rate R^2 against ``rates_true``, and
+   ``spike_echo``, the signature of identity overfitting (a model that copies its input spikes).
 5. ``random_search(ds, n_models, ...)``: train ``n_models`` models one after another in this
    process and return a :class:`SearchResult`: a tidy table (Dataset with dim ``model``) and
    the trained models.
@@ -21,6 +22,7 @@ import dataclasses
 import json
 import math
 import time
+import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
@@ -29,8 +31,8 @@ import torch
 import xarray as xr
 
 from .dashboard import Progress
-from .data import validate
-from .errors import ConfigError
+from .data import DIMS, select_ids, validate
+from .errors import ConfigError, DataError
 from .metrics import rate_r2
 from .model import LFADSConfig
 from .training import TrainConfig, TrainResult, build_model, infer, train
@@ -134,11 +136,20 @@ class SearchSpace(Mapping):
         return SearchSpace(hp for name, hp in self._hps.items() if name not in names)
 
     def sample(self, n: int, seed: int = 0) -> list[dict[str, float]]:
-        """``n`` points, each {name: value}. Seeded; point i does not depend on ``n``."""
-        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-            raise ConfigError(f"Number of points must be a positive integer, got {n!r}.")
-        rng = np.random.default_rng(seed)
-        return [{name: hp.sample(rng) for name, hp in self._hps.items()} for _ in range(int(n))]
+        """``n`` points, each {name: value}.
+
+        Value ``name`` of point i comes from its own random stream, seeded by (seed, i, name):
+        it does not depend on ``n`` or on the other hyperparameters in the space, so
+        ``space.without('cd_rate').sample(n, seed)`` gives the same points minus ``cd_rate``
+        (paired searches with and without a hyperparameter).
+        """
+        for what, value in (("number of points", n), ("seed", seed)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < (1 if what != "seed" else 0):
+                raise ConfigError(f"The {what} must be a {'positive' if what != 'seed' else 'non-negative'} integer, got {value!r}.")
+        return [
+            {name: hp.sample(np.random.default_rng([int(seed), i, zlib.crc32(name.encode())])) for name, hp in self._hps.items()}
+            for i in range(int(n))
+        ]
 
 
 def apply_point(point: Mapping[str, float], train_config: TrainConfig | None = None,
@@ -163,9 +174,10 @@ def apply_point(point: Mapping[str, float], train_config: TrainConfig | None = N
     return config, sizes
 
 
-# AutoLFADS's search space (reference section 5; lfads-torch's PBT configs).
+# AutoLFADS's search space (reference section 5). The reference marks only the L2 and KL scales
+# as log-scale; a uniform learning rate also keeps most random-search models trainable.
 DEFAULT_SPACE = SearchSpace([
-    Hyperparameter("lr", 1e-5, 5e-3, log=True, init=4e-3, explore_width=0.3),
+    Hyperparameter("lr", 1e-5, 5e-3, log=False, init=4e-3, explore_width=0.3),
     Hyperparameter("dropout", 0.0, 0.6, log=False, explore_width=0.3),
     Hyperparameter("cd_rate", 0.01, 0.7, log=False, init=0.5, explore_width=0.3),
     Hyperparameter("l2_gen_scale", 1e-4, 1.0, log=True, explore_width=0.8),
@@ -179,24 +191,69 @@ DEFAULT_SPACE = SearchSpace([
 # Judging one model
 # ---------------------------------------------------------------------------------------------
 
+def spike_echo(rates: xr.DataArray, ds: xr.Dataset, lags=range(-3, 4)) -> xr.DataArray:
+    """How much of each spike's own noise reaches the model's rate estimate, by lag (in bins).
+
+    With x the spike counts, lambda = rates_true x bin_width the true expected counts and
+    r = rates x bin_width the inferred ones, for every trial and neuron
+
+        echo(lag) = sum_t (x_t - lambda_t) (r_{t+lag} - lambda_{t+lag}) / sum_t (x_t - lambda_t)^2,
+
+    the least-squares slope of the model's error at t + lag on the Poisson noise at t (over the
+    pairs of bins inside the trial). A model that reads rates off the population's dynamics has
+    a small echo, spread smoothly over lags; a model that copies spikes through (identity
+    overfitting) has a sharp peak at lag 0; 1 would be a perfect copy.
+
+    ``rates``: (trial, time, neuron) in Hz, e.g. ``infer(...)['rates']``; ``ds``: the data, with
+    ``rates_true``, holding those trials. Unobserved (NaN) bins are left out. Returns a
+    DataArray over ``lag``.
+    """
+    if "rates_true" not in ds:
+        raise DataError("spike_echo needs the true rates (ds['rates_true']); it is defined for synthetic data only.")
+    if not isinstance(rates, xr.DataArray) or set(rates.dims) != {"trial", "time", "neuron"}:
+        raise DataError("rates must be a DataArray (trial, time, neuron) in Hz, e.g. lfads_nb.infer(model, ds)['rates'].")
+    lags = [int(lag) for lag in lags]
+    n_time = ds.sizes["time"]
+    if not lags or max(abs(lag) for lag in lags) >= n_time:
+        raise ConfigError(f"lags must be a non-empty list of bin offsets smaller than the trial ({n_time} bins), got {lags}.")
+    data = select_ids(ds, "trial", rates["trial"].values, "ds")
+    bin_width = float(ds.attrs["bin_width"])
+    truth = data["rates_true"].transpose(*DIMS).values.astype(float) * bin_width
+    noise = data["spikes"].transpose(*DIMS).values.astype(float) - truth
+    rates = select_ids(rates, "neuron", data["neuron"].values, "rates")
+    error = rates.transpose(*DIMS).values.astype(float) * bin_width - truth
+    noise, error = np.nan_to_num(noise), np.where(np.isnan(noise), 0.0, error)
+    echo = []
+    for lag in lags:
+        a = noise[:, max(0, -lag):n_time - max(0, lag)]
+        b = error[:, max(0, lag):n_time - max(0, -lag)]
+        echo.append(float((a * b).sum() / (a * a).sum()))
+    return xr.DataArray(np.array(echo), dims=("lag",), coords={"lag": lags}, name="spike_echo",
+                        attrs={"description": "slope of the rate error at t + lag on the spike noise at t"})
+
+
 def score(result: TrainResult, ds: xr.Dataset) -> dict[str, float]:
     """What a trained model is compared by, at its selected (best) epoch.
 
     ``valid_nll``: reconstruction NLL per entry on the validation trials (nats);
     ``sv_nll``: the same on the sample-validation entries (NaN without sample validation);
     ``rate_r2``: rate R^2 of the posterior-mean rates on the validation trials against
-    ``rates_true`` (NaN when the data have no ground truth); ``best_epoch``.
+    ``rates_true`` and ``spike_echo``: :func:`spike_echo` at lag 0 on the validation trials
+    (both NaN when the data have no ground truth); ``best_epoch``.
     """
     row = result.history.iloc[result.best_epoch] if result.best_epoch >= 0 else {}
     out = {
         "valid_nll": float(row.get("valid_recon", math.nan)),
         "sv_nll": float(row.get("valid_sv_nll", math.nan)),
         "rate_r2": math.nan,
+        "spike_echo": math.nan,
         "best_epoch": int(result.best_epoch),
     }
     if "rates_true" in ds:
         valid = ds.isel(trial=np.flatnonzero(ds["split"].values == "valid"))
-        out["rate_r2"] = rate_r2(infer(result.model, valid)["rates"], valid["rates_true"])
+        rates = infer(result.model, valid)["rates"]
+        out["rate_r2"] = rate_r2(rates, valid["rates_true"])
+        out["spike_echo"] = float(spike_echo(rates, valid, lags=[0])[0])
     return out
 
 
@@ -237,7 +294,7 @@ def random_search(
 
     Returns a :class:`SearchResult` whose ``table`` has dim ``model`` (0..n_models-1) and the
     variables: each tuned hyperparameter; ``valid_nll``, ``sv_nll``, ``rate_r2``,
-    ``best_epoch`` (see :func:`score`); ``epochs`` trained; ``train_seconds``; ``model_seed``.
+    ``spike_echo``, ``best_epoch`` (see :func:`score`); ``epochs`` trained; ``train_seconds``; ``model_seed``.
     ``attrs`` record the fixed settings (JSON) so a saved table says how it was made.
     """
     validate(ds, require_train=True)
@@ -279,6 +336,7 @@ def random_search(
     table["valid_nll"].attrs.update(units="nats per entry", description="validation reconstruction NLL at the best epoch")
     table["sv_nll"].attrs.update(units="nats per entry", description="NLL of the sample-validation entries at the best epoch")
     table["rate_r2"].attrs["description"] = "rate R^2 on the validation trials (posterior-mean rates vs rates_true)"
+    table["spike_echo"].attrs["description"] = "spike_echo at lag 0 on the validation trials (1 = spikes copied)"
     table["train_seconds"].attrs["units"] = "s"
     return SearchResult(table, runs)
 

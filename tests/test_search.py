@@ -21,6 +21,7 @@ from lfads_nb.search import (
     apply_point,
     random_search,
     score,
+    spike_echo,
 )
 from lfads_nb.training import TrainConfig, infer
 
@@ -45,14 +46,14 @@ def search(ds):
 # ---------------------------------------------------------------------------------------------
 
 def test_default_space_is_the_autolfads_space():
-    # Reference section 5: (range; explore width), log scale for the L2 and KL scales.
+    # Reference section 5: (range; explore width), log scale for the L2 and KL scales only.
     expected = {
         "lr": (1e-5, 5e-3, 0.3), "dropout": (0.0, 0.6, 0.3), "cd_rate": (0.01, 0.7, 0.3),
         "l2_gen_scale": (1e-4, 1.0, 0.8), "l2_con_scale": (1e-4, 1.0, 0.8),
         "kl_co_scale": (1e-6, 1e-4, 0.8), "kl_ic_scale": (1e-6, 1e-3, 0.8),
     }
     assert {n: (hp.low, hp.high, hp.explore_width) for n, hp in DEFAULT_SPACE.items()} == expected
-    assert not DEFAULT_SPACE["dropout"].log and not DEFAULT_SPACE["cd_rate"].log
+    assert not any(DEFAULT_SPACE[n].log for n in ("lr", "dropout", "cd_rate"))
     assert all(DEFAULT_SPACE[n].log for n in ("l2_gen_scale", "l2_con_scale", "kl_co_scale", "kl_ic_scale"))
     assert DEFAULT_SPACE["lr"].init == 4e-3 and DEFAULT_SPACE["cd_rate"].init == 0.5
 
@@ -69,6 +70,15 @@ def test_sampling_is_seeded_in_range_and_uniform_on_its_scale():
         f = np.log if hp.log else (lambda v: v)
         unit = (f(values) - f(hp.low)) / (f(hp.high) - f(hp.low))
         assert kstest(unit, "uniform").pvalue > 1e-3, name
+
+
+def test_a_value_depends_only_on_seed_model_and_name():
+    # Paired searches: dropping cd_rate leaves every other sampled value as it was.
+    full = DEFAULT_SPACE.sample(4, seed=3)
+    without = DEFAULT_SPACE.without("cd_rate").sample(4, seed=3)
+    assert without == [{k: v for k, v in p.items() if k != "cd_rate"} for p in full]
+    reordered = SearchSpace(reversed(list(DEFAULT_SPACE.values()))).sample(4, seed=3)
+    assert reordered == full
 
 
 def test_without_drops_names():
@@ -102,6 +112,7 @@ def test_apply_point_sends_each_value_to_its_config():
         (lambda: SearchSpace([]), "empty"),
         (lambda: SearchSpace([("lr", 1e-4, 1e-3)]), "Hyperparameter objects"),
         (lambda: DEFAULT_SPACE.sample(0), "positive integer"),
+        (lambda: DEFAULT_SPACE.sample(3, seed=-1), "non-negative integer"),
         (lambda: apply_point({"gen_dim": 3}), "not tunable"),
         (lambda: apply_point({"lr": 1e-3}, TrainConfig(), {"gen_dims": 3}), "not an LFADSConfig field"),
         (lambda: apply_point({"dropout": 1.2}), "dropout"),
@@ -128,7 +139,8 @@ def test_bad_search_arguments_fail_before_training(ds):
 def test_search_returns_the_documented_table(ds, search):
     table = search.table
     assert dict(table.sizes) == {"model": 3} and list(table["model"].values) == [0, 1, 2]
-    variables = set(DEFAULT_SPACE) | {"valid_nll", "sv_nll", "rate_r2", "best_epoch", "epochs", "train_seconds", "model_seed"}
+    variables = set(DEFAULT_SPACE) | {"valid_nll", "sv_nll", "rate_r2", "spike_echo", "best_epoch", "epochs",
+                                      "train_seconds", "model_seed"}
     assert set(table.data_vars) == variables
     points = DEFAULT_SPACE.sample(3, seed=5)
     for i, (point, run) in enumerate(zip(points, search.runs)):
@@ -154,7 +166,31 @@ def test_rate_r2_is_that_of_the_validation_trials(ds, search):
     valid = lfads_nb.split(ds, "valid")
     for i, run in enumerate(search.runs):
         assert search.table["rate_r2"].values[i] == pytest.approx(rate_r2(infer(run.model, valid)["rates"], valid["rates_true"]))
-    assert math.isnan(score(search.runs[0], ds.drop_vars("rates_true"))["rate_r2"])
+        rates = infer(run.model, valid)["rates"]
+        assert search.table["spike_echo"].values[i] == pytest.approx(float(spike_echo(rates, valid, lags=[0])[0]))
+    no_truth = score(search.runs[0], ds.drop_vars("rates_true"))
+    assert math.isnan(no_truth["rate_r2"]) and math.isnan(no_truth["spike_echo"])
+
+
+def test_spike_echo_recovers_a_planted_copy(ds):
+    # Closed form: rates = truth + c * (spikes - truth) shifted by `lag` bins has echo(lag) = c
+    # exactly (the slope of a noiseless linear relation), and echo elsewhere ~ 0 (independent noise).
+    dt, c = ds.attrs["bin_width"], 0.3
+    truth = ds["rates_true"]
+    noise = ds["spikes"] - truth * dt
+    for lag in (0, 2):
+        copied = truth + c * noise.shift(time=lag).fillna(0.0) / dt
+        echo = spike_echo(copied, ds, lags=range(-3, 4))
+        assert echo.sel(lag=lag).item() == pytest.approx(c, rel=1e-9)
+        assert np.abs(echo.drop_sel(lag=lag)).max() < 0.05
+    assert spike_echo(truth, ds, lags=[0]).item() == 0.0
+    # Trials are matched by id, not position.
+    shuffled = truth.isel(trial=np.random.default_rng(0).permutation(ds.sizes["trial"]))
+    xr.testing.assert_equal(spike_echo(shuffled, ds), spike_echo(truth, ds))
+    with pytest.raises(lfads_nb.DataError, match="rates_true"):
+        spike_echo(truth, ds.drop_vars("rates_true"))
+    with pytest.raises(lfads_nb.ConfigError, match="lags"):
+        spike_echo(truth, ds, lags=[ds.sizes["time"]])
 
 
 def test_same_seed_reproduces_the_table_and_another_seed_does_not(ds, search):
