@@ -289,26 +289,14 @@ def pbt(
 
         progress = make_pbt_progress(live)
     burn_in = pc.burn_in_epochs or max(tc.kl_ramp_epochs, tc.l2_ramp_epochs, 1)
-    steps_per_epoch = math.ceil(len(train_idx) / tc.batch_size)
 
     while not state.stop_reason:
         length = burn_in if state.generation == 0 else pc.generation_epochs
         t0 = time.perf_counter()
         stopped = False
         for _ in range(length):
-            order = train_idx[torch.randperm(len(train_idx), generator=decisions)]
-            sums = torch.zeros(P, dtype=torch.float64)
-            for step in range(steps_per_epoch):
-                idx = order[step * tc.batch_size:(step + 1) * tc.batch_size].to(population.device)
-                position = state.epoch + step / steps_per_epoch
-                out = population.train_step(tensors, idx, _ramp(position, tc.kl_ramp_epochs),
-                                            _ramp(position, tc.l2_ramp_epochs))
-                sums += out["train_loss"].double().cpu()
-                stopped = bool(getattr(progress, "stop_requested", False))
-                if stopped:
-                    break
-            metrics = {k: v.double().cpu().numpy() for k, v in population.validate(tensors, valid_idx, tc.batch_size).items()}
-            metrics["train_loss"] = (sums / (step + 1)).numpy()
+            metrics, stopped = train_epoch(population, tensors, train_idx, valid_idx, tc, state.epoch, decisions,
+                                           lambda: bool(getattr(progress, "stop_requested", False)))
             current = metrics[pc.metric]
             state.smoothed = [float(c if math.isnan(s) else 0.3 * s + 0.7 * c) for s, c in zip(state.smoothed, current)]
             state.epoch += 1
@@ -327,6 +315,30 @@ def pbt(
     model = LFADS(LFADSConfig(**best["config"]))
     model.load_state_dict(best["state"])
     return PBTResult(model.eval(), dict(best["hparams"]), history, state.best_generation, state.stop_reason)
+
+
+def train_epoch(population: Population, tensors, train_idx: torch.Tensor, valid_idx: torch.Tensor, tc: TrainConfig,
+                epoch: int, decisions: torch.Generator, stop=lambda: False) -> tuple[dict[str, np.ndarray], bool]:
+    """One epoch of every member (the trials in an order drawn from ``decisions``), then validation.
+
+    ``epoch``: epochs done before this one (it sets the ramps). ``stop()`` is asked after every
+    step; True ends the epoch early. Returns (name -> (P,) float64 metrics, stopped).
+    """
+    steps_per_epoch = math.ceil(len(train_idx) / tc.batch_size)
+    order = train_idx[torch.randperm(len(train_idx), generator=decisions)]
+    sums = torch.zeros(population.size, dtype=torch.float64)
+    stopped = False
+    for step in range(steps_per_epoch):
+        idx = order[step * tc.batch_size:(step + 1) * tc.batch_size].to(population.device)
+        position = epoch + step / steps_per_epoch
+        out = population.train_step(tensors, idx, _ramp(position, tc.kl_ramp_epochs), _ramp(position, tc.l2_ramp_epochs))
+        sums += out["train_loss"].double().cpu()
+        stopped = stop()
+        if stopped:
+            break
+    metrics = {k: v.double().cpu().numpy() for k, v in population.validate(tensors, valid_idx, tc.batch_size).items()}
+    metrics["train_loss"] = (sums / (step + 1)).numpy()
+    return metrics, stopped
 
 
 def _end_generation(state, population, space, pc, decisions, metrics, ckpt_dir, settings, seconds, stopped) -> None:

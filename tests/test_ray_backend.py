@@ -1,0 +1,81 @@
+"""Ray Tune backend: a tiny population on a local Ray instance (2 CPUs), end to end."""
+import numpy as np
+import pytest
+import torch
+
+ray = pytest.importorskip("ray", reason="the Ray backend needs the 'ray' extra")
+
+import lfads_nb  # noqa: E402
+from data_generators import chaotic_rnn  # noqa: E402
+from lfads_nb import plots  # noqa: E402
+from lfads_nb.errors import ConfigError  # noqa: E402
+from lfads_nb.pbt import PBTConfig  # noqa: E402
+from lfads_nb.ray_backend import _Explore, ray_pbt  # noqa: E402
+from lfads_nb.search import DEFAULT_SPACE  # noqa: E402
+
+torch.set_num_threads(1)
+SIZES = dict(ic_enc_dim=6, ci_enc_dim=5, con_dim=7, ic_dim=4, gen_dim=8, fac_dim=3, co_dim=0)
+TRAIN = dict(batch_size=8, kl_ramp_epochs=1, l2_ramp_epochs=1)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    yield
+    ray.shutdown()
+
+
+def data():
+    return chaotic_rnn(seed=0, n_units=12, n_bins=8, n_conditions=10, trials_per_condition=3)
+
+
+def test_tiny_population_as_two_trials_of_two_members(local_ray, tmp_path):
+    pc = PBTConfig(population=4, generation_epochs=1, burn_in_epochs=1, max_generations=2, seed=3)
+    result = ray_pbt(data(), pbt_config=pc, train_config=lfads_nb.TrainConfig(**TRAIN), model_sizes=SIZES,
+                     members_per_trial=2, storage_path=tmp_path, verbose=0)
+    h = result.history
+    assert h.sizes == {"generation": 3, "member": 4}  # burn-in + 2 generations; 2 trials x 2 members
+    assert h["end_epoch"].values.tolist() == [1, 2, 3]
+    for name, hp in DEFAULT_SPACE.items():
+        assert ((h[name].values >= hp.low) & (h[name].values <= hp.high)).all(), name
+    # generation 0 starts from the members' own weights; after it, Tune's truncation (1 of 2 trials)
+    # makes the worse trial restart from the better one's checkpoint with explored hyperparameters
+    assert (h["parent"].values[0] == np.arange(4)).all()
+    for g in (1, 2):
+        trial_best = np.nanmin(h["fitness"].values[g - 1].reshape(2, 2), axis=1)
+        loser, winner = int(np.argmax(trial_best)), int(np.argmin(trial_best))
+        assert h["parent"].values[g].tolist()[2 * loser:2 * loser + 2] == [2 * winner, 2 * winner + 1]
+        assert h["parent"].values[g].tolist()[2 * winner:2 * winner + 2] == [2 * winner, 2 * winner + 1]
+        for j in range(2):
+            assert h["lr"].values[g, 2 * loser + j] != h["lr"].values[g - 1, 2 * winner + j]  # explored
+            assert h["lr"].values[g, 2 * winner + j] == h["lr"].values[g - 1, 2 * winner + j]  # kept
+    # the best member: an ordinary LFADS with the hyperparameters recorded for it
+    g, m = np.unravel_index(np.nanargmin(h["fitness"].values), h["fitness"].shape)
+    assert result.best_generation == g
+    assert result.hparams["lr"] == pytest.approx(float(h["lr"].values[g, m]), rel=1e-6)
+    assert isinstance(result.model, lfads_nb.LFADS)
+    assert result.model.config.dropout == pytest.approx(result.hparams["dropout"])
+    assert np.isfinite(lfads_nb.infer(result.model, data())["rates"].values).all()
+    plots.pbt_lineage(h)  # the history plots like a local run's
+    plots.pbt_hyperparameters(h)
+
+
+def test_explore_keeps_every_member_in_bounds_and_moves_it():
+    explore = _Explore(DEFAULT_SPACE, seed=0)
+    config = {"index": 0, "members": {"0": {n: hp.high for n, hp in DEFAULT_SPACE.items()},
+                                      "1": {n: (hp.low + hp.high) / 2 for n, hp in DEFAULT_SPACE.items()}}}
+    before = {j: dict(m) for j, m in config["members"].items()}
+    out = explore(config)
+    for j, member in out["members"].items():
+        for name, hp in DEFAULT_SPACE.items():
+            assert hp.low <= member[name] <= hp.high
+            step = abs(member[name] / before[j][name] - 1)
+            assert 0.002 * hp.explore_width - 1e-9 <= step <= hp.explore_width + 1e-9
+
+
+def test_bad_sub_population_sizes():
+    with pytest.raises(ConfigError, match="dividing"):
+        ray_pbt(data(), pbt_config=PBTConfig(population=4), members_per_trial=3)
+    with pytest.raises(ConfigError, match="at least 2 trials"):
+        ray_pbt(data(), pbt_config=PBTConfig(population=4), members_per_trial=4)
