@@ -32,7 +32,7 @@ import xarray as xr
 
 from .dashboard import Progress
 from .data import DIMS, select_ids, validate
-from .errors import ConfigError, DataError
+from .errors import ConfigError, DataError, TrainingDiverged
 from .metrics import rate_r2
 from .model import LFADSConfig
 from .training import TrainConfig, TrainResult, build_model, infer, train
@@ -241,14 +241,13 @@ def score(result: TrainResult, ds: xr.Dataset) -> dict[str, float]:
     ``rates_true`` and ``spike_echo``: :func:`spike_echo` at lag 0 on the validation trials
     (both NaN when the data have no ground truth); ``best_epoch``.
     """
-    row = result.history.iloc[result.best_epoch] if result.best_epoch >= 0 else {}
-    out = {
-        "valid_nll": float(row.get("valid_recon", math.nan)),
-        "sv_nll": float(row.get("valid_sv_nll", math.nan)),
-        "rate_r2": math.nan,
-        "spike_echo": math.nan,
-        "best_epoch": int(result.best_epoch),
-    }
+    out = {"valid_nll": math.nan, "sv_nll": math.nan, "rate_r2": math.nan, "spike_echo": math.nan,
+           "best_epoch": int(result.best_epoch)}
+    if result.best_epoch < 0:  # diverged before its first epoch ended: nothing to judge
+        return out
+    row = result.history.iloc[result.best_epoch]
+    out["valid_nll"] = float(row["valid_recon"])
+    out["sv_nll"] = float(row.get("valid_sv_nll", math.nan))
     if "rates_true" in ds:
         valid = ds.isel(trial=np.flatnonzero(ds["split"].values == "valid"))
         rates = infer(result.model, valid)["rates"]
@@ -294,8 +293,10 @@ def random_search(
 
     Returns a :class:`SearchResult` whose ``table`` has dim ``model`` (0..n_models-1) and the
     variables: each tuned hyperparameter; ``valid_nll``, ``sv_nll``, ``rate_r2``,
-    ``spike_echo``, ``best_epoch`` (see :func:`score`); ``epochs`` trained; ``train_seconds``; ``model_seed``.
-    ``attrs`` record the fixed settings (JSON) so a saved table says how it was made.
+    ``spike_echo``, ``best_epoch`` (see :func:`score`); ``epochs`` trained; ``stop_reason``
+    ('max_epochs', 'early_stopping' or 'diverged': a model whose loss became NaN keeps its best
+    epoch and the search goes on); ``train_seconds``; ``model_seed``. ``attrs`` record the fixed
+    settings (JSON) so a saved table says how it was made.
     """
     validate(ds, require_train=True)
     if not isinstance(space, SearchSpace):
@@ -312,11 +313,14 @@ def random_search(
         config = dataclasses.replace(config, seed=model_seed)
         start = time.perf_counter()
         torch.manual_seed(model_seed)  # the weight initialisation
-        result = train(build_model(ds, **sizes), ds, config, progress=Progress())
+        try:
+            result = train(build_model(ds, **sizes), ds, config, progress=Progress())
+        except TrainingDiverged as err:  # one bad point must not end the search: keep its best epoch
+            result = err.result
         seconds = time.perf_counter() - start
         metrics = score(result, ds)
-        rows.append({**point, **metrics, "epochs": len(result.history), "train_seconds": seconds,
-                     "model_seed": model_seed})
+        rows.append({**point, **metrics, "epochs": len(result.history), "stop_reason": result.stop_reason,
+                     "train_seconds": seconds, "model_seed": model_seed})
         runs.append(result)
         if progress:
             print(_progress_line(i, n_models, point, rows[-1]), flush=True)
@@ -343,7 +347,10 @@ def random_search(
 
 def _progress_line(i: int, n: int, point: Mapping[str, float], row: Mapping[str, float]) -> str:
     hps = " ".join(f"{k} {v:.3g}" for k, v in point.items())
+    if row["best_epoch"] < 0:
+        return f"model {i + 1}/{n}: {hps} -> diverged in its first epoch"
     sv = f" sv {row['sv_nll']:.4f}" if math.isfinite(row["sv_nll"]) else ""
     r2 = f" R2 {row['rate_r2']:.3f}" if math.isfinite(row["rate_r2"]) else ""
+    stop = ", diverged" if row["stop_reason"] == "diverged" else ""
     return (f"model {i + 1}/{n}: {hps} -> valid {row['valid_nll']:.4f}{sv}{r2} "
-            f"(best epoch {row['best_epoch'] + 1}/{row['epochs']}, {row['train_seconds']:.0f} s)")
+            f"(best epoch {row['best_epoch'] + 1}/{row['epochs']}{stop}, {row['train_seconds']:.0f} s)")

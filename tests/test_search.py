@@ -6,6 +6,7 @@ import json
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import xarray as xr
@@ -140,7 +141,7 @@ def test_search_returns_the_documented_table(ds, search):
     table = search.table
     assert dict(table.sizes) == {"model": 3} and list(table["model"].values) == [0, 1, 2]
     variables = set(DEFAULT_SPACE) | {"valid_nll", "sv_nll", "rate_r2", "spike_echo", "best_epoch", "epochs",
-                                      "train_seconds", "model_seed"}
+                                      "stop_reason", "train_seconds", "model_seed"}
     assert set(table.data_vars) == variables
     points = DEFAULT_SPACE.sample(3, seed=5)
     for i, (point, run) in enumerate(zip(points, search.runs)):
@@ -151,6 +152,7 @@ def test_search_returns_the_documented_table(ds, search):
         assert run.model.config.gen_dim == TINY["gen_dim"]
         h = run.history
         assert table["epochs"].values[i] == len(h) == FAST.max_epochs
+        assert table["stop_reason"].values[i] == run.stop_reason == "max_epochs"
         best = int(table["best_epoch"].values[i])
         assert best == run.best_epoch == int(h["valid_recon"].idxmin())
         assert table["valid_nll"].values[i] == h["valid_recon"][best]
@@ -213,3 +215,29 @@ def test_progress_prints_one_line_per_model(ds, capsys):
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 2 and lines[0].startswith("model 1/2: lr ") and "R2" in lines[1]
     assert list(result.table.data_vars)[0] == "lr"
+
+
+def test_a_diverged_model_keeps_its_best_epoch_and_the_search_goes_on(ds, monkeypatch):
+    # Model 0 diverges after one good epoch (NaN weights from then on), model 1 in its first
+    # epoch; model 2 trains normally.
+    from lfads_nb import search as search_module
+    real_train, calls = search_module.train, []
+
+    def flaky_train(model, data, config, **kw):
+        calls.append(config.seed)
+        if len(calls) == 3:
+            return real_train(model, data, config, **kw)
+        good = real_train(model, data, dataclasses.replace(config, max_epochs=1), **kw) if len(calls) == 1 else None
+        err = lfads_nb.TrainingDiverged("loss became NaN")
+        err.result = good or lfads_nb.TrainResult(model.eval(), pd.DataFrame(), -1, "diverged")
+        if good:
+            err.result.stop_reason = "diverged"
+        raise err
+
+    monkeypatch.setattr(search_module, "train", flaky_train)
+    result = random_search(ds, 3, model_sizes=TINY, train_config=FAST, seed=5, progress=True)
+    table = result.table
+    assert list(table["stop_reason"].values) == ["diverged", "diverged", "max_epochs"]
+    assert table["best_epoch"].values[0] == 0 and np.isfinite(table["rate_r2"].values[0])
+    assert table["best_epoch"].values[1] == -1 and np.isnan(table[["valid_nll", "rate_r2"]].to_array()[:, 1]).all()
+    assert np.isfinite(table["valid_nll"].values[2])
