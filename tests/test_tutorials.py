@@ -30,6 +30,10 @@ CI_PARAMETERS = {
                              "gen_dim": 16, "ic_enc_dim": 16, "ic_dim": 8, "fac_dim": 6,
                              "co_dim": 1, "ci_enc_dim": 8, "con_dim": 8,
                              "n_posterior_samples": 2, "output_path": "rates_ci.nc"},
+    "04_autolfads_pbt.ipynb": {"n_conditions": 6, "trials_per_condition": 3, "population": 2, "burn_in_epochs": 1,
+                               "generation_epochs": 1, "max_generations": 1, "batch_size": 8, "ic_enc_dim": 6,
+                               "ic_dim": 4, "gen_dim": 8, "fac_dim": 3, "co_dim": 1, "ci_enc_dim": 4, "con_dim": 4,
+                               "n_posterior_samples": 2, "output_path": "pbt_ci.nc"},
 }
 
 NBVAL_CHECKED = {"01_synthetic_data.ipynb"}
