@@ -1,17 +1,16 @@
 """Ray Tune backend: a tiny population on a local Ray instance (2 CPUs), end to end."""
 import numpy as np
 import pytest
+import ray  # the test extra installs it: CI runs this file, never skips it
 import torch
 
-ray = pytest.importorskip("ray", reason="the Ray backend needs the 'ray' extra")
-
-import lfads_nb  # noqa: E402
-from data_generators import chaotic_rnn  # noqa: E402
-from lfads_nb import plots  # noqa: E402
-from lfads_nb.errors import ConfigError  # noqa: E402
-from lfads_nb.pbt import PBTConfig  # noqa: E402
-from lfads_nb.ray_backend import _Explore, ray_pbt  # noqa: E402
-from lfads_nb.search import DEFAULT_SPACE  # noqa: E402
+import lfads_nb
+from data_generators import chaotic_rnn
+from lfads_nb import plots
+from lfads_nb.errors import ConfigError
+from lfads_nb.pbt import PBTConfig
+from lfads_nb.ray_backend import _Explore, ray_pbt
+from lfads_nb.search import DEFAULT_SPACE
 
 torch.set_num_threads(1)
 SIZES = dict(ic_enc_dim=6, ci_enc_dim=5, con_dim=7, ic_dim=4, gen_dim=8, fac_dim=3, co_dim=0)
