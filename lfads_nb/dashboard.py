@@ -342,7 +342,42 @@ class TextProgress(Progress):
 # Live dashboard (JupyterLab)
 # ---------------------------------------------------------------------------------------------
 
-class LiveDashboard(Progress):
+class _StopButton:
+    """A Stop button whose click reaches a loop running in the same cell.
+
+    ``stop_requested`` processes pending widget messages (at most every ``poll_interval``
+    seconds), as the module docstring explains, so the click is seen while the cell runs.
+    """
+
+    poll_interval = 0.2  # seconds between looks for a click
+
+    def _make_stop_button(self, tooltip: str) -> None:
+        import ipywidgets as widgets
+
+        self.button = widgets.Button(description="Stop", icon="stop", button_style="danger", tooltip=tooltip)
+        self.button.on_click(self._on_stop)
+        self._stop = False
+        self._last_poll = -math.inf
+
+    def _on_stop(self, _button) -> None:
+        self._stop = True
+        self.button.disabled = True
+        self.button.description = "Stopping"
+
+    @property
+    def stop_requested(self) -> bool:
+        now = time.monotonic()
+        if not self._stop and now - self._last_poll >= self.poll_interval:
+            self._last_poll = now
+            handle_widget_messages()
+        return self._stop
+
+    def _finish_button(self) -> None:
+        self.button.disabled = True
+        self.button.description = "Stopped" if self._stop else "Done"
+
+
+class LiveDashboard(_StopButton, Progress):
     """Widgets that update while training runs: status line and Stop button, training curves,
     and one example trial's rates (first ``example_neurons`` neurons of the example).
 
@@ -350,8 +385,6 @@ class LiveDashboard(Progress):
     points per trace. ``self.widget`` is the whole dashboard (displayed by :meth:`start` when
     running in a Jupyter kernel).
     """
-
-    poll_interval = 0.2  # seconds between looks for a click while training runs
 
     def __init__(self, example_neurons: int = 3, max_points: int = 1000) -> None:
         import ipywidgets as widgets
@@ -366,17 +399,8 @@ class LiveDashboard(Progress):
         self.curves = curves_figure(widget=True)
         self.example = example_figure(example_neurons, widget=True)
         self.status = widgets.HTML("waiting for the first epoch")
-        self.button = widgets.Button(description="Stop", icon="stop", button_style="danger",
-                                     tooltip="End training after this batch; the best checkpoint is kept")
-        self.button.on_click(self._on_stop)
+        self._make_stop_button("End training after this batch; the best checkpoint is kept")
         self.widget = widgets.VBox([widgets.HBox([self.button, self.status]), self.curves, self.example])
-        self._stop = False
-        self._last_poll = -math.inf
-
-    def _on_stop(self, _button) -> None:
-        self._stop = True
-        self.button.disabled = True
-        self.button.description = "Stopping"
 
     def start(self, max_epochs: int) -> None:
         from IPython.display import display
@@ -403,14 +427,6 @@ class LiveDashboard(Progress):
             text += f" · best valid {best[0]:.4g} (epoch {best[1] + 1})"
         return f"<code>{html.escape(text)}</code>"
 
-    @property
-    def stop_requested(self) -> bool:
-        now = time.monotonic()
-        if not self._stop and now - self._last_poll >= self.poll_interval:
-            self._last_poll = now
-            handle_widget_messages()
-        return self._stop
-
     def finish(self, history, message: str) -> None:
         if len(history):  # the whole run, including epochs from before a resume
             with self.curves.batch_update():
@@ -418,8 +434,7 @@ class LiveDashboard(Progress):
                            self.max_points)
         last = f"{self.summary(self.rows[-1], sep=' · ')} · " if self.rows else ""
         self.status.value = self._status_html(f"{last}{message}")
-        self.button.disabled = True
-        self.button.description = "Stopped" if self._stop else "Done"
+        self._finish_button()
 
 
 def _columns(rows: Sequence[Mapping[str, float]]) -> dict[str, np.ndarray]:
@@ -608,7 +623,7 @@ class PBTTextProgress(PBTProgress):
                 display(self.figure)
 
 
-class PBTLiveDashboard(PBTProgress):
+class PBTLiveDashboard(_StopButton, PBTProgress):
     """Widgets that update while PBT runs: a status line and Stop button, every member's fitness
     after every epoch (dotted lines mark generation ends), and after every generation the
     hyperparameter trajectories and the lineage (``lfads_nb.plots.pbt_hyperparameters`` /
@@ -619,8 +634,6 @@ class PBTLiveDashboard(PBTProgress):
     records and saves it and returns the best member so far.
     """
 
-    poll_interval = 0.2  # seconds between looks for a click while PBT runs
-
     def __init__(self, max_points: int = 500) -> None:
         import ipywidgets as widgets
 
@@ -629,10 +642,8 @@ class PBTLiveDashboard(PBTProgress):
             raise ConfigError(f"PBTLiveDashboard(max_points={max_points}): keep at least 2 points per curve.")
         self.max_points = max_points
         self.status = widgets.HTML("waiting for the first epoch")
-        self.button = widgets.Button(description="Stop", icon="stop", button_style="danger",
-                                     tooltip="End PBT after this training step: the generation is saved, "
-                                             "the best member so far is returned")
-        self.button.on_click(self._on_stop)
+        self._make_stop_button("End PBT after this training step: the generation is saved, "
+                               "the best member so far is returned")
         self.fitness = go.FigureWidget(layout=dict(
             height=320, margin=dict(l=60, r=20, t=40, b=40), template="plotly_white",
             title=dict(text="fitness per member (smoothed validation NLL, lower is better)", font=dict(size=13)),
@@ -641,13 +652,6 @@ class PBTLiveDashboard(PBTProgress):
         self.widget = widgets.VBox([widgets.HBox([self.button, self.status]), self.fitness, self.generations])
         self.epochs: list[int] = []
         self.values: list[np.ndarray] = []  # fitness per member, one array per epoch
-        self._stop = False
-        self._last_poll = -math.inf
-
-    def _on_stop(self, _button) -> None:
-        self._stop = True
-        self.button.disabled = True
-        self.button.description = "Stopping"
 
     def epoch(self, generation: int, epoch: int, metrics: Mapping[str, np.ndarray]) -> None:
         if self.started is None and _kernel() is not None:  # widgets render only in a kernel
@@ -682,18 +686,9 @@ class PBTLiveDashboard(PBTProgress):
                                      go.FigureWidget(pbt_lineage(history))]
         self.status.value = self._status_html(_best_line(history))
 
-    @property
-    def stop_requested(self) -> bool:
-        now = time.monotonic()
-        if not self._stop and now - self._last_poll >= self.poll_interval:
-            self._last_poll = now
-            handle_widget_messages()
-        return self._stop
-
     def finish(self, history, message: str) -> None:
         self.status.value = self._status_html(message)
-        self.button.disabled = True
-        self.button.description = "Stopped" if self._stop else "Done"
+        self._finish_button()
 
 
 def _choose_live(live: bool | None) -> bool:
