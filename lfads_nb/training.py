@@ -144,13 +144,15 @@ def _to_tensors(ds: xr.Dataset, config: TrainConfig) -> _Tensors:
     )
 
 
-def build_model(ds: xr.Dataset, **sizes) -> LFADS:
+def build_model(ds: xr.Dataset, train_config: TrainConfig | None = None, **sizes) -> LFADS:
     """An LFADS sized for ``ds``: ``sizes`` are LFADSConfig fields (gen_dim, co_dim, ...).
 
     The observation readout's bias starts at the data (``ObservationModel.init_from_data`` on
     the 'train' trials, or all trials if none is labelled 'train'): for Poisson, each neuron's
     log mean count per bin. This removes an initial plateau where the model only learns the
     mean rates (on the chaotic RNN benchmark, valid rate R^2 0.51 instead of 0.26 at epoch 10).
+    Pass the ``train_config`` you will train with when it uses sample validation: the entries it
+    holds out are then left out of this start too, so they never influence the model.
     """
     validate(ds)
     for name in ("n_neurons", "encod_dim", "ext_input_dim"):
@@ -163,9 +165,11 @@ def build_model(ds: xr.Dataset, **sizes) -> LFADS:
         **sizes,
     )
     model = LFADS(config)
+    spikes = ds["spikes"].values.astype(np.float64)
+    if train_config is not None and train_config.sv_fraction > 0:
+        spikes[~_sv_keep_mask(ds, train_config.sv_fraction, train_config.sv_seed)] = np.nan  # NaN: not used
     is_train = ds["split"].values.astype(str) == "train"
-    spikes = ds["spikes"].values[is_train] if is_train.any() else ds["spikes"].values
-    model.observation.init_from_data(torch.as_tensor(spikes.astype(np.float64)))
+    model.observation.init_from_data(torch.as_tensor(spikes[is_train] if is_train.any() else spikes))
     return model
 
 
