@@ -314,7 +314,7 @@ def random_search(
         start = time.perf_counter()
         torch.manual_seed(model_seed)  # the weight initialisation
         try:
-            result = train(build_model(ds, **sizes), ds, config, progress=Progress())
+            result = train(build_model(ds, config, **sizes), ds, config, progress=Progress())
         except TrainingDiverged as err:  # one bad point must not end the search: keep its best epoch
             result = err.result
         seconds = time.perf_counter() - start
