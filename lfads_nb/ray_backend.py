@@ -29,7 +29,9 @@ The pieces, in the order a run uses them:
 
 On a cluster: start Ray there (``ray start --head`` / ``ray up``), call
 ``ray.init(address="auto")`` (or pass ``address``) before ``ray_pbt``, and give a
-``storage_path`` every node can reach (a shared file system or ``s3://...``).
+``storage_path`` on a file system every node shares. Each trial also appends one JSON line per
+generation to ``<storage_path>/<name>/generation_rows/``: the history is read from there, since
+Tune's own result files can lose rows when PBT restarts a trial from another's checkpoint.
 """
 from __future__ import annotations
 
@@ -115,6 +117,9 @@ def _trial(config: dict, *, ds: xr.Dataset, settings: dict) -> None:
             row.update({f"{name}_{j}": float(population.hps[name][j]) for name in names})
             row.update({f"{key}_{j}": float(values[j]) for key, values in metrics.items()})
         generation += 1
+        # Named by trial id: an exploit copies the whole config, "index" included, into the clone.
+        with open(Path(settings["row_log"]) / f"{trial_id}.jsonl", "a") as log:
+            log.write(json.dumps({**row, "trial_id": trial_id}) + "\n")
         with tempfile.TemporaryDirectory() as folder:
             torch.save({"population": population.state_dict(), "epoch": epoch, "generation": generation,
                         "smoothed": smoothed, "trial_id": trial_id, "decisions": decisions.get_state()},
@@ -174,8 +179,9 @@ def ray_pbt(
     Settings as :func:`lfads_nb.pbt.pbt` (``pbt_config.exploit`` is Tune's truncation with
     ``truncation_fraction``; the plateau rule is not used). ``cpus_per_trial`` /
     ``gpus_per_trial``: resources Tune reserves per trial (torch uses ``cpus_per_trial``
-    threads; with GPUs set ``train_config.device='cuda'``). ``storage_path``: where Tune keeps
-    results and checkpoints (default ``~/ray_results``; on a cluster a path all nodes reach).
+    threads; with GPUs set ``train_config.device='cuda'``). ``storage_path``: the folder where
+    Tune keeps results and checkpoints and the trials log their generations (default: a new
+    temporary folder, fine on one machine; on a cluster a shared path all nodes reach).
     Uses the running Ray instance, or starts a local one.
     """
     ray, tune = _tune()
@@ -197,6 +203,14 @@ def ray_pbt(
     if not (ds["split"].values.astype(str) == "valid").any():
         raise DataError("The dataset has no validation trials (split == 'valid'); PBT judges members by their "
                         "validation loss. Label about 20 % of trials 'valid'.")
+    if storage_path is not None and "://" in str(storage_path):
+        raise ConfigError(f"storage_path={storage_path!r}: give a folder on a file system every node shares; "
+                          "the trials log each generation there as files.")
+    storage = Path(storage_path) if storage_path is not None else Path(tempfile.mkdtemp(prefix="lfads_pbt_"))
+    row_log = storage.resolve() / name / "generation_rows"
+    row_log.mkdir(parents=True, exist_ok=True)
+    for old in row_log.glob("*.jsonl"):  # a new run of the same name starts a new log
+        old.unlink()
     model_config = build_model(ds, **dict(model_sizes or {})).config
     initial = _initial_hparams(space, pc.population, pc.seed)
     configs = [{"index": t, "members": {str(j): {n: initial[n][t * members_per_trial + j] for n in space}
@@ -205,7 +219,7 @@ def ray_pbt(
                 "space": {n: dataclasses.asdict(hp) for n, hp in space.items()}, "members_per_trial": members_per_trial,
                 "seed": pc.seed, "metric": pc.metric, "threads": max(1, int(cpus_per_trial)),
                 "burn_in": pc.burn_in_epochs or max(tc.kl_ramp_epochs, tc.l2_ramp_epochs, 1),
-                "generation_epochs": pc.generation_epochs}
+                "generation_epochs": pc.generation_epochs, "row_log": str(row_log)}
 
     if not ray.is_initialized():
         ray.init()
@@ -220,7 +234,7 @@ def ray_pbt(
                      "members": tune.sample_from(lambda spec: configs[spec.config.index]["members"])},
         tune_config=tune.TuneConfig(scheduler=scheduler, metric="fitness", mode="min"),
         run_config=tune.RunConfig(
-            name=name, storage_path=None if storage_path is None else str(storage_path), verbose=verbose,
+            name=name, storage_path=str(storage.resolve()), verbose=verbose,
             stop={"generations_done": 1 + pc.max_generations},
             checkpoint_config=tune.CheckpointConfig(checkpoint_score_attribute="fitness", checkpoint_score_order="min")),
     )
@@ -233,19 +247,22 @@ def ray_pbt(
     return RayPBTResult(model, hparams, history, best_generation, results)
 
 
-def _trial_rows(results) -> list[dict[int, dict]]:
-    """Per trial (in the grid's order): generation -> its last reported row."""
+def _trial_rows(row_log: Path) -> list[dict[int, dict]]:
+    """Per trial, in trial-id order (Tune's grid order): generation -> the last row it logged."""
     out = []
-    for result in results:
-        frame = result.metrics_dataframe
-        out.append({int(g): row for g, row in frame.groupby("generation").tail(1).set_index("generation").iterrows()})
+    for path in sorted(row_log.glob("*.jsonl")):
+        rows = {}
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            rows[int(row["generation"])] = row  # a restarted trial may log a generation again: the last counts
+        out.append(rows)
     return out
 
 
 def _history(results, space: SearchSpace, k: int, settings: dict) -> xr.Dataset:
     """The run as ``pbt``'s history: dims (generation, member), member = trial * k + slot."""
-    rows = _trial_rows(results)
-    ids = [result.metrics["trial_id"] for result in results]
+    rows = _trial_rows(Path(settings["row_log"]))
+    ids = [r[0]["trial_id"] for r in rows]
     n_gen = min(len(r) for r in rows)
     P = len(rows) * k
 
@@ -254,7 +271,7 @@ def _history(results, space: SearchSpace, k: int, settings: dict) -> xr.Dataset:
 
     parent = np.array([[ids.index(rows[t][g]["origin"]) * k + j for t in range(len(rows)) for j in range(k)]
                        for g in range(n_gen)])
-    metrics = [c[:-2] for c in rows[0][0].index if c.endswith("_0") and c[:-2] not in space and c[:-2] != "fitness"]
+    metrics = [c[:-2] for c in rows[0][0] if c.endswith("_0") and c[:-2] not in space and c[:-2] != "fitness"]
     data = {name: (("generation", "member"), grid(name)) for name in ["fitness", *metrics, *space]}
     data["parent"] = (("generation", "member"), parent)
     data["end_epoch"] = ("generation", np.array([rows[0][g]["end_epoch"] for g in range(n_gen)]))
