@@ -40,7 +40,7 @@ from torch.func import functional_call, vmap
 
 from .errors import ConfigError, DataError
 from .model import LFADS, LFADSConfig, LFADSOutput, clipped_gru_scan, gru_step
-from .training import TrainConfig, _Tensors
+from .training import TrainConfig, _Tensors, _validation_batches
 
 # Hyperparameters a member can hold on its own, as (P,) tensors. The rest of TrainConfig /
 # LFADSConfig is shared by the whole population.
@@ -508,17 +508,10 @@ class Population:
         and, with sample validation, ``valid_sv_nll`` on the held-out ones (as ``training``)."""
         P, sv = self.size, self.train_config.sv_fraction
         sums = torch.zeros(4, P, dtype=self.hps["lr"].dtype, device=self.device)
-        for start in range(0, len(idx), batch_size):
-            b = idx[start:start + batch_size]
-            raw = tensors.spikes[b]
-            observed = ~torch.isnan(raw)
-            x = raw.nan_to_num(0.0)
-            sv_keep = tensors.sv_keep[b]
-            enc = (x * sv_keep / (1.0 - sv))[..., tensors.heldin].to(sums.dtype)
-            ext = None if tensors.ext_input is None else tensors.ext_input[b].to(sums.dtype)
-            out = self.model(enc.expand(P, -1, -1, -1), ext)
+        for enc, ext, x, seen, held in _validation_batches(tensors, idx, sv, batch_size):
+            ext = None if ext is None else ext.to(sums.dtype)
+            out = self.model(enc.to(sums.dtype).expand(P, -1, -1, -1), ext)
             nll = self.model.observation_nll(out.obs_params, x.to(sums.dtype))
-            seen, held = observed & sv_keep, observed & ~sv_keep
             sums += torch.stack([(nll * seen).sum((1, 2, 3)), seen.sum().expand(P),
                                  (nll * held).sum((1, 2, 3)), held.sum().expand(P)])
         metrics = {"valid_recon": sums[0] / sums[1].clamp(min=1)}

@@ -232,11 +232,9 @@ def _batch_loss(model, tensors, idx, config, kl_ramp, l2_ramp):
     return loss, parts
 
 
-@torch.no_grad()
-def _validation_metrics(model, tensors, idx, config, batch_size) -> dict[str, float]:
-    """Validation NLL per entry on the visible entries and, with SV, on the held-out ones."""
-    model.eval()
-    sums = {"recon": 0.0, "recon_n": 0.0, "sv": 0.0, "sv_n": 0.0}
+def _validation_batches(tensors, idx, sv_fraction: float, batch_size: int):
+    """Validation batches of ``idx``: (encoder input, ext input or None, target counts,
+    entries seen by the encoder, entries held out for sample validation), NaN entries in neither."""
     for start in range(0, len(idx), batch_size):
         b = idx[start:start + batch_size]
         raw = tensors.spikes[b]
@@ -244,9 +242,18 @@ def _validation_metrics(model, tensors, idx, config, batch_size) -> dict[str, fl
         x = raw.nan_to_num(0.0)
         sv_keep = tensors.sv_keep[b]
         ext = None if tensors.ext_input is None else tensors.ext_input[b]
-        out = model(_encoder_input(x, sv_keep, 1.0 - config.sv_fraction, tensors.heldin), ext, sample=False)
+        yield (_encoder_input(x, sv_keep, 1.0 - sv_fraction, tensors.heldin), ext, x,
+               observed & sv_keep, observed & ~sv_keep)
+
+
+@torch.no_grad()
+def _validation_metrics(model, tensors, idx, config, batch_size) -> dict[str, float]:
+    """Validation NLL per entry on the visible entries and, with SV, on the held-out ones."""
+    model.eval()
+    sums = {"recon": 0.0, "recon_n": 0.0, "sv": 0.0, "sv_n": 0.0}
+    for encoder_input, ext, x, seen, held in _validation_batches(tensors, idx, config.sv_fraction, batch_size):
+        out = model(encoder_input, ext, sample=False)
         nll = model.observation.nll(out.obs_params, x)
-        seen, held = observed & sv_keep, observed & ~sv_keep
         sums["recon"] += float((nll * seen).sum())
         sums["recon_n"] += float(seen.sum())
         sums["sv"] += float((nll * held).sum())
