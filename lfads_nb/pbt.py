@@ -31,7 +31,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +44,7 @@ from .errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from .model import LFADS, LFADSConfig
 from .population import MEMBER_HPS, Population
 from .search import DEFAULT_SPACE, SearchSpace
-from .training import TrainConfig, _ramp, _to_tensors, build_model
+from .training import TrainConfig, _atomic_save, _ramp, _to_tensors, build_model
 
 
 @dataclass
@@ -429,12 +428,6 @@ def _best_checkpoint(state: _RunState, settings: dict) -> dict:
     train_config.pop("dropout", None)
     return {"model_config": state.best_member["config"], "model": state.best_member["state"],
             "train_config": train_config, "pbt_generation": state.best_generation}
-
-
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def _restore(path: Path, settings: dict, population: Population, decisions: torch.Generator) -> _RunState:
