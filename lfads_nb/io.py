@@ -138,6 +138,12 @@ def save(ds: xr.Dataset, path) -> Path:
     return _atomic_write(path, write)
 
 
+def _as_unicode(var: xr.DataArray) -> xr.DataArray:
+    """A string variable as numpy unicode: bytes decoded as UTF-8, objects through ``str``."""
+    values = var.values
+    return var.copy(data=np.char.decode(values, "utf-8") if values.dtype.kind == "S" else values.astype(str))
+
+
 def _read_netcdf(path: Path) -> xr.Dataset:
     try:
         with xr.open_dataset(path, engine="h5netcdf") as opened:
@@ -146,8 +152,9 @@ def _read_netcdf(path: Path) -> xr.Dataset:
         raise DataError(
             f"{path} looks like netCDF but cannot be read ({error}); it may be corrupt."
         ) from error
-    # Older xarray versions decode netCDF strings as object arrays; make them numpy unicode.
-    strings = {name: ds[name].astype(str) for name in ds.variables if ds[name].dtype == object}
+    # Older xarray versions decode netCDF strings as object arrays, and fixed-width strings come
+    # back as bytes (b'valid' != 'valid'); make them all numpy unicode.
+    strings = {name: _as_unicode(ds[name]) for name in ds.variables if ds[name].dtype.kind in "OS"}
     return ds.assign_coords({n: v for n, v in strings.items() if n in ds.coords}).assign(
         {n: v for n, v in strings.items() if n in ds.data_vars}
     )

@@ -113,6 +113,17 @@ def test_netcdf_object_strings_come_back_as_unicode(tmp_path):
     assert loaded["condition"].dtype.kind == "U"
 
 
+def test_netcdf_byte_strings_come_back_as_unicode(tmp_path):
+    """Fixed-width strings (as other tools write them) decode to unicode, so split == 'valid' works."""
+    ds = dataset().assign_coords(condition=("trial", np.array(["ü", "b", "ü", "b", "ü", "b"])))
+    plain = ds.assign_coords(split=ds["split"].astype("S5"), condition=("trial", np.char.encode(ds["condition"].values)))
+    plain.to_netcdf(tmp_path / "bytes.nc", engine="h5netcdf")
+    loaded = load(tmp_path / "bytes.nc")
+    assert loaded["split"].dtype.kind == "U" and loaded["condition"].dtype.kind == "U"
+    assert (loaded["split"].values == "valid").sum() == 2
+    xr.testing.assert_identical(loaded, ds)
+
+
 def test_format_is_detected_by_content_not_extension(tmp_path):
     ds = dataset()
     save(ds, tmp_path / "really_netcdf.h5")
