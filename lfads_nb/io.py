@@ -185,7 +185,8 @@ def _read_split(f: h5py.File, split: str, path: Path) -> dict | None:
                 )
         arrays = {"encod": _read_array(f, encod_key, path), "recon": _read_array(f, recon_key, path)}
     elif f"{split}_data" in f:
-        arrays = {"encod": _read_array(f, f"{split}_data", path)}
+        encod_key = recon_key = f"{split}_data"  # messages name the key the file has
+        arrays = {"encod": _read_array(f, encod_key, path)}
         arrays["recon"] = arrays["encod"]
     else:
         return None
@@ -196,7 +197,10 @@ def _read_split(f: h5py.File, split: str, path: Path) -> dict | None:
     encod, recon = arrays["encod"], arrays["recon"]
     for key, array in ((encod_key, encod), (recon_key, recon)):
         if array.ndim != 3:
-            raise DataError(f"'{key}' in {path} has shape {array.shape}; expected (trial, time, neuron).")
+            raise DataError(
+                f"'{key}' in {path} has shape {array.shape}; expected (trial, time, neuron). "
+                "Keep the axis of a single trial or neuron when writing it, e.g. data[..., np.newaxis]."
+            )
     if recon.shape[0] == 0:
         raise DataError(f"The {split} split in {path} has zero trials; delete its keys or add trials.")
     if encod.shape[:2] != recon.shape[:2]:

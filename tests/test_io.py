@@ -480,6 +480,12 @@ def test_bad_lfads_file(tmp_path, case):
         load(path)
 
 
+def test_bad_single_array_layout_names_its_own_key(tmp_path):
+    path = write_h5(tmp_path / "l.h5", train_data=T[..., 0], valid_data=V[..., 0])
+    with pytest.raises(DataError, match=r"^'train_data' .* shape \(3, 5\).*data\[\.\.\., np.newaxis\]"):
+        load(path, bin_width=0.01)
+
+
 def test_lfads_key_that_is_a_group(tmp_path):
     path = lfads_file(tmp_path / "g.h5", attrs={"bin_width": 0.01})
     with h5py.File(path, "a") as f:
