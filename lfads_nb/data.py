@@ -102,6 +102,17 @@ def observed_variable(ds: xr.Dataset) -> str:
     return present[0]
 
 
+def _check_bin_width(bin_width) -> None:
+    """A bin width must be one positive, finite number of seconds."""
+    if isinstance(bin_width, (bool, np.bool_)) or not isinstance(bin_width, numbers.Real):
+        raise DataError(
+            f"bin_width must be a number of seconds, got {bin_width!r} ({type(bin_width).__name__}); "
+            "e.g. 0.01 for 10 ms bins."
+        )
+    if not np.isfinite(bin_width) or float(bin_width) <= 0:
+        raise DataError(f"bin_width must be a positive number of seconds, got {bin_width!r}.")
+
+
 def validate(ds: xr.Dataset, *, require_train: bool = False) -> xr.Dataset:
     """Check that ``ds`` follows the lfads_nb data model and return it unchanged.
 
@@ -129,19 +140,12 @@ def validate(ds: xr.Dataset, *, require_train: bool = False) -> xr.Dataset:
         raise DataError("The dataset has zero time bins; it needs at least one.")
     OBSERVED_KINDS[name](observed.values, name)
 
-    bin_width = ds.attrs.get("bin_width")
-    if bin_width is None:
+    if ds.attrs.get("bin_width") is None:
         raise DataError(
             "The dataset has no 'bin_width' attribute; set it in seconds, "
             "e.g. ds.attrs['bin_width'] = 0.01 for 10 ms bins."
         )
-    if isinstance(bin_width, (bool, np.bool_)) or not isinstance(bin_width, numbers.Real):
-        raise DataError(
-            f"bin_width must be a number of seconds, got {bin_width!r} ({type(bin_width).__name__}); "
-            "set e.g. ds.attrs['bin_width'] = 0.01."
-        )
-    if not np.isfinite(bin_width) or float(bin_width) <= 0:
-        raise DataError(f"bin_width must be a positive number of seconds, got {bin_width!r}.")
+    _check_bin_width(ds.attrs["bin_width"])
 
     for coord in ("time", "split"):
         if coord not in ds.coords:
@@ -199,6 +203,27 @@ def split(ds: xr.Dataset, name: str) -> xr.Dataset:
     return ds.isel(trial=np.flatnonzero(ds["split"].values.astype(str) == name))
 
 
+def _as_array(values, name: str) -> np.ndarray:
+    """``values`` as a numpy array; the masked entries of a masked array become NaN."""
+    if isinstance(values, np.ma.MaskedArray) and np.ma.getmask(values).any():
+        return values.astype(float).filled(np.nan)
+    try:
+        return np.asarray(values)
+    except ValueError as error:  # ragged nested lists
+        raise DataError(
+            f"{name} is not a rectangular array ({error}); pad trials to one length "
+            "(NaN marks bins that were not observed) or cut them to the shortest."
+        ) from error
+
+
+def _per_item(values, n: int, name: str, dim: str) -> np.ndarray:
+    """``values`` as a 1-D array of one value per ``dim``, ``n`` in all."""
+    values = _as_array(values, name)
+    if values.shape != (n,):
+        raise DataError(f"{name} needs one value per {dim}, i.e. shape ({n},); got shape {values.shape}.")
+    return values
+
+
 def make_dataset(
     spikes: np.ndarray,
     bin_width: float,
@@ -211,27 +236,42 @@ def make_dataset(
 ) -> xr.Dataset:
     """Assemble a validated Dataset from numpy arrays.
 
-    ``spikes``: counts, shape (trial, time, neuron). ``bin_width``: seconds.
-    ``split_labels``: one of 'train'/'valid'/'test' per trial. ``truth``: optional
-    arrays named as in ``TRUTH_VARIABLES`` (``rates_true`` in Hz).
+    ``spikes``: counts, shape (trial, time, neuron) (a DataArray with these dims in another
+    order is transposed); the masked entries of a masked array become NaN (not observed).
+    ``bin_width``: seconds. ``split_labels``: one of 'train'/'valid'/'test' per trial.
+    ``truth``: optional arrays named as in ``TRUTH_VARIABLES`` (``rates_true`` in Hz).
+    Arguments of the wrong type or shape raise :class:`DataError`.
     """
-    spikes = np.asarray(spikes)
+    if isinstance(spikes, xr.DataArray) and set(spikes.dims) == set(DIMS):
+        spikes = spikes.transpose(*DIMS)  # named dims in another order are reordered, not misread
+    spikes = _as_array(spikes, "spikes")
     if spikes.ndim != 3:
         raise DataError(f"spikes must be 3-D (trial, time, neuron), got shape {spikes.shape}.")
+    _check_bin_width(bin_width)
     n_trials, n_time, n_neurons = spikes.shape
+    trial_ids = np.arange(n_trials) if trial_ids is None else trial_ids
+    neuron_ids = np.arange(n_neurons) if neuron_ids is None else neuron_ids
     coords = {
-        "trial": np.arange(n_trials) if trial_ids is None else np.asarray(trial_ids),
+        "trial": _per_item(trial_ids, n_trials, "trial_ids", "trial"),
         "time": (np.arange(n_time) + 0.5) * bin_width,
-        "neuron": np.arange(n_neurons) if neuron_ids is None else np.asarray(neuron_ids),
-        "split": ("trial", np.asarray(split_labels).astype(str)),
+        "neuron": _per_item(neuron_ids, n_neurons, "neuron_ids", "neuron"),
+        "split": ("trial", _per_item(split_labels, n_trials, "split_labels", "trial").astype(str)),
     }
     if condition is not None:
-        coords["condition"] = ("trial", np.asarray(condition))
+        coords["condition"] = ("trial", _per_item(condition, n_trials, "condition", "trial"))
     data_vars = {"spikes": (DIMS, spikes)}
     for var, values in truth.items():
         if var not in TRUTH_VARIABLES:
             raise DataError(f"Unknown ground-truth variable {var!r}; known: {sorted(TRUTH_VARIABLES)}.")
-        data_vars[var] = (("trial", "time", TRUTH_VARIABLES[var]), np.asarray(values))
+        values = _as_array(values, var)
+        last = n_neurons if var == "rates_true" else TRUTH_VARIABLES[var]
+        wrong_last = var == "rates_true" and values.shape[-1:] != (n_neurons,)
+        if values.ndim != 3 or values.shape[:2] != (n_trials, n_time) or wrong_last:
+            raise DataError(
+                f"{var} has shape {values.shape}; expected ({n_trials}, {n_time}, {last}) "
+                "to match spikes (trial, time, ...)."
+            )
+        data_vars[var] = (("trial", "time", TRUTH_VARIABLES[var]), values)
     ds = xr.Dataset(data_vars, coords=coords, attrs={"bin_width": float(bin_width)})
     ds["time"].attrs["units"] = "s"
     if "rates_true" in ds:

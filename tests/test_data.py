@@ -198,3 +198,40 @@ def test_rates_dataset_is_valid_but_cannot_be_trained_on():
     negative = rates.assign(rates=-rates["rates"] - 1)
     with pytest.raises(DataError, match="negative rates"):
         validate(negative)
+
+
+COUNTS = np.random.default_rng(2).poisson(2.0, size=(4, 5, 3))
+BAD_MAKE_DATASET = {
+    "ragged trials": (dict(spikes=[[[1, 2]], [[1]]], split_labels=["train", "valid"]), "not a rectangular array.*pad"),
+    "bin_width None": (dict(bin_width=None), r"bin_width must be a number of seconds, got None"),
+    "bin_width string": (dict(bin_width="0.01"), "bin_width must be a number of seconds"),
+    "bin_width zero": (dict(bin_width=0), "bin_width must be a positive number"),
+    "one split label for all": (dict(split_labels="train"), r"split_labels needs one value per trial, i.e. shape \(4,\)"),
+    "too few split labels": (dict(split_labels=["train"] * 3), r"split_labels .* got shape \(3,\)"),
+    "condition length": (dict(condition=[1, 2]), r"condition needs one value per trial"),
+    "trial_ids length": (dict(trial_ids=[1, 2]), r"trial_ids needs one value per trial"),
+    "neuron_ids length": (dict(neuron_ids=[1]), r"neuron_ids needs one value per neuron, i.e. shape \(3,\)"),
+    "rates_true neurons": (dict(rates_true=np.ones((4, 5, 2))), r"rates_true has shape \(4, 5, 2\); expected \(4, 5, 3\)"),
+    "behavior time": (dict(behavior=np.ones((4, 6, 2))), r"behavior has shape \(4, 6, 2\); expected \(4, 5, behavior_dim\)"),
+    "ext_input 2-D": (dict(ext_input=np.ones((4, 5))), r"ext_input has shape \(4, 5\)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_MAKE_DATASET))
+def test_make_dataset_names_bad_arguments(case):
+    overrides, phrase = BAD_MAKE_DATASET[case]
+    kwargs = {"spikes": COUNTS, "bin_width": 0.01, "split_labels": SPLIT_LABELS, **overrides}
+    with pytest.raises(DataError, match=phrase):
+        make_dataset(kwargs.pop("spikes"), kwargs.pop("bin_width"), **kwargs)
+
+
+def test_make_dataset_masked_entries_are_not_observed():
+    ds = make_dataset(np.ma.masked_equal(COUNTS, 0), 0.01, split_labels=SPLIT_LABELS)
+    np.testing.assert_array_equal(np.isnan(ds["spikes"].values), COUNTS == 0)
+    np.testing.assert_array_equal(ds["spikes"].fillna(0).values, COUNTS)
+
+
+def test_make_dataset_reorders_a_data_array_by_its_dim_names():
+    da = xr.DataArray(COUNTS, dims=("trial", "time", "neuron")).transpose("neuron", "trial", "time")
+    ds = make_dataset(da, 0.01, split_labels=SPLIT_LABELS)
+    np.testing.assert_array_equal(ds["spikes"].values, COUNTS)
