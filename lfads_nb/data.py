@@ -193,6 +193,13 @@ def validate(ds: xr.Dataset, *, require_train: bool = False) -> xr.Dataset:
         expected = ("trial", "time", last_dim)
         if da.dims != expected:
             raise DataError(f"'{var}' has dims {da.dims}; expected {expected}.")
+        if da.dtype.kind not in "biuf":
+            raise DataError(f"'{var}' has dtype {da.dtype}; it must hold numbers, e.g. ds['{var}'].astype(float).")
+    if "ext_input" in ds.data_vars and not np.isfinite(ds["ext_input"].values).all():
+        raise DataError(
+            "'ext_input' has NaN or infinite values; the generator needs every external input. "
+            "Fill them (e.g. ds['ext_input'] = ds['ext_input'].fillna(0)) or drop those trials."
+        )
     return ds
 
 

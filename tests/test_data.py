@@ -235,3 +235,13 @@ def test_make_dataset_reorders_a_data_array_by_its_dim_names():
     da = xr.DataArray(COUNTS, dims=("trial", "time", "neuron")).transpose("neuron", "trial", "time")
     ds = make_dataset(da, 0.01, split_labels=SPLIT_LABELS)
     np.testing.assert_array_equal(ds["spikes"].values, COUNTS)
+
+
+def test_ext_input_must_be_finite_numbers():
+    """NaN inputs made training diverge with advice about learning rates; strings failed in torch."""
+    def with_(var, dim, values):
+        return good().assign({var: (("trial", "time", dim), values)})
+
+    raises(with_("ext_input", "ext_input_dim", np.full((4, 5, 1), np.nan)), r"'ext_input' has NaN.*fillna\(0\)")
+    raises(with_("ext_input", "ext_input_dim", np.full((4, 5, 1), "on")), "'ext_input' has dtype <U2; it must hold numbers")
+    raises(with_("behavior", "behavior_dim", np.full((4, 5, 1), None)), "'behavior' has dtype object")
