@@ -147,6 +147,9 @@ def validate(ds: xr.Dataset, *, require_train: bool = False) -> xr.Dataset:
         )
     _check_bin_width(ds.attrs["bin_width"])
 
+    for coord in ("split", "condition", "heldout"):
+        if coord in ds.data_vars:  # e.g. ds['heldout'] = ...: it would be ignored, not used
+            raise DataError(f"'{coord}' is a data variable; make it a coordinate: ds = ds.set_coords('{coord}').")
     for coord in ("time", "split"):
         if coord not in ds.coords:
             raise DataError(

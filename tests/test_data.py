@@ -245,3 +245,13 @@ def test_ext_input_must_be_finite_numbers():
     raises(with_("ext_input", "ext_input_dim", np.full((4, 5, 1), np.nan)), r"'ext_input' has NaN.*fillna\(0\)")
     raises(with_("ext_input", "ext_input_dim", np.full((4, 5, 1), "on")), "'ext_input' has dtype <U2; it must hold numbers")
     raises(with_("behavior", "behavior_dim", np.full((4, 5, 1), None)), "'behavior' has dtype object")
+
+
+@pytest.mark.parametrize("name, dim, values", [
+    ("split", "trial", SPLIT_LABELS), ("condition", "trial", list("abab")), ("heldout", "neuron", [False, False, True]),
+])
+def test_coordinates_stored_as_data_variables_are_refused(name, dim, values):
+    """A 'heldout' data variable was silently ignored (the encoder saw every neuron)."""
+    ds = good().drop_vars(name, errors="ignore")
+    ds[name] = (dim, np.asarray(values))
+    raises(ds, rf"'{name}' is a data variable.*ds.set_coords\('{name}'\)")
