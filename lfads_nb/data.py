@@ -113,6 +113,20 @@ def _check_bin_width(bin_width) -> None:
         raise DataError(f"bin_width must be a positive number of seconds, got {bin_width!r}.")
 
 
+def _check_time(time: np.ndarray, bin_width: float) -> None:
+    """Bin centres in seconds, ``bin_width`` apart: a mismatch means one of them is in other units."""
+    fix = "Set bin centres in seconds: ds.assign_coords(time=(np.arange(T) + 0.5) * ds.attrs['bin_width'])"
+    if time.dtype.kind not in "iuf":
+        raise DataError(f"'time' has dtype {time.dtype}; it must hold bin centres in seconds. {fix}.")
+    steps = np.diff(time.astype(float))
+    if steps.size and not np.allclose(steps, bin_width, rtol=1e-2, atol=0):
+        raise DataError(
+            f"'time' steps by {steps.min():g} to {steps.max():g} but bin_width is {bin_width:g} s; consecutive "
+            f"bin centres must be bin_width apart (is one of them in ms, or are bins missing?). {fix}, or fix "
+            "ds.attrs['bin_width'] if it is the one in other units."
+        )
+
+
 def validate(ds: xr.Dataset, *, require_train: bool = False) -> xr.Dataset:
     """Check that ``ds`` follows the lfads_nb data model and return it unchanged.
 
@@ -161,6 +175,7 @@ def validate(ds: xr.Dataset, *, require_train: bool = False) -> xr.Dataset:
                     f"with labels from {SPLITS}."
                 )
             )
+    _check_time(ds["time"].values, float(ds.attrs["bin_width"]))
     if ds["split"].dims != ("trial",):
         raise DataError(f"'split' must have dims ('trial',), got {ds['split'].dims}.")
     labels = set(np.unique(ds["split"].values.astype(str)))

@@ -255,3 +255,21 @@ def test_coordinates_stored_as_data_variables_are_refused(name, dim, values):
     ds = good().drop_vars(name, errors="ignore")
     ds[name] = (dim, np.asarray(values))
     raises(ds, rf"'{name}' is a data variable.*ds.set_coords\('{name}'\)")
+
+
+@pytest.mark.parametrize("time, bin_width, phrase", [
+    ((np.arange(5) + 0.5) * 0.01, 10, r"'time' steps by 0.01 to 0.01 but bin_width is 10 s.*in ms"),
+    ((np.arange(5) + 0.5) * 10.0, 0.01, "'time' steps by 10 to 10"),
+    (np.array([0.005, 0.015, 0.035, 0.045, 0.055]), 0.01, r"steps by 0.01 to 0.02.*bins missing"),
+    (np.array(list("abcde")), 0.01, r"'time' has dtype <U1.*assign_coords\(time="),
+])
+def test_time_must_step_by_bin_width(time, bin_width, phrase):
+    """bin_width in ms (10 for 10 ms bins) silently gave rates 1000 times too small."""
+    ds = good().assign_coords(time=time)
+    ds.attrs["bin_width"] = bin_width
+    raises(ds, phrase)
+
+
+def test_time_may_be_offset_and_float32():
+    ds = good()
+    assert validate(ds.assign_coords(time=(ds["time"] - 0.02).astype(np.float32))) is not None
