@@ -117,7 +117,7 @@ def _check_time(time: np.ndarray, bin_width: float) -> None:
     """Bin centres in seconds, ``bin_width`` apart: a mismatch means one of them is in other units."""
     fix = "Set bin centres in seconds: ds.assign_coords(time=(np.arange(T) + 0.5) * ds.attrs['bin_width'])"
     if time.dtype.kind not in "iuf":
-        raise DataError(f"'time' has dtype {time.dtype}; it must hold bin centres in seconds. {fix}.")
+        raise DataError(f"'time' has dtype {time.dtype}; it must hold numbers. {fix}.")
     steps = np.diff(time.astype(float))
     if steps.size and not np.allclose(steps, bin_width, rtol=1e-2, atol=0):
         raise DataError(
