@@ -310,7 +310,10 @@ def _read_lfads(f: h5py.File, path: Path, bin_width) -> xr.Dataset:
                 f"'{first_name}_ext_input' has {first['ext_input'].shape[2]}; all splits need the same."
             )
 
-    width = _bin_width(f.attrs.get("bin_width"), bin_width, path)
+    stored = f.attrs.get("bin_width")
+    if isinstance(stored, np.ndarray) and stored.shape == (1,):  # some writers store a scalar so
+        stored = stored[0]
+    width = _bin_width(stored, bin_width, path)
     spikes = np.concatenate([a["recon"] for a in splits.values()])
     labels = np.concatenate([[s] * len(a["recon"]) for s, a in splits.items()])
     truth = {}

@@ -404,6 +404,11 @@ def test_lfads_bad_bin_width_argument(tmp_path, bin_width):
         load(lfads_file(tmp_path / "l.h5"), bin_width=bin_width)
 
 
+def test_lfads_bin_width_stored_as_a_one_element_array(tmp_path):
+    path = lfads_file(tmp_path / "l.h5", attrs={"bin_width": np.array([0.004])})
+    assert load(path).attrs["bin_width"] == 0.004
+
+
 def test_lfads_bad_stored_bin_width(tmp_path):
     with pytest.raises(DataError, match="bin_width stored in .* must be a positive number"):
         load(lfads_file(tmp_path / "l.h5", attrs={"bin_width": -1.0}))
