@@ -198,6 +198,11 @@ def validate(ds: xr.Dataset, *, require_train: bool = False) -> xr.Dataset:
         raise DataError(f"'condition' must have dims ('trial',), got {ds['condition'].dims}.")
     if len(np.unique(ds["trial"].values)) != ds.sizes["trial"]:
         raise DataError("Trial ids repeat; give every trial its own id, e.g. ds.assign_coords(trial=np.arange(n)).")
+    if len(np.unique(ds["neuron"].values)) != ds.sizes["neuron"]:
+        raise DataError(
+            "Neuron ids repeat, so selecting a neuron by id picks several; give every neuron its own id, "
+            "e.g. ds.assign_coords(neuron=np.arange(n))."
+        )
     if "heldout" in ds.coords and (ds["heldout"].dims != ("neuron",) or ds["heldout"].dtype != bool):
         raise DataError(
             "'heldout' must be a boolean per neuron (True = not seen by the encoder), "

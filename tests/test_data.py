@@ -273,3 +273,7 @@ def test_time_must_step_by_bin_width(time, bin_width, phrase):
 def test_time_may_be_offset_and_float32():
     ds = good()
     assert validate(ds.assign_coords(time=(ds["time"] - 0.02).astype(np.float32))) is not None
+
+
+def test_neuron_ids_must_not_repeat():
+    raises(good().assign_coords(neuron=[7, 7, 8]), r"Neuron ids repeat.*assign_coords\(neuron=")
