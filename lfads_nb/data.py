@@ -196,9 +196,9 @@ def validate(ds: xr.Dataset, *, require_train: bool = False) -> xr.Dataset:
         )
     if "condition" in ds.coords and ds["condition"].dims != ("trial",):
         raise DataError(f"'condition' must have dims ('trial',), got {ds['condition'].dims}.")
-    if len(np.unique(ds["trial"].values)) != ds.sizes["trial"]:
+    if len(set(ds["trial"].values.tolist())) != ds.sizes["trial"]:  # a set: ids of mixed types do not sort
         raise DataError("Trial ids repeat; give every trial its own id, e.g. ds.assign_coords(trial=np.arange(n)).")
-    if len(np.unique(ds["neuron"].values)) != ds.sizes["neuron"]:
+    if len(set(ds["neuron"].values.tolist())) != ds.sizes["neuron"]:
         raise DataError(
             "Neuron ids repeat, so selecting a neuron by id picks several; give every neuron its own id, "
             "e.g. ds.assign_coords(neuron=np.arange(n))."

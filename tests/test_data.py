@@ -277,3 +277,8 @@ def test_time_may_be_offset_and_float32():
 
 def test_neuron_ids_must_not_repeat():
     raises(good().assign_coords(neuron=[7, 7, 8]), r"Neuron ids repeat.*assign_coords\(neuron=")
+
+
+def test_ids_of_mixed_types_are_checked_without_sorting():
+    assert validate(good().assign_coords(neuron=np.array([1, "a", None], dtype=object))) is not None
+    raises(good().assign_coords(trial=np.array([1, "a", 1, None], dtype=object)), "Trial ids repeat")
