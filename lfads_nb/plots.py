@@ -110,10 +110,11 @@ def rates_heatmap(ds: xr.Dataset, trial, variable: str = "rates_true") -> go.Fig
 
 
 def latents_3d(ds: xr.Dataset, trials=None, variable: str = "latents_true",
-               color_by: str | None = "condition") -> go.Figure:
+               color_by: str | None = None) -> go.Figure:
     """3-D latent trajectories, one line per trial, coloured by a per-trial coordinate.
 
-    ``trials``: trial ids (default: the first ``MAX_TRIALS_3D``). A latent with more than 3
+    ``trials``: trial ids (default: the first ``MAX_TRIALS_3D``). ``color_by``: the name of a
+    per-trial coordinate; by default ``condition`` where the data have one, else one colour. A latent with more than 3
     dims is projected onto its top 3 principal components (over the shown trials); the
     title says so and how much variance they keep. A circle marks each trial's start.
     """
@@ -125,6 +126,8 @@ def latents_3d(ds: xr.Dataset, trials=None, variable: str = "latents_true",
     if trials is None:
         trials = ds["trial"].values[:MAX_TRIALS_3D].tolist()
     da = select_ids(da, "trial", trials, variable).transpose("trial", "time", dim)
+    if color_by is None and "condition" in ds.coords:
+        color_by = "condition"
     if color_by is not None and color_by not in ds.coords:
         raise DataError(f"color_by={color_by!r} is not a coordinate; per-trial coordinates: "
                         f"{[c for c in ds.coords if ds[c].dims == ('trial',)]}.")

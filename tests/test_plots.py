@@ -98,6 +98,13 @@ def test_latents_3d_three_dims_and_trial_selection(ds):
         plots.latents_3d(ds, color_by="monkey")
 
 
+def test_latents_3d_without_conditions_uses_one_colour(ds):
+    """Data with no 'condition' coord (e.g. an LFADS HDF5 file) plot in one colour by default."""
+    lines = [t for t in plots.latents_3d(ds.drop_vars("condition")).data if t.mode == "lines"]
+    assert len(lines) == ds.sizes["trial"] and len({t.line.color for t in lines}) == 1
+    assert sum(t.showlegend for t in lines) == 1 and lines[0].name == "trajectory"
+
+
 def test_compare_rates(ds):
     inferred = metrics.smooth_spikes(ds["spikes"], BIN, 0.03)
     fig = plots.compare_rates(inferred, ds, 102, neurons=[1, 3])
