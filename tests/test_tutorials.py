@@ -14,8 +14,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
+import numpy as np
 import papermill
 import pytest
+
+import lfads_nb
 
 from lfads_nb.tutorials import execute, tutorial_paths
 
@@ -115,3 +119,37 @@ def test_runs_under_papermill(notebook, monkeypatch):
             cwd=out_dir, capture_output=True, text=True, env=env,
         )
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+
+
+def _own_recording(path):
+    """A user's recording in the two file kinds tutorial 02 reads: no truth, no conditions."""
+    rng = np.random.default_rng(0)
+    spikes = rng.poisson(0.3, size=(30, 16, 7))
+    if path.suffix == ".nc":  # a saved Dataset with 20 ms bins
+        split = np.where(np.arange(30) % 5 == 0, "valid", "train")
+        lfads_nb.save(lfads_nb.make_dataset(spikes, 0.02, split_labels=split), path)
+    else:  # an LFADS HDF5 file as other tools write it: two arrays and nothing else
+        with h5py.File(path, "w") as f:
+            f["train_data"], f["valid_data"] = spikes[:24], spikes[24:]
+
+
+@pytest.mark.parametrize("kind", [".nc", ".h5"])
+def test_training_tutorial_as_batch_job_on_own_data(kind, tmp_path, monkeypatch):
+    """`papermill 02_train_lfads.ipynb out.ipynb -p data_path my.h5 -p output_path rates.nc` on data
+    with no truth and no conditions; the bin width comes from the file (20 ms) or the default."""
+    monkeypatch.setenv("LFADS_NB_LIVE", "0")
+    data = tmp_path / f"recording{kind}"
+    _own_recording(data)
+    params = {k: v for k, v in CI_PARAMETERS["02_train_lfads.ipynb"].items()
+              if k not in ("n_conditions", "trials_per_condition")}
+    params.update(data_path=str(data), output_path="rates.nc")
+    executed = execute(TUTORIALS[1], tmp_path / "run", params)
+    nb = json.loads(executed.read_text())
+    assert not [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    out = lfads_nb.load(tmp_path / "run" / "rates.nc")
+    bin_width = 0.02 if kind == ".nc" else 0.01
+    recording = lfads_nb.load(data, bin_width=bin_width)
+    assert out.attrs["bin_width"] == bin_width
+    assert list(out.trial.values) == list(recording.trial.values)
+    assert (out.split.values == recording.split.values).all()
+    assert out.rates.dims == ("trial", "time", "neuron") and bool((out.rates > 0).all())
