@@ -105,8 +105,10 @@ def _channel_nanmean(target: Tensor) -> Tensor:
     """Mean of each channel (last dim) over all observed (non-NaN) entries: (..., N) -> (N,)."""
     flat = target.reshape(-1, target.shape[-1]).to(torch.float64)
     observed = ~torch.isnan(flat)
-    if not observed.any(0).all():
-        raise DataError("Some channels have no observed (non-NaN) entries; cannot take their mean.")
+    unseen = ~observed.any(0)
+    if unseen.any():
+        raise DataError(f"Channels at positions {unseen.nonzero().flatten().tolist()} have no observed (non-NaN) "
+                        "entries, so their mean is undefined; drop them from the data.")
     return flat.nan_to_num(0.0).sum(0) / observed.sum(0)
 
 

@@ -158,6 +158,9 @@ def build_model(ds: xr.Dataset, train_config: TrainConfig | None = None, **sizes
     for name in ("n_neurons", "encod_dim", "ext_input_dim"):
         if name in sizes:
             raise ConfigError(f"{name} is read from the data; do not pass it to build_model.")
+    if not heldin_mask(ds).any():
+        raise DataError("Every neuron is marked held out (the 'heldout' coord), so the encoder would see "
+                        "nothing. Mark only the neurons to predict as held out, e.g. about a quarter of them.")
     config = LFADSConfig(
         n_neurons=ds.sizes["neuron"],
         encod_dim=int(heldin_mask(ds).sum()),
@@ -169,6 +172,11 @@ def build_model(ds: xr.Dataset, train_config: TrainConfig | None = None, **sizes
     if train_config is not None and train_config.sv_fraction > 0:
         spikes[~_sv_keep_mask(ds, train_config.sv_fraction, train_config.sv_seed)] = np.nan  # NaN: not used
     is_train = ds["split"].values.astype(str) == "train"
+    unseen = np.isnan(spikes[is_train] if is_train.any() else spikes).all(axis=(0, 1))
+    if unseen.any():
+        raise DataError(f"Neurons {ds['neuron'].values[unseen].tolist()} have no observed (non-NaN) entries in the "
+                        "training trials, so the model cannot learn them. Drop them, e.g. "
+                        "ds.drop_sel(neuron=[...]), or move trials where they were recorded into 'train'.")
     model.observation.init_from_data(torch.as_tensor(spikes[is_train] if is_train.any() else spikes))
     return model
 
@@ -372,6 +380,9 @@ def train(
             "The dataset has no validation trials (split == 'valid'); training needs them for the "
             "learning-rate schedule, early stopping and model selection. Label about 20 % of trials 'valid'."
         )
+    if np.isnan(ds["spikes"].values[valid_idx.numpy()].astype(float)).all():
+        raise DataError("Every entry of the validation trials is NaN (not observed), so the validation loss that "
+                        "selects the model would be meaningless. Label trials with observed entries 'valid'.")
 
     torch.manual_seed(config.seed)
     device = torch.device(config.device)

@@ -227,6 +227,20 @@ def test_bad_inputs_are_clear_errors():
         build_model(ds, n_neurons=3)
 
 
+def test_unusable_neurons_or_validation_trials_are_clear_errors():
+    ds = tiny_dataset()
+    with pytest.raises(lfads_nb.DataError, match="Every neuron is marked held out"):
+        build_model(ds.assign_coords(heldout=("neuron", np.ones(7, bool))), **TINY)
+    spikes = ds["spikes"].astype(float)
+    is_train = ds["split"] == "train"
+    never_seen = ds.assign(spikes=spikes.where(~(is_train & (ds["neuron"] == 4))))
+    with pytest.raises(lfads_nb.DataError, match=r"Neurons \[4\] have no observed"):
+        build_model(never_seen, **TINY)
+    blind_validation = ds.assign(spikes=spikes.where(is_train))
+    with pytest.raises(lfads_nb.DataError, match="Every entry of the validation trials is NaN"):
+        run(blind_validation, config())
+
+
 def test_inference_output_saves_and_loads_identically(tmp_path):
     ds = tiny_dataset()
     out = infer(run(ds, config(max_epochs=1)).model, ds)
