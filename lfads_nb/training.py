@@ -35,6 +35,7 @@ import dataclasses
 import math
 import os
 import time
+import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -372,6 +373,10 @@ def train(
     config = config or TrainConfig()
     validate(ds, require_train=True)
     _check_fits(model, ds)
+    if model.config.co_dim > 0 and config.cd_rate == 0:
+        warnings.warn("The model has a controller (co_dim > 0) but TrainConfig.cd_rate is 0, so its inferred "
+                      "inputs can copy spikes into the rates (identity overfitting, tutorial 03). Set "
+                      "TrainConfig(cd_rate=0.3), or co_dim=0 for an autonomous model.", UserWarning, stacklevel=2)
     splits = ds["split"].values.astype(str)
     train_idx = torch.as_tensor(np.flatnonzero(splits == "train"))
     valid_idx = torch.as_tensor(np.flatnonzero(splits == "valid"))

@@ -1,6 +1,8 @@
 """Training, checkpoints, resume and inference (lfads_nb.training)."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -256,3 +258,15 @@ def test_build_model_starts_the_readout_at_the_train_trials_mean_rates():
     model = build_model(ds, **TINY)
     train_mean = spikes[ds["split"].values == "train"].mean(axis=(0, 1))
     np.testing.assert_allclose(model.observation.readout.bias.detach().numpy(), np.log(train_mean), rtol=1e-6)
+
+
+def test_controller_without_coordinated_dropout_warns():
+    """A controller with cd_rate 0 can overfit by identity (tutorial 03): say so, name the fix."""
+    ds = tiny_dataset()
+    with pytest.warns(UserWarning, match=r"cd_rate=0.3"):
+        run(ds, config(max_epochs=1, cd_rate=0.0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        run(ds, config(max_epochs=1, cd_rate=0.3))
+        torch.manual_seed(0)
+        train(build_model(ds, **dict(TINY, co_dim=0)), ds, config(max_epochs=1), progress=Quiet())
