@@ -133,17 +133,17 @@ def _own_recording(path):
             f["train_data"], f["valid_data"] = spikes[:24], spikes[24:]
 
 
-@pytest.mark.parametrize("kind", [".nc", ".h5"])
-def test_training_tutorial_as_batch_job_on_own_data(kind, tmp_path, monkeypatch):
-    """`papermill 02_train_lfads.ipynb out.ipynb -p data_path my.h5 -p output_path rates.nc` on data
-    with no truth and no conditions; the bin width comes from the file (20 ms) or the default."""
+@pytest.mark.parametrize("notebook, kind", [("02_train_lfads.ipynb", ".nc"), ("02_train_lfads.ipynb", ".h5"),
+                                             ("04_autolfads_pbt.ipynb", ".nc")])
+def test_tutorial_as_batch_job_on_own_data(notebook, kind, tmp_path, monkeypatch):
+    """`papermill NN.ipynb out.ipynb -p data_path my.h5 -p output_path rates.nc` on data with no
+    truth and no conditions; the bin width comes from the file (20 ms) or the default."""
     monkeypatch.setenv("LFADS_NB_LIVE", "0")
     data = tmp_path / f"recording{kind}"
     _own_recording(data)
-    params = {k: v for k, v in CI_PARAMETERS["02_train_lfads.ipynb"].items()
-              if k not in ("n_conditions", "trials_per_condition")}
+    params = {k: v for k, v in CI_PARAMETERS[notebook].items() if k not in ("n_conditions", "trials_per_condition")}
     params.update(data_path=str(data), output_path="rates.nc")
-    executed = execute(TUTORIALS[1], tmp_path / "run", params)
+    executed = execute(ROOT / "tutorials" / notebook, tmp_path / "run", params)
     nb = json.loads(executed.read_text())
     assert not [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
     out = lfads_nb.load(tmp_path / "run" / "rates.nc")
