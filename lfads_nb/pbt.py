@@ -40,11 +40,14 @@ import torch
 import xarray as xr
 
 from .data import validate
-from .errors import CheckpointError, ConfigError, DataError, TrainingDiverged
+from .errors import CheckpointError, ConfigError, TrainingDiverged
 from .model import LFADS, LFADSConfig
 from .population import MEMBER_HPS, Population
 from .search import DEFAULT_SPACE, SearchSpace
-from .training import TrainConfig, _atomic_save, _ramp, _to_tensors, build_model
+from .training import TrainConfig, _atomic_save, _ramp, _to_tensors, build_model, train_valid_indices
+
+
+PBT_NEEDS_VALIDATION = "PBT judges members by their validation loss"
 
 
 @dataclass
@@ -260,12 +263,7 @@ def pbt(
     validate(ds, require_train=True)
     if pc.metric == "valid_sv_nll" and tc.sv_fraction == 0:
         raise ConfigError("PBTConfig.metric='valid_sv_nll' needs sample validation: set TrainConfig.sv_fraction > 0.")
-    splits = ds["split"].values.astype(str)
-    train_idx = torch.as_tensor(np.flatnonzero(splits == "train"))
-    valid_idx = torch.as_tensor(np.flatnonzero(splits == "valid"))
-    if len(valid_idx) == 0:
-        raise DataError("The dataset has no validation trials (split == 'valid'); PBT judges members by their "
-                        "validation loss. Label about 20 % of trials 'valid'.")
+    train_idx, valid_idx = train_valid_indices(ds, PBT_NEEDS_VALIDATION)
     P = pc.population
     model_config = build_model(ds, **model_sizes).config
     check_population_fits(model_config, P, tc.batch_size, ds.sizes["time"], tc.device)

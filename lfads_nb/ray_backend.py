@@ -47,13 +47,13 @@ import torch
 import xarray as xr
 
 from .data import validate
-from .errors import ConfigError, DataError
+from .errors import ConfigError
 from .model import LFADS, LFADSConfig
-from .pbt import PBTConfig, _initial_hparams, _member_seed, _space_for_population, train_epoch
+from .pbt import PBT_NEEDS_VALIDATION, PBTConfig, _initial_hparams, _member_seed, _space_for_population, train_epoch
 from .pbt import explore as explore_value
 from .population import Population
 from .search import DEFAULT_SPACE, SearchSpace
-from .training import TrainConfig, _to_tensors, build_model
+from .training import TrainConfig, _to_tensors, build_model, train_valid_indices
 
 CHECKPOINT_FILE = "trial.pt"
 
@@ -98,9 +98,7 @@ def _trial(config: dict, *, ds: xr.Dataset, settings: dict) -> None:
         epoch, generation, smoothed, origin = saved["epoch"], saved["generation"], saved["smoothed"], saved["trial_id"]
         decisions.set_state(saved["decisions"])
 
-    splits = ds["split"].values.astype(str)
-    train_idx = torch.as_tensor(np.flatnonzero(splits == "train"))
-    valid_idx = torch.as_tensor(np.flatnonzero(splits == "valid"))
+    train_idx, valid_idx = train_valid_indices(ds, PBT_NEEDS_VALIDATION)
     tensors = _to_tensors(ds, tc)
     while True:
         length = settings["burn_in"] if generation == 0 else settings["generation_epochs"]
@@ -200,9 +198,7 @@ def ray_pbt(
         raise ConfigError(f"{n_trials} trial: PBT needs at least 2 trials to exploit; lower members_per_trial.")
     if pc.metric == "valid_sv_nll" and tc.sv_fraction == 0:
         raise ConfigError("PBTConfig.metric='valid_sv_nll' needs sample validation: set TrainConfig.sv_fraction > 0.")
-    if not (ds["split"].values.astype(str) == "valid").any():
-        raise DataError("The dataset has no validation trials (split == 'valid'); PBT judges members by their "
-                        "validation loss. Label about 20 % of trials 'valid'.")
+    train_valid_indices(ds, PBT_NEEDS_VALIDATION)
     if storage_path is not None and "://" in str(storage_path):
         raise ConfigError(f"storage_path={storage_path!r}: give a folder on a file system every node shares; "
                           "the trials log each generation there as files.")

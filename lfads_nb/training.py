@@ -182,6 +182,20 @@ def build_model(ds: xr.Dataset, train_config: TrainConfig | None = None, **sizes
     return model
 
 
+def train_valid_indices(ds: xr.Dataset, needed_for: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Positions of the 'train' and the 'valid' trials of a validated ``ds``. Refuses data whose
+    validation trials cannot judge a model; ``needed_for`` says why they are needed."""
+    splits = ds["split"].values.astype(str)
+    valid = np.flatnonzero(splits == "valid")
+    if len(valid) == 0:
+        raise DataError(f"The dataset has no validation trials (split == 'valid'); {needed_for}. "
+                        "Label about 20 % of trials 'valid'.")
+    if np.isnan(ds["spikes"].values[valid].astype(float)).all():
+        raise DataError("Every entry of the validation trials is NaN (not observed), so their validation loss "
+                        "would be meaningless. Label trials with observed entries 'valid'.")
+    return torch.as_tensor(np.flatnonzero(splits == "train")), torch.as_tensor(valid)
+
+
 def _check_fits(model: LFADS, ds: xr.Dataset) -> None:
     cfg = model.config
     n_heldin = int(heldin_mask(ds).sum())
@@ -377,17 +391,8 @@ def train(
         warnings.warn("The model has a controller (co_dim > 0) but TrainConfig.cd_rate is 0, so its inferred "
                       "inputs can copy spikes into the rates (identity overfitting, tutorial 03). Set "
                       "TrainConfig(cd_rate=0.3), or co_dim=0 for an autonomous model.", UserWarning, stacklevel=2)
-    splits = ds["split"].values.astype(str)
-    train_idx = torch.as_tensor(np.flatnonzero(splits == "train"))
-    valid_idx = torch.as_tensor(np.flatnonzero(splits == "valid"))
-    if len(valid_idx) == 0:
-        raise DataError(
-            "The dataset has no validation trials (split == 'valid'); training needs them for the "
-            "learning-rate schedule, early stopping and model selection. Label about 20 % of trials 'valid'."
-        )
-    if np.isnan(ds["spikes"].values[valid_idx.numpy()].astype(float)).all():
-        raise DataError("Every entry of the validation trials is NaN (not observed), so the validation loss that "
-                        "selects the model would be meaningless. Label trials with observed entries 'valid'.")
+    train_idx, valid_idx = train_valid_indices(
+        ds, "training needs them for the learning-rate schedule, early stopping and model selection")
 
     torch.manual_seed(config.seed)
     device = torch.device(config.device)

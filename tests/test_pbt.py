@@ -154,3 +154,13 @@ def test_bad_settings_are_clear_errors(tmp_path):
     _run(tmp_path, max_generations=1)
     with pytest.raises(lfads_nb.CheckpointError, match="different settings"):
         _run(tmp_path, max_generations=1, exploit="truncation")
+
+
+def test_data_without_usable_validation_trials_is_refused():
+    ds = _data()
+    config = lfads_nb.TrainConfig(**TRAIN)
+    with pytest.raises(lfads_nb.DataError, match="no validation trials.*PBT judges members"):
+        pbt(ds.assign_coords(split=("trial", ["train"] * ds.sizes["trial"])), train_config=config)
+    blind = ds.assign(spikes=ds["spikes"].astype(float).where(ds["split"] == "train"))
+    with pytest.raises(lfads_nb.DataError, match="Every entry of the validation trials is NaN"):
+        pbt(blind, train_config=config)
