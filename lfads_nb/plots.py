@@ -114,9 +114,10 @@ def latents_3d(ds: xr.Dataset, trials=None, variable: str = "latents_true",
     """3-D latent trajectories, one line per trial, coloured by a per-trial coordinate.
 
     ``trials``: trial ids (default: the first ``MAX_TRIALS_3D``). ``color_by``: the name of a
-    per-trial coordinate; by default ``condition`` where the data have one, else one colour. A latent with more than 3
-    dims is projected onto its top 3 principal components (over the shown trials); the
-    title says so and how much variance they keep. A circle marks each trial's start.
+    per-trial coordinate; by default ``condition`` where the data have one, else one colour.
+    A latent with more than 3 dims is projected onto its top 3 principal components (over the
+    shown trials); the title says so and how much variance they keep. A circle marks each
+    trial's start.
     """
     da = _variable(ds, variable)
     dim = _feature_dim(da, variable)

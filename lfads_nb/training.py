@@ -173,12 +173,13 @@ def build_model(ds: xr.Dataset, train_config: TrainConfig | None = None, **sizes
     if train_config is not None and train_config.sv_fraction > 0:
         spikes[~_sv_keep_mask(ds, train_config.sv_fraction, train_config.sv_seed)] = np.nan  # NaN: not used
     is_train = ds["split"].values.astype(str) == "train"
-    unseen = np.isnan(spikes[is_train] if is_train.any() else spikes).all(axis=(0, 1))
+    fit_on = spikes[is_train] if is_train.any() else spikes
+    unseen = np.isnan(fit_on).all(axis=(0, 1))
     if unseen.any():
         raise DataError(f"Neurons {ds['neuron'].values[unseen].tolist()} have no observed (non-NaN) entries in the "
                         "training trials, so the model cannot learn them. Drop them, e.g. "
                         "ds.drop_sel(neuron=[...]), or move trials where they were recorded into 'train'.")
-    model.observation.init_from_data(torch.as_tensor(spikes[is_train] if is_train.any() else spikes))
+    model.observation.init_from_data(torch.as_tensor(fit_on))
     return model
 
 
