@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from .errors import ConfigError, DataError
-from .model import LFADS, LFADSConfig, LFADSOutput, clipped_gru_scan, gru_step
+from .model import LFADS, LFADSConfig, LFADSOutput, clipped_gru_scan, controlled_decode
 from .training import TrainConfig, _Tensors, _validation_batches
 
 # Hyperparameters a member can hold on its own, as (P,) tensors. The rest of TrainConfig /
@@ -140,7 +140,7 @@ class PopulationLFADS(nn.Module):
     ``torch.manual_seed(seeds[i])``.
 
     The recurrences run on ``clipped_gru_scan`` with D = 2P (encoders) or P (generator without
-    controller) and on ``gru_step`` with a leading P (controller loop); the priors, the factor
+    controller) and on ``controlled_decode`` with D = P (controller and generator); the priors, the factor
     readout's normalisation, the L2 penalties and the observation model are LFADS's own
     methods, run for every member at once with ``torch.func.vmap``.
     """
@@ -255,7 +255,7 @@ class PopulationLFADS(nn.Module):
             ext = x.new_zeros(P, B, T, 0)
         w_fac = self._each("factor_readout", "normalized_weight")  # (P, fac_dim, gen_dim)
         if c.co_dim:
-            states, factors, u, co_mean, co_std = self._decode_loop(x, g_init, ext, w_fac, noise, drop)
+            states, factors, u, co_mean, co_std = self._decode_controlled(x, g_init, ext, w_fac, noise, drop)
             if sample:
                 kl_co = self._each("co_prior", "kl_sample", co_mean, co_std, u)
             else:
@@ -271,8 +271,8 @@ class PopulationLFADS(nn.Module):
         obs_params = self._each("observation", "forward", factors)
         return LFADSOutput(obs_params, factors, states, u, ic_mean, ic_std, co_mean, co_std, kl_ic, kl_co)
 
-    def _decode_loop(self, x, g_init, ext, w_fac, noise, drop):
-        """``LFADS._decode_loop`` with a leading P; dropout and eps from ``noise`` (if any)."""
+    def _decode_controlled(self, x, g_init, ext, w_fac, noise, drop):
+        """``LFADS._decode_controlled`` with a leading P; dropout and eps from ``noise`` (if any)."""
         c, w = self.config, self.weights
         P, B, T, _ = x.shape
         sample = noise is not None
@@ -286,27 +286,21 @@ class PopulationLFADS(nn.Module):
         n_ci = 2 * c.ci_enc_dim
         gen_xp_ext = _linear(ext, gen.weight_ih[:, 0, :, c.co_dim:], gen.bias_ih[:, 0])  # (P, B, T, 3G)
         con_xp_ci = _linear(drop(ci, noise.ci if sample else None), con.weight_ih[:, 0, :, :n_ci], con.bias_ih[:, 0])
-        w_con_f, w_gen_u = con.weight_ih[:, 0, :, n_ci:], gen.weight_ih[:, 0, :, : c.co_dim]
-        h_con = w.con_h0.unsqueeze(1).expand(-1, B, -1)
-        g = g_init
-        f = _linear(drop(g_init, noise.g_init if sample else None), w_fac)  # f_{-1}
-        # Per-step views by unbind: its backward is one stack, where indexing [:, :, t] would
-        # backpropagate through a zero-filled full-size tensor at every step.
-        con_xp_ci, gen_xp_ext = con_xp_ci.unbind(2), gen_xp_ext.unbind(2)
-        if sample:
-            f_u, g_u, eps = noise.factors_in.unbind(2), noise.gen_states.unbind(2), noise.co_eps.unbind(2)
-        out = {"states": [], "factors": [], "u": [], "co_mean": [], "co_std": []}
-        for t in range(T):
-            f_in = drop(f, f_u[t] if sample else None)
-            h_con = gru_step(con_xp_ci[t] + _linear(f_in, w_con_f), h_con, con.weight_hh[:, 0], c.cell_clip)
-            co_mean, co_logvar = _linear(h_con, w.co_linear.weight, w.co_linear.bias).chunk(2, dim=-1)
-            co_std = torch.exp(0.5 * co_logvar)
-            u = co_mean + co_std * eps[t] if sample else co_mean
-            g = gru_step(gen_xp_ext[t] + _linear(u, w_gen_u), g, gen.weight_hh[:, 0], c.cell_clip)
-            f = _linear(drop(g, g_u[t] if sample else None), w_fac)
-            for k, v in zip(out, (g, f, u, co_mean, co_std)):
-                out[k].append(v)
-        return tuple(torch.stack(v, dim=2) for v in out.values())
+        f_init = _linear(drop(g_init, noise.g_init if sample else None), w_fac)  # f_{-1}
+
+        def keep(uniforms: Tensor) -> Tensor:  # dropout multipliers of all steps at once
+            return drop(torch.ones_like(uniforms), uniforms)
+
+        def steps(v: Tensor | None) -> Tensor | None:  # (P, B, T, k) -> (T, P, B, k)
+            return None if v is None else v.permute(2, 0, 1, 3)
+
+        masks = (keep(noise.factors_in), keep(noise.gen_states), noise.co_eps) if sample else (None,) * 3
+        outputs = controlled_decode(
+            steps(con_xp_ci), steps(gen_xp_ext), w.con_h0.unsqueeze(1).expand(-1, B, -1), g_init, f_init,
+            con.weight_hh[:, 0], con.weight_ih[:, 0, :, n_ci:], w.co_linear.weight, w.co_linear.bias,
+            gen.weight_ih[:, 0, :, : c.co_dim], gen.weight_hh[:, 0], w_fac, *map(steps, masks), c.cell_clip,
+        )
+        return tuple(o.permute(1, 2, 0, 3) for o in outputs)
 
     def _check_inputs(self, encoder_input, ext_input, noise, dropout) -> None:
         c, P = self.config, self.population

@@ -9,8 +9,8 @@ random number of a step, drawn up front). The separate models draw theirs in two
 test gives both the population's numbers:
 - dropout: each separate model's ``dropout`` module is replaced by ``Replay``, which applies
   member i's keep masks (uniform >= rate) from the population's noise in the order LFADS calls
-  its dropout (encoder input, IC-encoder output, [ext], [controller inputs, linear(g0), then per
-  step f_{t-1} and g_t] or [all generator states]);
+  its dropout (encoder input, IC-encoder output, [ext], [controller inputs, linear(g0), then the
+  masks of f_{t-1} and of g_t for all steps] or [all generator states]);
 - the coordinated-dropout mask and the posterior samples: LFADS and ``_batch_loss`` draw them
   from the global RNG (``torch.rand`` for CD, ``randn_like`` for g0, ``randn`` for u); with
   dropout replayed these are the only global draws, so seeding the global RNG with seed_(i, step)
@@ -86,9 +86,7 @@ class Replay(nn.Module):
 def _dropout_sequence(noise, i, config):
     seq = [noise.x[i], noise.ic_enc[i]] + ([noise.ext[i]] if config.ext_input_dim else [])
     if config.co_dim:
-        seq += [noise.ci[i], noise.g_init[i]]
-        for t in range(T):
-            seq += [noise.factors_in[i][:, t], noise.gen_states[i][:, t]]
+        seq += [noise.ci[i], noise.g_init[i], noise.factors_in[i], noise.gen_states[i]]
     else:
         seq += [noise.gen_states[i]]
     return [u >= HPS["dropout"][i] for u in seq]
