@@ -344,11 +344,11 @@ class _ControlledDecoder(torch.autograd.Function):
         fs[0] = f0
         mo = ci.new_empty(T, D, B, 2 * K)  # m_t | l_t
         s, u = ci.new_empty(T, D, B, K), ci.new_empty(T, D, B, K)
-        w_con_t = (w_con[:, : 2 * C].transpose(1, 2), w_con[:, 2 * C :].transpose(1, 2))
-        w_gen_t = (w_gen[:, : 2 * G].transpose(1, 2), w_gen[:, 2 * G :].transpose(1, 2))
-        w_cf_t = (w_cf[:, : 2 * C].transpose(1, 2), w_cf[:, 2 * C :].transpose(1, 2))
-        w_gu_t = (w_gu[:, : 2 * G].transpose(1, 2), w_gu[:, 2 * G :].transpose(1, 2))
-        w_co_t, w_fac_t, b_co_ = w_co.transpose(1, 2), w_fac.transpose(1, 2), b_co.unsqueeze(1)
+        def blocks_t(w, H):  # gate blocks (r|z, n) of w, transposed; contiguous once, not per step
+            return w[:, : 2 * H].transpose(1, 2).contiguous(), w[:, 2 * H :].transpose(1, 2).contiguous()
+
+        w_con_t, w_gen_t, w_cf_t, w_gu_t = blocks_t(w_con, C), blocks_t(w_gen, G), blocks_t(w_cf, C), blocks_t(w_gu, G)
+        w_co_t, w_fac_t, b_co_ = w_co.transpose(1, 2).contiguous(), w_fac.transpose(1, 2).contiguous(), b_co.unsqueeze(1)
         con_, gen_ = [[b.unbind(0) for b in bufs] for bufs in (con, gen)]
         for t in range(T):
             if fm is not None:
@@ -378,6 +378,7 @@ class _ControlledDecoder(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, d_g, d_f, d_u, d_m, d_s):
         w_con, w_cf, w_co, w_gu, w_gen, w_fac, fm, gm, eps, f_in, s, u, *rest = ctx.saved_tensors
+        w_cf, w_co, w_gu, w_fac = (w.contiguous() for w in (w_cf, w_co, w_gu, w_fac))  # slices of larger weights
         con, gen = rest[:5], rest[5:]
         T, D, B, C = con[3].shape
         G, K = gen[3].shape[-1], u.shape[-1]
