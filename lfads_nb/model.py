@@ -34,8 +34,10 @@ Without a controller (co_dim = 0) the generator's inputs do not depend on its st
 generator recurrence runs as one fused autograd Function with a hand-written backward pass
 (``clipped_gru_scan``); the encoders, whose inputs never depend on their state, always use it
 (they use the same clipped cell as the generator, as in lfads-torch, rather than torch.nn.GRU).
-The step loop in ``LFADS._decode_loop`` is the plain-autograd reference; the tests check both
-agree in value and gradient.
+With a controller, controller and generator are coupled step by step through u_t and f_t; they
+run together as a second fused Function (``controlled_decode``). The step loop in
+``LFADS._decode_loop`` is the plain-autograd reference; the tests check that both fused paths
+agree with it in value and gradient.
 
 Sampling uses the global torch RNG, so ``torch.manual_seed`` makes runs reproducible.
 """
