@@ -161,22 +161,51 @@ def gru_step(xp_t: Tensor, h: Tensor, w_hh: Tensor, clip: float) -> Tensor:
     return torch.clamp(z * h + (1 - z) * n, -clip, clip)
 
 
-def _gru_step_(h: Tensor, rz: Tensor, n: Tensor, rh: Tensor, pre: Tensor, h_next: Tensor,
-               w_rz_t: Tensor, w_n_t: Tensor, clip: float) -> None:
-    """``gru_step`` for D GRUs without a graph, in place: rz (D, B, 2H) and n (D, B, H) hold the
-    input projections on entry and the gates r|z and the candidate n on exit; rh gets r * h, pre
-    the state before clipping, h_next the new state. w_rz_t (D, H, 2H), w_n_t (D, H, H): the
-    recurrent weights' blocks, transposed."""
+class _GRUBuffers(NamedTuple):
+    """What a fused recurrence of D GRUs over T steps computes and keeps for its backward pass."""
+
+    hs: Tensor  # (T + 1, D, B, H) states h_0 .. h_T
+    rz: Tensor  # (T, D, B, 2H) the input projections, then the gates r | z
+    n: Tensor  # (T, D, B, H) the input projection, then the candidate n
+    rh: Tensor  # (T, D, B, H) r * h_{t-1}, the input of the candidate matmul
+    pre: Tensor  # (T, D, B, H) state before clipping (its mask gates the gradient)
+
+    @staticmethod
+    def start(xp: Tensor, h0: Tensor) -> _GRUBuffers:
+        """Buffers for input projections xp (T, D, B, 3H) and initial state h0 (D, B, H). The gate
+        buffers start as the input projections; each step adds its matmul in place."""
+        T, D, B, H3 = xp.shape
+        H = H3 // 3
+        hs = xp.new_empty(T + 1, D, B, H)
+        hs[0] = h0
+        return _GRUBuffers(
+            hs,
+            xp[..., : 2 * H].clone(memory_format=torch.contiguous_format),
+            xp[..., 2 * H :].clone(memory_format=torch.contiguous_format),
+            xp.new_empty(T, D, B, H),
+            xp.new_empty(T, D, B, H),
+        )
+
+    def steps(self) -> _GRUBuffers:
+        """The same buffers as tuples of per-step views (unbind once: no per-step Python slicing)."""
+        return _GRUBuffers(*(b.unbind(0) for b in self))
+
+
+def _gru_step_(b: _GRUBuffers, t: int, w_rz_t: Tensor, w_n_t: Tensor, clip: float) -> None:
+    """Step t of ``gru_step`` for D GRUs without a graph, in place in ``b`` (per-step views): from
+    h_t and the input projections in rz[t], n[t] to the gates, the candidate, rh[t], pre[t] and
+    h_{t+1}. w_rz_t (D, H, 2H), w_n_t (D, H, H): the recurrent weights' blocks, transposed."""
+    h, rz, n, pre = b.hs[t], b.rz[t], b.n[t], b.pre[t]
     H = h.shape[-1]
     rz.baddbmm_(h, w_rz_t).sigmoid_()
-    torch.mul(rz[..., :H], h, out=rh)
+    torch.mul(rz[..., :H], h, out=b.rh[t])
     # tanh(a) = 2 sigmoid(2a) - 1: CPU sigmoid is several times faster than tanh
-    n.baddbmm_(rh, w_n_t, beta=2, alpha=2).sigmoid_().mul_(2).sub_(1)
+    n.baddbmm_(b.rh[t], w_n_t, beta=2, alpha=2).sigmoid_().mul_(2).sub_(1)
     torch.addcmul(n, rz[..., H:], torch.sub(h, n, out=pre), out=pre)  # n + z (h - n)
-    torch.clamp(pre, -clip, clip, out=h_next)
+    torch.clamp(pre, -clip, clip, out=b.hs[t + 1])
 
 
-def _gru_local_grads(h_prev: Tensor, rz: Tensor, n: Tensor, pre: Tensor, clip: float) -> tuple[Tensor, Tensor]:
+def _gru_local_grads(b: _GRUBuffers, clip: float) -> tuple[Tensor, Tensor]:
     """Local derivatives of all T steps of a ``_gru_step_`` recurrence, vectorised.
 
     Returns coef (T, D, B, 3, H) and mz (T, D, B, H). With the clip mask m = 1 where
@@ -187,11 +216,12 @@ def _gru_local_grads(h_prev: Tensor, rz: Tensor, n: Tensor, pre: Tensor, clip: f
     and mz = m z, the derivative dh'/dh through the z h term. Written into one preallocated
     tensor (fresh multi-MB temporaries cost page faults).
     """
+    h_prev, n = b.hs[:-1], b.n
     H = n.shape[-1]
-    r, z = rz[..., :H], rz[..., H:]
+    r, z = b.rz[..., :H], b.rz[..., H:]
     coef = n.new_empty(*n.shape[:-1], 3, H)
     c_r, c_z, c_n = coef.unbind(-2)
-    m = torch.abs(pre, out=c_n).le_(clip)  # 1.0 / 0.0
+    m = torch.abs(b.pre, out=c_n).le_(clip)  # 1.0 / 0.0
     mz = m * z
     c_n.sub_(mz)  # m (1 - z)
     torch.sub(h_prev, n, out=c_z).mul_(z).mul_(c_n)
@@ -230,11 +260,11 @@ def _weight_grad(d_out: Tensor, inputs: Tensor) -> Tensor:
     return torch.stack([d_out[d].T @ inputs[d] for d in range(d_out.shape[0])])
 
 
-def _gru_weight_grad(d_xp: Tensor, h_prev: Tensor, rh: Tensor) -> Tensor:
-    """dL/dW_hh (D, 3H, H) from all steps' gate gradients d_xp (T, D, B, 3H), states h_{t-1} and
-    r * h_{t-1} (T, D, B, H)."""
-    H = h_prev.shape[-1]
-    return torch.cat([_weight_grad(d_xp[..., : 2 * H], h_prev), _weight_grad(d_xp[..., 2 * H :], rh)], dim=1)
+def _gru_weight_grad(d_xp: Tensor, b: _GRUBuffers) -> Tensor:
+    """dL/dW_hh (D, 3H, H) from all steps' gate gradients d_xp (T, D, B, 3H) and the recurrence's
+    states h_{t-1} and r * h_{t-1}."""
+    H = b.n.shape[-1]
+    return torch.cat([_weight_grad(d_xp[..., : 2 * H], b.hs[:-1]), _weight_grad(d_xp[..., 2 * H :], b.rh)], dim=1)
 
 
 class _ClippedGRUScan(torch.autograd.Function):
@@ -254,34 +284,27 @@ class _ClippedGRUScan(torch.autograd.Function):
         T, D, B, H3 = xp.shape
         H = H3 // 3
         w_rz_t, w_n_t = w_hh[:, : 2 * H].transpose(1, 2), w_hh[:, 2 * H :].transpose(1, 2)
-        # The gate buffers start as the input projections; each step adds its matmul in place.
-        rz = xp[..., : 2 * H].clone(memory_format=torch.contiguous_format)  # -> gates r, z
-        n = xp[..., 2 * H :].clone(memory_format=torch.contiguous_format)  # -> candidate n
-        hs = xp.new_empty(T + 1, D, B, H)  # h_0 .. h_T
-        rh = xp.new_empty(T, D, B, H)  # r * h_{t-1}, the input of the candidate matmul
-        pre = xp.new_empty(T, D, B, H)  # state before clipping (its mask gates the gradient)
-        hs[0] = h0
-        # unbind once: per-step views without per-step Python slicing
-        hs_, rz_, n_, rh_, pre_ = hs.unbind(0), rz.unbind(0), n.unbind(0), rh.unbind(0), pre.unbind(0)
+        b = _GRUBuffers.start(xp, h0)
+        steps = b.steps()
         for t in range(T):
-            _gru_step_(hs_[t], rz_[t], n_[t], rh_[t], pre_[t], hs_[t + 1], w_rz_t, w_n_t, clip)
-        ctx.save_for_backward(w_hh, hs, rz, n, rh, pre)
+            _gru_step_(steps, t, w_rz_t, w_n_t, clip)
+        ctx.save_for_backward(w_hh, *b)
         ctx.clip = clip
         ctx.set_materialize_grads(False)
-        return hs[1:], hs[T].clone()
+        return b.hs[1:], b.hs[T].clone()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, d_states: Tensor | None, d_last: Tensor | None):
-        w_hh, hs, rz, n, rh, pre = ctx.saved_tensors
-        T, D, B, H = n.shape
-        h_prev = hs[:-1]
-        coef, mz = _gru_local_grads(h_prev, rz, n, pre, ctx.clip)
+        w_hh, *saved = ctx.saved_tensors
+        b = _GRUBuffers(*saved)
+        T, D, B, H = b.n.shape
+        coef, mz = _gru_local_grads(b, ctx.clip)
         w_rz, w_n = w_hh[:, : 2 * H], w_hh[:, 2 * H :]
-        d_xp = n.new_empty(T, D, B, 3 * H)  # gradients of the gate pre-activations (r, z, n)
-        d_xp_, coef_, mz_, r_ = d_xp.unbind(0), coef.unbind(0), mz.unbind(0), rz[..., :H].unbind(0)
+        d_xp = b.n.new_empty(T, D, B, 3 * H)  # gradients of the gate pre-activations (r, z, n)
+        d_xp_, coef_, mz_, r_ = d_xp.unbind(0), coef.unbind(0), mz.unbind(0), b.rz[..., :H].unbind(0)
         # dh = dL/dh_t in total (from the output at t and from step t + 1): two buffers in turn.
-        dh, nxt = n.new_zeros(D, B, H), n.new_empty(D, B, H)
+        dh, nxt = b.n.new_zeros(D, B, H), b.n.new_empty(D, B, H)
         if d_last is not None:
             dh.copy_(d_last)
         for t in range(T - 1, -1, -1):
@@ -289,7 +312,7 @@ class _ClippedGRUScan(torch.autograd.Function):
                 dh.add_(d_states[t])
             _gru_step_backward(dh, d_xp_[t], nxt, coef_[t], mz_[t], r_[t], w_rz, w_n)
             dh, nxt = nxt, dh
-        d_w = _gru_weight_grad(d_xp, h_prev, rh) if ctx.needs_input_grad[2] else None
+        d_w = _gru_weight_grad(d_xp, b) if ctx.needs_input_grad[2] else None
         return d_xp, dh, d_w, None
 
 
@@ -308,9 +331,9 @@ class _ControlledDecoder(torch.autograd.Function):
     """Controller and generator (co_dim > 0) of D models over all T steps in one autograd node.
 
     The two recurrences are coupled through u_t and f_t, so they run step by step together,
-    without a graph, in preallocated buffers (``_gru_step_``); backward is hand-written
-    backpropagation through time. ``LFADS._decode_loop`` is the same computation in plain
-    autograd. At step t, with dropout multipliers fm_t, gm_t (0 or 1 / (1 - rate)):
+    without a graph, in preallocated buffers (``_GRUBuffers``, ``_gru_step_``); backward is
+    hand-written backpropagation through time. ``LFADS._decode_loop`` is the same computation in
+    plain autograd. At step t, with dropout multipliers fm_t, gm_t (0 or 1 / (1 - rate)):
 
         a_t = ci_t + (f_{t-1} fm_t) W_cf^T               controller input (f_{-1}: f0)
         h_t = GRU_con(a_t, h_{t-1})
@@ -331,63 +354,56 @@ class _ControlledDecoder(torch.autograd.Function):
     def forward(ctx, ci, ge, h0, g0, f0, w_con, w_cf, w_co, b_co, w_gu, w_gen, w_fac, fm, gm, eps, clip):
         T, D, B, _ = ci.shape
         C, G, K = h0.shape[-1], g0.shape[-1], w_gu.shape[-1]
-
-        def buffers(xp, h_init):  # gate buffers start as the input projections (see _ClippedGRUScan)
-            H = h_init.shape[-1]
-            rz = xp[..., : 2 * H].clone(memory_format=torch.contiguous_format)
-            n = xp[..., 2 * H :].clone(memory_format=torch.contiguous_format)
-            hs = xp.new_empty(T + 1, D, B, H)
-            hs[0] = h_init
-            return hs, rz, n, xp.new_empty(T, D, B, H), xp.new_empty(T, D, B, H)
-
-        con, gen = buffers(ci, h0), buffers(ge, g0)
+        con, gen = _GRUBuffers.start(ci, h0), _GRUBuffers.start(ge, g0)
         f_in = ci.new_empty(T, D, B, f0.shape[-1])  # f_{t-1} fm_t, the controller's factor input
         fs = ci.new_empty(T + 1, D, B, f0.shape[-1])  # f_{-1} .. f_{T-1}
         fs[0] = f0
         mo = ci.new_empty(T, D, B, 2 * K)  # m_t | l_t
         s, u = ci.new_empty(T, D, B, K), ci.new_empty(T, D, B, K)
+
         def blocks_t(w, H):  # gate blocks (r|z, n) of w, transposed; contiguous once, not per step
             return w[:, : 2 * H].transpose(1, 2).contiguous(), w[:, 2 * H :].transpose(1, 2).contiguous()
 
         w_con_t, w_gen_t, w_cf_t, w_gu_t = blocks_t(w_con, C), blocks_t(w_gen, G), blocks_t(w_cf, C), blocks_t(w_gu, G)
-        w_co_t, w_fac_t, b_co_ = w_co.transpose(1, 2).contiguous(), w_fac.transpose(1, 2).contiguous(), b_co.unsqueeze(1)
-        con_, gen_ = [[b.unbind(0) for b in bufs] for bufs in (con, gen)]
+        w_co_t, w_fac_t = w_co.transpose(1, 2).contiguous(), w_fac.transpose(1, 2).contiguous()
+        b_co_ = b_co.unsqueeze(1)
+        con_, gen_ = con.steps(), gen.steps()
         for t in range(T):
             if fm is not None:
                 torch.mul(fs[t], fm[t], out=f_in[t])
             else:
                 f_in[t].copy_(fs[t])
-            con_[1][t].baddbmm_(f_in[t], w_cf_t[0])
-            con_[2][t].baddbmm_(f_in[t], w_cf_t[1])
-            _gru_step_(con_[0][t], con_[1][t], con_[2][t], con_[3][t], con_[4][t], con_[0][t + 1], *w_con_t, clip)
-            torch.baddbmm(b_co_, con_[0][t + 1], w_co_t, out=mo[t])
+            con_.rz[t].baddbmm_(f_in[t], w_cf_t[0])
+            con_.n[t].baddbmm_(f_in[t], w_cf_t[1])
+            _gru_step_(con_, t, *w_con_t, clip)
+            torch.baddbmm(b_co_, con_.hs[t + 1], w_co_t, out=mo[t])
             torch.exp(mo[t, ..., K:].mul(0.5), out=s[t])
             if eps is not None:
                 torch.addcmul(mo[t, ..., :K], s[t], eps[t], out=u[t])
             else:
                 u[t].copy_(mo[t, ..., :K])
-            gen_[1][t].baddbmm_(u[t], w_gu_t[0])
-            gen_[2][t].baddbmm_(u[t], w_gu_t[1])
-            _gru_step_(gen_[0][t], gen_[1][t], gen_[2][t], gen_[3][t], gen_[4][t], gen_[0][t + 1], *w_gen_t, clip)
-            g_read = gen_[0][t + 1] * gm[t] if gm is not None else gen_[0][t + 1]
+            gen_.rz[t].baddbmm_(u[t], w_gu_t[0])
+            gen_.n[t].baddbmm_(u[t], w_gu_t[1])
+            _gru_step_(gen_, t, *w_gen_t, clip)
+            g_read = gen_.hs[t + 1] * gm[t] if gm is not None else gen_.hs[t + 1]
             torch.bmm(g_read, w_fac_t, out=fs[t + 1])
         ctx.save_for_backward(w_con, w_cf, w_co, w_gu, w_gen, w_fac, fm, gm, eps, f_in, s, u, *con, *gen)
         ctx.clip = clip
         ctx.set_materialize_grads(False)
-        return gen[0][1:], fs[1:], u, mo[..., :K], s
+        return gen.hs[1:], fs[1:], u, mo[..., :K], s
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, d_g, d_f, d_u, d_m, d_s):
         w_con, w_cf, w_co, w_gu, w_gen, w_fac, fm, gm, eps, f_in, s, u, *rest = ctx.saved_tensors
         w_cf, w_co, w_gu, w_fac = (w.contiguous() for w in (w_cf, w_co, w_gu, w_fac))  # slices of larger weights
-        con, gen = rest[:5], rest[5:]
-        T, D, B, C = con[3].shape
-        G, K = gen[3].shape[-1], u.shape[-1]
-        local = [_gru_local_grads(hs[:-1], rz, n, pre, ctx.clip) for hs, rz, n, pre in
-                 ((con[0], con[1], con[2], con[4]), (gen[0], gen[1], gen[2], gen[4]))]
-        (coef_c, mz_c), (coef_g, mz_g) = local
-        r_c, r_g = con[1][..., :C], gen[1][..., :G]
+        con, gen = _GRUBuffers(*rest[:5]), _GRUBuffers(*rest[5:])
+        T, D, B, C = con.n.shape
+        G, K = gen.n.shape[-1], u.shape[-1]
+        (coef_c, mz_c), (coef_g, mz_g) = _gru_local_grads(con, ctx.clip), _gru_local_grads(gen, ctx.clip)
+        r_c, r_g = con.rz[..., :C], gen.rz[..., :G]
+        w_con_rz, w_con_n = w_con[:, : 2 * C], w_con[:, 2 * C :]
+        w_gen_rz, w_gen_n = w_gen[:, : 2 * G], w_gen[:, 2 * G :]
         d_a, d_b = u.new_empty(T, D, B, 3 * C), u.new_empty(T, D, B, 3 * G)  # gate pre-activation grads
         d_mo, d_f_all = u.new_empty(T, D, B, 2 * K), u.new_empty(T, D, B, w_fac.shape[1])
         dh, dh_nxt = u.new_zeros(D, B, C), u.new_empty(D, B, C)  # dL/dh_t, controller
@@ -403,7 +419,7 @@ class _ControlledDecoder(torch.autograd.Function):
             if gm is not None:
                 d_read.mul_(gm[t])
             dg.add_(d_read)
-            _gru_step_backward(dg, d_b[t], dg_nxt, coef_g[t], mz_g[t], r_g[t], w_gen[:, : 2 * G], w_gen[:, 2 * G :])
+            _gru_step_backward(dg, d_b[t], dg_nxt, coef_g[t], mz_g[t], r_g[t], w_gen_rz, w_gen_n)
             dg, dg_nxt = dg_nxt, dg
             du = torch.bmm(d_b[t], w_gu)
             if d_u is not None:
@@ -420,19 +436,19 @@ class _ControlledDecoder(torch.autograd.Function):
                 dl.add_(d_s[t])
             dl.mul_(s[t]).mul_(0.5)  # ds/dl = s / 2
             dh.baddbmm_(d_mo[t], w_co)
-            _gru_step_backward(dh, d_a[t], dh_nxt, coef_c[t], mz_c[t], r_c[t], w_con[:, : 2 * C], w_con[:, 2 * C :])
+            _gru_step_backward(dh, d_a[t], dh_nxt, coef_c[t], mz_c[t], r_c[t], w_con_rz, w_con_n)
             dh, dh_nxt = dh_nxt, dh
             df = torch.bmm(d_a[t], w_cf)
             if fm is not None:
                 df.mul_(fm[t])
-        g_read = gen[0][1:] * gm if gm is not None else gen[0][1:]
+        g_read = gen.hs[1:] * gm if gm is not None else gen.hs[1:]
         grads = {
-            "w_con": _gru_weight_grad(d_a, con[0][:-1], con[3]),
+            "w_con": _gru_weight_grad(d_a, con),
             "w_cf": _weight_grad(d_a, f_in),
-            "w_co": _weight_grad(d_mo, con[0][1:]),
+            "w_co": _weight_grad(d_mo, con.hs[1:]),
             "b_co": d_mo.sum((0, 2)),
             "w_gu": _weight_grad(d_b, u),
-            "w_gen": _gru_weight_grad(d_b, gen[0][:-1], gen[3]),
+            "w_gen": _gru_weight_grad(d_b, gen),
             "w_fac": _weight_grad(d_f_all, g_read),
         }
         return (d_a, d_b, dh, dg, df, *grads.values(), None, None, None, None)
