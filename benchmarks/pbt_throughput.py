@@ -5,7 +5,7 @@ Both sides train P LFADS models with the same architecture, hyperparameters (P p
 
 - vectorized: ``lfads_nb.population.Population.train_step``, one forward and backward for all P;
 - sequential: P ordinary ``LFADS`` models, each stepped ``--steps`` times with the inner loop of
-  ``lfads_nb.training.train`` (``_batch_loss``, ``clip_grad_norm_``, ``torch.optim.Adam``).
+  ``lfads_nb.training.train`` (``LFADS.loss``, ``clip_grad_norm_``, ``torch.optim.Adam``).
 
 A model step is one optimiser step of one model on one batch. ``--warmup`` steps per side are
 not timed. Wall-clock seconds are the headline; the process's CPU seconds are printed beside
@@ -32,7 +32,8 @@ import torch  # noqa: E402
 from data_generators import chaotic_rnn  # noqa: E402
 from lfads_nb.population import Population  # noqa: E402
 from lfads_nb.search import DEFAULT_SPACE  # noqa: E402
-from lfads_nb.training import TrainConfig, _batch_loss, _to_tensors, build_model  # noqa: E402
+from lfads_nb.pbt import build_members  # noqa: E402
+from lfads_nb.training import TrainConfig, _to_tensors, _training_step_batch, build_model, loss_weights  # noqa: E402
 
 
 def _sync(device: str) -> None:
@@ -68,11 +69,10 @@ def main() -> dict:
     idx = torch.arange(args.batch_size)
     points = DEFAULT_SPACE.sample(P, seed=0)
     sizes = {"co_dim": args.co_dim}
-    model_config = build_model(ds, **sizes).config
 
     # vectorized
     hparams = {name: [p[name] for p in points] for name in points[0]}
-    pop = Population(model_config, shared, hparams, seeds=range(P), device=device)
+    pop = Population(build_members(ds, shared, sizes, range(P)), shared, hparams, device=device)
 
     def run_population(n):
         for _ in range(n):
@@ -91,7 +91,7 @@ def main() -> dict:
 
         def run_model(n):
             for _ in range(n):
-                loss, _ = _batch_loss(model, tensors, idx, config, 0.5, 0.5)
+                loss, _ = model.loss(_training_step_batch(tensors, idx, config), loss_weights(config, 0.5, 0.5))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)

@@ -30,21 +30,27 @@ KL(q(u) || p(u)) estimated from the sampled u (closed form when sample=False).
 
 All recurrent cells are the TF-style GRU of the original LFADS (reset gate applied to the state
 before the candidate matmul, no recurrent bias, state clipped to +-cell_clip), as in lfads-torch.
-Without a controller (co_dim = 0) the generator's inputs do not depend on its state, so the whole
-generator recurrence runs as one fused autograd Function with a hand-written backward pass
-(``clipped_gru_scan``); the encoders, whose inputs never depend on their state, always use it
-(they use the same clipped cell as the generator, as in lfads-torch, rather than torch.nn.GRU).
-With a controller, controller and generator are coupled step by step through u_t and f_t; they
-run together as a second fused Function (``controlled_decode``). The step loop in
-``LFADS._decode_loop`` is the plain-autograd reference; the tests check that both fused paths
-agree with it in value and gradient.
+The decoder above is ``LFADS.decode``'s step loop, written as the paper reads; the generator is a
+module with a ``step`` (``GRUGenerator``), the seam where other dynamics plug in. Like nanoGPT's
+flash-attention flag, ``LFADS(config, fused=True)`` (the default) runs the same recurrences as
+hand-written fused kernels instead (``lfads_nb._fused_gru``: the encoders and an autonomous
+generator as one scan, controller and generator as one coupled recurrence); the tests check
+both paths against each other in value and gradient.
 
-Sampling uses the global torch RNG, so ``torch.manual_seed`` makes runs reproducible.
+Randomness is an input: every dropout mask and posterior sample of a forward pass is a field of
+a ``Noise`` (``draw_noise``), drawn from torch's global generator when none is passed, so
+``torch.manual_seed`` makes runs reproducible and a test can feed two models the same numbers.
+A population of models is ``torch.func.vmap`` of this one model over stacked weights
+(``lfads_nb.population``); the fused kernels carry vmap rules for it.
+
+The model owns its objective (``objective``, ``loss``); what the encoder sees and what the
+loss counts travel in a ``lfads_nb.transforms.Batch``.
 """
 from __future__ import annotations
 
 import math
 import numbers
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -52,8 +58,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ._fused_gru import DecoderWeights, clipped_gru_scan, controlled_decode
 from .errors import ConfigError, DataError
 from .observations import OBSERVATIONS, ObservationModel, make_observation
+from .transforms import Batch, encoder_input, masked_mean
 
 # --------------------------------------------------------------------------------------------
 # Configuration and outputs
@@ -138,12 +146,12 @@ class LFADSOutput(NamedTuple):
 
 
 # --------------------------------------------------------------------------------------------
-# The recurrent cell: TF-style clipped GRU, a step (reference) and a fused scan (fast)
+# The recurrent cell: TF-style clipped GRU (the fused kernels are in _fused_gru.py)
 # --------------------------------------------------------------------------------------------
 
 
 def gru_step(xp_t: Tensor, h: Tensor, w_hh: Tensor, clip: float) -> Tensor:
-    """One step of the TF-style GRU. Plain autograd; the reference for ``clipped_gru_scan``.
+    """One step of the TF-style GRU in plain autograd (``clipped_gru_scan`` fuses T of them).
 
     xp_t: (..., B, 3H) input projection x_t W_ih^T + b, gate blocks ordered (r, z, n) as in
     torch.nn.GRU.  h: (..., B, H) previous state.  w_hh: (..., 3H, H) recurrent weights (no
@@ -160,304 +168,6 @@ def gru_step(xp_t: Tensor, h: Tensor, w_hh: Tensor, clip: float) -> Tensor:
     n = torch.tanh(xp_t[..., 2 * H :] + (r * h) @ w_hh[..., 2 * H :, :].transpose(-1, -2))
     return torch.clamp(z * h + (1 - z) * n, -clip, clip)
 
-
-class _GRUBuffers(NamedTuple):
-    """What a fused recurrence of D GRUs over T steps computes and keeps for its backward pass."""
-
-    hs: Tensor  # (T + 1, D, B, H) states h_0 .. h_T
-    rz: Tensor  # (T, D, B, 2H) the input projections, then the gates r | z
-    n: Tensor  # (T, D, B, H) the input projection, then the candidate n
-    rh: Tensor  # (T, D, B, H) r * h_{t-1}, the input of the candidate matmul
-    pre: Tensor  # (T, D, B, H) state before clipping (its mask gates the gradient)
-
-    @staticmethod
-    def start(xp: Tensor, h0: Tensor) -> _GRUBuffers:
-        """Buffers for input projections xp (T, D, B, 3H) and initial state h0 (D, B, H). The gate
-        buffers start as the input projections; each step adds its matmul in place."""
-        T, D, B, H3 = xp.shape
-        H = H3 // 3
-        hs = xp.new_empty(T + 1, D, B, H)
-        hs[0] = h0
-        return _GRUBuffers(
-            hs,
-            xp[..., : 2 * H].clone(memory_format=torch.contiguous_format),
-            xp[..., 2 * H :].clone(memory_format=torch.contiguous_format),
-            xp.new_empty(T, D, B, H),
-            xp.new_empty(T, D, B, H),
-        )
-
-    def steps(self) -> _GRUBuffers:
-        """The same buffers as tuples of per-step views (unbind once: no per-step Python slicing)."""
-        return _GRUBuffers(*(b.unbind(0) for b in self))
-
-
-def _gru_step_(b: _GRUBuffers, t: int, w_rz_t: Tensor, w_n_t: Tensor, clip: float) -> None:
-    """Step t of ``gru_step`` for D GRUs without a graph, in place in ``b`` (per-step views): from
-    h_t and the input projections in rz[t], n[t] to the gates, the candidate, rh[t], pre[t] and
-    h_{t+1}. w_rz_t (D, H, 2H), w_n_t (D, H, H): the recurrent weights' blocks, transposed."""
-    h, rz, n, pre = b.hs[t], b.rz[t], b.n[t], b.pre[t]
-    H = h.shape[-1]
-    rz.baddbmm_(h, w_rz_t).sigmoid_()
-    torch.mul(rz[..., :H], h, out=b.rh[t])
-    # tanh(a) = 2 sigmoid(2a) - 1: CPU sigmoid is several times faster than tanh
-    n.baddbmm_(b.rh[t], w_n_t, beta=2, alpha=2).sigmoid_().mul_(2).sub_(1)
-    torch.addcmul(n, rz[..., H:], torch.sub(h, n, out=pre), out=pre)  # n + z (h - n)
-    torch.clamp(pre, -clip, clip, out=b.hs[t + 1])
-
-
-def _gru_local_grads(b: _GRUBuffers, clip: float) -> tuple[Tensor, Tensor]:
-    """Local derivatives of all T steps of a ``_gru_step_`` recurrence, vectorised.
-
-    Returns coef (T, D, B, 3, H) and mz (T, D, B, H). With the clip mask m = 1 where
-    |pre| <= clip (torch.clamp's rule) folded in, for the gate blocks (r, z, n):
-        dL/d(r pre-act) = dL/d(r h) * coef_r,   coef_r = h r (1 - r)
-        dL/d(z pre-act) = dL/dh' * coef_z,      coef_z = m (h - n) z (1 - z)
-        dL/d(n pre-act) = dL/dh' * coef_n,      coef_n = m (1 - z) (1 - n^2)
-    and mz = m z, the derivative dh'/dh through the z h term. Written into one preallocated
-    tensor (fresh multi-MB temporaries cost page faults).
-    """
-    h_prev, n = b.hs[:-1], b.n
-    H = n.shape[-1]
-    r, z = b.rz[..., :H], b.rz[..., H:]
-    coef = n.new_empty(*n.shape[:-1], 3, H)
-    c_r, c_z, c_n = coef.unbind(-2)
-    m = torch.abs(b.pre, out=c_n).le_(clip)  # 1.0 / 0.0
-    mz = m * z
-    c_n.sub_(mz)  # m (1 - z)
-    torch.sub(h_prev, n, out=c_z).mul_(z).mul_(c_n)
-    torch.mul(n, n, out=c_r).neg_().add_(1)  # 1 - n^2, c_r as scratch
-    c_n.mul_(c_r)
-    torch.mul(r, r, out=c_r).neg_().add_(r).mul_(h_prev)
-    return coef, mz
-
-
-def _gru_step_backward(dh: Tensor, d_xp: Tensor, dh_prev: Tensor, coef: Tensor, mz: Tensor, r: Tensor,
-                       w_rz: Tensor, w_n: Tensor) -> None:
-    """Backpropagate one step: dh = dL/dh_t (D, B, H) -> writes d_xp (D, B, 3H), the gradients of
-    the gate pre-activations, and dh_prev (D, B, H), dL/dh_{t-1} through this step. coef, mz, r:
-    this step's slices of ``_gru_local_grads`` and of the gates; w_rz (D, 2H, H), w_n (D, H, H)."""
-    D, B, H = dh.shape
-    blocks = d_xp.view(D, B, 3, H)
-    torch.mul(dh.unsqueeze(-2), coef[..., 1:, :], out=blocks[..., 1:, :])
-    d_rh = torch.bmm(d_xp[..., 2 * H :], w_n)
-    torch.mul(d_rh, coef[..., 0, :], out=blocks[..., 0, :])
-    torch.mul(dh, mz, out=dh_prev)
-    dh_prev.addcmul_(d_rh, r).baddbmm_(d_xp[..., : 2 * H], w_rz)
-
-
-def _flat_steps(x: Tensor) -> Tensor:
-    """(T, D, B, k) -> (D, T*B, k): all steps and trials of each of the D models as rows."""
-    T, D, B, k = x.shape
-    return x.transpose(0, 1).reshape(D, T * B, k)
-
-
-def _weight_grad(d_out: Tensor, inputs: Tensor) -> Tensor:
-    """dL/dW (D, k, j) of y = x W^T summed over all steps and trials: d_out (T, D, B, k), inputs x
-    (T, D, B, j). One large matmul per model instead of T small ones; per model rather than one
-    bmm because batched kernels can round batch entries differently at odd sizes, and population
-    training relies on a copied member taking exactly the original's step."""
-    d_out, inputs = _flat_steps(d_out), _flat_steps(inputs)
-    return torch.stack([d_out[d].T @ inputs[d] for d in range(d_out.shape[0])])
-
-
-def _gru_weight_grad(d_xp: Tensor, b: _GRUBuffers) -> Tensor:
-    """dL/dW_hh (D, 3H, H) from all steps' gate gradients d_xp (T, D, B, 3H) and the recurrence's
-    states h_{t-1} and r * h_{t-1}."""
-    H = b.n.shape[-1]
-    return torch.cat([_weight_grad(d_xp[..., : 2 * H], b.hs[:-1]), _weight_grad(d_xp[..., 2 * H :], b.rh)], dim=1)
-
-
-class _ClippedGRUScan(torch.autograd.Function):
-    """The whole recurrence h_1..h_T of D independent GRUs in one autograd node.
-
-    Forward runs ``gru_step`` T times without recording a graph, in place in preallocated
-    buffers; backward is hand-written backpropagation through time. This replaces ~20
-    autograd nodes per step with about ten in-place kernels, and turns the weight gradient
-    into two large matmuls over all steps instead of 2T small ones.
-    Shapes: xp (T, D, B, 3H), h0 (D, B, H), w_hh (D, 3H, H) -> states (T, D, B, H) and the
-    last state (D, B, H) (a separate output so that users of the last state alone, like the
-    IC encoder, send no gradient for the other T - 1 states).
-    """
-
-    @staticmethod
-    def forward(ctx, xp: Tensor, h0: Tensor, w_hh: Tensor, clip: float) -> tuple[Tensor, Tensor]:
-        T, D, B, H3 = xp.shape
-        H = H3 // 3
-        w_rz_t, w_n_t = w_hh[:, : 2 * H].transpose(1, 2), w_hh[:, 2 * H :].transpose(1, 2)
-        b = _GRUBuffers.start(xp, h0)
-        steps = b.steps()
-        for t in range(T):
-            _gru_step_(steps, t, w_rz_t, w_n_t, clip)
-        ctx.save_for_backward(w_hh, *b)
-        ctx.clip = clip
-        ctx.set_materialize_grads(False)
-        return b.hs[1:], b.hs[T].clone()
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, d_states: Tensor | None, d_last: Tensor | None):
-        w_hh, *saved = ctx.saved_tensors
-        b = _GRUBuffers(*saved)
-        T, D, B, H = b.n.shape
-        coef, mz = _gru_local_grads(b, ctx.clip)
-        w_rz, w_n = w_hh[:, : 2 * H], w_hh[:, 2 * H :]
-        d_xp = b.n.new_empty(T, D, B, 3 * H)  # gradients of the gate pre-activations (r, z, n)
-        d_xp_, coef_, mz_, r_ = d_xp.unbind(0), coef.unbind(0), mz.unbind(0), b.rz[..., :H].unbind(0)
-        # dh = dL/dh_t in total (from the output at t and from step t + 1): two buffers in turn.
-        dh, nxt = b.n.new_zeros(D, B, H), b.n.new_empty(D, B, H)
-        if d_last is not None:
-            dh.copy_(d_last)
-        for t in range(T - 1, -1, -1):
-            if d_states is not None:
-                dh.add_(d_states[t])
-            _gru_step_backward(dh, d_xp_[t], nxt, coef_[t], mz_[t], r_[t], w_rz, w_n)
-            dh, nxt = nxt, dh
-        d_w = _gru_weight_grad(d_xp, b) if ctx.needs_input_grad[2] else None
-        return d_xp, dh, d_w, None
-
-
-def clipped_gru_scan(xp: Tensor, h0: Tensor, w_hh: Tensor, clip: float) -> tuple[Tensor, Tensor]:
-    """Run ``gru_step`` over all T steps of D independent GRUs.
-
-    xp (T, D, B, 3H), h0 (D, B, H), w_hh (D, 3H, H) -> (states (T, D, B, H), last state (D, B, H)).
-    Equal to looping ``gru_step`` (tested in value and gradient) but several times faster.
-    Only valid when the inputs xp do not depend on the states (encoders; generator without
-    a controller).
-    """
-    return _ClippedGRUScan.apply(xp, h0, w_hh, clip)
-
-
-class _ControlledDecoder(torch.autograd.Function):
-    """Controller and generator (co_dim > 0) of D models over all T steps in one autograd node.
-
-    The two recurrences are coupled through u_t and f_t, so they run step by step together,
-    without a graph, in preallocated buffers (``_GRUBuffers``, ``_gru_step_``); backward is
-    hand-written backpropagation through time. ``LFADS._decode_loop`` is the same computation in
-    plain autograd. At step t, with dropout multipliers fm_t, gm_t (0 or 1 / (1 - rate)):
-
-        a_t = ci_t + (f_{t-1} fm_t) W_cf^T               controller input (f_{-1}: f0)
-        h_t = GRU_con(a_t, h_{t-1})
-        m_t | l_t = h_t W_co^T + b_co,   s_t = exp(l_t / 2)
-        u_t = m_t + s_t eps_t                            (u_t = m_t without eps: posterior means)
-        g_t = GRU_gen(ge_t + u_t W_gu^T, g_{t-1})
-        f_t = (g_t gm_t) W_fac^T
-
-    Shapes (K = co_dim, C = con_dim, G = gen_dim, F = fac_dim): ci (T, D, B, 3C) and ge
-    (T, D, B, 3G) the input projections known in advance (encoded inputs, external inputs,
-    biases); h0 (D, B, C), g0 (D, B, G), f0 (D, B, F); w_con (D, 3C, C), w_cf (D, 3C, F),
-    w_co (D, 2K, C), b_co (D, 2K), w_gu (D, 3G, K), w_gen (D, 3G, G), w_fac (D, F, G);
-    fm (T, D, B, F), gm (T, D, B, G), eps (T, D, B, K), each or None.
-    Returns g, f (T, D, B, G / F) and u, m, s (T, D, B, K).
-    """
-
-    @staticmethod
-    def forward(ctx, ci, ge, h0, g0, f0, w_con, w_cf, w_co, b_co, w_gu, w_gen, w_fac, fm, gm, eps, clip):
-        T, D, B, _ = ci.shape
-        C, G, K = h0.shape[-1], g0.shape[-1], w_gu.shape[-1]
-        con, gen = _GRUBuffers.start(ci, h0), _GRUBuffers.start(ge, g0)
-        f_in = ci.new_empty(T, D, B, f0.shape[-1])  # f_{t-1} fm_t, the controller's factor input
-        fs = ci.new_empty(T + 1, D, B, f0.shape[-1])  # f_{-1} .. f_{T-1}
-        fs[0] = f0
-        mo = ci.new_empty(T, D, B, 2 * K)  # m_t | l_t
-        s, u = ci.new_empty(T, D, B, K), ci.new_empty(T, D, B, K)
-
-        def blocks_t(w, H):  # gate blocks (r|z, n) of w, transposed; contiguous once, not per step
-            return w[:, : 2 * H].transpose(1, 2).contiguous(), w[:, 2 * H :].transpose(1, 2).contiguous()
-
-        w_con_t, w_gen_t, w_cf_t, w_gu_t = blocks_t(w_con, C), blocks_t(w_gen, G), blocks_t(w_cf, C), blocks_t(w_gu, G)
-        w_co_t, w_fac_t = w_co.transpose(1, 2).contiguous(), w_fac.transpose(1, 2).contiguous()
-        b_co_ = b_co.unsqueeze(1)
-        con_, gen_ = con.steps(), gen.steps()
-        for t in range(T):
-            if fm is not None:
-                torch.mul(fs[t], fm[t], out=f_in[t])
-            else:
-                f_in[t].copy_(fs[t])
-            con_.rz[t].baddbmm_(f_in[t], w_cf_t[0])
-            con_.n[t].baddbmm_(f_in[t], w_cf_t[1])
-            _gru_step_(con_, t, *w_con_t, clip)
-            torch.baddbmm(b_co_, con_.hs[t + 1], w_co_t, out=mo[t])
-            torch.exp(mo[t, ..., K:].mul(0.5), out=s[t])
-            if eps is not None:
-                torch.addcmul(mo[t, ..., :K], s[t], eps[t], out=u[t])
-            else:
-                u[t].copy_(mo[t, ..., :K])
-            gen_.rz[t].baddbmm_(u[t], w_gu_t[0])
-            gen_.n[t].baddbmm_(u[t], w_gu_t[1])
-            _gru_step_(gen_, t, *w_gen_t, clip)
-            g_read = gen_.hs[t + 1] * gm[t] if gm is not None else gen_.hs[t + 1]
-            torch.bmm(g_read, w_fac_t, out=fs[t + 1])
-        ctx.save_for_backward(w_con, w_cf, w_co, w_gu, w_gen, w_fac, fm, gm, eps, f_in, s, u, *con, *gen)
-        ctx.clip = clip
-        ctx.set_materialize_grads(False)
-        return gen.hs[1:], fs[1:], u, mo[..., :K], s
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, d_g, d_f, d_u, d_m, d_s):
-        w_con, w_cf, w_co, w_gu, w_gen, w_fac, fm, gm, eps, f_in, s, u, *rest = ctx.saved_tensors
-        w_cf, w_co, w_gu, w_fac = (w.contiguous() for w in (w_cf, w_co, w_gu, w_fac))  # slices of larger weights
-        con, gen = _GRUBuffers(*rest[:5]), _GRUBuffers(*rest[5:])
-        T, D, B, C = con.n.shape
-        G, K = gen.n.shape[-1], u.shape[-1]
-        (coef_c, mz_c), (coef_g, mz_g) = _gru_local_grads(con, ctx.clip), _gru_local_grads(gen, ctx.clip)
-        r_c, r_g = con.rz[..., :C], gen.rz[..., :G]
-        w_con_rz, w_con_n = w_con[:, : 2 * C], w_con[:, 2 * C :]
-        w_gen_rz, w_gen_n = w_gen[:, : 2 * G], w_gen[:, 2 * G :]
-        d_a, d_b = u.new_empty(T, D, B, 3 * C), u.new_empty(T, D, B, 3 * G)  # gate pre-activation grads
-        d_mo, d_f_all = u.new_empty(T, D, B, 2 * K), u.new_empty(T, D, B, w_fac.shape[1])
-        dh, dh_nxt = u.new_zeros(D, B, C), u.new_empty(D, B, C)  # dL/dh_t, controller
-        dg, dg_nxt = u.new_zeros(D, B, G), u.new_empty(D, B, G)  # dL/dg_t, generator
-        df = u.new_zeros(D, B, w_fac.shape[1])  # dL/df_t through the controller input at t + 1
-        for t in range(T - 1, -1, -1):
-            if d_f is not None:
-                df.add_(d_f[t])
-            d_f_all[t] = df
-            if d_g is not None:
-                dg.add_(d_g[t])
-            d_read = torch.bmm(df, w_fac)  # dL/d(g_t gm_t) through f_t
-            if gm is not None:
-                d_read.mul_(gm[t])
-            dg.add_(d_read)
-            _gru_step_backward(dg, d_b[t], dg_nxt, coef_g[t], mz_g[t], r_g[t], w_gen_rz, w_gen_n)
-            dg, dg_nxt = dg_nxt, dg
-            du = torch.bmm(d_b[t], w_gu)
-            if d_u is not None:
-                du.add_(d_u[t])
-            dm, dl = d_mo[t, ..., :K], d_mo[t, ..., K:]
-            dm.copy_(du)
-            if d_m is not None:
-                dm.add_(d_m[t])
-            if eps is not None:
-                torch.mul(du, eps[t], out=dl)
-            else:
-                dl.zero_()
-            if d_s is not None:
-                dl.add_(d_s[t])
-            dl.mul_(s[t]).mul_(0.5)  # ds/dl = s / 2
-            dh.baddbmm_(d_mo[t], w_co)
-            _gru_step_backward(dh, d_a[t], dh_nxt, coef_c[t], mz_c[t], r_c[t], w_con_rz, w_con_n)
-            dh, dh_nxt = dh_nxt, dh
-            df = torch.bmm(d_a[t], w_cf)
-            if fm is not None:
-                df.mul_(fm[t])
-        g_read = gen.hs[1:] * gm if gm is not None else gen.hs[1:]
-        grads = {
-            "w_con": _gru_weight_grad(d_a, con),
-            "w_cf": _weight_grad(d_a, f_in),
-            "w_co": _weight_grad(d_mo, con.hs[1:]),
-            "b_co": d_mo.sum((0, 2)),
-            "w_gu": _weight_grad(d_b, u),
-            "w_gen": _gru_weight_grad(d_b, gen),
-            "w_fac": _weight_grad(d_f_all, g_read),
-        }
-        return (d_a, d_b, dh, dg, df, *grads.values(), None, None, None, None)
-
-
-def controlled_decode(ci, ge, h0, g0, f0, w_con, w_cf, w_co, b_co, w_gu, w_gen, w_fac, fm, gm, eps, clip):
-    """Run ``_ControlledDecoder`` (shapes there); equal to ``LFADS._decode_loop`` in value and
-    gradient (tested) and several times faster."""
-    return _ControlledDecoder.apply(ci, ge, h0, g0, f0, w_con, w_cf, w_co, b_co, w_gu, w_gen, w_fac, fm, gm, eps, clip)
 
 
 class ClippedGRU(nn.Module):
@@ -627,25 +337,117 @@ def _fan_in_linear(in_features: int, out_features: int) -> nn.Linear:
     return layer
 
 
+
+# --------------------------------------------------------------------------------------------
+# The generator: the dynamics seam
+# --------------------------------------------------------------------------------------------
+
+
+class GRUGenerator(ClippedGRU):
+    """The generator's dynamics, g_t = GRU([u_t, ext_t], g_{t-1}): a ``ClippedGRU`` with a step.
+
+    A generator is a module with ``step(g, inputs) -> g`` (g: (B, gen_dim), inputs: (B, co_dim
+    + ext_input_dim)); the decoder's step loop calls it once per bin. ``fusable`` says whether
+    the fused kernels (``lfads_nb._fused_gru``) implement its recurrence, so ``LFADS(fused=True)``
+    may run them instead of the loop; another cell (e.g. a neural ODE) sets it False and always
+    runs on the loop.
+    """
+
+    fusable = True
+
+    def __init__(self, input_size: int, hidden_size: int, clip: float):
+        super().__init__(input_size, hidden_size, clip)
+
+    def step(self, g: Tensor, inputs: Tensor) -> Tensor:
+        return gru_step(F.linear(inputs, self.weight_ih[0], self.bias_ih[0]), g, self.weight_hh[0], self.clip)
+
+
+# --------------------------------------------------------------------------------------------
+# Randomness: an input of the forward pass
+# --------------------------------------------------------------------------------------------
+
+
+class Noise(NamedTuple):
+    """Every random number of one forward pass. B trials, T bins; an optional leading member
+    axis P when drawn for a population (``draw_noise(..., members=P)``).
+
+    Dropout entries are uniforms in [0, 1): an entry is kept where uniform >= rate (so with
+    probability 1 - rate) and scaled by 1 / (1 - rate). Sites absent from the architecture, or
+    not drawn (``dropout=False`` / ``sample=False``), are None.
+    """
+
+    x: Tensor | None  # (B, T, E) dropout of the encoder input
+    ic_enc: Tensor | None  # (B, 2 ic_enc_dim) dropout of the IC encoder's final states
+    ext: Tensor | None  # (B, T, ext_input_dim) dropout of the external inputs
+    ci: Tensor | None  # (B, T, 2 ci_enc_dim) dropout of the controller inputs
+    g_init: Tensor | None  # (B, gen_dim) dropout of linear(g0) before f_{-1} (controller only)
+    factors_in: Tensor | None  # (B, T, fac_dim) dropout of f_{t-1} fed to the controller at t
+    gen_states: Tensor | None  # (B, T, gen_dim) dropout of g_t before the factor readout
+    ic_eps: Tensor | None  # (B, ic_dim) standard normals: g0 = ic_mean + ic_std * ic_eps
+    co_eps: Tensor | None  # (B, T, co_dim) standard normals: u_t = co_mean + co_std * co_eps
+
+
+def draw_noise(config: LFADSConfig, B: int, T: int, *, members: int | None = None,
+               generator: torch.Generator | None = None, dtype: torch.dtype = torch.float32, device=None,
+               dropout: bool = True, sample: bool = True) -> Noise:
+    """Draw a ``Noise`` from ``generator`` (default: torch's global generator), one call per
+    site in field order. ``members``: a leading population axis. ``dropout`` / ``sample``: draw
+    the dropout uniforms / the posterior normals, else leave them None."""
+    c, lead, ctrl = config, () if members is None else (members,), config.co_dim > 0
+
+    def u(*shape, when=True):
+        return torch.rand(lead + shape, generator=generator, dtype=dtype, device=device) if dropout and when else None
+
+    def n(*shape, when=True):
+        return torch.randn(lead + shape, generator=generator, dtype=dtype, device=device) if sample and when else None
+
+    return Noise(
+        x=u(B, T, c.encod_dim),
+        ic_enc=u(B, 2 * c.ic_enc_dim),
+        ext=u(B, T, c.ext_input_dim, when=c.ext_input_dim > 0),
+        ci=u(B, T, 2 * c.ci_enc_dim, when=ctrl),
+        g_init=u(B, c.gen_dim, when=ctrl),
+        factors_in=u(B, T, c.fac_dim, when=ctrl),
+        gen_states=u(B, T, c.gen_dim),
+        ic_eps=n(B, c.ic_dim),
+        co_eps=n(B, T, c.co_dim, when=ctrl),
+    )
+
+
+def _keep(uniforms: Tensor, rate) -> Tensor:
+    """Dropout multipliers: 1 / (1 - rate) where the uniform is >= rate, else 0."""
+    return (uniforms >= rate) / (1 - rate)
+
+
+# --------------------------------------------------------------------------------------------
+# The model
+# --------------------------------------------------------------------------------------------
+
+
 class LFADS(nn.Module):
-    """Sequential VAE: encoders infer g0 (and inputs u_t), a GRU generator produces the factors.
+    """Sequential VAE: encoders infer g0 (and inputs u_t), a generator produces the factors.
 
     Submodules in data-flow order: ``ic_encoder``, ``ic_linear``, ``ic_prior``, ``ci_encoder``,
     ``controller`` / ``con_h0`` / ``co_linear`` / ``co_prior`` (only with co_dim > 0),
-    ``ic_to_g0``, ``generator``, ``factor_readout``, ``observation`` (readout to the
-    observation parameters, plus the likelihood).
+    ``ic_to_g0``, ``generator`` (``GRUGenerator``), ``factor_readout``, ``observation``
+    (readout to the observation parameters, plus the likelihood).
+
+    ``fused`` (default True) runs the generator's recurrence, and the controller's with it, as
+    the fused kernels of ``lfads_nb._fused_gru``; ``fused=False`` runs the step loop of
+    ``decode``, the same computation in plain autograd (slower; step through it in a debugger).
+    The encoders always use the fused scan.
 
     Initial states: the encoders' and the controller's (``con_h0``) are learnable vectors
     (init 0). The controller's first input uses the factors of the generator's initial
     state, f_{-1} = W_fac dropout(linear(g0)), as lfads-torch does.
     """
 
-    def __init__(self, config: LFADSConfig):
+    def __init__(self, config: LFADSConfig, *, fused: bool = True):
         super().__init__()
         if not isinstance(config, LFADSConfig):
             raise ConfigError(f"LFADS needs an LFADSConfig, got {type(config).__name__}.")
         self.config = c = config
-        self.dropout = nn.Dropout(c.dropout)
+        self.fused = bool(fused)
         self.ic_encoder = BidirectionalEncoder(c.encod_dim, c.ic_enc_dim, c.cell_clip)
         self.ic_linear = _fan_in_linear(2 * c.ic_enc_dim, 2 * c.ic_dim)
         self.ic_prior = GaussianPrior(c.ic_dim, c.ic_prior_var)
@@ -656,18 +458,18 @@ class LFADS(nn.Module):
             self.co_linear = _fan_in_linear(c.con_dim, 2 * c.co_dim)
             self.co_prior = AR1Prior(c.co_dim, c.co_prior_tau, c.co_prior_var)
         self.ic_to_g0 = _fan_in_linear(c.ic_dim, c.gen_dim)
-        self.generator = ClippedGRU(c.co_dim + c.ext_input_dim, c.gen_dim, c.cell_clip)
+        self.generator = GRUGenerator(c.co_dim + c.ext_input_dim, c.gen_dim, c.cell_clip)
         self.factor_readout = FactorReadout(c.gen_dim, c.fac_dim)
         self.observation: ObservationModel = make_observation(c.observation, c.n_neurons, c.fac_dim)
 
     # ---- encoders ---------------------------------------------------------------------------
 
-    def encode_ic(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def encode_ic(self, x: Tensor, drop) -> tuple[Tensor, Tensor]:
         """Posterior of g0 from the (dropped-out) input x (B, T, E): mean, std, each (B, ic_dim).
 
         std = sqrt(exp(logvar) + ic_post_var_min): the floor keeps the posterior from collapsing.
         """
-        h = self.dropout(self.ic_encoder.final_states(x))
+        h = drop(self.ic_encoder.final_states(x), "ic_enc")
         mean, logvar = self.ic_linear(h).chunk(2, dim=-1)
         return mean, torch.sqrt(torch.exp(logvar) + self.config.ic_post_var_min)
 
@@ -683,85 +485,79 @@ class LFADS(nn.Module):
         bwd = F.pad(bwd, (0, 0, 0, 1))[:, 1:]
         return torch.cat([fwd, bwd], dim=-1)
 
-    # ---- decoders (controller + generator) --------------------------------------------------
+    # ---- decoder (controller + generator) ---------------------------------------------------
 
-    def _decode_scan(self, g_init: Tensor, ext: Tensor) -> tuple[Tensor, Tensor]:
-        """Generator without a controller: inputs (ext only) known in advance, one fused scan.
+    def decode(self, g_init: Tensor, ci: Tensor | None, ext: Tensor, drop, masks, co_eps: Tensor | None):
+        """Controller and generator over all T bins: the step loop, or the fused kernels.
 
-        g_init (B, gen_dim), ext (B, T, ext_input_dim) already dropped out -> states, factors.
-        """
-        xp = self.generator.project(ext.transpose(0, 1).unsqueeze(1))  # (T, 1, B, 3H)
-        states, _ = clipped_gru_scan(xp, g_init[None], self.generator.weight_hh, self.config.cell_clip)
-        states = states[:, 0].transpose(0, 1)  # (B, T, gen_dim)
-        return states, self.factor_readout(self.dropout(states))
-
-    def _decode_controlled(self, g_init: Tensor, ci: Tensor, ext: Tensor, sample: bool):
-        """Controller + generator as one fused recurrence (``controlled_decode``); same arguments
-        and returns as ``_decode_loop``. Dropout of f_{t-1} and g_t is drawn for all steps at once."""
-        c = self.config
-        B, T = ext.shape[:2]
-        con, gen, n_ci = self.controller, self.generator, 2 * c.ci_enc_dim
-        w_fac = self.factor_readout.normalized_weight()
-        con_xp_ci = F.linear(self.dropout(ci), con.weight_ih[0, :, :n_ci], con.bias_ih[0])
-        gen_xp_ext = F.linear(ext, gen.weight_ih[0, :, c.co_dim :], gen.bias_ih[0])
-        f_init = F.linear(self.dropout(g_init), w_fac)  # f_{-1}
-        factor_mask = self.dropout(ext.new_ones(B, T, c.fac_dim)) if self.training else None
-        state_mask = self.dropout(ext.new_ones(B, T, c.gen_dim)) if self.training else None
-        eps = torch.randn(B, T, c.co_dim, dtype=ext.dtype, device=ext.device) if sample else None
-
-        def steps(x: Tensor | None) -> Tensor | None:  # (B, T, k) -> (T, D=1, B, k)
-            return None if x is None else x.transpose(0, 1).unsqueeze(1)
-
-        outputs = controlled_decode(
-            steps(con_xp_ci), steps(gen_xp_ext), self.con_h0.expand(1, B, -1), g_init[None], f_init[None],
-            con.weight_hh, con.weight_ih[:, :, n_ci:], self.co_linear.weight[None], self.co_linear.bias[None],
-            gen.weight_ih[:, :, : c.co_dim], gen.weight_hh, w_fac[None],
-            steps(factor_mask), steps(state_mask), steps(eps), c.cell_clip,
-        )
-        return tuple(o[:, 0].transpose(0, 1) for o in outputs)
-
-    def _decode_loop(self, g_init: Tensor, ci: Tensor | None, ext: Tensor, sample: bool):
-        """Step-by-step decoder in plain autograd: the readable reference for ``_decode_scan`` and
-        ``_decode_controlled``, which ``forward`` runs (tested equal in value and gradient).
-
-        g_init (B, gen_dim); ci (B, T, 2 ci_enc_dim) or None without controller;
-        ext (B, T, ext_input_dim) already dropped out.
+        g_init (B, gen_dim); ci (B, T, 2 ci_enc_dim) or None without a controller; ext
+        (B, T, ext_input_dim) already dropped out; ``drop(v, site)`` applies the dropout of a
+        ``Noise`` site; ``masks(site)`` gives that site's dropout multipliers (or None);
+        co_eps (B, T, co_dim) posterior normals, or None for posterior means.
         Returns states (B, T, gen_dim), factors (B, T, fac_dim), u, co_mean, co_std (B, T, co_dim).
         """
         c = self.config
         B, T = ext.shape[:2]
-        gen, w_fac = self.generator, self.factor_readout.normalized_weight()
-        # The parts of every input projection that do not depend on the recurrence, all steps at once.
-        gen_xp_ext = F.linear(ext, gen.weight_ih[0, :, c.co_dim :], gen.bias_ih[0])  # (B, T, 3 gen_dim)
+        w_fac = self.factor_readout.normalized_weight()
+        if self.fused and self.generator.fusable:
+            return self._decode_fused(g_init, ci, ext, drop, masks, co_eps, w_fac)
         g = g_init
         outputs = {"states": [], "factors": [], "u": [], "co_mean": [], "co_std": []}
-        if self.config.co_dim:
-            con = self.controller
-            n_ci = 2 * c.ci_enc_dim
+        ext_t, eps_t = ext.unbind(1), co_eps.unbind(1) if co_eps is not None else None
+        if c.co_dim:
+            con, n_ci = self.controller, 2 * c.ci_enc_dim
             # dropout([e_t, f_{t-1}]) == [dropout(e_t), dropout(f_{t-1})]: independent per element
-            con_xp_ci = F.linear(self.dropout(ci), con.weight_ih[0, :, :n_ci], con.bias_ih[0])
-            eps = torch.randn(B, T, c.co_dim, dtype=ext.dtype, device=ext.device).unbind(1) if sample else None
+            con_xp_ci = F.linear(drop(ci, "ci"), con.weight_ih[0, :, :n_ci], con.bias_ih[0]).unbind(1)
+            factor_masks = masks("factors_in")
             h_con = self.con_h0.expand(B, -1)
-            f = F.linear(self.dropout(g_init), w_fac)  # f_{-1}
-        # Per-step views by unbind: indexing [:, t] would zero-fill a full-size gradient every step.
-        gen_xp_steps = gen_xp_ext.unbind(1)
-        if self.config.co_dim:
-            con_xp_steps = con_xp_ci.unbind(1)
+            f = F.linear(drop(g_init, "g_init"), w_fac)  # f_{-1}
+        state_masks = masks("gen_states")
         for t in range(T):
-            gen_xp = gen_xp_steps[t]
-            if self.config.co_dim:
-                con_xp = con_xp_steps[t] + F.linear(self.dropout(f), con.weight_ih[0, :, n_ci:])
-                h_con = gru_step(con_xp, h_con, con.weight_hh[0], c.cell_clip)
+            if c.co_dim:
+                f_in = f * factor_masks[:, t] if factor_masks is not None else f
+                h_con = gru_step(con_xp_ci[t] + F.linear(f_in, con.weight_ih[0, :, n_ci:]), h_con, con.weight_hh[0],
+                                 c.cell_clip)
                 co_mean, co_logvar = self.co_linear(h_con).chunk(2, dim=-1)
                 co_std = torch.exp(0.5 * co_logvar)
-                u = co_mean + co_std * eps[t] if sample else co_mean
-                gen_xp = gen_xp + F.linear(u, gen.weight_ih[0, :, : c.co_dim])
+                u = co_mean + co_std * eps_t[t] if eps_t is not None else co_mean
                 outputs["u"].append(u), outputs["co_mean"].append(co_mean), outputs["co_std"].append(co_std)
-            g = gru_step(gen_xp, g, gen.weight_hh[0], c.cell_clip)
-            f = F.linear(self.dropout(g), w_fac)
+                g = self.generator.step(g, torch.cat([u, ext_t[t]], dim=-1))
+            else:
+                g = self.generator.step(g, ext_t[t])
+            f = F.linear(g * state_masks[:, t] if state_masks is not None else g, w_fac)
             outputs["states"].append(g), outputs["factors"].append(f)
         empty = ext.new_zeros(B, T, 0)
         return tuple(torch.stack(v, dim=1) if v else empty for v in outputs.values())
+
+    def _decode_fused(self, g_init, ci, ext, drop, masks, co_eps, w_fac):
+        """``decode`` on the fused kernels: ``clipped_gru_scan`` without a controller (the
+        generator's inputs are then known in advance), ``controlled_decode`` with one."""
+        c, gen = self.config, self.generator
+        B, T = ext.shape[:2]
+
+        def steps(x: Tensor | None) -> Tensor | None:  # (B, T, k) -> (T, D=1, B, k)
+            return None if x is None else x.transpose(0, 1).unsqueeze(1)
+
+        gen_xp_ext = F.linear(ext, gen.weight_ih[0, :, c.co_dim :], gen.bias_ih[0])
+        if not c.co_dim:
+            states, _ = clipped_gru_scan(steps(gen_xp_ext), g_init[None], gen.weight_hh, c.cell_clip)
+            states = states[:, 0].transpose(0, 1)
+            factors = F.linear(drop(states, "gen_states"), w_fac)
+            empty = ext.new_zeros(B, T, 0)
+            return states, factors, empty, empty, empty
+        con, n_ci = self.controller, 2 * c.ci_enc_dim
+        con_xp_ci = F.linear(drop(ci, "ci"), con.weight_ih[0, :, :n_ci], con.bias_ih[0])
+        f_init = F.linear(drop(g_init, "g_init"), w_fac)  # f_{-1}
+        weights = DecoderWeights(
+            controller=con.weight_hh, controller_factors=con.weight_ih[:, :, n_ci:],
+            co_weight=self.co_linear.weight[None], co_bias=self.co_linear.bias[None],
+            generator_inputs=gen.weight_ih[:, :, : c.co_dim], generator=gen.weight_hh, factors=w_fac[None],
+        )
+        outputs = controlled_decode(
+            steps(con_xp_ci), steps(gen_xp_ext), self.con_h0.expand(1, B, -1), g_init[None], f_init[None], weights,
+            steps(masks("factors_in")), steps(masks("gen_states")), steps(co_eps), c.cell_clip,
+        )
+        return tuple(o[:, 0].transpose(0, 1) for o in outputs)
 
     # ---- forward ----------------------------------------------------------------------------
 
@@ -793,38 +589,57 @@ class LFADS(nn.Module):
         if ext_input.dtype != dtype:
             raise DataError(f"ext_input has dtype {ext_input.dtype}, the model {dtype}; convert with .to({dtype}).")
 
-    def forward(self, encoder_input: Tensor, ext_input: Tensor | None = None, *, sample: bool = True) -> LFADSOutput:
+    def forward(self, encoder_input: Tensor, ext_input: Tensor | None = None, *, sample: bool = True,
+                noise: Noise | None = None, dropout: float | Tensor | None = None) -> LFADSOutput:
         """Infer everything for a batch.
 
-        encoder_input (B, T, encod_dim): already masked / rescaled by the caller, NaN already 0.
-        ext_input (B, T, ext_input_dim) or None. ``sample=True`` draws g0 and u_t from their
-        posteriors (training, posterior sampling); ``sample=False`` uses the posterior means.
-        kl_co is the one-sample estimate at the drawn u when sampling, and its closed-form
-        expectation when not (so ``sample=False`` is deterministic in eval mode).
+        encoder_input (B, T, encod_dim): already masked / rescaled by the caller, NaN already 0
+        (``lfads_nb.transforms.encoder_input``). ext_input (B, T, ext_input_dim) or None.
+        ``sample=True`` draws g0 and u_t from their posteriors (training, posterior sampling);
+        ``sample=False`` uses the posterior means. kl_co is the one-sample estimate at the drawn
+        u when sampling, and its closed-form expectation when not (so ``sample=False`` is
+        deterministic in eval mode). Dropout applies in train mode only, at rate ``dropout``
+        (default ``config.dropout``; a tensor under ``torch.func.vmap`` for per-member rates).
+        ``noise``: the random numbers to use (``draw_noise``); drawn from torch's global
+        generator when None.
         """
         self._check_inputs(encoder_input, ext_input)
         c = self.config
         B, T, _ = encoder_input.shape
-        x = self.dropout(encoder_input)
-        ic_mean, ic_std = self.encode_ic(x)
-        g0 = ic_mean + ic_std * torch.randn_like(ic_std) if sample else ic_mean
+        rate = c.dropout if dropout is None else dropout
+        training = self.training
+        if noise is None and (training or sample):
+            noise = draw_noise(c, B, T, dtype=encoder_input.dtype, device=encoder_input.device,
+                               dropout=training, sample=sample)
+
+        def masks(site: str) -> Tensor | None:
+            uniforms = getattr(noise, site) if training else None
+            return None if uniforms is None else _keep(uniforms, rate)
+
+        def drop(v: Tensor, site: str) -> Tensor:
+            m = masks(site)
+            return v if m is None else v * m
+
+        x = drop(encoder_input, "x")
+        ic_mean, ic_std = self.encode_ic(x, drop)
+        g0 = ic_mean + ic_std * noise.ic_eps if sample else ic_mean
         kl_ic = self.ic_prior.kl(ic_mean, ic_std)
         g_init = self.ic_to_g0(g0)
-        ext = self.dropout(ext_input) if c.ext_input_dim else x.new_zeros(B, T, 0)
-        if c.co_dim:
-            ci = self.encode_controller_inputs(x)
-            states, factors, u, co_mean, co_std = self._decode_controlled(g_init, ci, ext, sample)
-            if sample:
-                kl_co = self.co_prior.kl_sample(co_mean, co_std, u)
-            else:
-                kl_co = self.co_prior.kl_expected(co_mean, co_std)
-        else:
-            states, factors = self._decode_scan(g_init, ext)
-            u = co_mean = co_std = x.new_zeros(B, T, 0)
+        ext = drop(ext_input, "ext") if c.ext_input_dim else x.new_zeros(B, T, 0)
+        ci = self.encode_controller_inputs(x) if c.co_dim else None
+        co_eps = noise.co_eps if sample else None
+        states, factors, u, co_mean, co_std = self.decode(g_init, ci, ext, drop, masks, co_eps)
+        if not c.co_dim:
             kl_co = x.new_zeros(B)
+        elif sample:
+            kl_co = self.co_prior.kl_sample(co_mean, co_std, u)
+        else:
+            kl_co = self.co_prior.kl_expected(co_mean, co_std)
         return LFADSOutput(
             self.observation(factors), factors, states, u, ic_mean, ic_std, co_mean, co_std, kl_ic, kl_co
         )
+
+    # ---- objective --------------------------------------------------------------------------
 
     def l2_penalties(self) -> dict[str, Tensor]:
         """0.5 ||W_hh||^2 / (number of entries of W_hh) for the generator and the controller.
@@ -840,3 +655,38 @@ class LFADS(nn.Module):
             "l2_gen": l2(w_gen),
             "l2_con": l2(self.controller.weight_hh) if self.config.co_dim else w_gen.new_zeros(()),
         }
+
+    def objective(self, out: LFADSOutput, batch: Batch, weights: Mapping) -> tuple[Tensor, dict[str, Tensor]]:
+        """The training loss of one batch (lfads-torch's scale) and its parts.
+
+            loss = recon + kl_ramp (kl_ic_scale KL_ic + kl_co_scale KL_co)
+                         + l2_ramp (l2_gen_scale L2_gen + l2_con_scale L2_con) + observation penalty
+
+        recon: the mean per-entry NLL over ``batch.loss_mask``; KLs in nats per trial, averaged
+        over the batch. ``weights`` maps those six names to numbers (0-d tensors under vmap).
+        """
+        w = weights
+        recon = masked_mean(self.observation.nll(out.obs_params, batch.target), batch.loss_mask)
+        kl_ic, kl_co = out.kl_ic.mean(), out.kl_co.mean()
+        l2 = self.l2_penalties()
+        loss = (
+            recon
+            + w["kl_ramp"] * (w["kl_ic_scale"] * kl_ic + w["kl_co_scale"] * kl_co)
+            + w["l2_ramp"] * (w["l2_gen_scale"] * l2["l2_gen"] + w["l2_con_scale"] * l2["l2_con"])
+            + self.observation.penalty()
+        )
+        return loss, {"train_recon": recon, "kl_ic": kl_ic, "kl_co": kl_co, "l2": l2["l2_gen"] + l2["l2_con"]}
+
+    def loss(self, batch: Batch, weights: Mapping, *, noise: Noise | None = None,
+             dropout: float | Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+        """``objective`` of a training forward pass (posterior samples) on ``batch``."""
+        out = self(encoder_input(batch), batch.ext, sample=True, noise=noise, dropout=dropout)
+        return self.objective(out, batch, weights)
+
+    def validation_sums(self, batch: Batch) -> Tensor:
+        """NLL sums of a validation batch (posterior means): (4,) = [NLL over ``loss_mask``, its
+        entry count, NLL over ``heldout`` (sample validation), its entry count]."""
+        out = self(encoder_input(batch), batch.ext, sample=False)
+        nll = self.observation.nll(out.obs_params, batch.target)
+        seen, held = batch.loss_mask, batch.heldout
+        return torch.stack([(nll * seen).sum(), seen.sum().to(nll.dtype), (nll * held).sum(), held.sum().to(nll.dtype)])

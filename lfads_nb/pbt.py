@@ -189,6 +189,11 @@ def _member_seed(seed: int, i: int) -> int:
     return int(np.random.SeedSequence([seed, i]).generate_state(1)[0] >> 1)
 
 
+def build_members(ds: xr.Dataset, train_config: TrainConfig, model_sizes: dict, seeds) -> list[LFADS]:
+    """One ``build_model`` per seed: members start from the data exactly as a single model does."""
+    return [build_model(ds, train_config, seed=s, **model_sizes) for s in seeds]
+
+
 def check_population_fits(model_config: LFADSConfig, P: int, batch_size: int, n_bins: int, device: str,
                           available_bytes: int | None = None) -> None:
     """Raise ConfigError if P members will not fit in the device's memory, saying how many will.
@@ -265,11 +270,11 @@ def pbt(
         raise ConfigError("PBTConfig.metric='valid_sv_nll' needs sample validation: set TrainConfig.sv_fraction > 0.")
     train_idx, valid_idx = train_valid_indices(ds, PBT_NEEDS_VALIDATION)
     P = pc.population
-    model_config = build_model(ds, **model_sizes).config
+    members = build_members(ds, tc, model_sizes, [_member_seed(pc.seed, i) for i in range(P)])
+    model_config = members[0].config
     check_population_fits(model_config, P, tc.batch_size, ds.sizes["time"], tc.device)
     hparams = _initial_hparams(space, P, pc.seed)
-    population = Population(model_config, tc, hparams, [_member_seed(pc.seed, i) for i in range(P)],
-                            noise_seed=pc.seed, device=tc.device)
+    population = Population(members, tc, hparams, noise_seed=pc.seed, device=tc.device)
     tensors = _to_tensors(ds, tc)
     decisions = torch.Generator().manual_seed(pc.seed)  # batch order, exploit pairs, explore draws
     state = _RunState(P)

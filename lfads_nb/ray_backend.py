@@ -49,7 +49,8 @@ import xarray as xr
 from .data import validate
 from .errors import ConfigError
 from .model import LFADS, LFADSConfig
-from .pbt import PBT_NEEDS_VALIDATION, PBTConfig, _initial_hparams, _member_seed, _space_for_population, train_epoch
+from .pbt import (PBT_NEEDS_VALIDATION, PBTConfig, _initial_hparams, _member_seed, _space_for_population, build_members,
+                  train_epoch)
 from .pbt import explore as explore_value
 from .population import Population
 from .search import DEFAULT_SPACE, SearchSpace
@@ -82,9 +83,9 @@ def _trial(config: dict, *, ds: xr.Dataset, settings: dict) -> None:
     members = [config["members"][str(j)] for j in range(k)]
     hparams = {name: [m[name] for m in members] for name in names}
     first = config["index"] * k  # global index of this trial's first member (initial weights only)
-    population = Population(LFADSConfig(**settings["model_config"]), tc, hparams,
-                            [_member_seed(settings["seed"], first + j) for j in range(k)],
-                            noise_seed=_member_seed(settings["seed"], 1_000_000 + config["index"]), device=tc.device)
+    members = build_members(ds, tc, settings["model_sizes"], [_member_seed(settings["seed"], first + j) for j in range(k)])
+    population = Population(members, tc, hparams, noise_seed=_member_seed(settings["seed"], 1_000_000 + config["index"]),
+                            device=tc.device)
     decisions = torch.Generator().manual_seed(_member_seed(settings["seed"], 2_000_000 + config["index"]))
     trial_id = tune.get_context().get_trial_id()
     epoch, generation, smoothed, origin = 0, 0, [math.nan] * k, trial_id
@@ -207,11 +208,13 @@ def ray_pbt(
     row_log.mkdir(parents=True, exist_ok=True)
     for old in row_log.glob("*.jsonl"):  # a new run of the same name starts a new log
         old.unlink()
-    model_config = build_model(ds, **dict(model_sizes or {})).config
+    model_sizes = dict(model_sizes or {})
+    model_config = build_model(ds, **model_sizes).config
     initial = _initial_hparams(space, pc.population, pc.seed)
     configs = [{"index": t, "members": {str(j): {n: initial[n][t * members_per_trial + j] for n in space}
                                         for j in range(members_per_trial)}} for t in range(n_trials)]
     settings = {"train_config": dataclasses.asdict(tc), "model_config": dataclasses.asdict(model_config),
+                "model_sizes": model_sizes,
                 "space": {n: dataclasses.asdict(hp) for n, hp in space.items()}, "members_per_trial": members_per_trial,
                 "seed": pc.seed, "metric": pc.metric, "threads": max(1, int(cpus_per_trial)),
                 "burn_in": pc.burn_in_epochs or max(tc.kl_ramp_epochs, tc.l2_ramp_epochs, 1),
@@ -296,7 +299,7 @@ def _best_member(results, space: SearchSpace, k: int, settings: dict) -> tuple[L
     with checkpoint.as_directory() as folder:
         saved = torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
     tc = dataclasses.replace(TrainConfig(**settings["train_config"]), device="cpu")
-    population = Population(LFADSConfig(**settings["model_config"]), tc, {}, list(range(k)))
+    population = Population([LFADS(LFADSConfig(**settings["model_config"])) for _ in range(k)], tc, {})
     population.load_state_dict(saved["population"])
     j = int(np.nanargmin([metrics[f"fitness_{i}"] for i in range(k)]))
     return population.member_model(j), population.member_hparams(j), int(metrics["generation"])

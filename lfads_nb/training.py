@@ -48,6 +48,7 @@ import xarray as xr
 from .data import validate
 from .errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from .model import LFADS, LFADSConfig
+from .transforms import Batch, coordinated_dropout, encoder_input, make_batch, sample_validation, sbtt
 
 
 @dataclass
@@ -113,7 +114,7 @@ def heldin_mask(ds: xr.Dataset) -> np.ndarray:
 
 @dataclass
 class _Tensors:
-    spikes: torch.Tensor        # (trial, time, neuron), NaN = not observed
+    data: torch.Tensor          # (trial, time, neuron) the observed variable, NaN = not observed
     ext_input: torch.Tensor | None
     heldin: torch.Tensor        # (neuron,) bool
     sv_keep: torch.Tensor       # (trial, time, neuron) bool, False = held out for sample validation
@@ -138,15 +139,19 @@ def _to_tensors(ds: xr.Dataset, config: TrainConfig) -> _Tensors:
     if "ext_input" in ds:
         ext = torch.as_tensor(ds["ext_input"].values, dtype=torch.float32, device=device)
     return _Tensors(
-        spikes=torch.as_tensor(ds["spikes"].values.astype(np.float32), device=device),
+        data=torch.as_tensor(ds["spikes"].values.astype(np.float32), device=device),
         ext_input=ext,
         heldin=torch.as_tensor(heldin_mask(ds), device=device),
         sv_keep=torch.as_tensor(_sv_keep_mask(ds, config.sv_fraction, config.sv_seed), device=device),
     )
 
 
-def build_model(ds: xr.Dataset, train_config: TrainConfig | None = None, **sizes) -> LFADS:
+def build_model(ds: xr.Dataset, train_config: TrainConfig | None = None, *, seed: int | None = None,
+                **sizes) -> LFADS:
     """An LFADS sized for ``ds``: ``sizes`` are LFADSConfig fields (gen_dim, co_dim, ...).
+
+    ``seed``: the initial weights' seed (without touching torch's global generator); None draws
+    them from the global generator, so ``torch.manual_seed`` before the call reproduces them.
 
     The observation readout's bias starts at the data (``ObservationModel.init_from_data`` on
     the 'train' trials, or all trials if none is labelled 'train'): for Poisson, each neuron's
@@ -168,7 +173,12 @@ def build_model(ds: xr.Dataset, train_config: TrainConfig | None = None, **sizes
         ext_input_dim=ds.sizes["ext_input_dim"] if "ext_input" in ds else 0,
         **sizes,
     )
-    model = LFADS(config)
+    if seed is None:
+        model = LFADS(config)
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            model = LFADS(config)
     spikes = ds["spikes"].values.astype(np.float64)
     if train_config is not None and train_config.sv_fraction > 0:
         spikes[~_sv_keep_mask(ds, train_config.sv_fraction, train_config.sv_seed)] = np.nan  # NaN: not used
@@ -211,81 +221,52 @@ def _check_fits(model: LFADS, ds: xr.Dataset) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# One step's loss
+# Batches: the trials of a step, what the encoder sees and what the loss counts
 # ---------------------------------------------------------------------------------------------
 
-def _encoder_input(x: torch.Tensor, keep: torch.Tensor, keep_prob: float, heldin: torch.Tensor) -> torch.Tensor:
-    """Zero the hidden entries, rescale the kept ones so the expected input is unchanged."""
-    return (x * keep / keep_prob)[..., heldin]
-
-
-def _masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    return (values * mask).sum() / mask.sum().clamp(min=1)
-
-
-def _batch_loss(model, tensors, idx, config, kl_ramp, l2_ramp):
-    """Training loss of one batch and its parts (recon NLL per entry, KLs in nats per trial)."""
-    raw = tensors.spikes[idx]
-    observed = ~torch.isnan(raw)
-    x = raw.nan_to_num(0.0)
-    sv_keep = tensors.sv_keep[idx]
-    visible = observed & sv_keep
-    keep_prob = 1.0 - config.sv_fraction
-    loss_mask = visible
-    if config.cd_rate > 0:
-        cd_keep = torch.rand(x.shape, device=x.device) >= config.cd_rate
-        keep_prob *= 1.0 - config.cd_rate
-        encoder_keep = sv_keep & cd_keep
-        # Held-in entries count only where the encoder did not see them; held-out neurons always count.
-        loss_mask = visible & (~cd_keep | ~tensors.heldin)
-    else:
-        encoder_keep = sv_keep
+def _recorded_batch(tensors: _Tensors, idx) -> Batch:
+    """The trials ``idx`` as recorded, unobserved (NaN) entries out of encoder and loss (``sbtt``)."""
     ext = None if tensors.ext_input is None else tensors.ext_input[idx]
-    out = model(_encoder_input(x, encoder_keep, keep_prob, tensors.heldin), ext, sample=True)
-    recon = _masked_mean(model.observation.nll(out.obs_params, x), loss_mask)
-    kl_ic, kl_co = out.kl_ic.mean(), out.kl_co.mean()
-    l2 = model.l2_penalties()
-    loss = (
-        recon
-        + kl_ramp * (config.kl_ic_scale * kl_ic + config.kl_co_scale * kl_co)
-        + l2_ramp * (config.l2_gen_scale * l2["l2_gen"] + config.l2_con_scale * l2["l2_con"])
-        + model.observation.penalty()
-    )
-    parts = {"train_recon": recon, "kl_ic": kl_ic, "kl_co": kl_co,
-             "l2": l2["l2_gen"] + l2["l2_con"]}
-    return loss, parts
+    return sbtt(make_batch(tensors.data[idx], tensors.heldin, ext))
 
 
-def _validation_batches(tensors, idx, sv_fraction: float, batch_size: int):
-    """Validation batches of ``idx``: (encoder input, ext input or None, target counts,
-    entries seen by the encoder, entries held out for sample validation), NaN entries in neither."""
+def training_batch(tensors: _Tensors, idx, sv_fraction: float, cd_rate, cd_uniforms: torch.Tensor | None) -> Batch:
+    """A training batch: ``sbtt`` -> ``sample_validation`` -> ``coordinated_dropout`` (when
+    ``cd_uniforms`` are given; ``cd_rate`` a number or per-member (P, 1, 1, 1) rates)."""
+    batch = sample_validation(_recorded_batch(tensors, idx), tensors.sv_keep[idx], sv_fraction)
+    return batch if cd_uniforms is None else coordinated_dropout(batch, cd_rate, cd_uniforms)
+
+
+def validation_batches(tensors: _Tensors, idx, sv_fraction: float, batch_size: int):
+    """Validation batches of ``idx``: ``sbtt`` -> ``sample_validation``, ``batch_size`` trials each.
+    ``loss_mask`` holds the entries the encoder saw, ``heldout`` those sample validation hid."""
     for start in range(0, len(idx), batch_size):
         b = idx[start:start + batch_size]
-        raw = tensors.spikes[b]
-        observed = ~torch.isnan(raw)
-        x = raw.nan_to_num(0.0)
-        sv_keep = tensors.sv_keep[b]
-        ext = None if tensors.ext_input is None else tensors.ext_input[b]
-        yield (_encoder_input(x, sv_keep, 1.0 - sv_fraction, tensors.heldin), ext, x,
-               observed & sv_keep, observed & ~sv_keep)
+        yield sample_validation(_recorded_batch(tensors, b), tensors.sv_keep[b], sv_fraction)
+
+
+def loss_weights(config: TrainConfig, kl_ramp: float, l2_ramp: float) -> dict[str, float]:
+    """The weights ``LFADS.objective`` takes, from a TrainConfig and this step's ramps."""
+    names = ("kl_ic_scale", "kl_co_scale", "l2_gen_scale", "l2_con_scale")
+    return {**{n: getattr(config, n) for n in names}, "kl_ramp": kl_ramp, "l2_ramp": l2_ramp}
+
+
+def _training_step_batch(tensors: _Tensors, idx, config: TrainConfig) -> Batch:
+    """A training batch with fresh coordinated-dropout uniforms from torch's global generator."""
+    data = tensors.data
+    cd = torch.rand((len(idx), *data.shape[1:]), device=data.device) if config.cd_rate > 0 else None
+    return training_batch(tensors, idx, config.sv_fraction, config.cd_rate, cd)
 
 
 @torch.no_grad()
 def _validation_metrics(model, tensors, idx, config, batch_size) -> dict[str, float]:
     """Validation NLL per entry on the visible entries and, with SV, on the held-out ones."""
     model.eval()
-    sums = {"recon": 0.0, "recon_n": 0.0, "sv": 0.0, "sv_n": 0.0}
-    for encoder_input, ext, x, seen, held in _validation_batches(tensors, idx, config.sv_fraction, batch_size):
-        out = model(encoder_input, ext, sample=False)
-        nll = model.observation.nll(out.obs_params, x)
-        sums["recon"] += float((nll * seen).sum())
-        sums["recon_n"] += float(seen.sum())
-        sums["sv"] += float((nll * held).sum())
-        sums["sv_n"] += float(held.sum())
+    sums = sum(model.validation_sums(b) for b in validation_batches(tensors, idx, config.sv_fraction, batch_size))
     model.train()
-    metrics = {"valid_recon": sums["recon"] / max(sums["recon_n"], 1)}
+    metrics = {"valid_recon": float(sums[0] / sums[1].clamp(min=1))}
     if config.sv_fraction > 0:
-        metrics["valid_sv_nll"] = sums["sv"] / max(sums["sv_n"], 1)
+        metrics["valid_sv_nll"] = float(sums[2] / sums[3].clamp(min=1))
     return metrics
 
 
@@ -430,7 +411,7 @@ def train(
             idx = order[step * config.batch_size:(step + 1) * config.batch_size]
             position = state.epoch + step / steps_per_epoch
             kl_ramp, l2_ramp = _ramp(position, config.kl_ramp_epochs), _ramp(position, config.l2_ramp_epochs)
-            loss, parts = _batch_loss(model, tensors, idx, config, kl_ramp, l2_ramp)
+            loss, parts = model.loss(_training_step_batch(tensors, idx, config), loss_weights(config, kl_ramp, l2_ramp))
             if not torch.isfinite(loss):
                 raise _diverged(model, best_state, state, progress, ckpt_dir, config, step)
             optimizer.zero_grad(set_to_none=True)
@@ -563,9 +544,8 @@ def _example_picker(ds: xr.Dataset, valid_idx: torch.Tensor, n_neurons: int = 3)
     def example(model, tensors):
         model.eval()
         with torch.no_grad():
-            x = tensors.spikes[trial:trial + 1].nan_to_num(0.0)[..., tensors.heldin]
-            ext = None if tensors.ext_input is None else tensors.ext_input[trial:trial + 1]
-            out = model(x, ext, sample=False)
+            batch = _recorded_batch(tensors, slice(trial, trial + 1))
+            out = model(encoder_input(batch), batch.ext, sample=False)
             rates = model.observation.mean(out.obs_params)[0].cpu().numpy() / bin_width
         model.train()
         return {
@@ -607,8 +587,8 @@ def infer(model: LFADS, ds: xr.Dataset, *, n_samples: int = 0, batch_size: int =
     torch.manual_seed(seed)
     parts = {"rates": [], "factors": [], "inputs": [], "ic_mean": [], "generator_states": []}
     for start in range(0, ds.sizes["trial"], batch_size):
-        x = tensors.spikes[start:start + batch_size].nan_to_num(0.0)[..., tensors.heldin]
-        ext = None if tensors.ext_input is None else tensors.ext_input[start:start + batch_size]
+        batch = _recorded_batch(tensors, slice(start, start + batch_size))
+        x, ext = encoder_input(batch), batch.ext
         draws = [model(x, ext, sample=True) for _ in range(n_samples)] or [model(x, ext, sample=False)]
         per_draw = {
             "rates": [model.observation.mean(o.obs_params) / bin_width for o in draws],

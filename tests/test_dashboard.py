@@ -456,7 +456,7 @@ import test_dashboard
 progress = make_pbt_progress()
 print("READY", type(progress).__name__, progress.button.model_id, flush=True)
 t0 = time.monotonic()
-result = test_dashboard.tiny_pbt(progress, max_generations=10000)
+result = test_dashboard.tiny_pbt(progress, max_generations=10000, stop_patience=10000)  # only the button stops it
 print("STOPPED", result.stop_reason, progress.button.description, round(time.monotonic() - t0), flush=True)
 """
 

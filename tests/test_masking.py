@@ -53,8 +53,8 @@ class Spy:
         self.inputs, self.outputs, self.training = [], [], []
         real = model.forward
 
-        def forward(encoder_input, ext_input=None, *, sample=True):
-            out = real(encoder_input, ext_input, sample=sample)
+        def forward(encoder_input, ext_input=None, **kw):
+            out = real(encoder_input, ext_input, **kw)
             if out.obs_params.requires_grad:
                 out.obs_params.retain_grad()
             self.inputs.append(encoder_input.detach().clone())
@@ -72,9 +72,9 @@ def one_step(ds, cfg, idx, seed=0):
     spy = Spy(model)
     tensors = training._to_tensors(ds, cfg)
     torch.manual_seed(seed)
-    _, parts = training._batch_loss(model, tensors, idx, cfg, kl_ramp=1.0, l2_ramp=1.0)
+    _, parts = model.loss(training._training_step_batch(tensors, idx, cfg), training.loss_weights(cfg, 1.0, 1.0))
     parts["train_recon"].backward()
-    return spy, tensors.spikes[idx]
+    return spy, tensors.data[idx]
 
 
 # ---------------------------------------------------------------------------------------------

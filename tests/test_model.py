@@ -1,4 +1,5 @@
-"""LFADS model: shapes, priors, the fused GRU scan, lags, dropout, config errors, a smoke fit."""
+"""LFADS model: shapes, priors, fused kernels against the step loop, vmap rules, noise as input, lags,
+dropout, config errors, a smoke fit."""
 import math
 
 import pytest
@@ -6,15 +7,8 @@ import torch
 from torch.distributions import MultivariateNormal, Normal, kl_divergence
 
 from lfads_nb.errors import ConfigError, DataError
-from lfads_nb.model import (
-    LFADS,
-    AR1Prior,
-    GaussianPrior,
-    LFADSConfig,
-    clipped_gru_scan,
-    controlled_decode,
-    gru_step,
-)
+from lfads_nb._fused_gru import DecoderWeights, clipped_gru_scan, controlled_decode
+from lfads_nb.model import LFADS, AR1Prior, GaussianPrior, LFADSConfig, Noise, draw_noise, gru_step
 
 torch.set_num_threads(1)
 
@@ -182,29 +176,97 @@ def test_fused_scan_equals_step_loop():
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("ext", [0, 2])
-def test_fast_decoder_equals_reference_loop(ext):
-    # Reference: LFADS._decode_loop (plain-autograd step loop) against the fused _decode_scan that
-    # forward uses without a controller; values and gradients of every parameter, float64.
-    model = _model(co_dim=0, ext_input_dim=ext, dropout=0.0, cell_clip=3.0)
-    B, T = 3, 8
-    g_init = (torch.randn(B, 8, dtype=torch.float64) * 3).requires_grad_()  # partly beyond the clip
-    ext_in = torch.randn(B, T, ext, dtype=torch.float64, requires_grad=True)
-    fast = model._decode_scan(g_init, ext_in)
-    ref = model._decode_loop(g_init, None, ext_in, sample=True)[:2]
-    for a, b in zip(fast, ref):
+def _fused_and_loop(**kw):
+    """The same LFADS (same weights) on the fused kernels and on the step loop."""
+    fused = _model(**kw)
+    loop = LFADS(fused.config, fused=False).to(torch.float64)
+    loop.load_state_dict(fused.state_dict())
+    return fused, loop
+
+
+@pytest.mark.parametrize("co_dim,ext,sample", [(0, 0, True), (0, 2, False), (2, 0, False), (2, 2, True)])
+def test_fused_model_equals_step_loop(co_dim, ext, sample):
+    # Reference: LFADS(fused=False), the decoder's plain-autograd step loop, against the fused
+    # kernels (clipped_gru_scan without a controller, controlled_decode with one). Whole forward
+    # passes in train mode with dropout, fed the same Noise; values and gradients of every input
+    # and parameter, float64; states partly at the clip.
+    fused, loop = _fused_and_loop(co_dim=co_dim, ext_input_dim=ext, dropout=0.3, cell_clip=0.3)
+    B, T = 3, 6
+    x = (_spikes(B=B, T=T) * 2).requires_grad_()
+    ext_in = torch.randn(B, T, ext, dtype=torch.float64, requires_grad=True) if ext else None
+    noise = draw_noise(fused.config, B, T, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    outs = [m(x, ext_in, sample=sample, noise=noise) for m in (fused, loop)]
+    assert (outs[0].gen_states.abs() == 0.3).any()  # the clip is active
+    for a, b in zip(*outs):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
-    params = [p for p in model.parameters() if p.requires_grad]
-    wrt = [g_init, ext_in] + params
-    loss_f = (fast[0] ** 2).sum() + fast[1].sin().sum()
-    loss_r = (ref[0] ** 2).sum() + ref[1].sin().sum()
-    grads_f = torch.autograd.grad(loss_f, wrt, allow_unused=True)
-    grads_r = torch.autograd.grad(loss_r, wrt, allow_unused=True)
-    for a, b in zip(grads_f, grads_r):
+    weights = [torch.randn_like(v) for v in outs[0]]
+    grads = []
+    for model, out in zip((fused, loop), outs):
+        wrt = [x] + ([ext_in] if ext else []) + list(model.parameters())
+        grads.append(torch.autograd.grad(sum((w * v).sum() for w, v in zip(weights, out)), wrt, allow_unused=True))
+    for a, b in zip(*grads):
         if a is None or b is None:
             assert a is None and b is None
         else:
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_fused_kernels_vmap_rule_equals_per_member_calls():
+    # Reference: each member's own kernel call. Under torch.func.vmap the kernels fold the mapped
+    # axis into their D axis; values and gradients must match calling them member by member,
+    # with mapped and unmapped (shared) arguments mixed.
+    torch.manual_seed(8)
+    P, T, D, B, H = 3, 4, 2, 3, 5
+    xp = torch.randn(P, T, D, B, 3 * H, dtype=torch.float64, requires_grad=True)
+    h0 = torch.randn(D, B, H, dtype=torch.float64, requires_grad=True)  # shared by all members
+    w = torch.randn(P, D, 3 * H, H, dtype=torch.float64, requires_grad=True)
+    mapped = torch.func.vmap(lambda a, c: clipped_gru_scan(a, h0, c, 2.0)[0])(xp, w)
+    each = torch.stack([clipped_gru_scan(xp[i], h0, w[i], 2.0)[0] for i in range(P)])
+    torch.testing.assert_close(mapped, each, rtol=1e-12, atol=1e-12)
+    g = torch.randn_like(each)
+    for a, b in zip(torch.autograd.grad(mapped, (xp, h0, w), g), torch.autograd.grad(each, (xp, h0, w), g)):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+    C, G, K, F = 3, 4, 2, 2
+
+    def r(*shape):
+        return torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+
+    per_member = [r(P, T, 1, B, 3 * C), r(P, T, 1, B, 3 * G), r(P, 1, B, C), r(P, 1, B, G), r(P, 1, B, F)]
+    weights = [r(P, 1, 3 * C, C), r(P, 1, 3 * C, F), r(P, 1, 2 * K, C), r(P, 1, 2 * K), r(P, 1, 3 * G, K),
+               r(P, 1, 3 * G, G), r(P, 1, F, G)]
+    eps = torch.randn(T, 1, B, K, dtype=torch.float64)  # shared
+
+    def decode(ci, ge, h, g, f, *ws):
+        return controlled_decode(ci, ge, h, g, f, DecoderWeights(*ws), None, None, eps, 2.0)
+
+    mapped = torch.func.vmap(decode)(*per_member, *weights)
+    each = [torch.stack(o) for o in zip(*(decode(*(a[i] for a in per_member + weights)) for i in range(P)))]
+    inputs = per_member + weights
+    g = [torch.randn_like(o) for o in each]
+    for a, b in zip(mapped, each):
+        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    ga = torch.autograd.grad(sum((gi * o).sum() for gi, o in zip(g, mapped)), inputs)
+    gb = torch.autograd.grad(sum((gi * o).sum() for gi, o in zip(g, each)), inputs)
+    for a, b in zip(ga, gb):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+
+
+def test_noise_is_an_input():
+    # The same Noise gives the same outputs in train mode; every drawn site changes them; the
+    # default draws from torch's global generator (torch.manual_seed reproduces a run).
+    model = _model(co_dim=2, ext_input_dim=2, dropout=0.3)
+    x, ext = _spikes(), torch.randn(3, 7, 2, dtype=torch.float64)
+    noise = draw_noise(model.config, 3, 7, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    a, b = model(x, ext, noise=noise), model(x, ext, noise=noise)
+    for u, v in zip(a, b):
+        assert torch.equal(u, v)
+    for site in Noise._fields:
+        changed = noise._replace(**{site: torch.rand_like(getattr(noise, site))})
+        assert not torch.equal(model(x, ext, noise=changed).obs_params, a.obs_params), site
+    model.eval()  # eval: dropout off, only the posterior normals matter
+    undropped = noise._replace(**{f: None for f in Noise._fields if not f.endswith("eps")})
+    assert torch.equal(model(x, ext, noise=noise).obs_params, model(x, ext, noise=undropped).obs_params)
 
 
 @pytest.mark.parametrize("sample,masks", [(True, True), (False, False)])
@@ -225,57 +287,8 @@ def test_controlled_decoder_passes_gradcheck(sample, masks):
         return (torch.rand(*shape, dtype=torch.float64) > 0.3) / 0.7 if masks else None
 
     fixed = (keep(T, D, B, F), keep(T, D, B, G), torch.randn(T, D, B, K, dtype=torch.float64) if sample else None)
-    assert torch.autograd.gradcheck(lambda *a: controlled_decode(*a, *fixed, 2.0), tuple(args))
-
-
-def test_controlled_decoder_equals_reference_loop():
-    # Reference: LFADS._decode_loop (plain-autograd step loop) against _decode_controlled, which
-    # forward uses with a controller: values and gradients of every input and parameter, float64,
-    # in train mode with dropout and posterior samples. Both consume the same dropout masks
-    # (recorded from the fused call, replayed per step in the loop's order) and the same eps.
-    model = _model(co_dim=2, ext_input_dim=2, dropout=0.3, cell_clip=3.0)
-    B, T = 3, 6
-
-    class Record(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.masks, self.gen = [], torch.Generator().manual_seed(7)
-
-        def forward(self, v):
-            self.masks.append((torch.rand(v.shape, generator=self.gen, dtype=v.dtype) >= 0.3) / 0.7)
-            return v * self.masks[-1]
-
-    class Replay(torch.nn.Module):
-        def __init__(self, masks):
-            super().__init__()
-            self.masks = masks
-
-        def forward(self, v):
-            return v * self.masks.pop(0)
-
-    g_init = (torch.randn(B, 8, dtype=torch.float64) * 3).requires_grad_()  # partly beyond the clip
-    ci = torch.randn(B, T, 2 * SMALL["ci_enc_dim"], dtype=torch.float64, requires_grad=True)
-    ext = torch.randn(B, T, 2, dtype=torch.float64, requires_grad=True)
-    model.dropout = Record()
-    torch.manual_seed(3)
-    fast = model._decode_controlled(g_init, ci, ext, sample=True)
-    ci_mask, g_init_mask, factor_mask, state_mask = model.dropout.masks
-    per_step = [m for t in range(T) for m in (factor_mask[:, t], state_mask[:, t])]
-    model.dropout = Replay([ci_mask, g_init_mask] + per_step)
-    torch.manual_seed(3)
-    ref = model._decode_loop(g_init, ci, ext, sample=True)
-    assert not model.dropout.masks  # every mask used
-    for a, b in zip(fast, ref):
-        torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
-    wrt = [g_init, ci, ext] + list(model.parameters())
-    weights = [torch.randn_like(v) for v in fast]
-    grads = [torch.autograd.grad(sum((w * v).sum() for w, v in zip(weights, out)), wrt, allow_unused=True)
-             for out in (fast, ref)]
-    for a, b in zip(*grads):
-        if a is None or b is None:
-            assert a is None and b is None
-        else:
-            torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
+    assert torch.autograd.gradcheck(lambda *a: controlled_decode(*a[:5], DecoderWeights(*a[5:]), *fixed, 2.0),
+                                    tuple(args))
 
 
 def test_full_model_gradcheck_autonomous():

@@ -1,32 +1,26 @@
 """Population-batched LFADS against P separate LFADS models trained with lfads_nb.training's loss.
 
 Reference: P ordinary ``LFADS`` models, each built after ``torch.manual_seed(seed_i)``, each
-stepped with ``training._batch_loss`` + ``clip_grad_norm_`` + ``torch.optim.Adam``: the exact
-inner loop of ``lfads_nb.training.train``. Everything in float64.
+stepped with ``LFADS.loss`` on ``training.training_batch`` + ``clip_grad_norm_`` +
+``torch.optim.Adam``: the exact inner loop of ``lfads_nb.training.train``. Everything in float64.
 
-Same random numbers on both sides: the population consumes a ``PopulationNoise`` (every
-random number of a step, drawn up front). The separate models draw theirs in two ways, and the
-test gives both the population's numbers:
-- dropout: each separate model's ``dropout`` module is replaced by ``Replay``, which applies
-  member i's keep masks (uniform >= rate) from the population's noise in the order LFADS calls
-  its dropout (encoder input, IC-encoder output, [ext], [controller inputs, linear(g0), then the
-  masks of f_{t-1} and of g_t for all steps] or [all generator states]);
-- the coordinated-dropout mask and the posterior samples: LFADS and ``_batch_loss`` draw them
-  from the global RNG (``torch.rand`` for CD, ``randn_like`` for g0, ``randn`` for u); with
-  dropout replayed these are the only global draws, so seeding the global RNG with seed_(i, step)
-  before member i's step, and building the population's ``cd``, ``ic_eps``, ``co_eps`` slices
-  for member i by the same draws after the same seed, makes them identical.
+Same random numbers on both sides, passed in: the population consumes a ``StepNoise`` (every
+random number of a step, drawn up front, with a leading member axis) and separate model i gets
+slice i of it: its coordinated-dropout uniforms and its ``Noise`` (dropout uniforms and
+posterior normals). The population is ``vmap`` of the same ``LFADS``, so this checks the
+batching (stacked weights, per-member rates and masks, the fused kernels' vmap rules,
+per-member clipping and Adam), not a second copy of the model.
 """
 import math
 
 import pytest
 import torch
-from torch import nn
 
 from lfads_nb.errors import ConfigError, DataError
-from lfads_nb.model import LFADS, LFADSConfig
-from lfads_nb.population import Population, PopulationLFADS, draw_noise
-from lfads_nb.training import TrainConfig, _batch_loss, _sv_keep_mask, _Tensors, _validation_metrics
+from lfads_nb.model import LFADS, LFADSConfig, Noise
+from lfads_nb.population import Population, PopulationLFADS, StepNoise, draw_step_noise
+from lfads_nb.training import (TrainConfig, _sv_keep_mask, _Tensors, _validation_metrics, loss_weights,
+                               training_batch)
 
 torch.set_num_threads(1)
 
@@ -63,46 +57,23 @@ def _data(ext_dim: int, sv_fraction: float):
     ds = xr.Dataset(coords={"trial": range(10), "time": range(T), "neuron": range(N)})
     heldin = torch.tensor([True, True, True, True, False])
     return _Tensors(
-        spikes=spikes,
+        data=spikes,
         ext_input=torch.randn(10, T, ext_dim, generator=g) if ext_dim else None,
         heldin=heldin,
         sv_keep=torch.as_tensor(_sv_keep_mask(ds, sv_fraction, 0)),
     )
 
 
-class Replay(nn.Module):
-    """Stands in for ``LFADS.dropout``: applies recorded keep masks, in call order."""
-
-    def __init__(self, masks, rate):
-        super().__init__()
-        self.masks, self.rate = list(masks), rate
-
-    def forward(self, v):
-        keep = self.masks.pop(0)
-        assert keep.shape == v.shape
-        return v * keep / (1 - self.rate)
+def _members(config, seeds=SEEDS, dtype=torch.float64):
+    members = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        members.append(LFADS(config).to(dtype))
+    return members
 
 
-def _dropout_sequence(noise, i, config):
-    seq = [noise.x[i], noise.ic_enc[i]] + ([noise.ext[i]] if config.ext_input_dim else [])
-    if config.co_dim:
-        seq += [noise.ci[i], noise.g_init[i], noise.factors_in[i], noise.gen_states[i]]
-    else:
-        seq += [noise.gen_states[i]]
-    return [u >= HPS["dropout"][i] for u in seq]
-
-
-def _step_noise(config, step, generator):
-    """The population's noise for one step, its global-RNG parts drawn member by member."""
-    noise = draw_noise(config, P, B, T, generator, torch.float64)
-    cd, ic_eps, co_eps = [], [], []
-    for i in range(P):
-        torch.manual_seed(1000 * step + SEEDS[i])
-        cd.append(torch.rand(B, T, N) if HPS["cd_rate"][i] > 0 else torch.zeros(B, T, N))
-        ic_eps.append(torch.randn(B, config.ic_dim))
-        co_eps.append(torch.randn(B, T, config.co_dim))
-    co = torch.stack(co_eps) if config.co_dim else None
-    return noise._replace(cd=torch.stack(cd), ic_eps=torch.stack(ic_eps), co_eps=co)
+def _member_noise(noise: Noise, i: int) -> Noise:
+    return Noise(*(None if v is None else v[i] for v in noise))
 
 
 @pytest.mark.parametrize("co_dim,ext_dim", [(2, 0), (0, 2)])
@@ -111,11 +82,11 @@ def test_population_matches_separate_models_trained_with_training_loss(float64, 
     config = LFADSConfig(n_neurons=N, encod_dim=N - 1, co_dim=co_dim, ext_input_dim=ext_dim, **SMALL)
     tensors = _data(ext_dim, sv)
     shared = TrainConfig(sv_fraction=sv)
-    pop = Population(config, shared, HPS, SEEDS, dtype=torch.float64)
+    pop = Population(_members(config), shared, HPS, dtype=torch.float64)
     models, optims, configs = [], [], []
     for i, seed in enumerate(SEEDS):
         torch.manual_seed(seed)
-        models.append(LFADS(LFADSConfig(**{**config.__dict__, "dropout": HPS["dropout"][i]})).train())
+        models.append(LFADS(LFADSConfig(**{**config.__dict__, "dropout": HPS["dropout"][i]})).to(torch.float64).train())
         cfg = TrainConfig(sv_fraction=sv, **{k: v[i] for k, v in HPS.items() if k != "dropout"})
         configs.append(cfg)
         optims.append(torch.optim.Adam(models[i].parameters(), lr=cfg.lr))
@@ -128,13 +99,12 @@ def test_population_matches_separate_models_trained_with_training_loss(float64, 
     for step in range(3):
         idx = torch.arange(step, step + B)
         kl_ramp, l2_ramp = 0.3 + 0.2 * step, 0.5
-        noise = _step_noise(config, step, gen)
+        noise = draw_step_noise(config, P, B, T, gen, torch.float64)
         got = pop.train_step(tensors, idx, kl_ramp, l2_ramp, noise=noise)
         for i in range(P):
-            models[i].dropout = Replay(_dropout_sequence(noise, i, config), HPS["dropout"][i])
-            torch.manual_seed(1000 * step + SEEDS[i])
-            loss, parts = _batch_loss(models[i], tensors, idx, configs[i], kl_ramp, l2_ramp)
-            assert not models[i].dropout.masks  # every replayed mask used
+            batch = training_batch(tensors, idx, sv, configs[i].cd_rate, noise.cd[i])
+            loss, parts = models[i].loss(batch, loss_weights(configs[i], kl_ramp, l2_ramp),
+                                         noise=_member_noise(noise.model, i))
             optims[i].zero_grad()
             loss.backward()
             norm = torch.nn.utils.clip_grad_norm_(models[i].parameters(), configs[i].grad_clip)
@@ -153,7 +123,6 @@ def test_population_matches_separate_models_trained_with_training_loss(float64, 
     valid_idx = torch.arange(6, 10)
     got = pop.validate(tensors, valid_idx, batch_size=3)
     for i in range(P):
-        models[i].dropout = nn.Dropout(HPS["dropout"][i])
         want = _validation_metrics(models[i], tensors, valid_idx, configs[i], 3)
         for k, v in want.items():
             assert got[k][i].item() == pytest.approx(v, rel=1e-10)
@@ -162,12 +131,12 @@ def test_population_matches_separate_models_trained_with_training_loss(float64, 
 def test_members_never_interact_nan_member_and_copy(float64):
     config = LFADSConfig(n_neurons=N, encod_dim=N - 1, co_dim=2, **SMALL)
     tensors = _data(0, 0.0)
-    a = Population(config, TrainConfig(), HPS, SEEDS, dtype=torch.float64)
-    b = Population(config, TrainConfig(), HPS, SEEDS, dtype=torch.float64)
+    a = Population(_members(config), TrainConfig(), HPS, dtype=torch.float64)
+    b = Population(_members(config), TrainConfig(), HPS, dtype=torch.float64)
     with torch.no_grad():
         for p in b.model.parameters():
             p[1] = math.nan
-    noise = draw_noise(config, P, B, T, torch.Generator().manual_seed(1), torch.float64)
+    noise = draw_step_noise(config, P, B, T, torch.Generator().manual_seed(1), torch.float64)
     idx = torch.arange(B)
     ra, rb = a.train_step(tensors, idx, 1.0, 1.0, noise=noise), b.train_step(tensors, idx, 1.0, 1.0, noise=noise)
     assert math.isnan(rb["train_loss"][1]) and torch.isfinite(rb["train_loss"][[0, 2]]).all()
@@ -179,9 +148,12 @@ def test_members_never_interact_nan_member_and_copy(float64):
     # same random numbers it then takes exactly the same step as member 0.
     b.copy_members([1], [0])
     assert b.member_hparams(1) == b.member_hparams(0)
-    noise = draw_noise(config, P, B, T, torch.Generator().manual_seed(2), torch.float64)
-    noise = noise._replace(**{k: v.index_copy(0, torch.tensor([1]), v[[0]]) for k, v in noise._asdict().items()
-                              if v is not None})
+    noise = draw_step_noise(config, P, B, T, torch.Generator().manual_seed(2), torch.float64)
+
+    def copy_0_to_1(v):
+        return None if v is None else v.index_copy(0, torch.tensor([1]), v[[0]])
+
+    noise = StepNoise(copy_0_to_1(noise.cd), Noise(*map(copy_0_to_1, noise.model)))
     b.train_step(tensors, idx, 1.0, 1.0, noise=noise)
     for p in b.model.parameters():
         torch.testing.assert_close(p[1], p[0], rtol=0, atol=0)
@@ -191,10 +163,10 @@ def test_members_never_interact_nan_member_and_copy(float64):
 def test_state_dict_round_trip_and_member_export(tmp_path):
     config = LFADSConfig(n_neurons=N, encod_dim=N - 1, co_dim=0, **SMALL)
     tensors = _data(0, 0.0)
-    pop = Population(config, TrainConfig(), HPS, SEEDS, noise_seed=3)
+    pop = Population(_members(config, dtype=torch.float32), TrainConfig(), HPS, noise_seed=3)
     pop.train_step(tensors, torch.arange(B), 1.0, 1.0)
     torch.save(pop.state_dict(), tmp_path / "p.pt")
-    other = Population(config, TrainConfig(), {}, [0, 0, 0])
+    other = Population(_members(config, [0, 0, 0], torch.float32), TrainConfig(), {})
     other.load_state_dict(torch.load(tmp_path / "p.pt", weights_only=True))
     ra = pop.train_step(tensors, torch.arange(B), 1.0, 1.0)
     rb = other.train_step(tensors, torch.arange(B), 1.0, 1.0)  # same weights, Adam, HPs and noise stream
@@ -202,7 +174,7 @@ def test_state_dict_round_trip_and_member_export(tmp_path):
     model = pop.member_model(1)
     assert isinstance(model, LFADS) and model.config.dropout == pytest.approx(0.3)
     out = model(torch.ones(2, T, N - 1), sample=False)
-    ref = PopulationLFADS(config, SEEDS)
+    ref = PopulationLFADS(_members(config, dtype=torch.float32)).eval()
     ref.load_state_dict(pop.model.state_dict())
     want = ref(torch.ones(P, 2, T, N - 1))
     torch.testing.assert_close(out.obs_params, want.obs_params[1])
@@ -211,9 +183,11 @@ def test_state_dict_round_trip_and_member_export(tmp_path):
 def test_bad_inputs_are_clear_errors():
     config = LFADSConfig(n_neurons=N, co_dim=0, **SMALL)
     with pytest.raises(ConfigError, match="cannot differ"):
-        Population(config, TrainConfig(), {"lr_decay": [0.9, 0.9]}, [0, 1])
+        Population(_members(config, [0, 1]), TrainConfig(), {"lr_decay": [0.9, 0.9]})
     with pytest.raises(ConfigError, match="2 values for 3"):
-        Population(config, TrainConfig(), {"lr": [1e-3, 1e-3]}, [0, 1, 2])
-    model = PopulationLFADS(config, [0, 1])
-    with pytest.raises(DataError, match="member=2"):
+        Population(_members(config, [0, 1, 2]), TrainConfig(), {"lr": [1e-3, 1e-3]})
+    model = PopulationLFADS(_members(config, [0, 1], torch.float32))
+    with pytest.raises(DataError, match="leading member axis of size 2"):
         model(torch.ones(3, 2, T, N))
+    with pytest.raises(ConfigError, match="share one LFADSConfig"):
+        PopulationLFADS([LFADS(config), LFADS(LFADSConfig(n_neurons=N, co_dim=0, **{**SMALL, "gen_dim": 9}))])

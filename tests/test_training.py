@@ -193,23 +193,15 @@ def test_sample_validation_reports_held_out_nll_and_hides_entries():
     np.testing.assert_array_equal(_sv_keep_mask(ds.isel(trial=[3, 1]), 0.2, seed=0), keep[[3, 1]])
 
 
-def test_coordinated_dropout_loss_counts_only_hidden_entries(monkeypatch):
+def test_coordinated_dropout_loss_counts_only_hidden_entries():
     ds = tiny_dataset()
     from lfads_nb import training
 
-    seen = {}
-    real = training._masked_mean
-
-    def spy(values, mask):
-        seen["mask"] = mask.clone()
-        return real(values, mask)
-
-    monkeypatch.setattr(training, "_masked_mean", spy)
-    model = build_model(ds, **TINY)
     tensors = training._to_tensors(ds, config(cd_rate=0.3))
     torch.manual_seed(0)
-    training._batch_loss(model, tensors, torch.arange(8), config(cd_rate=0.3), 1.0, 1.0)
-    assert abs(seen["mask"].float().mean().item() - 0.3) < 0.05
+    batch = training._training_step_batch(tensors, torch.arange(8), config(cd_rate=0.3))
+    assert abs(batch.loss_mask.float().mean().item() - 0.3) < 0.05
+    assert not (batch.loss_mask & batch.encoder_mask).any()  # counted entries are the hidden ones
 
 
 def test_bad_inputs_are_clear_errors():

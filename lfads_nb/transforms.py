@@ -1,0 +1,117 @@
+"""A batch of trials, and the pure functions that decide what the encoder sees and what the loss counts.
+
+lfads-torch applies its augmentations through two hooks, one before the forward pass and one on
+the loss, and keeps the masks inside the augmentation objects in between. Here the masks travel
+in the ``Batch`` itself, so every transform is a plain function ``batch -> batch`` with its
+randomness passed in, and the same functions serve one model and a population (a rate may be a
+per-member tensor of shape (P, 1, 1, 1); the masks then gain a leading member axis).
+
+Order (each one documented below):
+
+- training: ``sbtt`` -> ``sample_validation`` -> ``coordinated_dropout``
+- validation and inference: ``sbtt`` -> ``sample_validation``
+
+Then ``encoder_input(batch)`` is what the encoder reads and ``batch.loss_mask`` what the
+reconstruction loss averages over.
+
+Shapes: B trials, T bins, N channels (neurons); E held-in channels the encoder reads.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+
+class Batch(NamedTuple):
+    """One batch of trials: data, what the encoder may see, what the loss counts."""
+
+    encoder_data: Tensor  # (B, T, N) values the encoder input is made of (NaN = not observed until sbtt)
+    target: Tensor  # (B, T, N) values the loss reconstructs (NaN = not observed until sbtt)
+    ext: Tensor | None  # (B, T, ext_input_dim) external inputs, or None
+    encoder_mask: Tensor  # bool (..., B, T, N): entries shown to the encoder
+    encoder_scale: Tensor | float  # 1 / P(an entry is shown): shown entries are rescaled by it
+    loss_mask: Tensor  # bool (..., B, T, N): entries the reconstruction loss counts
+    heldout: Tensor  # bool (B, T, N): entries held out by sample validation, scored on validation trials
+    heldin: Tensor  # bool (N,): channels the encoder reads (the rest are held out for co-bps)
+
+
+def make_batch(data: Tensor, heldin: Tensor, ext: Tensor | None = None) -> Batch:
+    """A batch that shows the encoder every entry and counts every entry in the loss.
+
+    data (B, T, N) as recorded (NaN = not observed; apply ``sbtt`` before training on it),
+    heldin (N,) bool, ext (B, T, ext_input_dim) or None.
+    """
+    everything = torch.ones(data.shape, dtype=torch.bool, device=data.device)
+    return Batch(data, data, ext, everything, 1.0, everything, torch.zeros_like(everything), heldin)
+
+
+def sbtt(batch: Batch) -> Batch:
+    """Selective backpropagation through time (Zhu, Sedler et al. 2021): NaN means not observed.
+
+    An unobserved entry is zero at the encoder and out of the loss, and the loss is the mean
+    over the observed entries only, so a bin where only some channels were sampled still
+    trains on those (``objective`` divides by the number of counted entries). Unobserved
+    entries are not rescaled at the encoder: which entries are missing is a property of the
+    recording, not a random draw to correct for.
+    """
+    seen_enc, seen_target = ~torch.isnan(batch.encoder_data), ~torch.isnan(batch.target)
+    return batch._replace(
+        encoder_data=batch.encoder_data.nan_to_num(0.0),
+        target=batch.target.nan_to_num(0.0),
+        encoder_mask=batch.encoder_mask & seen_enc,
+        loss_mask=batch.loss_mask & seen_target,
+        heldout=batch.heldout & seen_target,
+    )
+
+
+def sample_validation(batch: Batch, keep: Tensor, fraction: float) -> Batch:
+    """Sample validation: a fixed fraction of entries held out in every trial and split.
+
+    ``keep`` (B, T, N) bool, False for the held-out entries (one seeded mask per trial, made
+    once: ``training.sv_keep_mask``); ``fraction`` the held-out share. Held-out entries are
+    hidden from the encoder (the rest rescaled by 1 / (1 - fraction)), never trained on, and
+    marked in ``heldout`` so validation can score them: a model that copies its input to its
+    output cannot predict them.
+    """
+    if fraction == 0:
+        return batch
+    return batch._replace(
+        encoder_mask=batch.encoder_mask & keep,
+        encoder_scale=batch.encoder_scale / (1.0 - fraction),
+        loss_mask=batch.loss_mask & keep,
+        heldout=batch.loss_mask & ~keep,
+    )
+
+
+def coordinated_dropout(batch: Batch, rate: float | Tensor, uniforms: Tensor) -> Batch:
+    """Coordinated dropout (Keshtkaran & Pandarinath 2019): hide a random set of entries from the
+    encoder and count only those in the loss, so the model cannot learn to copy its input.
+
+    ``rate``: the hidden fraction, a number or a per-member tensor (P, 1, 1, 1); ``uniforms``
+    (B, T, N) or (P, B, T, N) in [0, 1): an entry is shown where uniform >= rate. Shown entries
+    are rescaled by 1 / (1 - rate). Held-in channels count in the loss only where hidden;
+    held-out channels (never shown) always count. With rate 0 nothing changes.
+    """
+    shown = uniforms >= rate
+    counted = ~shown | ~batch.heldin | (rate == 0)
+    return batch._replace(
+        encoder_mask=batch.encoder_mask & shown,
+        encoder_scale=batch.encoder_scale / (1.0 - rate),
+        loss_mask=batch.loss_mask & counted,
+    )
+
+
+def encoder_input(batch: Batch) -> Tensor:
+    """What the encoder reads: (..., B, T, E), shown entries rescaled, the rest 0, held-in channels only."""
+    x = batch.encoder_data * batch.encoder_mask * batch.encoder_scale
+    return x.index_select(-1, batch.heldin.nonzero().squeeze(-1))
+
+
+def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """Mean of ``values`` over the entries where ``mask`` is True (0 when there are none)."""
+    return (values * mask).sum() / mask.sum().clamp(min=1)
+
+
+__all__ = ["Batch", "coordinated_dropout", "encoder_input", "make_batch", "masked_mean", "sample_validation", "sbtt"]
