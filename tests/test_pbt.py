@@ -1,7 +1,9 @@
 """Population-based training: exploit / explore rules, a tiny run end to end, export, kill and resume."""
+import os
 import subprocess
 import sys
 import textwrap
+import types
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,7 @@ import torch
 
 import lfads_nb
 from data_generators import chaotic_rnn
+from lfads_nb import pbt as pbt_module
 from lfads_nb.errors import ConfigError
 from lfads_nb.pbt import PBTConfig, check_population_fits, exploit, explore, pbt
 from lfads_nb.search import DEFAULT_SPACE, Hyperparameter, SearchSpace
@@ -155,6 +158,44 @@ def test_bad_settings_are_clear_errors(tmp_path):
     with pytest.raises(lfads_nb.CheckpointError, match="different settings"):
         _run(tmp_path, max_generations=1, exploit="truncation")
 
+
+
+def _hide_free_memory(monkeypatch, tmp_path):
+    """A platform whose free memory no source gives: no psutil, no /proc/meminfo, no os.sysconf."""
+    monkeypatch.setitem(sys.modules, "psutil", None)  # `import psutil` raises ImportError
+    monkeypatch.setattr(pbt_module, "_MEMINFO", str(tmp_path / "no_meminfo"))
+    monkeypatch.delattr(os, "sysconf", raising=False)
+
+
+@pytest.mark.parametrize("platform", ["windows", "macos"])
+def test_memory_check_is_skipped_where_free_memory_is_unknown(monkeypatch, tmp_path, platform):
+    _hide_free_memory(monkeypatch, tmp_path)
+    if platform == "macos":  # sysconf exists but has no free page count
+        def sysconf(name):
+            if name == "SC_AVPHYS_PAGES":
+                raise ValueError("unrecognized configuration name")
+            return 4096
+        monkeypatch.setattr(os, "sysconf", sysconf, raising=False)
+    assert pbt_module._available_bytes("cpu") is None
+    check_population_fits(lfads_nb.LFADSConfig(n_neurons=50), 10**6, 32, 100, "cpu")  # no error: not checked
+
+
+@pytest.mark.parametrize("source", ["psutil", "meminfo", "sysconf"])
+def test_known_free_memory_still_limits_the_population(monkeypatch, tmp_path, source):
+    _hide_free_memory(monkeypatch, tmp_path)
+    if source == "psutil":
+        fake = types.SimpleNamespace(virtual_memory=lambda: types.SimpleNamespace(available=2**30))
+        monkeypatch.setitem(sys.modules, "psutil", fake)
+    elif source == "meminfo":
+        (tmp_path / "meminfo").write_text("MemTotal:  4194304 kB\nMemFree:  10 kB\nMemAvailable:  1048576 kB\n")
+        monkeypatch.setattr(pbt_module, "_MEMINFO", str(tmp_path / "meminfo"))
+    else:
+        monkeypatch.setattr(os, "sysconf", {"SC_PAGE_SIZE": 4096, "SC_AVPHYS_PAGES": 2**18}.get, raising=False)
+    assert pbt_module._available_bytes("cpu") == 2**30
+    config = lfads_nb.LFADSConfig(n_neurons=50)
+    with pytest.raises(ConfigError, match=r"about 1.0 GiB is free: at most \d+ members fit"):
+        check_population_fits(config, 64, 32, 100, "cpu")
+    check_population_fits(config, 2, 32, 100, "cpu")
 
 def test_data_without_usable_validation_trials_is_refused():
     ds = _data()
