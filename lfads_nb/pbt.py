@@ -45,7 +45,8 @@ from .errors import CheckpointError, ConfigError, TrainingDiverged
 from .model import LFADS, LFADSConfig
 from .population import MEMBER_HPS, Population
 from .search import DEFAULT_SPACE, SearchSpace
-from .training import TrainConfig, _atomic_save, _ramp, _to_tensors, build_model, train_valid_indices
+from .training import (TrainConfig, _atomic_save, _ramp, _to_tensors, build_model, check_device,
+                       train_valid_indices)
 
 
 PBT_NEEDS_VALIDATION = "PBT judges members by their validation loss"
@@ -280,6 +281,7 @@ def pbt(
     """
     pc = pbt_config or PBTConfig()
     tc = train_config or TrainConfig()
+    check_device(tc.device)
     space = _space_for_population(space)
     model_sizes = dict(model_sizes or {})
     validate(ds, require_train=True)

@@ -159,6 +159,13 @@ def test_bad_settings_are_clear_errors(tmp_path):
         _run(tmp_path, max_generations=1, exploit="truncation")
 
 
+def test_a_gpu_config_is_refused_when_the_run_starts(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    config = lfads_nb.TrainConfig(**TRAIN, device="cuda")  # constructs: nothing is probed yet
+    with pytest.raises(ConfigError, match="no CUDA GPU is available; use device='cpu'"):
+        pbt(_data(), train_config=config, model_sizes=SIZES, progress=_Quiet())
+
+
 
 def _hide_free_memory(monkeypatch, tmp_path):
     """A platform whose free memory no source gives: no psutil, no /proc/meminfo, no os.sysconf."""

@@ -1,6 +1,7 @@
 """Training, checkpoints, resume and inference (lfads_nb.training)."""
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
@@ -270,3 +271,19 @@ def test_controller_without_coordinated_dropout_warns():
         run(ds, config(max_epochs=1, cd_rate=0.3))
         torch.manual_seed(0)
         train(build_model(ds, **dict(TINY, co_dim=0)), ds, config(max_epochs=1), progress=Quiet())
+
+
+def test_device_is_checked_when_training_starts_not_in_the_config(monkeypatch):
+    """A GPU config constructs on a CPU-only machine (a saved config, a Ray head); training refuses it."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    ds = tiny_dataset()
+    for device, fix in [("cuda", "no CUDA GPU is available; use device='cpu'"),
+                        ("cuda:1", "no CUDA GPU is available; use device='cpu'"),
+                        ("mps", "no Apple MPS GPU is available; use device='cpu'"),
+                        ("gpu", "not a device lfads_nb runs on; use 'cpu', 'cuda'"),
+                        ("meta", "not a device lfads_nb runs on; use 'cpu', 'cuda'")]:
+        cfg = config(max_epochs=1, device=device)
+        with pytest.raises(lfads_nb.ConfigError, match=re.escape(fix)):
+            run(ds, cfg)
+    assert lfads_nb.training.check_device("cpu") == torch.device("cpu")
