@@ -68,8 +68,9 @@ class TrainConfig:
     kl_ramp_epochs: int = 50        # KL weight rises linearly from 0 to 1 over these epochs
     l2_ramp_epochs: int = 50
     early_stop_patience: int = 40   # epochs after the ramps without a new best
-    cd_rate: float = 0.0            # coordinated dropout: fraction of entries hidden from the encoder;
-                                    # use about 0.3 with a controller (co_dim > 0), else it can copy spikes through
+    cd_rate: float = 0.3            # coordinated dropout: fraction of entries hidden from the encoder, about
+                                    # lfads-torch's / AutoLFADS's value; without it a controller (co_dim > 0)
+                                    # can copy spikes through. 0 turns it off
     sv_fraction: float = 0.0        # sample validation: fraction of entries held out everywhere
     sv_seed: int = 0
     select_by: str = "valid_recon"  # or "valid_sv_nll" (needs sv_fraction > 0)

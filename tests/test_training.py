@@ -62,7 +62,8 @@ def run(ds, config, **kwargs):
 
 
 def config(**kw):
-    base = dict(max_epochs=4, batch_size=8, kl_ramp_epochs=2, l2_ramp_epochs=2, seed=3)
+    # CD off (the TrainConfig default is 0.3) unless a test turns it on: these tests predate that default.
+    base = dict(max_epochs=4, batch_size=8, kl_ramp_epochs=2, l2_ramp_epochs=2, seed=3, cd_rate=0.0)
     base.update(kw)
     return TrainConfig(**base)
 
@@ -287,3 +288,14 @@ def test_device_is_checked_when_training_starts_not_in_the_config(monkeypatch):
         with pytest.raises(lfads_nb.ConfigError, match=re.escape(fix)):
             run(ds, cfg)
     assert lfads_nb.training.check_device("cpu") == torch.device("cpu")
+
+
+def test_default_config_trains_a_default_controller_without_warnings():
+    """build_model's default has a controller; TrainConfig's default CD keeps it from overfitting by identity."""
+    ds = tiny_dataset()
+    torch.manual_seed(0)
+    model = build_model(ds, **TINY)
+    assert model.config.co_dim > 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train(model, ds, TrainConfig(max_epochs=1), progress=Quiet())
