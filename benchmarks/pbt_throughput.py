@@ -33,7 +33,8 @@ from data_generators import chaotic_rnn  # noqa: E402
 from lfads_nb.population import Population  # noqa: E402
 from lfads_nb.search import DEFAULT_SPACE  # noqa: E402
 from lfads_nb.pbt import build_members  # noqa: E402
-from lfads_nb.training import TrainConfig, _to_tensors, _training_step_batch, build_model, loss_weights  # noqa: E402
+from lfads_nb.training import (TrainConfig, _to_tensors, _training_step_batch, build_model, check_device,  # noqa: E402
+                               loss_weights)
 
 
 def _sync(device: str) -> None:
@@ -62,6 +63,7 @@ def main() -> dict:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     P, device = args.population, args.device
+    check_device(device)  # TrainConfig no longer probes the GPU: fail here, before any work
 
     ds = chaotic_rnn(seed=0, n_bins=args.n_bins, n_conditions=2 * args.batch_size, trials_per_condition=1)
     shared = TrainConfig(batch_size=args.batch_size, device=device)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +45,8 @@ from .errors import CheckpointError, ConfigError, TrainingDiverged
 from .model import LFADS, LFADSConfig
 from .population import MEMBER_HPS, Population
 from .search import DEFAULT_SPACE, SearchSpace
-from .training import TrainConfig, _atomic_save, _ramp, _to_tensors, build_model, train_valid_indices
+from .training import (TrainConfig, _atomic_save, _ramp, _to_tensors, build_model, check_device,
+                       train_valid_indices)
 
 
 PBT_NEEDS_VALIDATION = "PBT judges members by their validation loss"
@@ -200,7 +202,9 @@ def check_population_fits(model_config: LFADSConfig, P: int, batch_size: int, n_
 
     The per-member need is estimated from the sizes: weights x 4 (weights, gradients, two Adam
     moments) plus the activations a training step keeps for the backward pass (about 24 floats
-    per recurrent unit, trial and bin, plus the data-sized masks and outputs).
+    per recurrent unit, trial and bin, plus the data-sized masks and outputs). Where the free
+    memory cannot be known (a CPU with no psutil, no /proc/meminfo and no free page count from
+    ``os.sysconf``, as on macOS or Windows without psutil) this checks nothing.
     """
     c = model_config
     n_weights = sum(p.numel() for p in LFADS(model_config).parameters())
@@ -210,6 +214,8 @@ def check_population_fits(model_config: LFADSConfig, P: int, batch_size: int, n_
     need = bytes_per_float * (4 * n_weights + batch_size * n_bins * per_bin)
     if available_bytes is None:
         available_bytes = _available_bytes(device)
+        if available_bytes is None:
+            return
     fits = int(available_bytes * 0.8 // need)
     if P > fits:
         raise ConfigError(
@@ -219,13 +225,30 @@ def check_population_fits(model_config: LFADSConfig, P: int, batch_size: int, n_
         )
 
 
-def _available_bytes(device: str) -> int:
+_MEMINFO = "/proc/meminfo"  # a name, so tests can take it away
+
+
+def _available_bytes(device: str) -> int | None:
+    """Free memory on ``device`` in bytes, or None where the platform does not say."""
     if device.startswith("cuda"):
         free, _ = torch.cuda.mem_get_info(torch.device(device))
         return int(free)
-    with open("/proc/meminfo") as f:
-        info = {line.split(":")[0]: line.split()[1] for line in f}
-    return int(info["MemAvailable"]) * 1024
+    try:  # optional, not a dependency: the same figure on every platform
+        import psutil
+    except ImportError:
+        pass
+    else:
+        return int(psutil.virtual_memory().available)
+    try:  # Linux: MemAvailable counts reclaimable page cache, which sysconf's free pages do not
+        with open(_MEMINFO) as f:
+            info = {line.split(":")[0]: line.split()[1] for line in f}
+        return int(info["MemAvailable"]) * 1024
+    except (OSError, KeyError):
+        pass
+    try:  # other POSIX systems; Windows has no os.sysconf, macOS no SC_AVPHYS_PAGES
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 def pbt(
@@ -263,6 +286,7 @@ def pbt(
     """
     pc = pbt_config or PBTConfig()
     tc = train_config or TrainConfig()
+    check_device(tc.device)
     space = _space_for_population(space)
     model_sizes = dict(model_sizes or {})
     validate(ds, require_train=True)

@@ -54,7 +54,7 @@ from .pbt import (PBT_NEEDS_VALIDATION, PBTConfig, _initial_hparams, _member_see
 from .pbt import explore as explore_value
 from .population import Population
 from .search import DEFAULT_SPACE, SearchSpace
-from .training import TrainConfig, _to_tensors, build_model, train_valid_indices
+from .training import TrainConfig, _to_tensors, build_model, check_device, train_valid_indices
 
 CHECKPOINT_FILE = "trial.pt"
 
@@ -78,6 +78,7 @@ def _trial(config: dict, *, ds: xr.Dataset, settings: dict) -> None:
 
     torch.set_num_threads(settings["threads"])
     tc = TrainConfig(**settings["train_config"])
+    check_device(tc.device)  # here, not in ray_pbt: the head may have no GPU where the workers do
     names = list(settings["space"])
     k = settings["members_per_trial"]
     members = [config["members"][str(j)] for j in range(k)]

@@ -129,7 +129,8 @@ class SearchSpace(Mapping):
         return "SearchSpace(\n" + "\n".join(rows) + "\n)"
 
     def without(self, *names: str) -> "SearchSpace":
-        """The same space minus ``names`` (e.g. ``without('cd_rate')`` to search with CD off)."""
+        """The same space minus ``names``: they take the TrainConfig's value (e.g. ``without('cd_rate')``
+        with ``TrainConfig(cd_rate=0.0)`` to search with CD off)."""
         unknown = [n for n in names if n not in self._hps]
         if unknown:
             raise ConfigError(f"{unknown} are not in the search space ({list(self._hps)}).")

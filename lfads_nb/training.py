@@ -69,13 +69,14 @@ class TrainConfig:
     kl_ramp_epochs: int = 50        # KL weight rises linearly from 0 to 1 over these epochs
     l2_ramp_epochs: int = 50
     early_stop_patience: int = 40   # epochs after the ramps without a new best
-    cd_rate: float = 0.0            # coordinated dropout: fraction of entries hidden from the encoder;
-                                    # use about 0.3 with a controller (co_dim > 0), else it can copy spikes through
+    cd_rate: float = 0.3            # coordinated dropout: fraction of entries hidden from the encoder, about
+                                    # lfads-torch's / AutoLFADS's value; without it a controller (co_dim > 0)
+                                    # can copy spikes through. 0 turns it off
     sv_fraction: float = 0.0        # sample validation: fraction of entries held out everywhere
     sv_seed: int = 0
     select_by: str = "valid_recon"  # or "valid_sv_nll" (needs sv_fraction > 0)
     seed: int = 0
-    device: str = "cpu"
+    device: str = "cpu"             # checked when a run starts (check_device), so a GPU config loads anywhere
 
     def __post_init__(self):
         positive = ("max_epochs", "batch_size", "lr", "lr_min", "grad_clip")
@@ -97,8 +98,26 @@ class TrainConfig:
             )
         if self.select_by == "valid_sv_nll" and self.sv_fraction == 0:
             raise ConfigError("select_by='valid_sv_nll' needs sample validation: set sv_fraction > 0.")
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
-            raise ConfigError(f"device={self.device!r} but no CUDA GPU is available; use device='cpu'.")
+
+
+def check_device(device: str) -> torch.device:
+    """``device`` as a torch.device, or a ConfigError if this machine cannot run on it.
+
+    Called when a run starts, not by TrainConfig: a config written on a GPU machine must still
+    load on a CPU-only one (a notebook's first cell, a Ray head, a checkpoint).
+    """
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device={device!r} is not a device lfads_nb runs on; use 'cpu', 'cuda' (or 'cuda:N') "
+                          "or 'mps'.")
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={device!r} but no CUDA GPU is available; use device='cpu'.")
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device={device!r} but no Apple MPS GPU is available; use device='cpu'.")
+    return parsed
 
 
 # ---------------------------------------------------------------------------------------------
@@ -367,6 +386,7 @@ def train(
     from .dashboard import make_progress
 
     config = config or TrainConfig()
+    check_device(config.device)
     validate(ds, require_train=True)
     _check_fits(model, ds)
     if model.config.co_dim > 0 and config.cd_rate == 0:

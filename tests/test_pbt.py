@@ -1,7 +1,9 @@
 """Population-based training: exploit / explore rules, a tiny run end to end, export, kill and resume."""
+import os
 import subprocess
 import sys
 import textwrap
+import types
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +12,7 @@ import torch
 
 import lfads_nb
 from data_generators import chaotic_rnn
+from lfads_nb import pbt as pbt_module
 from lfads_nb.errors import ConfigError
 from lfads_nb.pbt import PBTConfig, check_population_fits, exploit, explore, pbt
 from lfads_nb.search import DEFAULT_SPACE, Hyperparameter, SearchSpace
@@ -156,6 +159,51 @@ def test_bad_settings_are_clear_errors(tmp_path):
         _run(tmp_path, max_generations=1, exploit="truncation")
 
 
+def test_a_gpu_config_is_refused_when_the_run_starts(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    config = lfads_nb.TrainConfig(**TRAIN, device="cuda")  # constructs: nothing is probed yet
+    with pytest.raises(ConfigError, match="no CUDA GPU is available; use device='cpu'"):
+        pbt(_data(), train_config=config, model_sizes=SIZES, progress=_Quiet())
+
+
+
+def _hide_free_memory(monkeypatch, tmp_path):
+    """A platform whose free memory no source gives: no psutil, no /proc/meminfo, no os.sysconf."""
+    monkeypatch.setitem(sys.modules, "psutil", None)  # `import psutil` raises ImportError
+    monkeypatch.setattr(pbt_module, "_MEMINFO", str(tmp_path / "no_meminfo"))
+    monkeypatch.delattr(os, "sysconf", raising=False)
+
+
+@pytest.mark.parametrize("platform", ["windows", "macos"])
+def test_memory_check_is_skipped_where_free_memory_is_unknown(monkeypatch, tmp_path, platform):
+    _hide_free_memory(monkeypatch, tmp_path)
+    if platform == "macos":  # sysconf exists but has no free page count
+        def sysconf(name):
+            if name == "SC_AVPHYS_PAGES":
+                raise ValueError("unrecognized configuration name")
+            return 4096
+        monkeypatch.setattr(os, "sysconf", sysconf, raising=False)
+    assert pbt_module._available_bytes("cpu") is None
+    check_population_fits(lfads_nb.LFADSConfig(n_neurons=50), 10**6, 32, 100, "cpu")  # no error: not checked
+
+
+@pytest.mark.parametrize("source", ["psutil", "meminfo", "sysconf"])
+def test_known_free_memory_still_limits_the_population(monkeypatch, tmp_path, source):
+    _hide_free_memory(monkeypatch, tmp_path)
+    if source == "psutil":
+        fake = types.SimpleNamespace(virtual_memory=lambda: types.SimpleNamespace(available=2**30))
+        monkeypatch.setitem(sys.modules, "psutil", fake)
+    elif source == "meminfo":
+        (tmp_path / "meminfo").write_text("MemTotal:  4194304 kB\nMemFree:  10 kB\nMemAvailable:  1048576 kB\n")
+        monkeypatch.setattr(pbt_module, "_MEMINFO", str(tmp_path / "meminfo"))
+    else:
+        monkeypatch.setattr(os, "sysconf", {"SC_PAGE_SIZE": 4096, "SC_AVPHYS_PAGES": 2**18}.get, raising=False)
+    assert pbt_module._available_bytes("cpu") == 2**30
+    config = lfads_nb.LFADSConfig(n_neurons=50)
+    with pytest.raises(ConfigError, match=r"about 1.0 GiB is free: at most \d+ members fit"):
+        check_population_fits(config, 64, 32, 100, "cpu")
+    check_population_fits(config, 2, 32, 100, "cpu")
+
 def test_data_without_usable_validation_trials_is_refused():
     ds = _data()
     config = lfads_nb.TrainConfig(**TRAIN)
@@ -164,3 +212,28 @@ def test_data_without_usable_validation_trials_is_refused():
     blind = ds.assign(spikes=ds["spikes"].astype(float).where(ds["split"] == "train"))
     with pytest.raises(lfads_nb.DataError, match="Every entry of the validation trials is NaN"):
         pbt(blind, train_config=config)
+
+
+def test_members_start_from_the_data_like_build_model(monkeypatch):
+    # Reference: build_model's data-dependent start (Poisson readout bias = log mean count per bin
+    # of each neuron on the training trials, sample-validation entries left out). At e3f4447 PBT
+    # built its members fresh, so every member started at bias 0 (one spike per bin).
+    started = []
+
+    class Spy(pbt_module.Population):
+        def __init__(self, *args, **kw):
+            super().__init__(*args, **kw)
+            started.append(self.model.weights.observation.readout.bias.detach().clone())
+
+    monkeypatch.setattr(pbt_module, "Population", Spy)
+    _run(max_generations=1)
+    ds = _data()
+    spikes = ds["spikes"].values.astype(float)
+    keep = lfads_nb.training._sv_keep_mask(ds, TRAIN["sv_fraction"], 0)
+    spikes[~keep] = np.nan
+    train = spikes[ds["split"].values == "train"]
+    want = torch.log(torch.as_tensor(np.nanmean(train, axis=(0, 1))).clamp_min(1e-4)).float()
+    (bias,) = started
+    assert bias.shape == (4, ds.sizes["neuron"])
+    for member in bias:
+        torch.testing.assert_close(member, want)

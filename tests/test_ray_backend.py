@@ -1,4 +1,8 @@
 """Ray Tune backend: a tiny population on a local Ray instance (2 CPUs), end to end."""
+import contextlib
+import dataclasses
+import types
+
 import numpy as np
 import pytest
 import ray  # the test extra installs it: CI runs this file, never skips it
@@ -9,7 +13,8 @@ from data_generators import chaotic_rnn
 from lfads_nb import plots
 from lfads_nb.errors import ConfigError
 from lfads_nb.pbt import PBTConfig
-from lfads_nb.ray_backend import _Explore, ray_pbt
+from lfads_nb.population import Population
+from lfads_nb.ray_backend import CHECKPOINT_FILE, _best_member, _Explore, _trial, ray_pbt
 from lfads_nb.search import DEFAULT_SPACE
 
 torch.set_num_threads(1)
@@ -78,3 +83,33 @@ def test_bad_sub_population_sizes():
         ray_pbt(data(), pbt_config=PBTConfig(population=4), members_per_trial=3)
     with pytest.raises(ConfigError, match="at least 2 trials"):
         ray_pbt(data(), pbt_config=PBTConfig(population=4), members_per_trial=4)
+
+
+def test_a_trial_refuses_a_device_its_worker_lacks(monkeypatch):
+    # Checked in the trial, on the worker: the driver may run on a head without the workers' GPUs.
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    settings = {"threads": 1, "train_config": dataclasses.asdict(lfads_nb.TrainConfig(**TRAIN, device="cuda"))}
+    with pytest.raises(ConfigError, match="no CUDA GPU is available; use device='cpu'"):
+        _trial({"index": 0, "members": {}}, ds=data(), settings=settings)
+
+
+def test_best_member_of_a_gpu_run_loads_on_a_cpu_only_head(monkeypatch, tmp_path):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    members = [lfads_nb.build_model(data(), seed=s, **SIZES) for s in (0, 1)]
+    model_config = members[0].config
+    population = Population(members, lfads_nb.TrainConfig(**TRAIN), {})
+    torch.save({"population": population.state_dict()}, tmp_path / CHECKPOINT_FILE)
+
+    class Checkpoint:
+        @contextlib.contextmanager
+        def as_directory(self):
+            yield str(tmp_path)
+
+    metrics = {"fitness": 0.5, "fitness_0": 0.9, "fitness_1": 0.5, "generation": 2}
+    results = [types.SimpleNamespace(best_checkpoints=[(Checkpoint(), metrics)])]
+    settings = {"train_config": dataclasses.asdict(lfads_nb.TrainConfig(**TRAIN, device="cuda")),
+                "model_config": dataclasses.asdict(model_config)}
+    model, _, generation = _best_member(results, DEFAULT_SPACE, 2, settings)
+    assert generation == 2
+    for name, value in population.member_model(1).state_dict().items():
+        assert torch.equal(model.state_dict()[name], value), name

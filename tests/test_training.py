@@ -1,6 +1,7 @@
 """Training, checkpoints, resume and inference (lfads_nb.training)."""
 from __future__ import annotations
 
+import re
 import warnings
 
 import numpy as np
@@ -61,7 +62,8 @@ def run(ds, config, **kwargs):
 
 
 def config(**kw):
-    base = dict(max_epochs=4, batch_size=8, kl_ramp_epochs=2, l2_ramp_epochs=2, seed=3)
+    # CD off (the TrainConfig default is 0.3) unless a test turns it on: these tests predate that default.
+    base = dict(max_epochs=4, batch_size=8, kl_ramp_epochs=2, l2_ramp_epochs=2, seed=3, cd_rate=0.0)
     base.update(kw)
     return TrainConfig(**base)
 
@@ -262,3 +264,30 @@ def test_controller_without_coordinated_dropout_warns():
         run(ds, config(max_epochs=1, cd_rate=0.3))
         torch.manual_seed(0)
         train(build_model(ds, **dict(TINY, co_dim=0)), ds, config(max_epochs=1), progress=Quiet())
+
+
+def test_device_is_checked_when_training_starts_not_in_the_config(monkeypatch):
+    """A GPU config constructs on a CPU-only machine (a saved config, a Ray head); training refuses it."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    ds = tiny_dataset()
+    for device, fix in [("cuda", "no CUDA GPU is available; use device='cpu'"),
+                        ("cuda:1", "no CUDA GPU is available; use device='cpu'"),
+                        ("mps", "no Apple MPS GPU is available; use device='cpu'"),
+                        ("gpu", "not a device lfads_nb runs on; use 'cpu', 'cuda'"),
+                        ("meta", "not a device lfads_nb runs on; use 'cpu', 'cuda'")]:
+        cfg = config(max_epochs=1, device=device)
+        with pytest.raises(lfads_nb.ConfigError, match=re.escape(fix)):
+            run(ds, cfg)
+    assert lfads_nb.training.check_device("cpu") == torch.device("cpu")
+
+
+def test_default_config_trains_a_default_controller_without_warnings():
+    """build_model's default has a controller; TrainConfig's default CD keeps it from overfitting by identity."""
+    ds = tiny_dataset()
+    torch.manual_seed(0)
+    model = build_model(ds, **TINY)
+    assert model.config.co_dim > 0
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        train(model, ds, TrainConfig(max_epochs=1), progress=Quiet())
