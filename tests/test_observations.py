@@ -1,4 +1,5 @@
 """Observation models checked against scipy.stats, closed forms and finite differences."""
+import dataclasses
 import math
 
 import numpy as np
@@ -6,6 +7,7 @@ import pytest
 import torch
 from scipy import stats
 
+from lfads_nb import LFADS, LFADSConfig
 from lfads_nb.errors import ConfigError, DataError
 from lfads_nb.observations import (
     Gamma,
@@ -181,6 +183,18 @@ def test_observation_spec_plain_form():
         observation_spec({"name": "zig", "s_min": [0.1]})
     with pytest.raises(ConfigError, match="Unknown observation model 'negbinom'"):
         observation_spec({"name": "negbinom"})
+
+
+def test_config_options_reach_the_model_and_survive_a_weights_only_checkpoint(tmp_path):
+    """Checkpoints store dataclasses.asdict(config) and rebuild with LFADSConfig(**saved)."""
+    config = LFADSConfig(n_neurons=3, co_dim=0, observation={"name": "zig", "s_min": np.float64(0.05)})
+    assert LFADS(config).observation.s_min == 0.05
+    torch.save({"model_config": dataclasses.asdict(config)}, tmp_path / "c.pt")
+    saved = torch.load(tmp_path / "c.pt", weights_only=True)["model_config"]
+    assert LFADSConfig(**saved) == config
+    assert LFADSConfig(n_neurons=3, observation={"name": "gamma"}).observation == "gamma"
+    with pytest.raises(ConfigError, match=r"\['smin'\] for the 'zig'"):
+        LFADSConfig(n_neurons=3, observation={"name": "zig", "smin": 0.1})
 
 
 def test_init_from_data_starts_each_channel_at_its_mean():
