@@ -560,7 +560,7 @@ def test_export_then_load_round_trip(tmp_path, bin_width):
         .drop_vars(["condition", "latents_true"])
         .assign_coords(neuron=np.arange(4))
     )
-    expected.attrs = {"bin_width": bin_width}
+    expected.attrs = {"bin_width": bin_width, "kind": "spikes"}
     assert_same(loaded, expected)
 
 
