@@ -48,8 +48,10 @@ class DataKind:
     ``observation``: the default observation model (a name in ``observations.OBSERVATIONS``);
     ``observation_options(ds)``: its default options, which may come from the data (ZIG
     ``s_min``) and raise :class:`DataError` when they cannot. ``output``: the name ``infer``
-    gives the observation mean; ``output_scale(bin_width)``: output = mean per bin times this
-    (bin width in seconds); ``output_attrs(ds)``: the output's attrs, with its ``units``.
+    gives the observation mean; ``to_output(mean, bin_width)``: the observation mean per bin
+    (ndarray or tensor) as the output's values, with the bin width in seconds: a unit conversion,
+    linear in the mean (``infer`` averages posterior samples after it, and LFADS HDF5 truth is
+    converted through it); ``output_attrs(ds)``: the output's attrs, with its ``units``.
     """
 
     name: str
@@ -58,7 +60,7 @@ class DataKind:
     observation: str
     observation_options: Callable[[xr.Dataset], dict]
     output: str
-    output_scale: Callable[[float], float]
+    to_output: Callable[[object, float], object]
     output_attrs: Callable[[xr.Dataset], dict]
 
     @property
@@ -70,10 +72,6 @@ class DataKind:
         """The observation spec to model ``ds`` with: the default name, plus its options if any."""
         options = self.observation_options(ds)
         return {"name": self.observation, **options} if options else self.observation
-
-    def to_output(self, mean, bin_width: float):
-        """The observation mean per bin (ndarray or tensor) as the output variable's values."""
-        return mean * self.output_scale(bin_width)
 
 
 # ----------------------------------------------------------------------------- checkers
@@ -177,6 +175,11 @@ def _no_options(ds: xr.Dataset) -> dict:
     return {}
 
 
+def _same(mean, bin_width: float):
+    """The observation mean per bin is the output, in the data's units."""
+    return mean
+
+
 def _data_units(variable: str) -> Callable[[xr.Dataset], dict]:
     """Output attrs in the units of the data variable (its ``units`` attr, else 'a.u.')."""
     return lambda ds: {"units": str(ds[variable].attrs.get("units", "a.u."))}
@@ -187,16 +190,16 @@ KINDS = {
     for kind in (
         DataKind(
             "spikes", "spikes", check_counts, "poisson", _no_options,
-            output="rates", output_scale=lambda bin_width: 1.0 / bin_width,
+            output="rates", to_output=lambda mean, bin_width: mean / bin_width,
             output_attrs=lambda ds: {"units": "Hz"},
         ),
         DataKind(
             "emg", "emg", check_emg, "gamma", _no_options,
-            output="emg_mean", output_scale=lambda bin_width: 1.0, output_attrs=_data_units("emg"),
+            output="emg_mean", to_output=_same, output_attrs=_data_units("emg"),
         ),
         DataKind(
             "calcium_events", "events", check_events, "zig", _zig_options,
-            output="events_mean", output_scale=lambda bin_width: 1.0, output_attrs=_data_units("events"),
+            output="events_mean", to_output=_same, output_attrs=_data_units("events"),
         ),
     )
 }
