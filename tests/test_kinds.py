@@ -2,10 +2,13 @@
 Dataset, data-derived observation options (ZIG s_min) and the output each kind's infer gives."""
 import numpy as np
 import pytest
+import torch
 import xarray as xr
 
 from lfads_nb import KINDS, DataError, make_dataset, validate
 from lfads_nb.kinds import S_MIN_FACTOR, kind_of
+from lfads_nb.observations import Gamma, Gaussian, ZeroInflatedGamma
+from lfads_nb.training import TrainConfig, build_model, infer, load_model, train
 
 SPLIT_LABELS = ["train", "train", "valid", "test"]
 RNG = np.random.default_rng(0)
@@ -175,7 +178,7 @@ def test_an_inference_dataset_of_each_kind_validates_but_cannot_be_trained_on(ki
 def test_outputs_per_kind():
     """rates = mean per bin / bin_width (Hz); EMG and events keep the data's units."""
     mean = np.array([0.1, 0.3])
-    np.testing.assert_allclose(KINDS["spikes"].to_output(mean, 0.02), [5.0, 15.0])
+    np.testing.assert_allclose(KINDS["spikes"].to_output(mean, 0.02), [5.0, 15.0], rtol=1e-12)
     np.testing.assert_array_equal(KINDS["emg"].to_output(mean, 0.02), mean)
     ds = emg()
     assert KINDS["emg"].output_attrs(ds) == {"units": "a.u."}
@@ -183,3 +186,44 @@ def test_outputs_per_kind():
     assert KINDS["emg"].output_attrs(ds) == {"units": "mV"}
     assert KINDS["spikes"].output_attrs(ds) == {"units": "Hz"}
     assert [KINDS[k].default_observation(None) for k in ("spikes", "emg")] == ["poisson", "gamma"]
+
+
+# ----------------------------------------------------------------------------- training and inference
+
+TINY = dict(ic_enc_dim=4, co_dim=0, ic_dim=4, gen_dim=8, fac_dim=3)
+
+
+@pytest.mark.parametrize("kind, units", [("emg", "mV"), ("calcium_events", "a.u.")])
+def test_train_and_infer_by_kind(tmp_path, kind, units):
+    """build_model picks the kind's observation (ZIG s_min from the data), one epoch trains, and infer
+    names the observation mean by kind, in the data's units, without dividing by the bin width."""
+    rng = np.random.default_rng(1)
+    shape = (12, 6, 4)
+    if kind == "emg":
+        values = rng.gamma(2.0, 0.5, size=shape)
+    else:
+        values = np.where(rng.random(shape) < 0.3, 0.1 + rng.exponential(1.0, shape), 0.0)
+        values[rng.random(shape) < 0.1] = np.nan
+    ds = make_dataset(values, 0.02, kind, split_labels=np.where(np.arange(12) % 4 == 0, "valid", "train"))
+    if kind == "emg":
+        ds["emg"].attrs["units"] = "mV"
+    torch.manual_seed(0)
+    model = build_model(ds, **TINY)
+    if kind == "emg":
+        assert type(model.observation) is Gamma
+    else:
+        assert type(model.observation) is ZeroInflatedGamma
+        assert model.observation.s_min == pytest.approx(np.nanmin(values[values > 0]) * S_MIN_FACTOR, rel=1e-6)
+    assert type(build_model(ds, observation="gaussian", **TINY).observation) is Gaussian  # the caller's choice wins
+
+    result = train(model, ds, TrainConfig(max_epochs=1, batch_size=4), checkpoint_dir=tmp_path, live=False)
+    assert load_model(tmp_path / "best.pt").config == result.model.config  # the data's s_min survives a checkpoint
+    out = infer(result.model, ds)
+    output = KINDS[kind].output
+    assert output in out and "rates" not in out
+    assert out[output].attrs == {"units": units}
+    with torch.no_grad():
+        params = result.model(torch.as_tensor(np.nan_to_num(values), dtype=torch.float32), sample=False).obs_params
+        expected = result.model.observation.mean(params).numpy()
+    np.testing.assert_allclose(out[output].values, expected, rtol=1e-5)  # the mean per bin, not divided
+    assert validate(out) is out
