@@ -10,8 +10,10 @@ scatter new folders around. What netCDF changes on the way: string variables com
 numpy unicode arrays (``<U``) whatever their dtype was, list attributes come back as numpy
 arrays, and attributes must be strings, numbers or arrays of them (no bools, dicts or None).
 
-``load`` also reads the HDF5 layout of the original LFADS and lfads-torch (one array per key,
-trials x time x neurons)::
+``load`` tries the readers of ``READERS`` in order, each a :class:`Reader` (name, ``sniff``
+from the content, ``read``), so another format (e.g. NWB) is one more entry; a file none of them
+takes raises :class:`DataError` listing what each looks for. Besides netCDF, ``load`` reads the
+HDF5 layout of the original LFADS and lfads-torch (one array per key, trials x time x neurons)::
 
     {train,valid,test}_encod_data   counts the encoders see
     {train,valid,test}_recon_data   counts the model reconstructs (encod neurons first)
@@ -52,7 +54,10 @@ import numbers
 import os
 import uuid
 import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import h5py
 import numpy as np
@@ -279,7 +284,7 @@ def _bin_width(stored, given, path: Path) -> float:
     warnings.warn(
         f"{path} stores no bin width; assuming {DEFAULT_BIN_WIDTH} s bins. "
         "Pass load(path, bin_width=...) with the real bin width in seconds.",
-        stacklevel=4,  # point at the caller of load()
+        stacklevel=5,  # point at the caller of load() (via load, the reader, _read_lfads)
     )
     return DEFAULT_BIN_WIDTH
 
@@ -351,53 +356,112 @@ def _read_lfads(f: h5py.File, path: Path, bin_width) -> xr.Dataset:
 # ----------------------------------------------------------------------------- load
 
 def _is_hdf5(path: Path) -> bool:
-    with open(path, "rb") as f:
-        if f.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE:
-            return True
-    return bool(h5py.is_hdf5(path))  # finds files whose HDF5 data starts after a user block
+    try:
+        with open(path, "rb") as f:
+            if f.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE:
+                return True
+        return bool(h5py.is_hdf5(path))  # finds files whose HDF5 data starts after a user block
+    except OSError as error:
+        raise DataError(f"Cannot read {path} ({error}); check its permissions.") from error
+
+
+@contextmanager
+def _open_hdf5(path: Path):
+    """``h5py.File(path, 'r')``, with a file that cannot be opened as a :class:`DataError`."""
+    try:
+        f = h5py.File(path, "r")
+    except OSError as error:
+        raise DataError(f"Cannot open {path} ({error}); the file is corrupt or truncated.") from error
+    with f:
+        yield f
+
+
+def _is_lfads(path: Path) -> bool:
+    if not _is_hdf5(path):
+        return False
+    with _open_hdf5(path) as f:
+        return any(f"{s}_{key}" in f for s in SPLITS for key in ("encod_data", "recon_data", "data"))
+
+
+def _is_netcdf4(path: Path) -> bool:
+    if not _is_hdf5(path):
+        return False
+    with _open_hdf5(path) as f:
+        return "_NCProperties" in f.attrs  # the mark netCDF-4 writers (h5netcdf, netCDF-C) leave
+
+
+def _load_lfads(path: Path, *, bin_width) -> xr.Dataset:
+    try:
+        with _open_hdf5(path) as f:
+            return _read_lfads(f, path, bin_width)
+    except OSError as error:  # a read inside a file that opened
+        raise DataError(f"Cannot read {path} ({error}); the file is corrupt or truncated.") from error
+
+
+def _load_netcdf(path: Path, *, bin_width) -> xr.Dataset:
+    ds = _read_netcdf(path)
+    if "bin_width" in ds.attrs or bin_width is not None:  # else validate names the missing attribute
+        ds.attrs["bin_width"] = _bin_width(ds.attrs.get("bin_width"), bin_width, path)
+    return ds
+
+
+@dataclass(frozen=True)
+class Reader:
+    """A file format ``load`` reads. ``sniff(path)`` says whether the file at ``path`` is in this
+    format, from its content, raising :class:`DataError` for a file it cannot open.
+    ``read(path, **options)`` returns its Dataset (``load`` validates it); the options are those
+    of ``load`` (``bin_width``). ``needs`` says what ``sniff`` looks for, for the error ``load``
+    raises when no reader takes a file."""
+
+    name: str
+    sniff: Callable[[Path], bool]
+    read: Callable[..., xr.Dataset]
+    needs: str
+
+
+# The formats load() tries, in order; a new format (e.g. NWB) is one more entry.
+READERS = [
+    Reader(
+        "LFADS HDF5", _is_lfads, _load_lfads,
+        "HDF5 with train_encod_data and train_recon_data, or train_data, or the same for valid/test",
+    ),
+    Reader("lfads_nb netCDF-4", _is_netcdf4, _load_netcdf, "HDF5 with the netCDF-4 mark '_NCProperties'"),
+]
+
+
+def _no_reader(path: Path) -> DataError:
+    """The error for a file no reader takes: what each needs and what the file is."""
+    tried = "; ".join(f"{r.name} ({r.needs})" for r in READERS)
+    if _is_hdf5(path):
+        with _open_hdf5(path) as f:
+            found = f"It is HDF5 with keys {sorted(f.keys())}."
+    else:
+        found = (
+            "It is not HDF5. If it is netCDF-3, convert it: "
+            "xr.open_dataset(path).to_netcdf(new_path, engine='h5netcdf')."
+        )
+    return DataError(f"{path} is in none of the formats lfads_nb reads; tried {tried}. {found}")
 
 
 def load(path, bin_width: float | None = None) -> xr.Dataset:
-    """Read a dataset from an lfads_nb netCDF file or an LFADS / lfads-torch HDF5 file.
+    """Read a dataset from a file in one of the formats of ``READERS``: an lfads_nb netCDF file or
+    an LFADS / lfads-torch HDF5 file.
 
-    The format is detected from the content, not the extension. ``bin_width`` (seconds) is
-    for LFADS files, which may not store one: None means the stored value, else 0.01 s. The
-    result is validated and held in memory (the file is closed). Raises :class:`DataError`
-    for a missing, corrupt or inconsistent file.
+    The format is detected from the content, not the extension: the readers are tried in order
+    and the first whose ``sniff`` takes the file reads it. ``bin_width`` (seconds) is for LFADS
+    files, which may not store one: None means the stored value, else 0.01 s. The result is
+    validated and held in memory (the file is closed). Raises :class:`DataError` for a missing,
+    corrupt or inconsistent file, or one no reader takes (naming what each looks for).
     """
     path = Path(path).expanduser()
     if not path.exists():
         raise DataError(f"No file at {path} (working folder {Path.cwd()}); check the path.")
     if path.is_dir():
         raise DataError(f"{path} is a folder; give the path of a .nc or .h5 file inside it.")
-    try:
-        is_hdf5 = _is_hdf5(path)
-    except OSError as error:
-        raise DataError(f"Cannot read {path} ({error}); check its permissions.") from error
-    if not is_hdf5:
-        raise DataError(
-            f"{path} is neither an lfads_nb netCDF-4 file nor an LFADS HDF5 file (it is not HDF5). "
-            "If it is netCDF-3, convert it: xr.open_dataset(path).to_netcdf(new_path, engine='h5netcdf')."
-        )
-    try:
-        with h5py.File(path, "r") as f:
-            keys = sorted(f.keys())
-            if any(f"{s}_{kind}" in f for s in SPLITS for kind in ("encod_data", "recon_data", "data")):
-                ds = _read_lfads(f, path, bin_width)
-            elif "_NCProperties" not in f.attrs:  # the mark netCDF-4 writers (h5netcdf, netCDF-C) leave
-                raise DataError(
-                    f"{path} is neither a netCDF-4 file "
-                    "nor an LFADS HDF5 file (it needs train_encod_data and train_recon_data, or the "
-                    f"same for valid/test); found keys {keys}."
-                )
-            else:
-                ds = None
-    except OSError as error:
-        raise DataError(f"Cannot open {path} ({error}); the file is corrupt or truncated.") from error
-    if ds is None:
-        ds = _read_netcdf(path)
-        if "bin_width" in ds.attrs or bin_width is not None:  # else validate names the missing attribute
-            ds.attrs["bin_width"] = _bin_width(ds.attrs.get("bin_width"), bin_width, path)
+    reader = next((r for r in READERS if r.sniff(path)), None)
+    if reader is None:
+        raise _no_reader(path)
+    ds = reader.read(path, bin_width=bin_width)
     try:
         return validate(ds)
     except DataError as error:

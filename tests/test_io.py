@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
+import lfads_nb.io as lfads_io
 from lfads_nb import DataError, make_dataset, split
 from lfads_nb.io import export_lfads_h5, load, save
 
@@ -277,21 +278,36 @@ def test_load_a_folder(tmp_path):
 @pytest.mark.parametrize("content", [b"trial,time,neuron\n1,2,3\n", b"CDF\x01" + bytes(60), b""])
 def test_a_file_that_is_not_hdf5(tmp_path, content):
     (tmp_path / "x.nc").write_bytes(content)
-    with pytest.raises(DataError, match="neither an lfads_nb netCDF-4 file nor an LFADS HDF5.*to_netcdf"):
+    with pytest.raises(DataError, match="none of the formats lfads_nb reads.*It is not HDF5.*to_netcdf"):
         load(tmp_path / "x.nc")
 
 
 def test_hdf5_that_is_neither_layout_lists_its_keys(tmp_path):
     write_h5(tmp_path / "other.h5", rates=np.zeros((2, 3)), train_truth=np.zeros((2, 5, 4)))
-    phrase = r"neither.*train_encod_data and train_recon_data.*\['rates', 'train_truth'\]"
+    phrase = r"none of the formats.*train_encod_data and train_recon_data.*HDF5 with keys \['rates', 'train_truth'\]"
     with pytest.raises(DataError, match=phrase):
         load(tmp_path / "other.h5")
 
 
 def test_empty_hdf5(tmp_path):
     write_h5(tmp_path / "empty.h5")
-    with pytest.raises(DataError, match=r"neither.*found keys \[\]"):
+    with pytest.raises(DataError, match=r"none of the formats.*HDF5 with keys \[\]"):
         load(tmp_path / "empty.h5")
+
+
+def test_unknown_format_lists_the_readers_and_a_new_reader_is_one_entry(tmp_path, monkeypatch):
+    """load tries READERS in order; appending one (as an NWB reader would be) makes load read its files."""
+    path = tmp_path / "x.csv"
+    path.write_text("trial,time,neuron\n")
+    message = r"x.csv is in none of the formats lfads_nb reads; tried LFADS HDF5 \(.*\); lfads_nb netCDF-4 \(.*\)\."
+    with pytest.raises(DataError, match=message):
+        load(path)
+    csv = lfads_io.Reader("CSV", lambda p: p.suffix == ".csv", lambda p, **options: dataset(), "a .csv name")
+    monkeypatch.setattr(lfads_io, "READERS", [*lfads_io.READERS, csv])
+    assert load(path).sizes["trial"] == 6
+    (tmp_path / "x.txt").write_text("?")
+    with pytest.raises(DataError, match=r"tried LFADS HDF5 .*; lfads_nb netCDF-4 .*; CSV \(a .csv name\)\."):
+        load(tmp_path / "x.txt")
 
 
 @pytest.mark.parametrize("kind", ["netcdf", "lfads"])
