@@ -580,6 +580,66 @@ def test_export_then_load_round_trip(tmp_path, bin_width):
     assert_same(loaded, expected)
 
 
+@pytest.mark.parametrize("kind", ["emg", "calcium_events"])
+def test_export_then_load_round_trip_of_float_kinds(tmp_path, kind):
+    """EMG and calcium events are floats: exported and loaded as they are (not rounded, not refused),
+    with their kind, truth (conversion_factor 1) and s_min in the file attributes."""
+    shape = (6, 5, 4)
+    if kind == "emg":
+        values = RNG.gamma(2.0, 0.3, size=shape)
+    else:
+        values = np.where(RNG.random(shape) < 0.3, 0.1 + RNG.exponential(0.7, shape), 0.0)
+        values[0, 0, :] = 0.1  # the smallest events, equal to s_min
+    truth_name = {"emg": "emg_mean_true", "calcium_events": "events_mean_true"}[kind]
+    ds = make_dataset(values, 0.02, kind, split_labels=SPLIT_LABELS, **{truth_name: RNG.uniform(0.1, 2, shape)})
+    if kind == "calcium_events":
+        ds.attrs["s_min"] = 0.1
+    ds = ds.assign_coords(heldout=("neuron", np.array([False, False, True, False])))
+    export_lfads_h5(ds, tmp_path / "l.h5")
+    with h5py.File(tmp_path / "l.h5", "r") as f:
+        assert f.attrs["kind"] == kind and f["conversion_factor"][()] == 1.0
+        np.testing.assert_array_equal(f["train_truth"][()], split(ds, "train")[truth_name].values[..., [0, 1, 3, 2]])
+    loaded = load(tmp_path / "l.h5")
+    assert_same(loaded, ds.isel(neuron=[0, 1, 3, 2]).assign_coords(neuron=np.arange(4)))
+    with pytest.raises(DataError, match=f"stores kind='{kind}' but kind='spikes' was passed; omit kind"):
+        load(tmp_path / "l.h5", kind="spikes")
+
+
+def test_lfads_file_of_floats_read_as_the_kind_given(tmp_path):
+    """A plain lfads-torch file (no kind attribute): its arrays are spike counts unless kind says otherwise;
+    its truth is then the EMG mean, truth / conversion_factor, in the data's units."""
+    train, valid = RNG.gamma(2.0, size=(3, 5, 4)), RNG.gamma(2.0, size=(2, 5, 4))
+    path = lfads_file(tmp_path / "l.h5", attrs={"bin_width": 0.01}, train_encod_data=train, train_recon_data=train,
+                      valid_encod_data=valid, valid_recon_data=valid, train_truth=np.full((3, 5, 4), 3.0),
+                      valid_truth=np.full((2, 5, 4), 3.0), conversion_factor=2.0)
+    with pytest.raises(DataError, match="non-integer values.*kind='emg'"):
+        load(path)
+    ds = load(path, kind="emg")
+    assert ds.attrs["kind"] == "emg" and "spikes" not in ds and "rates_true" not in ds
+    np.testing.assert_array_equal(ds["emg"].values, np.concatenate([train, valid]))
+    np.testing.assert_allclose(ds["emg_mean_true"].values, 1.5, rtol=1e-12)
+    assert ds["emg_mean_true"].attrs["units"] == "a.u."
+    with pytest.raises(DataError, match=r"^kind: Unknown data kind 'eeg'; choose one of"):
+        load(path, kind="eeg")
+
+
+def test_kind_round_trips_through_netcdf(tmp_path):
+    ds = make_dataset(RNG.gamma(2.0, size=(6, 5, 4)), 0.01, "emg", split_labels=SPLIT_LABELS)
+    ds["emg"].attrs["units"] = "mV"
+    save(ds, tmp_path / "emg.nc")
+    assert_same(load(tmp_path / "emg.nc"), ds)
+    assert load(tmp_path / "emg.nc", kind="emg").attrs["kind"] == "emg"
+    with pytest.raises(DataError, match="stores kind='emg' but kind='calcium_events' was passed"):
+        load(tmp_path / "emg.nc", kind="calcium_events")
+    plain = ds.copy()
+    del plain.attrs["kind"]  # written by another tool: the kind comes from the argument, else the variable
+    plain.to_netcdf(tmp_path / "plain.nc", engine="h5netcdf")
+    assert "kind" not in load(tmp_path / "plain.nc").attrs
+    assert load(tmp_path / "plain.nc", kind="emg").attrs["kind"] == "emg"
+    with pytest.raises(DataError, match="its kind is 'spikes', so expected 'spikes'"):
+        load(tmp_path / "plain.nc", kind="spikes")
+
+
 def test_export_then_load_without_held_out_neurons_or_truth(tmp_path):
     ds = dataset(trial_ids=np.arange(6) * 2)
     export_lfads_h5(ds, tmp_path / "l.h5")
