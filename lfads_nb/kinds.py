@@ -32,9 +32,9 @@ import xarray as xr
 
 from .errors import DataError
 
-# The ZIG s_min estimated from the data is the smallest event times this factor: just below 1, so
-# the smallest events fall inside the Gamma part's support (x - s_min > 0), 1 % above its edge,
-# rather than on the edge where the ZIG would clamp them.
+# The ZIG s_min estimated from the data is the smallest event times this factor, just below 1: the
+# smallest events then lie 1 % of their size above s_min, inside the Gamma part's support
+# (x - s_min > 0), rather than on its edge, where the ZIG clamps x - s_min to its eps.
 S_MIN_FACTOR = 0.99
 
 
@@ -44,14 +44,15 @@ class DataKind:
 
     ``name``: the kind (``ds.attrs['kind']``). ``variable``: the observed variable, dims
     (trial, time, neuron). ``check(values, name)``: raises :class:`DataError` naming the problem
-    and the fix when ``values`` (the variable's ndarray) are not data of this kind.
+    and the fix when ``values`` (the variable's ndarray, (trial, time, neuron)) are not data of
+    this kind.
     ``observation``: the default observation model (a name in ``observations.OBSERVATIONS``);
     ``observation_options(ds)``: its default options, which may come from the data (ZIG
     ``s_min``) and raise :class:`DataError` when they cannot. ``output``: the name ``infer``
     gives the observation mean; ``to_output(mean, bin_width)``: the observation mean per bin
-    (ndarray or tensor) as the output's values, with the bin width in seconds: a unit conversion,
-    linear in the mean (``infer`` averages posterior samples after it, and LFADS HDF5 truth is
-    converted through it); ``output_attrs(ds)``: the output's attrs, with its ``units``.
+    (ndarray or tensor, any shape) as the output's values, with the bin width in seconds: a unit
+    conversion, linear in the mean (so it commutes with averaging posterior samples, and LFADS
+    HDF5 truth converts through it); ``output_attrs(ds)``: the output's attrs, with its ``units``.
     """
 
     name: str
@@ -70,6 +71,11 @@ class DataKind:
 
     def default_observation(self, ds: xr.Dataset) -> str | dict:
         """The observation spec to model ``ds`` with: the default name, plus its options if any."""
+        if self.variable not in ds.data_vars:
+            raise DataError(
+                f"The dataset has no '{self.variable}' variable, so there are no recorded {self.name} data "
+                "to choose the observation model for (is it an infer output?). Pass the recorded data."
+            )
         options = self.observation_options(ds)
         return {"name": self.observation, **options} if options else self.observation
 
@@ -88,7 +94,7 @@ def _observed(values: np.ndarray, name: str, what: str) -> np.ndarray:
     return observed
 
 
-def check_counts(values: np.ndarray, name: str) -> None:
+def _check_counts(values: np.ndarray, name: str) -> None:
     """Spike counts: finite, non-negative integers; NaN marks a bin that was not observed."""
     if values.dtype.kind in "iu":
         if values.size and values.min() < 0:
@@ -111,13 +117,13 @@ def check_counts(values: np.ndarray, name: str) -> None:
         )
 
 
-def check_emg(values: np.ndarray, name: str) -> None:
+def _check_emg(values: np.ndarray, name: str) -> None:
     """EMG envelopes: finite, >= 0, and every channel has some positive value (Gamma likelihood)."""
     observed = _observed(values, name, "EMG values")
     if observed.size and observed.min() < 0:
         raise DataError(
             f"'{name}' has negative values (min {observed.min():g}); EMG must be rectified (absolute value) "
-            f"and low-pass filtered before LFADS: take np.abs(...) of the raw EMG, then smooth and bin it."
+            "and low-pass filtered before LFADS: take np.abs(...) of the raw EMG, then smooth and bin it."
         )
     silent = ~(np.nan_to_num(values.reshape(-1, values.shape[-1]).astype(float)) > 0).any(axis=0)
     if silent.any():
@@ -129,7 +135,7 @@ def check_emg(values: np.ndarray, name: str) -> None:
         )
 
 
-def check_events(values: np.ndarray, name: str) -> None:
+def _check_events(values: np.ndarray, name: str) -> None:
     """Deconvolved calcium events: finite and >= 0 (most exactly 0); NaN where not sampled."""
     observed = _observed(values, name, "events")
     if observed.size and observed.min() < 0:
@@ -160,7 +166,7 @@ def _zig_options(ds: xr.Dataset) -> dict:
                 f"ds.attrs['s_min'] is {s_min:g} but the smallest event in 'events' is {smallest:g}; the ZIG "
                 "likelihood needs every event >= s_min. Set ds.attrs['s_min'] to at most the smallest event "
                 "(or delete it to have it estimated), or set the events below it to 0: "
-                "ds['events'] = ds['events'].where((ds['events'] >= s_min) | ds['events'].isnull(), 0)."
+                f"ds['events'] = ds['events'].where((ds['events'] >= {s_min:g}) | ds['events'].isnull(), 0)."
             )
         return {"s_min": float(s_min)}
     if smallest is None:
@@ -189,16 +195,16 @@ KINDS = {
     kind.name: kind
     for kind in (
         DataKind(
-            "spikes", "spikes", check_counts, "poisson", _no_options,
+            "spikes", "spikes", _check_counts, "poisson", _no_options,
             output="rates", to_output=lambda mean, bin_width: mean / bin_width,
             output_attrs=lambda ds: {"units": "Hz"},
         ),
         DataKind(
-            "emg", "emg", check_emg, "gamma", _no_options,
+            "emg", "emg", _check_emg, "gamma", _no_options,
             output="emg_mean", to_output=_same, output_attrs=_data_units("emg"),
         ),
         DataKind(
-            "calcium_events", "events", check_events, "zig", _zig_options,
+            "calcium_events", "events", _check_events, "zig", _zig_options,
             output="events_mean", to_output=_same, output_attrs=_data_units("events"),
         ),
     )
@@ -227,8 +233,9 @@ def kind_of(ds: xr.Dataset) -> DataKind:
         if len(present) == 1:
             return present[0]
         if present:
+            names = [getattr(k, field) for k in present]
             raise DataError(
-                f"The dataset holds several {role} variables {[getattr(k, field) for k in present]}, so its kind is ambiguous; keep one "
+                f"The dataset holds several {role} variables {names}, so its kind is ambiguous; keep one "
                 f"(ds.drop_vars(...)) or name the kind: ds.attrs['kind'] = one of {sorted(KINDS)}."
             )
     raise DataError(

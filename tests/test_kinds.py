@@ -185,7 +185,9 @@ def test_outputs_per_kind():
     ds["emg"].attrs["units"] = "mV"
     assert KINDS["emg"].output_attrs(ds) == {"units": "mV"}
     assert KINDS["spikes"].output_attrs(ds) == {"units": "Hz"}
-    assert [KINDS[k].default_observation(None) for k in ("spikes", "emg")] == ["poisson", "gamma"]
+    assert KINDS["emg"].default_observation(ds) == "gamma"
+    raises(lambda: KINDS["emg"].default_observation(ds.rename({"emg": "emg_mean"})),
+           "no 'emg' variable.*infer output")
 
 
 # ----------------------------------------------------------------------------- training and inference
