@@ -75,11 +75,11 @@ def _present_variable(ds: xr.Dataset, kind: DataKind) -> str:
     for name in (kind.variable, kind.output):
         if name in ds.data_vars:
             return name
+    # kind_of found a variable unless ds.attrs['kind'] named the kind, so that attribute may be wrong
     raise DataError(
         f"The dataset has no observed variable; its kind is '{kind.name}', so expected '{kind.variable}' with "
         f"dims {DIMS}. Found variables {sorted(ds.data_vars)}; rename yours with "
-        f"ds.rename({{'old': '{kind.variable}'}})"
-        + (", or fix ds.attrs['kind']." if "kind" in ds.attrs else ".")
+        f"ds.rename({{'old': '{kind.variable}'}}), or fix ds.attrs['kind']."
     )
 
 
