@@ -447,8 +447,8 @@ class Reader:
     """A file format ``load`` reads. ``sniff(path)`` says whether the file at ``path`` is in this
     format, from its content, raising :class:`DataError` for a file it cannot open.
     ``read(path, **options)`` returns its Dataset (``load`` validates it); the options are those
-    of ``load`` (``kind``, ``bin_width``). ``needs`` says what ``sniff`` looks for, for the error ``load``
-    raises when no reader takes a file."""
+    of ``load`` (``kind``, ``bin_width``). ``needs`` says what ``sniff`` looks for, for the error
+    ``load`` raises when no reader takes a file."""
 
     name: str
     sniff: Callable[[Path], bool]
