@@ -3,6 +3,7 @@ from . import metrics, plots
 from .data import make_dataset, split, validate
 from .errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from .io import export_lfads_h5, load, save
+from .kinds import KINDS, DataKind, kind_of
 from .model import LFADS, LFADSConfig
 from .pbt import PBTConfig, PBTResult
 from .search import DEFAULT_SPACE, Hyperparameter, SearchSpace, random_search
@@ -13,7 +14,9 @@ __all__ = [
     "ConfigError",
     "DEFAULT_SPACE",
     "DataError",
+    "DataKind",
     "Hyperparameter",
+    "KINDS",
     "LFADS",
     "LFADSConfig",
     "PBTConfig",
@@ -25,6 +28,7 @@ __all__ = [
     "build_model",
     "export_lfads_h5",
     "infer",
+    "kind_of",
     "load",
     "load_model",
     "make_dataset",

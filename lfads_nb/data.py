@@ -2,29 +2,35 @@
 
 A dataset is an ``xarray.Dataset`` with dims ``(trial, time, neuron)``:
 
-==================  ==========================  =============================================
-name                dims                        meaning
-==================  ==========================  =============================================
-``spikes``          (trial, time, neuron)       spike counts per bin (NaN = not observed)
-``trial``           (trial,)                    trial ids (coordinate)
-``time``            (time,)                     bin centres in seconds (coordinate)
-``neuron``          (neuron,)                   neuron ids or names (coordinate)
-``condition``       (trial,)                    condition label per trial (coordinate)
-``split``           (trial,)                    'train', 'valid' or 'test' (coordinate)
-``rates_true``      (trial, time, neuron)       optional ground-truth rates in Hz
-``latents_true``    (trial, time, latent)       optional ground-truth latent state
-``inputs_true``     (trial, time, input)        optional ground-truth inputs to the dynamics
-``behavior``        (trial, time, behavior_dim) optional behaviour (e.g. hand velocity)
-``ext_input``       (trial, time, ext_input_dim) optional external inputs fed to the generator
-==================  ==========================  =============================================
+====================  ==========================  =============================================
+name                  dims                        meaning
+====================  ==========================  =============================================
+observed variable     (trial, time, neuron)       the recording, named by its kind (NaN = not
+                                                  observed): ``spikes`` (counts per bin),
+                                                  ``emg`` (rectified, filtered EMG envelope) or
+                                                  ``events`` (deconvolved calcium events)
+``trial``             (trial,)                    trial ids (coordinate)
+``time``              (time,)                     bin centres in seconds (coordinate)
+``neuron``            (neuron,)                   neuron (channel) ids or names (coordinate)
+``condition``         (trial,)                    condition label per trial (coordinate)
+``split``             (trial,)                    'train', 'valid' or 'test' (coordinate)
+``rates_true``        (trial, time, neuron)       optional ground-truth rates in Hz (spikes)
+``emg_mean_true``     (trial, time, neuron)       optional ground-truth EMG mean (data units)
+``events_mean_true``  (trial, time, neuron)       optional ground-truth event mean (data units)
+``latents_true``      (trial, time, latent)       optional ground-truth latent state
+``inputs_true``       (trial, time, input)        optional ground-truth inputs to the dynamics
+``behavior``          (trial, time, behavior_dim) optional behaviour (e.g. hand velocity)
+``ext_input``         (trial, time, ext_input_dim) optional external inputs fed to the generator
+====================  ==========================  =============================================
 
-and the attribute ``bin_width`` (seconds). The Dataset that ``lfads_nb.infer`` returns follows
-the same model with ``rates`` (Hz) as its observed variable in place of ``spikes``, so it can be
-saved, loaded, sliced and plotted the same way. ``validate`` checks all of this and raises
-:class:`DataError` with a message that names the problem and the fix.
-
-Each observed data kind has its own rules; they live in ``OBSERVED_KINDS`` so a new kind
-(EMG, calcium events) adds a checker without touching the rest.
+and the attributes ``bin_width`` (seconds) and ``kind`` (``'spikes'``, ``'emg'`` or
+``'calcium_events'``; without it the kind is read off the observed variable's name). Each kind's
+rules, default observation model and output live in :mod:`lfads_nb.kinds` (``KINDS``), so a new
+kind adds one entry there without touching the rest. The Dataset that ``lfads_nb.infer`` returns
+follows the same model with the kind's output (``rates`` in Hz, ``emg_mean`` or ``events_mean``
+in the data's units) in place of the observed variable, so it can be saved, loaded, sliced and
+plotted the same way. ``validate`` checks all of this and raises :class:`DataError` with a
+message that names the problem and the fix.
 """
 from __future__ import annotations
 
@@ -34,13 +40,15 @@ import numpy as np
 import xarray as xr
 
 from .errors import DataError
+from .kinds import KINDS, DataKind, get_kind, kind_of
 
 DIMS = ("trial", "time", "neuron")
 SPLITS = ("train", "valid", "test")
 
-# Optional per-trial time series, each with its own last dim.
+# Optional per-trial time series, each with its own last dim: the ground truth of each kind's
+# output (rates_true, emg_mean_true, events_mean_true), then the kind-free ones.
 TRUTH_VARIABLES = {
-    "rates_true": "neuron",
+    **{kind.truth: "neuron" for kind in KINDS.values()},
     "latents_true": "latent",
     "inputs_true": "input",
     "behavior": "behavior_dim",
@@ -48,58 +56,46 @@ TRUTH_VARIABLES = {
 }
 
 
-def _check_counts(values: np.ndarray, name: str) -> None:
-    """Spike counts: finite, non-negative integers; NaN marks a bin that was not observed."""
-    if values.dtype.kind in "iu":
-        if values.size and values.min() < 0:
-            raise DataError(f"'{name}' has negative counts (min {values.min()}); spike counts must be >= 0.")
-        return
-    if values.dtype.kind != "f":
-        raise DataError(
-            f"'{name}' has dtype {values.dtype}; spike counts must be integers "
-            "(or floats holding integers, with NaN for bins that were not observed)."
-        )
-    observed = values[~np.isnan(values)]
-    if np.isinf(observed).any():
-        raise DataError(
-            f"'{name}' contains infinite values; counts must be finite "
-            "(use NaN to mark bins that were not observed)."
-        )
-    if observed.size and observed.min() < 0:
-        raise DataError(f"'{name}' has negative counts (min {observed.min()}); spike counts must be >= 0.")
-    if not np.array_equal(observed, np.round(observed)):
-        raise DataError(
-            f"'{name}' holds non-integer values; spike counts must be whole numbers. "
-            "If these are rates, convert them to counts per bin (rate x bin_width) and sample, "
-            "or store them as 'rates_true'."
-        )
-
-
-def _check_rates(values: np.ndarray, name: str) -> None:
-    """Firing rates in Hz (e.g. what ``lfads_nb.infer`` returns): finite, non-negative floats."""
+def _check_output(values: np.ndarray, name: str) -> None:
+    """An ``infer`` output (expected values of non-negative data, e.g. rates in Hz): finite numbers >= 0."""
     if values.dtype.kind not in "iuf":
-        raise DataError(f"'{name}' has dtype {values.dtype}; rates must be numbers (Hz).")
+        raise DataError(f"'{name}' has dtype {values.dtype}; '{name}' must be numbers.")
     observed = values[~np.isnan(values)] if values.dtype.kind == "f" else values
     if not np.isfinite(observed).all():
-        raise DataError(f"'{name}' contains infinite values; rates must be finite (Hz).")
+        raise DataError(f"'{name}' contains infinite values; '{name}' must be finite.")
     if observed.size and observed.min() < 0:
-        raise DataError(f"'{name}' has negative rates (min {observed.min()}); rates in Hz must be >= 0.")
+        raise DataError(
+            f"'{name}' has negative values (min {observed.min()}); '{name}' is the expected value of "
+            "non-negative data and must be >= 0."
+        )
 
 
-# The observed variable of each data kind and its rules, in order of precedence.
-OBSERVED_KINDS = {"spikes": _check_counts, "rates": _check_rates}
+def _present_variable(ds: xr.Dataset, kind: DataKind) -> str:
+    """The kind's observed variable if ``ds`` holds it, else its ``infer`` output variable."""
+    for name in (kind.variable, kind.output):
+        if name in ds.data_vars:
+            return name
+    # kind_of found a variable unless ds.attrs['kind'] named the kind, so that attribute may be wrong
+    raise DataError(
+        f"The dataset has no observed variable; its kind is '{kind.name}', so expected '{kind.variable}' with "
+        f"dims {DIMS}. Found variables {sorted(ds.data_vars)}; rename yours with "
+        f"ds.rename({{'old': '{kind.variable}'}}), or fix ds.attrs['kind']."
+    )
 
 
 def observed_variable(ds: xr.Dataset) -> str:
-    """The name of the observed variable in ``ds`` (e.g. ``'spikes'``)."""
-    present = [name for name in OBSERVED_KINDS if name in ds.data_vars]
-    if not present:
+    """The name of the recorded variable in ``ds`` (``'spikes'``, ``'emg'`` or ``'events'``, by its kind).
+
+    Raises :class:`DataError` when ``ds`` holds only an ``infer`` output, which is not a recording.
+    """
+    kind = kind_of(ds)
+    name = _present_variable(ds, kind)
+    if name != kind.variable:
         raise DataError(
-            f"The dataset has no observed variable; expected one of {sorted(OBSERVED_KINDS)} "
-            f"with dims {DIMS}. Found variables {sorted(ds.data_vars)}; rename yours with "
-            "ds.rename({'old': 'spikes'})."
+            f"This dataset holds '{name}', the output of lfads_nb.infer, not recorded {kind.name} data "
+            f"('{kind.variable}'). Train on (or export) the recorded data instead."
         )
-    return present[0]
+    return name
 
 
 def _check_bin_width(bin_width) -> None:
@@ -130,15 +126,19 @@ def _check_time(time: np.ndarray, bin_width: float) -> None:
 def validate(ds: xr.Dataset, *, require_train: bool = False) -> xr.Dataset:
     """Check that ``ds`` follows the lfads_nb data model and return it unchanged.
 
-    ``require_train`` (used by training entry points) also refuses data without spike counts
-    or without training trials. Raises :class:`DataError` naming the problem and the fix.
+    The observed variable is checked by the rules of the dataset's kind (see :mod:`lfads_nb.kinds`),
+    including any default observation options it derives (ZIG ``s_min``); an ``infer`` output
+    variable must hold finite values >= 0. ``require_train`` (used by training entry points) also
+    refuses data without the recorded variable (an ``infer`` output) or without training trials.
+    Raises :class:`DataError` naming the problem and the fix.
     """
     if not isinstance(ds, xr.Dataset):
         raise DataError(
             f"Expected an xarray.Dataset, got {type(ds).__name__}. "
             "Build one with data_generators or load one with lfads_nb.load(path)."
         )
-    name = observed_variable(ds)
+    kind = kind_of(ds)
+    name = _present_variable(ds, kind)
     observed = ds[name]
     if observed.dims != DIMS:
         missing = [d for d in DIMS if d not in observed.dims]
@@ -152,7 +152,11 @@ def validate(ds: xr.Dataset, *, require_train: bool = False) -> xr.Dataset:
             raise DataError(f"The dataset has zero {dim}s; it needs at least one {dim}.")
     if ds.sizes["time"] == 0:
         raise DataError("The dataset has zero time bins; it needs at least one.")
-    OBSERVED_KINDS[name](observed.values, name)
+    if name == kind.variable:
+        kind.check(observed.values, name)
+        kind.observation_options(ds)  # options derived from the data (ZIG s_min) must be derivable
+    else:
+        _check_output(observed.values, name)
 
     if ds.attrs.get("bin_width") is None:
         raise DataError(
@@ -184,11 +188,8 @@ def validate(ds: xr.Dataset, *, require_train: bool = False) -> xr.Dataset:
         raise DataError(
             f"Unknown split labels {sorted(str(x) for x in unknown)}; every trial's split must be one of {SPLITS}."
         )
-    if require_train and name != "spikes":
-        raise DataError(
-            f"Training needs spike counts in a 'spikes' variable; this dataset's observed variable is "
-            f"'{name}' (an inference output?). Train on the recorded data instead."
-        )
+    if require_train:
+        observed_variable(ds)  # refuses an infer output
     if require_train and "train" not in labels:
         raise DataError(
             "The dataset has no training trials (split == 'train'); training needs some. "
@@ -255,8 +256,9 @@ def _per_item(values, n: int, name: str, dim: str) -> np.ndarray:
 
 
 def make_dataset(
-    spikes: np.ndarray,
+    values: np.ndarray,
     bin_width: float,
+    kind: str = "spikes",
     *,
     split_labels,
     condition=None,
@@ -266,19 +268,24 @@ def make_dataset(
 ) -> xr.Dataset:
     """Assemble a validated Dataset from numpy arrays.
 
-    ``spikes``: counts, shape (trial, time, neuron) (a DataArray with these dims in another
-    order is transposed); the masked entries of a masked array become NaN (not observed).
-    ``bin_width``: seconds. ``split_labels``: one of 'train'/'valid'/'test' per trial.
-    ``truth``: optional arrays named as in ``TRUTH_VARIABLES`` (``rates_true`` in Hz).
+    ``values``: the recording, shape (trial, time, neuron) (a DataArray with these dims in
+    another order is transposed); the masked entries of a masked array become NaN (not observed).
+    ``bin_width``: seconds. ``kind``: what ``values`` hold, a name in ``KINDS``: ``'spikes'``
+    (counts), ``'emg'`` or ``'calcium_events'``; it names the variable (``spikes``, ``emg``,
+    ``events``) and is stored in ``attrs['kind']``. ``split_labels``: one of 'train'/'valid'/'test'
+    per trial. ``truth``: optional arrays named as in ``TRUTH_VARIABLES`` (the kind's truth,
+    e.g. ``rates_true``, is in the units of its ``infer`` output: Hz for rates).
     Arguments of the wrong type or shape raise :class:`DataError`.
     """
-    if isinstance(spikes, xr.DataArray) and set(spikes.dims) == set(DIMS):
-        spikes = spikes.transpose(*DIMS)  # named dims in another order are reordered, not misread
-    spikes = _as_array(spikes, "spikes")
-    if spikes.ndim != 3:
-        raise DataError(f"spikes must be 3-D (trial, time, neuron), got shape {spikes.shape}.")
+    data_kind = get_kind(kind)
+    variable = data_kind.variable
+    if isinstance(values, xr.DataArray) and set(values.dims) == set(DIMS):
+        values = values.transpose(*DIMS)  # named dims in another order are reordered, not misread
+    values = _as_array(values, variable)
+    if values.ndim != 3:
+        raise DataError(f"{variable} must be 3-D (trial, time, neuron), got shape {values.shape}.")
     _check_bin_width(bin_width)
-    n_trials, n_time, n_neurons = spikes.shape
+    n_trials, n_time, n_neurons = values.shape
     trial_ids = np.arange(n_trials) if trial_ids is None else trial_ids
     neuron_ids = np.arange(n_neurons) if neuron_ids is None else neuron_ids
     coords = {
@@ -289,23 +296,24 @@ def make_dataset(
     }
     if condition is not None:
         coords["condition"] = ("trial", _per_item(condition, n_trials, "condition", "trial"))
-    data_vars = {"spikes": (DIMS, spikes)}
-    for var, values in truth.items():
+    data_vars = {variable: (DIMS, values)}
+    for var, array in truth.items():
         if var not in TRUTH_VARIABLES:
             raise DataError(f"Unknown ground-truth variable {var!r}; known: {sorted(TRUTH_VARIABLES)}.")
-        values = _as_array(values, var)
-        last = n_neurons if var == "rates_true" else TRUTH_VARIABLES[var]
-        wrong_last = var == "rates_true" and values.shape[-1:] != (n_neurons,)
-        if values.ndim != 3 or values.shape[:2] != (n_trials, n_time) or wrong_last:
+        array = _as_array(array, var)
+        per_neuron = TRUTH_VARIABLES[var] == "neuron"
+        last = n_neurons if per_neuron else TRUTH_VARIABLES[var]
+        wrong_last = per_neuron and array.shape[-1:] != (n_neurons,)
+        if array.ndim != 3 or array.shape[:2] != (n_trials, n_time) or wrong_last:
             raise DataError(
-                f"{var} has shape {values.shape}; expected ({n_trials}, {n_time}, {last}) "
-                "to match spikes (trial, time, ...)."
+                f"{var} has shape {array.shape}; expected ({n_trials}, {n_time}, {last}) "
+                f"to match {variable} (trial, time, ...)."
             )
-        data_vars[var] = (("trial", "time", TRUTH_VARIABLES[var]), values)
-    ds = xr.Dataset(data_vars, coords=coords, attrs={"bin_width": float(bin_width)})
+        data_vars[var] = (("trial", "time", TRUTH_VARIABLES[var]), array)
+    ds = xr.Dataset(data_vars, coords=coords, attrs={"bin_width": float(bin_width), "kind": data_kind.name})
     ds["time"].attrs["units"] = "s"
-    if "rates_true" in ds:
-        ds["rates_true"].attrs["units"] = "Hz"
+    if data_kind.truth in ds:
+        ds[data_kind.truth].attrs.update(data_kind.output_attrs(ds))
     return validate(ds)
 
 

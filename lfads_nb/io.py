@@ -10,16 +10,26 @@ scatter new folders around. What netCDF changes on the way: string variables com
 numpy unicode arrays (``<U``) whatever their dtype was, list attributes come back as numpy
 arrays, and attributes must be strings, numbers or arrays of them (no bools, dicts or None).
 
-``load`` also reads the HDF5 layout of the original LFADS and lfads-torch (one array per key,
-trials x time x neurons)::
+``load`` tries the readers of ``READERS`` in order, each a :class:`Reader` (name, ``sniff``
+from the content, ``read``), so another format (e.g. NWB) is one more entry; a file none of them
+takes raises :class:`DataError` listing what each looks for. Besides netCDF, ``load`` reads the
+HDF5 layout of the original LFADS and lfads-torch (one array per key, trials x time x neurons)::
 
-    {train,valid,test}_encod_data   counts the encoders see
-    {train,valid,test}_recon_data   counts the model reconstructs (encod neurons first)
+    {train,valid,test}_encod_data   data the encoders see (spike counts, or the kind's values)
+    {train,valid,test}_recon_data   data the model reconstructs (encod neurons first)
     {train,valid,test}_data         older single-array form: encod = recon = this
-    {train,valid,test}_truth        optional true rates; truth / conversion_factor = counts per bin
+    {train,valid,test}_truth        optional truth; truth / conversion_factor = expected value per bin
     {train,valid,test}_inds         optional trial ids (integers)
     {train,valid,test}_ext_input    optional external inputs (trials x time x inputs)
     conversion_factor               dataset or file attribute; absent means 1
+    kind                            optional file attribute: the data kind (lfads_nb.kinds)
+    s_min                           optional file attribute: calcium events' smallest event size
+
+The data arrays hold the kind ``load(path, kind=...)`` names: ``'spikes'`` (counts, the
+default), ``'emg'`` or ``'calcium_events'`` (floats, read as they are, never rounded); files
+written by :func:`export_lfads_h5` store it as the file attribute ``kind``, and, as for the bin
+width, an explicit kind that contradicts a stored one raises :class:`DataError` (in netCDF files
+too, where it is the attribute ``kind``).
 
 The layout has no bin width, so ``load(path, bin_width=...)`` takes it in seconds; files
 written by :func:`export_lfads_h5` carry it as the file attribute ``bin_width``. With
@@ -28,20 +38,24 @@ that contradicts a stored one raises :class:`DataError` (this also holds for net
 Trials are concatenated train, valid, test; with ``*_inds`` these are the trial ids and
 trials are sorted by id (which restores the original order when ids are trial positions),
 without them trials are numbered 0..n-1 in that concatenated order. Neurons are numbered
-0..N-1 and time holds bin centres ``(t + 0.5) * bin_width``. ``rates_true`` is stored in Hz:
-truth / conversion_factor / bin_width.
+0..N-1 and time holds bin centres ``(t + 0.5) * bin_width``. ``*_truth`` becomes the ground truth
+of the kind's ``infer`` output, in its units: ``rates_true`` in Hz (truth / conversion_factor /
+bin_width) for spikes, ``emg_mean_true`` or ``events_mean_true`` in the data's units
+(truth / conversion_factor) for EMG and calcium events.
 
 Held-out neurons: when ``*_encod_data`` has fewer neurons than ``*_recon_data``, the extra
 (last) recon neurons are held out (seen only by the reconstruction, as in NLB co-smoothing).
-``spikes`` keeps all recon neurons, and the boolean neuron coordinate ``heldout`` marks them
+The observed variable keeps all recon neurons, and the boolean neuron coordinate ``heldout`` marks them
 (True = held out). It exists only when some neuron is held out.
 
 ``export_lfads_h5(ds, path)`` writes that layout (``*_encod_data`` / ``*_recon_data``) so the
 same data runs in lfads-torch: neurons with ``heldout`` True go only into recon data, after
 the observed ones (so recon neurons are reordered observed-first when they were
-interleaved); ``*_inds`` are the trial ids, which must be integers; ``*_truth`` holds
-``rates_true`` in Hz with ``conversion_factor = 1 / bin_width`` (so truth / conversion_factor
-is counts per bin, as lfads-torch expects); ``*_ext_input`` holds ``ext_input``. lfads-torch
+interleaved); ``*_inds`` are the trial ids, which must be integers; ``*_truth`` holds the
+kind's truth (``rates_true`` in Hz with ``conversion_factor = 1 / bin_width``, so truth /
+conversion_factor is counts per bin, as lfads-torch expects; ``emg_mean_true`` or
+``events_mean_true`` with ``conversion_factor = 1``); ``*_ext_input`` holds ``ext_input``; the
+file attributes ``bin_width``, ``kind`` and ``s_min`` (if set) hold those of the dataset. lfads-torch
 needs train and valid trials and cannot take NaN, so both raise :class:`DataError`; a test
 split without trials is omitted. Condition labels, neuron ids, time offsets and the other
 ground-truth variables have no place in the layout and are not written.
@@ -52,7 +66,10 @@ import numbers
 import os
 import uuid
 import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import h5py
 import numpy as np
@@ -60,6 +77,7 @@ import xarray as xr
 
 from .data import SPLITS, make_dataset, observed_variable, validate
 from .errors import DataError
+from .kinds import get_kind, kind_of
 
 DEFAULT_BIN_WIDTH = 0.01  # seconds, assumed for LFADS files that store none
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -279,12 +297,29 @@ def _bin_width(stored, given, path: Path) -> float:
     warnings.warn(
         f"{path} stores no bin width; assuming {DEFAULT_BIN_WIDTH} s bins. "
         "Pass load(path, bin_width=...) with the real bin width in seconds.",
-        stacklevel=4,  # point at the caller of load()
+        stacklevel=5,  # point at the caller of load() (via load, the reader, _read_lfads)
     )
     return DEFAULT_BIN_WIDTH
 
 
-def _read_lfads(f: h5py.File, path: Path, bin_width) -> xr.Dataset:
+def _kind(stored, given, path: Path) -> str | None:
+    """The data kind's name: the stored one (``given`` must agree), else ``given``; None if neither."""
+    if isinstance(stored, bytes):  # some writers store fixed-width byte strings
+        stored = stored.decode()
+    for value, origin in ((given, "kind"), (stored, f"The kind stored in {path}")):
+        if value is not None:
+            try:
+                get_kind(value)
+            except DataError as error:
+                raise DataError(f"{origin}: {error}") from error
+    if given is not None and stored is not None and given != stored:
+        raise DataError(
+            f"{path} stores kind={stored!r} but kind={given!r} was passed; omit kind to use the stored one."
+        )
+    return stored if stored is not None else given
+
+
+def _read_lfads(f: h5py.File, path: Path, bin_width, kind) -> xr.Dataset:
     splits = {s: arrays for s in SPLITS if (arrays := _read_split(f, s, path)) is not None}
 
     first_name, first = next(iter(splits.items()))
@@ -314,17 +349,19 @@ def _read_lfads(f: h5py.File, path: Path, bin_width) -> xr.Dataset:
     if isinstance(stored, np.ndarray) and stored.shape == (1,):  # some writers store a scalar so
         stored = stored[0]
     width = _bin_width(stored, bin_width, path)
-    spikes = np.concatenate([a["recon"] for a in splits.values()])
+    data_kind = get_kind(_kind(f.attrs.get("kind"), kind, path) or "spikes")
+    data = np.concatenate([a["recon"] for a in splits.values()])
     labels = np.concatenate([[s] * len(a["recon"]) for s, a in splits.items()])
     truth = {}
     if "truth" in first:
-        true_counts = np.concatenate([a["truth"] for a in splits.values()])
-        dtype = true_counts.dtype if true_counts.dtype.kind == "f" else np.float64
-        hz_per_unit = 1.0 / (_conversion_factor(f, path) * width)
-        # Truth already in Hz (conversion_factor = 1 / bin_width, as export writes it) stays bit-exact.
-        if not np.isclose(hz_per_unit, 1.0, rtol=1e-12, atol=0):
-            true_counts = true_counts * hz_per_unit
-        truth["rates_true"] = true_counts.astype(dtype)
+        true_means = np.concatenate([a["truth"] for a in splits.values()])  # / conversion_factor: per bin
+        dtype = true_means.dtype if true_means.dtype.kind == "f" else np.float64
+        # to_output is a unit conversion, linear in the mean: this is its factor over conversion_factor.
+        per_unit = data_kind.to_output(1.0, width) / _conversion_factor(f, path)
+        # Truth already in the output's units (as export writes it: Hz for spikes) stays bit-exact.
+        if not np.isclose(per_unit, 1.0, rtol=1e-12, atol=0):
+            true_means = true_means * per_unit
+        truth[data_kind.truth] = true_means.astype(dtype)
     if "ext_input" in first:
         truth["ext_input"] = np.concatenate([a["ext_input"] for a in splits.values()])
     if "inds" in first:
@@ -333,71 +370,137 @@ def _read_lfads(f: h5py.File, path: Path, bin_width) -> xr.Dataset:
             raise DataError(f"The '*_inds' in {path} repeat trial ids; every trial needs its own id.")
         order = np.argsort(ids, kind="stable")
     else:
-        ids = np.arange(len(spikes))
+        ids = np.arange(len(data))
         order = ids
     ds = make_dataset(
-        spikes[order],
+        data[order],
         width,
+        data_kind.name,
         split_labels=labels[order],
         trial_ids=ids[order],
         **{name: values[order] for name, values in truth.items()},
     )
+    if "s_min" in f.attrs:  # the ZIG's smallest event size, for calcium events; load validates it
+        ds.attrs["s_min"] = float(np.asarray(f.attrs["s_min"]).item())
     n_encod = first["encod"].shape[2]
-    if n_encod < spikes.shape[2]:
-        ds = ds.assign_coords(heldout=("neuron", np.arange(spikes.shape[2]) >= n_encod))
+    if n_encod < data.shape[2]:
+        ds = ds.assign_coords(heldout=("neuron", np.arange(data.shape[2]) >= n_encod))
     return ds
 
 
 # ----------------------------------------------------------------------------- load
 
 def _is_hdf5(path: Path) -> bool:
-    with open(path, "rb") as f:
-        if f.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE:
-            return True
-    return bool(h5py.is_hdf5(path))  # finds files whose HDF5 data starts after a user block
+    try:
+        with open(path, "rb") as f:
+            if f.read(len(HDF5_SIGNATURE)) == HDF5_SIGNATURE:
+                return True
+        return bool(h5py.is_hdf5(path))  # finds files whose HDF5 data starts after a user block
+    except OSError as error:
+        raise DataError(f"Cannot read {path} ({error}); check its permissions.") from error
 
 
-def load(path, bin_width: float | None = None) -> xr.Dataset:
-    """Read a dataset from an lfads_nb netCDF file or an LFADS / lfads-torch HDF5 file.
+@contextmanager
+def _open_hdf5(path: Path):
+    """``h5py.File(path, 'r')``, with a file that cannot be opened as a :class:`DataError`."""
+    try:
+        f = h5py.File(path, "r")
+    except OSError as error:
+        raise DataError(f"Cannot open {path} ({error}); the file is corrupt or truncated.") from error
+    with f:
+        yield f
 
-    The format is detected from the content, not the extension. ``bin_width`` (seconds) is
-    for LFADS files, which may not store one: None means the stored value, else 0.01 s. The
-    result is validated and held in memory (the file is closed). Raises :class:`DataError`
-    for a missing, corrupt or inconsistent file.
+
+def _is_lfads(path: Path) -> bool:
+    if not _is_hdf5(path):
+        return False
+    with _open_hdf5(path) as f:
+        return any(f"{s}_{key}" in f for s in SPLITS for key in ("encod_data", "recon_data", "data"))
+
+
+def _is_netcdf4(path: Path) -> bool:
+    if not _is_hdf5(path):
+        return False
+    with _open_hdf5(path) as f:
+        return "_NCProperties" in f.attrs  # the mark netCDF-4 writers (h5netcdf, netCDF-C) leave
+
+
+def _load_lfads(path: Path, *, kind, bin_width) -> xr.Dataset:
+    try:
+        with _open_hdf5(path) as f:
+            return _read_lfads(f, path, bin_width, kind)
+    except OSError as error:  # a read inside a file that opened
+        raise DataError(f"Cannot read {path} ({error}); the file is corrupt or truncated.") from error
+
+
+def _load_netcdf(path: Path, *, kind, bin_width) -> xr.Dataset:
+    ds = _read_netcdf(path)
+    if "kind" in ds.attrs or kind is not None:  # else the kind is read off the observed variable
+        ds.attrs["kind"] = _kind(ds.attrs.get("kind"), kind, path)
+    if "bin_width" in ds.attrs or bin_width is not None:  # else validate names the missing attribute
+        ds.attrs["bin_width"] = _bin_width(ds.attrs.get("bin_width"), bin_width, path)
+    return ds
+
+
+@dataclass(frozen=True)
+class Reader:
+    """A file format ``load`` reads. ``sniff(path)`` says whether the file at ``path`` is in this
+    format, from its content, raising :class:`DataError` for a file it cannot open.
+    ``read(path, **options)`` returns its Dataset (``load`` validates it); the options are those
+    of ``load`` (``kind``, ``bin_width``). ``needs`` says what ``sniff`` looks for, for the error
+    ``load`` raises when no reader takes a file."""
+
+    name: str
+    sniff: Callable[[Path], bool]
+    read: Callable[..., xr.Dataset]
+    needs: str
+
+
+# The formats load() tries, in order; a new format (e.g. NWB) is one more entry.
+READERS = [
+    Reader(
+        "LFADS HDF5", _is_lfads, _load_lfads,
+        "HDF5 with train_encod_data and train_recon_data, or train_data, or the same for valid/test",
+    ),
+    Reader("lfads_nb netCDF-4", _is_netcdf4, _load_netcdf, "HDF5 with the netCDF-4 mark '_NCProperties'"),
+]
+
+
+def _no_reader(path: Path) -> DataError:
+    """The error for a file no reader takes: what each needs and what the file is."""
+    tried = "; ".join(f"{r.name} ({r.needs})" for r in READERS)
+    if _is_hdf5(path):
+        with _open_hdf5(path) as f:
+            found = f"It is HDF5 with keys {sorted(f.keys())}."
+    else:
+        found = (
+            "It is not HDF5. If it is netCDF-3, convert it: "
+            "xr.open_dataset(path).to_netcdf(new_path, engine='h5netcdf')."
+        )
+    return DataError(f"{path} is in none of the formats lfads_nb reads; tried {tried}. {found}")
+
+
+def load(path, kind: str | None = None, bin_width: float | None = None) -> xr.Dataset:
+    """Read a dataset from a file in one of the formats of ``READERS``: an lfads_nb netCDF file or
+    an LFADS / lfads-torch HDF5 file.
+
+    The format is detected from the content, not the extension: the readers are tried in order
+    and the first whose ``sniff`` takes the file reads it. ``kind`` (a name in ``KINDS``) says what
+    an LFADS file's arrays hold: None means the stored kind, else ``'spikes'``. ``bin_width``
+    (seconds) is for LFADS files, which may not store one: None means the stored value, else
+    0.01 s. An explicit kind or bin width that contradicts the stored one is refused. The result is
+    validated and held in memory (the file is closed). Raises :class:`DataError` for a missing,
+    corrupt or inconsistent file, or one no reader takes (naming what each looks for).
     """
     path = Path(path).expanduser()
     if not path.exists():
         raise DataError(f"No file at {path} (working folder {Path.cwd()}); check the path.")
     if path.is_dir():
         raise DataError(f"{path} is a folder; give the path of a .nc or .h5 file inside it.")
-    try:
-        is_hdf5 = _is_hdf5(path)
-    except OSError as error:
-        raise DataError(f"Cannot read {path} ({error}); check its permissions.") from error
-    if not is_hdf5:
-        raise DataError(
-            f"{path} is neither an lfads_nb netCDF-4 file nor an LFADS HDF5 file (it is not HDF5). "
-            "If it is netCDF-3, convert it: xr.open_dataset(path).to_netcdf(new_path, engine='h5netcdf')."
-        )
-    try:
-        with h5py.File(path, "r") as f:
-            keys = sorted(f.keys())
-            if any(f"{s}_{kind}" in f for s in SPLITS for kind in ("encod_data", "recon_data", "data")):
-                ds = _read_lfads(f, path, bin_width)
-            elif "_NCProperties" not in f.attrs:  # the mark netCDF-4 writers (h5netcdf, netCDF-C) leave
-                raise DataError(
-                    f"{path} is neither a netCDF-4 file "
-                    "nor an LFADS HDF5 file (it needs train_encod_data and train_recon_data, or the "
-                    f"same for valid/test); found keys {keys}."
-                )
-            else:
-                ds = None
-    except OSError as error:
-        raise DataError(f"Cannot open {path} ({error}); the file is corrupt or truncated.") from error
-    if ds is None:
-        ds = _read_netcdf(path)
-        if "bin_width" in ds.attrs or bin_width is not None:  # else validate names the missing attribute
-            ds.attrs["bin_width"] = _bin_width(ds.attrs.get("bin_width"), bin_width, path)
+    reader = next((r for r in READERS if r.sniff(path)), None)
+    if reader is None:
+        raise _no_reader(path)
+    ds = reader.read(path, kind=kind, bin_width=bin_width)
     try:
         return validate(ds)
     except DataError as error:
@@ -413,6 +516,7 @@ def export_lfads_h5(ds: xr.Dataset, path) -> Path:
     for how held-out neurons, truth and the bin width are written.
     """
     validate(ds, require_train=True)
+    kind = kind_of(ds)
     name = observed_variable(ds)
     counts = ds[name].values
     if counts.dtype.kind == "f" and np.isnan(counts).any():
@@ -420,7 +524,7 @@ def export_lfads_h5(ds: xr.Dataset, path) -> Path:
             f"'{name}' has {int(np.isnan(counts).sum())} unobserved (NaN) bins, which lfads-torch "
             "cannot take. Drop the trials that have them, e.g. "
             f"ds.isel(trial=~ds['{name}'].isnull().any(['time', 'neuron']).values), "
-            f"or fill them if zero counts are right: ds['{name}'] = ds['{name}'].fillna(0)."
+            f"or fill them if zeros are right: ds['{name}'] = ds['{name}'].fillna(0)."
         )
     ids = ds["trial"].values
     if ids.dtype.kind not in "iu":
@@ -446,6 +550,9 @@ def export_lfads_h5(ds: xr.Dataset, path) -> Path:
     def write(tmp: Path) -> None:
         with h5py.File(tmp, "w") as f:
             f.attrs["bin_width"] = bin_width
+            f.attrs["kind"] = kind.name
+            if "s_min" in ds.attrs:
+                f.attrs["s_min"] = float(ds.attrs["s_min"])
             for split in SPLITS:
                 trials = np.flatnonzero(labels == split)
                 if len(trials) == 0:
@@ -454,13 +561,13 @@ def export_lfads_h5(ds: xr.Dataset, path) -> Path:
                 f.create_dataset(f"{split}_encod_data", data=recon[..., :n_encod])
                 f.create_dataset(f"{split}_recon_data", data=recon)
                 f.create_dataset(f"{split}_inds", data=ids[trials].astype(np.int64))
-                if "rates_true" in ds.data_vars:
-                    truth = ds["rates_true"].values[trials][..., neuron_order]
+                if kind.truth in ds.data_vars:
+                    truth = ds[kind.truth].values[trials][..., neuron_order]
                     f.create_dataset(f"{split}_truth", data=truth)
                 if "ext_input" in ds.variables:
                     ext_input = ds["ext_input"].transpose("trial", "time", ...).values[trials]
                     f.create_dataset(f"{split}_ext_input", data=ext_input)
-            if "rates_true" in ds.data_vars:
-                f.create_dataset("conversion_factor", data=1.0 / bin_width)
+            if kind.truth in ds.data_vars:  # truth / conversion_factor = expected value per bin
+                f.create_dataset("conversion_factor", data=kind.to_output(1.0, bin_width))
 
     return _atomic_write(path, write)

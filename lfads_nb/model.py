@@ -60,7 +60,7 @@ from torch import Tensor, nn
 
 from ._fused_gru import DecoderWeights, clipped_gru_scan, controlled_decode
 from .errors import ConfigError, DataError
-from .observations import OBSERVATIONS, ObservationModel, make_observation
+from .observations import ObservationModel, make_observation, observation_spec
 from .transforms import Batch, encoder_input, masked_mean
 
 # --------------------------------------------------------------------------------------------
@@ -74,7 +74,9 @@ class LFADSConfig:
 
     Defaults follow lfads-torch's configs for single-session data. ``co_dim = 0`` removes the
     controller and its encoder (an autonomous generator, plus external inputs if any);
-    ``ci_enc_dim`` and ``con_dim`` are then unused.
+    ``ci_enc_dim`` and ``con_dim`` are then unused. ``observation`` is an observation model's
+    name or a name with options, ``{'name': 'zig', 's_min': 0.1}``; it is kept in the plain form
+    of ``observations.observation_spec`` (name alone without options, option values as floats).
     """
 
     n_neurons: int
@@ -93,7 +95,7 @@ class LFADSConfig:
     ic_prior_var: float = 0.1
     co_prior_tau: float = 10.0
     co_prior_var: float = 0.1
-    observation: str = "poisson"
+    observation: str | dict = "poisson"
 
     def __post_init__(self):
         if self.encod_dim is None:
@@ -124,10 +126,7 @@ class LFADSConfig:
         for name in ["cell_clip", "ic_post_var_min", "ic_prior_var", "co_prior_tau", "co_prior_var"]:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"LFADSConfig.{name} must be > 0, got {getattr(self, name)}.")
-        if self.observation not in OBSERVATIONS:
-            raise ConfigError(
-                f"LFADSConfig.observation {self.observation!r} is unknown; choose one of {sorted(OBSERVATIONS)}."
-            )
+        self.observation = observation_spec(self.observation)
 
 
 class LFADSOutput(NamedTuple):

@@ -24,10 +24,18 @@ model                       n_params  params per entry
 ``Gamma`` (EMG)             2         log alpha (shape), log beta (rate)
 ``ZeroInflatedGamma``       3         logits of alpha / scale, beta / scale, and q
 ==========================  ========  ====================================================
+
+Options are the keyword arguments of each class after ``n_neurons`` and ``fac_dim``: Gamma
+``eps``; ZeroInflatedGamma ``s_min``, ``scale_init``, ``scale_penalty``, ``eps``. A spec names a
+model and its options, ``'zig'`` or ``{'name': 'zig', 's_min': 0.1}`` (``LFADSConfig.observation``
+holds one); ``make_observation`` builds it and refuses unknown names and options.
 """
 from __future__ import annotations
 
+import inspect
 import math
+import numbers
+from collections.abc import Mapping
 
 import torch
 from torch import Tensor, nn
@@ -266,15 +274,70 @@ OBSERVATIONS = {
 }
 
 
-def make_observation(name: str, n_neurons: int, fac_dim: int | None = None) -> ObservationModel:
-    """Build the observation model called ``name`` for ``n_neurons`` channels.
+def _option_defaults(name: str) -> dict[str, object]:
+    """The options of the observation model ``name`` and their defaults, read off its ``__init__``
+    (every parameter after ``n_neurons`` and ``fac_dim``), e.g. ``{'eps': 0.0001}`` for 'gamma'."""
+    params = list(inspect.signature(OBSERVATIONS[name].__init__).parameters.values())[3:]  # self, n_neurons, fac_dim
+    return {p.name: p.default for p in params}
 
-    ``fac_dim`` is the width of the factors it reads out (LFADS passes its ``fac_dim``);
-    ``None`` builds the likelihood alone. Unknown names raise :class:`ConfigError`.
-    """
-    if name not in OBSERVATIONS:
+
+def _name_and_options(spec, extra: Mapping) -> tuple[str, dict]:
+    """The model name and options of ``spec`` (with ``extra`` options added), checked; option
+    values become Python floats or strings."""
+    if isinstance(spec, Mapping):
+        options = dict(spec)
+        name = options.pop("name", None)
+        if name is None:
+            raise ConfigError(
+                f"The observation spec {dict(spec)!r} has no 'name'; give one, e.g. {{'name': 'zig', 's_min': 0.1}}."
+            )
+    else:
+        name, options = spec, {}
+    if not isinstance(name, str) or name not in OBSERVATIONS:
         raise ConfigError(
             f"Unknown observation model {name!r}; choose one of {sorted(OBSERVATIONS)} "
             "('poisson' for spike counts, 'gamma' for EMG, 'zig' for calcium events)."
         )
-    return OBSERVATIONS[name](n_neurons, fac_dim)
+    options.update(extra)
+    valid = _option_defaults(name)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ConfigError(
+            f"Unknown option(s) {unknown} for the {name!r} observation model; its options are "
+            f"{valid or 'none'} (shown with their defaults)."
+        )
+    for key, value in options.items():
+        if isinstance(value, numbers.Real) and not isinstance(value, bool):
+            options[key] = float(value)
+        elif not isinstance(value, str):
+            raise ConfigError(
+                f"Observation option {key}={value!r} ({type(value).__name__}) must be a number or a string, "
+                "so that checkpoints can store it."
+            )
+    return name, options
+
+
+def observation_spec(spec) -> str | dict:
+    """Check an observation spec and return it in its plain form.
+
+    A spec is a name from ``OBSERVATIONS`` (``'zig'``) or a mapping of the name and options
+    (``{'name': 'zig', 's_min': 0.1}``). The plain form is the name alone when there are no
+    options, else a new dict whose option values are Python floats (or strings), so that it
+    survives ``dataclasses.asdict`` and ``torch.load(weights_only=True)``. Unknown names,
+    unknown options and values that are not numbers or strings raise :class:`ConfigError`.
+    """
+    name, options = _name_and_options(spec, {})
+    return {"name": name, **options} if options else name
+
+
+def make_observation(spec, n_neurons: int, fac_dim: int | None = None, **options) -> ObservationModel:
+    """Build the observation model ``spec`` for ``n_neurons`` channels.
+
+    ``spec`` is a name (``'poisson'``) or a mapping of the name and options, as
+    ``LFADSConfig.observation`` holds it (see :func:`observation_spec`); keyword ``options``
+    are added to the spec's and override them. ``fac_dim`` is the width of the factors it
+    reads out (LFADS passes its ``fac_dim``); ``None`` builds the likelihood alone. Unknown
+    names and options raise :class:`ConfigError` listing the valid ones.
+    """
+    name, options = _name_and_options(spec, options)
+    return OBSERVATIONS[name](n_neurons, fac_dim, **options)

@@ -11,8 +11,8 @@ The pieces, in the order a run uses them:
    checkpoint. Every epoch ends with an atomic checkpoint, so a run killed at any point resumes
    from its last epoch and reproduces the uninterrupted run bit for bit.
 4. ``infer(model, ds)``: posterior means (or the average over posterior samples) as a Dataset
-   aligned to the input trials: ``rates`` (Hz), ``factors``, ``inputs``, ``ic_mean``,
-   ``generator_states``.
+   aligned to the input trials: the kind's output (``rates`` in Hz, ``emg_mean``, ``events_mean``),
+   ``factors``, ``inputs``, ``ic_mean``, ``generator_states``.
 
 The loss is lfads-torch's scale: the mean per-entry reconstruction NLL over the entries the loss
 may see, plus ``kl_ramp * (kl_ic_scale KL_ic + kl_co_scale KL_co)`` (nats per trial, averaged
@@ -45,8 +45,9 @@ import pandas as pd
 import torch
 import xarray as xr
 
-from .data import validate
+from .data import observed_variable, validate
 from .errors import CheckpointError, ConfigError, DataError, TrainingDiverged
+from .kinds import kind_of
 from .model import LFADS, LFADSConfig
 from .transforms import Batch, coordinated_dropout, encoder_input, make_batch, sample_validation, sbtt
 
@@ -158,7 +159,7 @@ def _to_tensors(ds: xr.Dataset, config: TrainConfig) -> _Tensors:
     if "ext_input" in ds:
         ext = torch.as_tensor(ds["ext_input"].values, dtype=torch.float32, device=device)
     return _Tensors(
-        data=torch.as_tensor(ds["spikes"].values.astype(np.float32), device=device),
+        data=torch.as_tensor(ds[observed_variable(ds)].values.astype(np.float32), device=device),
         ext_input=ext,
         heldin=torch.as_tensor(heldin_mask(ds), device=device),
         sv_keep=torch.as_tensor(_sv_keep_mask(ds, config.sv_fraction, config.sv_seed), device=device),
@@ -186,6 +187,7 @@ def build_model(ds: xr.Dataset, train_config: TrainConfig | None = None, *, seed
     if not heldin_mask(ds).any():
         raise DataError("Every neuron is marked held out (the 'heldout' coord), so the encoder would see "
                         "nothing. Mark only the neurons to predict as held out, e.g. about a quarter of them.")
+    sizes.setdefault("observation", kind_of(ds).default_observation(ds))  # e.g. ZIG with s_min from the data
     config = LFADSConfig(
         n_neurons=ds.sizes["neuron"],
         encod_dim=int(heldin_mask(ds).sum()),
@@ -198,7 +200,7 @@ def build_model(ds: xr.Dataset, train_config: TrainConfig | None = None, *, seed
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = LFADS(config)
-    spikes = ds["spikes"].values.astype(np.float64)
+    spikes = ds[observed_variable(ds)].values.astype(np.float64)
     if train_config is not None and train_config.sv_fraction > 0:
         spikes[~_sv_keep_mask(ds, train_config.sv_fraction, train_config.sv_seed)] = np.nan  # NaN: not used
     is_train = ds["split"].values.astype(str) == "train"
@@ -220,7 +222,7 @@ def train_valid_indices(ds: xr.Dataset, needed_for: str) -> tuple[torch.Tensor, 
     if len(valid) == 0:
         raise DataError(f"The dataset has no validation trials (split == 'valid'); {needed_for}. "
                         "Label about 20 % of trials 'valid'.")
-    if np.isnan(ds["spikes"].values[valid].astype(float)).all():
+    if np.isnan(ds[observed_variable(ds)].values[valid].astype(float)).all():
         raise DataError("Every entry of the validation trials is NaN (not observed), so their validation loss "
                         "would be meaningless. Label trials with observed entries 'valid'.")
     return torch.as_tensor(np.flatnonzero(splits == "train")), torch.as_tensor(valid)
@@ -556,7 +558,7 @@ def _diverged(model, best_state, state, progress, ckpt_dir, config, step):
 def _example_picker(ds: xr.Dataset, valid_idx: torch.Tensor, n_neurons: int = 3):
     """A function giving one validation trial's inferred vs true rates for the dashboard."""
     trial = int(valid_idx[0])
-    counts = np.nan_to_num(ds["spikes"].values[trial])
+    counts = np.nan_to_num(ds[observed_variable(ds)].values[trial])
     neurons = np.argsort(counts.sum(axis=0))[::-1][:n_neurons]  # the most active, so the plot says something
     bin_width = float(ds.attrs["bin_width"])
     truth = ds["rates_true"].values[trial][:, neurons] if "rates_true" in ds else None
@@ -590,7 +592,8 @@ def infer(model: LFADS, ds: xr.Dataset, *, n_samples: int = 0, batch_size: int =
 
     ``n_samples`` 0 uses the posterior means; N > 0 averages every output over N posterior
     samples (seeded by ``seed``). Returns a Dataset aligned to ``ds`` (same ``trial`` ids,
-    ``split``, ``condition``, ``time``, ``neuron``) with ``rates`` (Hz), ``factors``,
+    ``split``, ``condition``, ``time``, ``neuron``) with the observation mean named by the data's
+    kind (``rates`` in Hz, ``emg_mean`` or ``events_mean`` in the data's units), ``factors``,
     ``inputs`` (inferred u_t), ``ic_mean`` (posterior mean of g0) and ``generator_states``.
     """
     validate(ds)
@@ -601,17 +604,18 @@ def infer(model: LFADS, ds: xr.Dataset, *, n_samples: int = 0, batch_size: int =
     config = TrainConfig(device=str(device))
     tensors = _to_tensors(ds, config)
     bin_width = float(ds.attrs["bin_width"])
+    kind = kind_of(ds)
     was_training = model.training
     model.eval()
     generator_state = torch.get_rng_state()
     torch.manual_seed(seed)
-    parts = {"rates": [], "factors": [], "inputs": [], "ic_mean": [], "generator_states": []}
+    parts = {"mean": [], "factors": [], "inputs": [], "ic_mean": [], "generator_states": []}
     for start in range(0, ds.sizes["trial"], batch_size):
         batch = _recorded_batch(tensors, slice(start, start + batch_size))
         x, ext = encoder_input(batch), batch.ext
         draws = [model(x, ext, sample=True) for _ in range(n_samples)] or [model(x, ext, sample=False)]
         per_draw = {
-            "rates": [model.observation.mean(o.obs_params) / bin_width for o in draws],
+            "mean": [kind.to_output(model.observation.mean(o.obs_params), bin_width) for o in draws],
             "factors": [o.factors for o in draws],
             "inputs": [o.inputs for o in draws],
             "ic_mean": [o.ic_mean for o in draws],
@@ -625,7 +629,7 @@ def infer(model: LFADS, ds: xr.Dataset, *, n_samples: int = 0, batch_size: int =
     coords = {name: ds.coords[name] for name in ("trial", "time", "neuron", "split", "condition") if name in ds.coords}
     out = xr.Dataset(
         {
-            "rates": (("trial", "time", "neuron"), joined["rates"], {"units": "Hz"}),
+            kind.output: (("trial", "time", "neuron"), joined["mean"], kind.output_attrs(ds)),
             "factors": (("trial", "time", "factor"), joined["factors"]),
             "inputs": (("trial", "time", "inferred_input"), joined["inputs"]),
             "ic_mean": (("trial", "ic"), joined["ic_mean"]),

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
+import lfads_nb.io as lfads_io
 from lfads_nb import DataError, make_dataset, split
 from lfads_nb.io import export_lfads_h5, load, save
 
@@ -277,21 +278,36 @@ def test_load_a_folder(tmp_path):
 @pytest.mark.parametrize("content", [b"trial,time,neuron\n1,2,3\n", b"CDF\x01" + bytes(60), b""])
 def test_a_file_that_is_not_hdf5(tmp_path, content):
     (tmp_path / "x.nc").write_bytes(content)
-    with pytest.raises(DataError, match="neither an lfads_nb netCDF-4 file nor an LFADS HDF5.*to_netcdf"):
+    with pytest.raises(DataError, match="none of the formats lfads_nb reads.*It is not HDF5.*to_netcdf"):
         load(tmp_path / "x.nc")
 
 
 def test_hdf5_that_is_neither_layout_lists_its_keys(tmp_path):
     write_h5(tmp_path / "other.h5", rates=np.zeros((2, 3)), train_truth=np.zeros((2, 5, 4)))
-    phrase = r"neither.*train_encod_data and train_recon_data.*\['rates', 'train_truth'\]"
+    phrase = r"none of the formats.*train_encod_data and train_recon_data.*HDF5 with keys \['rates', 'train_truth'\]"
     with pytest.raises(DataError, match=phrase):
         load(tmp_path / "other.h5")
 
 
 def test_empty_hdf5(tmp_path):
     write_h5(tmp_path / "empty.h5")
-    with pytest.raises(DataError, match=r"neither.*found keys \[\]"):
+    with pytest.raises(DataError, match=r"none of the formats.*HDF5 with keys \[\]"):
         load(tmp_path / "empty.h5")
+
+
+def test_unknown_format_lists_the_readers_and_a_new_reader_is_one_entry(tmp_path, monkeypatch):
+    """load tries READERS in order; appending one (as an NWB reader would be) makes load read its files."""
+    path = tmp_path / "x.csv"
+    path.write_text("trial,time,neuron\n")
+    message = r"x.csv is in none of the formats lfads_nb reads; tried LFADS HDF5 \(.*\); lfads_nb netCDF-4 \(.*\)\."
+    with pytest.raises(DataError, match=message):
+        load(path)
+    csv = lfads_io.Reader("CSV", lambda p: p.suffix == ".csv", lambda p, **options: dataset(), "a .csv name")
+    monkeypatch.setattr(lfads_io, "READERS", [*lfads_io.READERS, csv])
+    assert load(path).sizes["trial"] == 6
+    (tmp_path / "x.txt").write_text("?")
+    with pytest.raises(DataError, match=r"tried LFADS HDF5 .*; lfads_nb netCDF-4 .*; CSV \(a .csv name\)\."):
+        load(tmp_path / "x.txt")
 
 
 @pytest.mark.parametrize("kind", ["netcdf", "lfads"])
@@ -560,8 +576,68 @@ def test_export_then_load_round_trip(tmp_path, bin_width):
         .drop_vars(["condition", "latents_true"])
         .assign_coords(neuron=np.arange(4))
     )
-    expected.attrs = {"bin_width": bin_width}
+    expected.attrs = {"bin_width": bin_width, "kind": "spikes"}
     assert_same(loaded, expected)
+
+
+@pytest.mark.parametrize("kind", ["emg", "calcium_events"])
+def test_export_then_load_round_trip_of_float_kinds(tmp_path, kind):
+    """EMG and calcium events are floats: exported and loaded as they are (not rounded, not refused),
+    with their kind, truth (conversion_factor 1) and s_min in the file attributes."""
+    shape = (6, 5, 4)
+    if kind == "emg":
+        values = RNG.gamma(2.0, 0.3, size=shape)
+    else:
+        values = np.where(RNG.random(shape) < 0.3, 0.1 + RNG.exponential(0.7, shape), 0.0)
+        values[0, 0, :] = 0.1  # the smallest events, equal to s_min
+    truth_name = {"emg": "emg_mean_true", "calcium_events": "events_mean_true"}[kind]
+    ds = make_dataset(values, 0.02, kind, split_labels=SPLIT_LABELS, **{truth_name: RNG.uniform(0.1, 2, shape)})
+    if kind == "calcium_events":
+        ds.attrs["s_min"] = 0.1
+    ds = ds.assign_coords(heldout=("neuron", np.array([False, False, True, False])))
+    export_lfads_h5(ds, tmp_path / "l.h5")
+    with h5py.File(tmp_path / "l.h5", "r") as f:
+        assert f.attrs["kind"] == kind and f["conversion_factor"][()] == 1.0
+        np.testing.assert_array_equal(f["train_truth"][()], split(ds, "train")[truth_name].values[..., [0, 1, 3, 2]])
+    loaded = load(tmp_path / "l.h5")
+    assert_same(loaded, ds.isel(neuron=[0, 1, 3, 2]).assign_coords(neuron=np.arange(4)))
+    with pytest.raises(DataError, match=f"stores kind='{kind}' but kind='spikes' was passed; omit kind"):
+        load(tmp_path / "l.h5", kind="spikes")
+
+
+def test_lfads_file_of_floats_read_as_the_kind_given(tmp_path):
+    """A plain lfads-torch file (no kind attribute): its arrays are spike counts unless kind says otherwise;
+    its truth is then the EMG mean, truth / conversion_factor, in the data's units."""
+    train, valid = RNG.gamma(2.0, size=(3, 5, 4)), RNG.gamma(2.0, size=(2, 5, 4))
+    path = lfads_file(tmp_path / "l.h5", attrs={"bin_width": 0.01}, train_encod_data=train, train_recon_data=train,
+                      valid_encod_data=valid, valid_recon_data=valid, train_truth=np.full((3, 5, 4), 3.0),
+                      valid_truth=np.full((2, 5, 4), 3.0), conversion_factor=2.0)
+    with pytest.raises(DataError, match="non-integer values.*kind='emg'"):
+        load(path)
+    ds = load(path, kind="emg")
+    assert ds.attrs["kind"] == "emg" and "spikes" not in ds and "rates_true" not in ds
+    np.testing.assert_array_equal(ds["emg"].values, np.concatenate([train, valid]))
+    np.testing.assert_allclose(ds["emg_mean_true"].values, 1.5, rtol=1e-12)
+    assert ds["emg_mean_true"].attrs["units"] == "a.u."
+    with pytest.raises(DataError, match=r"^kind: Unknown data kind 'eeg'; choose one of"):
+        load(path, kind="eeg")
+
+
+def test_kind_round_trips_through_netcdf(tmp_path):
+    ds = make_dataset(RNG.gamma(2.0, size=(6, 5, 4)), 0.01, "emg", split_labels=SPLIT_LABELS)
+    ds["emg"].attrs["units"] = "mV"
+    save(ds, tmp_path / "emg.nc")
+    assert_same(load(tmp_path / "emg.nc"), ds)
+    assert load(tmp_path / "emg.nc", kind="emg").attrs["kind"] == "emg"
+    with pytest.raises(DataError, match="stores kind='emg' but kind='calcium_events' was passed"):
+        load(tmp_path / "emg.nc", kind="calcium_events")
+    plain = ds.copy()
+    del plain.attrs["kind"]  # written by another tool: the kind comes from the argument, else the variable
+    plain.to_netcdf(tmp_path / "plain.nc", engine="h5netcdf")
+    assert "kind" not in load(tmp_path / "plain.nc").attrs
+    assert load(tmp_path / "plain.nc", kind="emg").attrs["kind"] == "emg"
+    with pytest.raises(DataError, match="its kind is 'spikes', so expected 'spikes'"):
+        load(tmp_path / "plain.nc", kind="spikes")
 
 
 def test_export_then_load_without_held_out_neurons_or_truth(tmp_path):

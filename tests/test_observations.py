@@ -1,4 +1,5 @@
 """Observation models checked against scipy.stats, closed forms and finite differences."""
+import dataclasses
 import math
 
 import numpy as np
@@ -6,6 +7,7 @@ import pytest
 import torch
 from scipy import stats
 
+from lfads_nb import LFADS, LFADSConfig
 from lfads_nb.errors import ConfigError, DataError
 from lfads_nb.observations import (
     Gamma,
@@ -13,6 +15,7 @@ from lfads_nb.observations import (
     Poisson,
     ZeroInflatedGamma,
     make_observation,
+    observation_spec,
 )
 
 torch.set_num_threads(1)
@@ -152,6 +155,46 @@ def test_readout_shapes_and_unknown_name():
         make_observation("poisson", 7)(torch.randn(2, 3, 5))
     with pytest.raises(ConfigError):
         make_observation("poisson", 0)
+
+
+def test_options_reach_the_model_from_keywords_or_a_spec():
+    zig = make_observation("zig", 3, s_min=0.25, scale_init=5)
+    assert (zig.s_min, zig.scale_init, zig.scale_penalty) == (0.25, 5.0, 1e-4)
+    assert make_observation({"name": "gamma", "eps": 1e-3}, 3).eps == 1e-3
+    assert make_observation({"name": "zig", "s_min": 0.2}, 3, s_min=0.3).s_min == 0.3  # keywords override
+
+
+def test_unknown_option_lists_the_valid_ones():
+    with pytest.raises(ConfigError, match=r"\['smin'\] for the 'zig'.*'s_min': 0.1, 'scale_init': 20.0"):
+        make_observation("zig", 3, smin=0.1)
+    with pytest.raises(ConfigError, match=r"\['eps'\] for the 'poisson' observation model; its options are none"):
+        make_observation({"name": "poisson", "eps": 1e-3}, 3)
+
+
+def test_observation_spec_plain_form():
+    """Names stay names; options become Python floats so checkpoints (weights_only) can hold them."""
+    assert observation_spec("zig") == observation_spec({"name": "zig"}) == "zig"
+    spec = observation_spec({"name": "zig", "s_min": np.float32(0.5), "scale_init": 10})
+    assert spec == {"name": "zig", "s_min": 0.5, "scale_init": 10.0}
+    assert all(type(v) is float for k, v in spec.items() if k != "name")
+    with pytest.raises(ConfigError, match="no 'name'"):
+        observation_spec({"s_min": 0.1})
+    with pytest.raises(ConfigError, match=r"s_min=\[0.1\] \(list\) must be a number"):
+        observation_spec({"name": "zig", "s_min": [0.1]})
+    with pytest.raises(ConfigError, match="Unknown observation model 'negbinom'"):
+        observation_spec({"name": "negbinom"})
+
+
+def test_config_options_reach_the_model_and_survive_a_weights_only_checkpoint(tmp_path):
+    """Checkpoints store dataclasses.asdict(config) and rebuild with LFADSConfig(**saved)."""
+    config = LFADSConfig(n_neurons=3, co_dim=0, observation={"name": "zig", "s_min": np.float64(0.05)})
+    assert LFADS(config).observation.s_min == 0.05
+    torch.save({"model_config": dataclasses.asdict(config)}, tmp_path / "c.pt")
+    saved = torch.load(tmp_path / "c.pt", weights_only=True)["model_config"]
+    assert LFADSConfig(**saved) == config
+    assert LFADSConfig(n_neurons=3, observation={"name": "gamma"}).observation == "gamma"
+    with pytest.raises(ConfigError, match=r"\['smin'\] for the 'zig'"):
+        LFADSConfig(n_neurons=3, observation={"name": "zig", "smin": 0.1})
 
 
 def test_init_from_data_starts_each_channel_at_its_mean():
