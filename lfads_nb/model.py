@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -338,6 +339,37 @@ def _fan_in_linear(in_features: int, out_features: int) -> nn.Linear:
 
 
 # --------------------------------------------------------------------------------------------
+# Session ends: what is specific to one recording, around the shared core
+# --------------------------------------------------------------------------------------------
+
+
+class HeldInReadIn(nn.Module):
+    """A session's read-in: its held-in channels, in order, as the encoder's input.
+
+    heldin (N,) bool -> forward maps (..., N) to (..., E), E = heldin.sum(). The held-out
+    channels (co-bps) are predicted from the factors but never shown to the encoder.
+    """
+
+    def __init__(self, heldin: Tensor):
+        super().__init__()
+        self.register_buffer("index", torch.as_tensor(heldin, dtype=torch.bool).nonzero().squeeze(-1))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x.index_select(-1, self.index)
+
+
+class SessionEnds(nn.Module):
+    """One session's ends around the shared LFADS core (lfads-torch's read-in / read-out):
+    ``read_in`` maps the session's N channels to the core's encod_dim inputs, ``observation``
+    maps the core's factors to the session's observation parameters and likelihood. One session
+    today; multisession stitching gives each recording its own."""
+
+    def __init__(self, read_in: nn.Module, observation: ObservationModel):
+        super().__init__()
+        self.read_in, self.observation = read_in, observation
+
+
+# --------------------------------------------------------------------------------------------
 # The generator: the dynamics seam
 # --------------------------------------------------------------------------------------------
 
@@ -428,8 +460,16 @@ class LFADS(nn.Module):
 
     Submodules in data-flow order: ``ic_encoder``, ``ic_linear``, ``ic_prior``, ``ci_encoder``,
     ``controller`` / ``con_h0`` / ``co_linear`` / ``co_prior`` (only with co_dim > 0),
-    ``ic_to_g0``, ``generator`` (``GRUGenerator``), ``factor_readout``, ``observation``
-    (readout to the observation parameters, plus the likelihood).
+    ``ic_to_g0``, ``generator`` (``GRUGenerator``), ``factor_readout``, and the session's ends
+    ``session`` (``SessionEnds``: the read-in of the held-in channels ``heldin`` (N,) bool,
+    default the first encod_dim, and ``observation``, the readout to the observation parameters
+    plus the likelihood).
+
+    The model protocol that ``train``, ``infer``, ``random_search`` and ``pbt`` use (any model
+    with these methods trains with the same loop, dashboard, checkpoints and inference):
+    ``loss(batch, weights)``, ``validation_sums(batch)``, ``infer_batch(batch, sample)`` with
+    ``output_dims``, ``check_data(ds)``, ``check_training(train_config)`` and a dataclass
+    ``config``. ``forward`` is LFADS's own: the core from the read-in encoder input.
 
     ``fused`` (default True) runs the generator's recurrence, and the controller's with it, as
     the fused kernels of ``lfads_nb._fused_gru``; ``fused=False`` runs the step loop of
@@ -441,7 +481,10 @@ class LFADS(nn.Module):
     state, f_{-1} = W_fac dropout(linear(g0)), as lfads-torch does.
     """
 
-    def __init__(self, config: LFADSConfig, *, fused: bool = True):
+    output_dims = {"factors": ("trial", "time", "factor"), "inputs": ("trial", "time", "inferred_input"),
+                   "ic_mean": ("trial", "ic"), "generator_states": ("trial", "time", "generator")}
+
+    def __init__(self, config: LFADSConfig, *, fused: bool = True, heldin: Tensor | None = None):
         super().__init__()
         if not isinstance(config, LFADSConfig):
             raise ConfigError(f"LFADS needs an LFADSConfig, got {type(config).__name__}.")
@@ -459,7 +502,17 @@ class LFADS(nn.Module):
         self.ic_to_g0 = _fan_in_linear(c.ic_dim, c.gen_dim)
         self.generator = GRUGenerator(c.co_dim + c.ext_input_dim, c.gen_dim, c.cell_clip)
         self.factor_readout = FactorReadout(c.gen_dim, c.fac_dim)
-        self.observation: ObservationModel = make_observation(c.observation, c.n_neurons, c.fac_dim)
+        if heldin is None:
+            heldin = torch.arange(c.n_neurons) < c.encod_dim
+        if tuple(torch.as_tensor(heldin).shape) != (c.n_neurons,) or int(torch.as_tensor(heldin).sum()) != c.encod_dim:
+            raise ConfigError(f"heldin must be a boolean mask over the {c.n_neurons} neurons with encod_dim = "
+                              f"{c.encod_dim} True entries; build the model with lfads_nb.build_model(ds, ...).")
+        self.session = SessionEnds(HeldInReadIn(heldin), make_observation(c.observation, c.n_neurons, c.fac_dim))
+
+    @property
+    def observation(self) -> ObservationModel:
+        """The session's observation model (readout to the observation parameters, plus the likelihood)."""
+        return self.session.observation
 
     # ---- encoders ---------------------------------------------------------------------------
 
@@ -676,16 +729,50 @@ class LFADS(nn.Module):
         )
         return loss, {"train_recon": recon, "kl_ic": kl_ic, "kl_co": kl_co, "l2": l2["l2_gen"] + l2["l2_con"]}
 
+    # ---- the model protocol: what train, infer and the tuners use -------------------------
+
     def loss(self, batch: Batch, weights: Mapping, *, noise: Noise | None = None,
              dropout: float | Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """``objective`` of a training forward pass (posterior samples) on ``batch``."""
-        out = self(encoder_input(batch), batch.ext, sample=True, noise=noise, dropout=dropout)
+        out = self(self.session.read_in(encoder_input(batch)), batch.ext, sample=True, noise=noise, dropout=dropout)
         return self.objective(out, batch, weights)
 
     def validation_sums(self, batch: Batch) -> Tensor:
         """NLL sums of a validation batch (posterior means): (4,) = [NLL over ``loss_mask``, its
         entry count, NLL over ``heldout`` (sample validation), its entry count]."""
-        out = self(encoder_input(batch), batch.ext, sample=False)
+        out = self(self.session.read_in(encoder_input(batch)), batch.ext, sample=False)
         nll = self.observation.nll(out.obs_params, batch.target)
         seen, held = batch.loss_mask, batch.heldout
         return torch.stack([(nll * seen).sum(), seen.sum().to(nll.dtype), (nll * held).sum(), held.sum().to(nll.dtype)])
+
+    def infer_batch(self, batch: Batch, *, sample: bool) -> dict[str, Tensor]:
+        """What ``infer`` returns for a batch: ``mean``, the observation mean per bin (B, T, N)
+        (the data kind names it and sets its units), and the outputs named in ``output_dims``."""
+        out = self(self.session.read_in(encoder_input(batch)), batch.ext, sample=sample)
+        return {"mean": self.observation.mean(out.obs_params), "factors": out.factors, "inputs": out.inputs,
+                "ic_mean": out.ic_mean, "generator_states": out.gen_states}
+
+    def check_data(self, ds) -> None:
+        """Raise DataError unless the model was built for these data's neurons, held-in neurons
+        and external inputs."""
+        c = self.config
+        heldin = ~ds["heldout"].values.astype(bool) if "heldout" in ds.coords else None
+        ext_dim = ds.sizes["ext_input_dim"] if "ext_input" in ds else 0
+        mine = self.session.read_in.index.cpu()
+        same_heldin = heldin is None and mine.tolist() == list(range(ds.sizes["neuron"])) or (
+            heldin is not None and mine.tolist() == heldin.nonzero()[0].tolist())
+        if (c.n_neurons, c.ext_input_dim) != (ds.sizes["neuron"], ext_dim) or not same_heldin:
+            n_heldin = ds.sizes["neuron"] if heldin is None else int(heldin.sum())
+            raise DataError(
+                f"The model was built for {c.n_neurons} neurons ({c.encod_dim} held in) and {c.ext_input_dim} "
+                f"external inputs, but the data have {ds.sizes['neuron']} neurons ({n_heldin} held in) and "
+                f"{ext_dim} external inputs. Build the model for these data with lfads_nb.build_model(ds, ...)."
+            )
+
+    def check_training(self, train_config) -> None:
+        """Warn about a training setup this model is known to fail with: a controller trained
+        without coordinated dropout copies spikes into the rates (identity overfitting)."""
+        if self.config.co_dim > 0 and train_config.cd_rate == 0:
+            warnings.warn("The model has a controller (co_dim > 0) but TrainConfig.cd_rate is 0, so its inferred "
+                          "inputs can copy spikes into the rates (identity overfitting, tutorial 03). Set "
+                          "TrainConfig(cd_rate=0.3), or co_dim=0 for an autonomous model.", UserWarning, stacklevel=3)

@@ -35,7 +35,6 @@ import dataclasses
 import math
 import os
 import time
-import warnings
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,7 +48,7 @@ from .data import observed_variable, validate
 from .errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from .kinds import kind_of
 from .model import LFADS, LFADSConfig
-from .transforms import Batch, coordinated_dropout, encoder_input, make_batch, sample_validation, sbtt
+from .transforms import Batch, coordinated_dropout, make_batch, sample_validation, sbtt
 
 
 @dataclass
@@ -194,12 +193,13 @@ def build_model(ds: xr.Dataset, train_config: TrainConfig | None = None, *, seed
         ext_input_dim=ds.sizes["ext_input_dim"] if "ext_input" in ds else 0,
         **sizes,
     )
+    heldin = torch.as_tensor(heldin_mask(ds))
     if seed is None:
-        model = LFADS(config)
+        model = LFADS(config, heldin=heldin)
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = LFADS(config)
+            model = LFADS(config, heldin=heldin)
     spikes = ds[observed_variable(ds)].values.astype(np.float64)
     if train_config is not None and train_config.sv_fraction > 0:
         spikes[~_sv_keep_mask(ds, train_config.sv_fraction, train_config.sv_seed)] = np.nan  # NaN: not used
@@ -226,19 +226,6 @@ def train_valid_indices(ds: xr.Dataset, needed_for: str) -> tuple[torch.Tensor, 
         raise DataError("Every entry of the validation trials is NaN (not observed), so their validation loss "
                         "would be meaningless. Label trials with observed entries 'valid'.")
     return torch.as_tensor(np.flatnonzero(splits == "train")), torch.as_tensor(valid)
-
-
-def _check_fits(model: LFADS, ds: xr.Dataset) -> None:
-    cfg = model.config
-    n_heldin = int(heldin_mask(ds).sum())
-    ext_dim = ds.sizes["ext_input_dim"] if "ext_input" in ds else 0
-    if (cfg.n_neurons, cfg.encod_dim or cfg.n_neurons, cfg.ext_input_dim) != (ds.sizes["neuron"], n_heldin, ext_dim):
-        raise DataError(
-            f"The model was built for {cfg.n_neurons} neurons ({cfg.encod_dim or cfg.n_neurons} held in) and "
-            f"{cfg.ext_input_dim} external inputs, but the data have {ds.sizes['neuron']} neurons "
-            f"({n_heldin} held in) and {ext_dim} external inputs. Build the model for these data with "
-            "lfads_nb.build_model(ds, ...)."
-        )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -390,11 +377,8 @@ def train(
     config = config or TrainConfig()
     check_device(config.device)
     validate(ds, require_train=True)
-    _check_fits(model, ds)
-    if model.config.co_dim > 0 and config.cd_rate == 0:
-        warnings.warn("The model has a controller (co_dim > 0) but TrainConfig.cd_rate is 0, so its inferred "
-                      "inputs can copy spikes into the rates (identity overfitting, tutorial 03). Set "
-                      "TrainConfig(cd_rate=0.3), or co_dim=0 for an autonomous model.", UserWarning, stacklevel=2)
+    model.check_data(ds)
+    model.check_training(config)
     train_idx, valid_idx = train_valid_indices(
         ds, "training needs them for the learning-rate schedule, early stopping and model selection")
 
@@ -556,19 +540,20 @@ def _diverged(model, best_state, state, progress, ckpt_dir, config, step):
 
 
 def _example_picker(ds: xr.Dataset, valid_idx: torch.Tensor, n_neurons: int = 3):
-    """A function giving one validation trial's inferred vs true rates for the dashboard."""
+    """A function giving one validation trial's inferred vs true observation mean (rates in Hz
+    for spikes; the kind's output and units otherwise) for the dashboard."""
     trial = int(valid_idx[0])
     counts = np.nan_to_num(ds[observed_variable(ds)].values[trial])
     neurons = np.argsort(counts.sum(axis=0))[::-1][:n_neurons]  # the most active, so the plot says something
     bin_width = float(ds.attrs["bin_width"])
-    truth = ds["rates_true"].values[trial][:, neurons] if "rates_true" in ds else None
+    kind = kind_of(ds)
+    truth = ds[kind.truth].values[trial][:, neurons] if kind.truth in ds else None
 
     def example(model, tensors):
         model.eval()
         with torch.no_grad():
-            batch = _recorded_batch(tensors, slice(trial, trial + 1))
-            out = model(encoder_input(batch), batch.ext, sample=False)
-            rates = model.observation.mean(out.obs_params)[0].cpu().numpy() / bin_width
+            mean = model.infer_batch(_recorded_batch(tensors, slice(trial, trial + 1)), sample=False)["mean"]
+            rates = kind.to_output(mean, bin_width)[0].cpu().numpy()
         model.train()
         return {
             "trial": ds["trial"].values[trial].item(),
@@ -597,7 +582,7 @@ def infer(model: LFADS, ds: xr.Dataset, *, n_samples: int = 0, batch_size: int =
     ``inputs`` (inferred u_t), ``ic_mean`` (posterior mean of g0) and ``generator_states``.
     """
     validate(ds)
-    _check_fits(model, ds)
+    model.check_data(ds)
     if n_samples < 0:
         raise ConfigError(f"n_samples must be >= 0 (0 = posterior means), got {n_samples}.")
     device = next(model.parameters()).device
@@ -609,32 +594,22 @@ def infer(model: LFADS, ds: xr.Dataset, *, n_samples: int = 0, batch_size: int =
     model.eval()
     generator_state = torch.get_rng_state()
     torch.manual_seed(seed)
-    parts = {"mean": [], "factors": [], "inputs": [], "ic_mean": [], "generator_states": []}
+    parts = {}
     for start in range(0, ds.sizes["trial"], batch_size):
         batch = _recorded_batch(tensors, slice(start, start + batch_size))
-        x, ext = encoder_input(batch), batch.ext
-        draws = [model(x, ext, sample=True) for _ in range(n_samples)] or [model(x, ext, sample=False)]
-        per_draw = {
-            "mean": [kind.to_output(model.observation.mean(o.obs_params), bin_width) for o in draws],
-            "factors": [o.factors for o in draws],
-            "inputs": [o.inputs for o in draws],
-            "ic_mean": [o.ic_mean for o in draws],
-            "generator_states": [o.gen_states for o in draws],
-        }
-        for name, values in per_draw.items():
-            parts[name].append(torch.stack(values).mean(0).cpu().numpy())
+        draws = [model.infer_batch(batch, sample=True) for _ in range(n_samples)] or [
+            model.infer_batch(batch, sample=False)]
+        for name in draws[0]:
+            parts.setdefault(name, []).append(torch.stack([d[name] for d in draws]).mean(0).cpu().numpy())
     torch.set_rng_state(generator_state)
     model.train(was_training)
     joined = {k: np.concatenate(v) for k, v in parts.items()}
     coords = {name: ds.coords[name] for name in ("trial", "time", "neuron", "split", "condition") if name in ds.coords}
+    variables = {kind.output: (("trial", "time", "neuron"), kind.to_output(joined.pop("mean"), bin_width),
+                               kind.output_attrs(ds))}
+    variables.update({name: (model.output_dims[name], values) for name, values in joined.items()})
     out = xr.Dataset(
-        {
-            kind.output: (("trial", "time", "neuron"), joined["mean"], kind.output_attrs(ds)),
-            "factors": (("trial", "time", "factor"), joined["factors"]),
-            "inputs": (("trial", "time", "inferred_input"), joined["inputs"]),
-            "ic_mean": (("trial", "ic"), joined["ic_mean"]),
-            "generator_states": (("trial", "time", "generator"), joined["generator_states"]),
-        },
+        variables,
         coords=coords,
         attrs={"bin_width": bin_width, "posterior_samples": n_samples},
     )

@@ -14,7 +14,7 @@ Order (each one documented below):
 Then ``encoder_input(batch)`` is what the encoder reads and ``batch.loss_mask`` what the
 reconstruction loss averages over.
 
-Shapes: B trials, T bins, N channels (neurons); E held-in channels the encoder reads.
+Shapes: B trials, T bins, N channels (neurons).
 """
 from __future__ import annotations
 
@@ -104,9 +104,9 @@ def coordinated_dropout(batch: Batch, rate: float | Tensor, uniforms: Tensor) ->
 
 
 def encoder_input(batch: Batch) -> Tensor:
-    """What the encoder reads: (..., B, T, E), shown entries rescaled, the rest 0, held-in channels only."""
-    x = batch.encoder_data * batch.encoder_mask * batch.encoder_scale
-    return x.index_select(-1, batch.heldin.nonzero().squeeze(-1))
+    """What the encoder may read: (..., B, T, N), shown entries rescaled, the rest 0. The model's
+    read-in then picks its channels (``LFADS.session.read_in``: the held-in ones)."""
+    return batch.encoder_data * batch.encoder_mask * batch.encoder_scale
 
 
 def masked_mean(values: Tensor, mask: Tensor) -> Tensor:

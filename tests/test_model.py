@@ -28,9 +28,9 @@ def _spikes(B=3, T=7, N=5, dtype=torch.float64, seed=1):
 
 @pytest.mark.parametrize("co_dim,ext", [(0, 0), (2, 0), (0, 3), (2, 3)])
 def test_output_shapes(co_dim, ext):
-    model = _model(torch.float32, co_dim=co_dim, ext_input_dim=ext, encod_dim=6)
+    model = _model(torch.float32, co_dim=co_dim, ext_input_dim=ext, encod_dim=4)
     B, T = 3, 7
-    x = torch.rand(B, T, 6)
+    x = torch.rand(B, T, 4)  # the 4 held-in neurons of 5
     out = model(x, torch.randn(B, T, ext) if ext else None)
     shapes = {k: tuple(v.shape) for k, v in out._asdict().items()}
     assert shapes == {
