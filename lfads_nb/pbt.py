@@ -5,7 +5,7 @@ The pieces, in the order a run uses them:
 1. ``PBTConfig``: population size, generation length, burn-in, exploit rule, stopping rule.
    The search space (which hyperparameters, their ranges, initial values and explore widths)
    is a :class:`lfads_nb.search.SearchSpace`, ``DEFAULT_SPACE`` by default (reference
-   section 5); its names must be per-member hyperparameters (``population.MEMBER_HPS``).
+   section 5); its names must be per-member hyperparameters (``hyperparameters.PER_MEMBER``).
 2. ``pbt(ds, ...)``: trains a :class:`lfads_nb.population.Population` (all members in one
    batched model) synchronously: a burn-in (generation 0, covering the KL / L2 ramps), then
    generations of ``generation_epochs``. At the end of each generation every member's fitness
@@ -42,8 +42,9 @@ import xarray as xr
 
 from .data import validate
 from .errors import CheckpointError, ConfigError, TrainingDiverged
+from .hyperparameters import HYPERPARAMETERS, PER_MEMBER, by_owner
 from .model import LFADS, LFADSConfig
-from .population import MEMBER_HPS, Population
+from .population import Population
 from .search import DEFAULT_SPACE, SearchSpace
 from .training import (TrainConfig, _atomic_save, _ramp, _to_tensors, build_model, check_device,
                        train_valid_indices)
@@ -172,10 +173,10 @@ class _RunState:
 def _space_for_population(space: SearchSpace) -> SearchSpace:
     if not isinstance(space, SearchSpace):
         raise ConfigError(f"space must be a SearchSpace, got {type(space).__name__}; e.g. lfads_nb.search.DEFAULT_SPACE.")
-    bad = [name for name in space if name not in MEMBER_HPS]
+    bad = [name for name in space if not HYPERPARAMETERS[name].per_member]
     if bad:
         raise ConfigError(
-            f"{bad} cannot differ between members of one population; PBT can tune {list(MEMBER_HPS)}. "
+            f"{bad} cannot differ between members of one population; PBT can tune {list(PER_MEMBER)}. "
             "Remove them from the space (space.without(...)) and set them in train_config / model_sizes."
         )
     return space
@@ -451,8 +452,7 @@ def _jsonable_state(state: _RunState) -> dict:
 
 
 def _best_checkpoint(state: _RunState, settings: dict) -> dict:
-    train_config = {**settings["train_config"], **state.best_member["hparams"]}
-    train_config.pop("dropout", None)
+    train_config = {**settings["train_config"], **by_owner(state.best_member["hparams"], "train")}
     return {"model_config": state.best_member["config"], "model": state.best_member["state"],
             "train_config": train_config, "pbt_generation": state.best_generation}
 
