@@ -5,7 +5,7 @@ The pieces, in the order a run uses them:
 1. ``PBTConfig``: population size, generation length, burn-in, exploit rule, stopping rule.
    The search space (which hyperparameters, their ranges, initial values and explore widths)
    is a :class:`lfads_nb.search.SearchSpace`, ``DEFAULT_SPACE`` by default (reference
-   section 5); its names must be per-member hyperparameters (``population.MEMBER_HPS``).
+   section 5); its names must be per-member hyperparameters (``hyperparameters.PER_MEMBER``).
 2. ``pbt(ds, ...)``: trains a :class:`lfads_nb.population.Population` (all members in one
    batched model) synchronously: a burn-in (generation 0, covering the KL / L2 ramps), then
    generations of ``generation_epochs``. At the end of each generation every member's fitness
@@ -19,8 +19,8 @@ The pieces, in the order a run uses them:
    ``max_generations``.
 3. Checkpoints: at the end of every generation ``pbt.pt`` (the whole population, optimiser,
    hyperparameters, RNG states, history; atomic, loads with ``weights_only=True``) and, when
-   the best member improves, ``best.pt`` in ``lfads_nb.training``'s checkpoint format, so
-   ``lfads_nb.load_model(dir / 'best.pt')`` returns it as an ordinary ``LFADS``. A killed run
+   the best member improves, ``best.pt``, an ordinary model checkpoint (``lfads_nb.checkpoint``),
+   so ``lfads_nb.load_model(dir / 'best.pt')`` returns it as an ordinary ``LFADS``. A killed run
    resumes from ``pbt.pt`` and loses at most the generation it was in; the resumed run is
    identical to an uninterrupted one.
 4. ``PBTResult``: the best member as an ``LFADS`` (for ``lfads_nb.infer``), its
@@ -40,13 +40,14 @@ import numpy as np
 import torch
 import xarray as xr
 
+from .checkpoint import RunState, ema, model_checkpoint, population_checkpoint, restore_population, save_checkpoint
 from .data import validate
-from .errors import CheckpointError, ConfigError, TrainingDiverged
+from .errors import ConfigError, TrainingDiverged
+from .hyperparameters import HYPERPARAMETERS, PER_MEMBER, by_owner
 from .model import LFADS, LFADSConfig
-from .population import MEMBER_HPS, Population
+from .population import Population
 from .search import DEFAULT_SPACE, SearchSpace
-from .training import (TrainConfig, _atomic_save, _ramp, _to_tensors, build_model, check_device,
-                       train_valid_indices)
+from .training import TrainConfig, _ramp, _to_tensors, build_model, check_device, train_valid_indices
 
 
 PBT_NEEDS_VALIDATION = "PBT judges members by their validation loss"
@@ -151,7 +152,7 @@ class PBTResult:
     stop_reason: str         # 'plateau' or 'max_generations'
 
 
-class _RunState:
+class _RunState(RunState):
     """What a checkpoint holds besides the population: where the run is and what happened."""
 
     def __init__(self, P: int):
@@ -166,16 +167,21 @@ class _RunState:
         self.stop_reason = ""
 
     def as_dict(self) -> dict:
-        return dict(vars(self))
+        """With the rows' arrays as tensors: ``weights_only`` loading reads no numpy arrays."""
+        return {**vars(self), "rows": [{k: torch.as_tensor(np.asarray(v)) for k, v in r.items()} for r in self.rows]}
+
+    def restore(self, values) -> _RunState:
+        rows = [{k: (v.item() if v.dim() == 0 else v.numpy()) for k, v in r.items()} for r in values["rows"]]
+        return super().restore({**values, "rows": rows})
 
 
 def _space_for_population(space: SearchSpace) -> SearchSpace:
     if not isinstance(space, SearchSpace):
         raise ConfigError(f"space must be a SearchSpace, got {type(space).__name__}; e.g. lfads_nb.search.DEFAULT_SPACE.")
-    bad = [name for name in space if name not in MEMBER_HPS]
+    bad = [name for name in space if not HYPERPARAMETERS[name].per_member]
     if bad:
         raise ConfigError(
-            f"{bad} cannot differ between members of one population; PBT can tune {list(MEMBER_HPS)}. "
+            f"{bad} cannot differ between members of one population; PBT can tune {list(PER_MEMBER)}. "
             "Remove them from the space (space.without(...)) and set them in train_config / model_sizes."
         )
     return space
@@ -309,7 +315,9 @@ def pbt(
     if ckpt_dir is not None:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         if resume and (ckpt_dir / "pbt.pt").exists():
-            state = _restore(ckpt_dir / "pbt.pt", settings, population, decisions)
+            state = restore_population(ckpt_dir / "pbt.pt", state, settings, population, decisions)
+            if state.stop_reason == "stop_button":  # stopped by hand: go on with the next generation
+                state.stop_reason = ""
     if progress is None:
         from .dashboard import make_pbt_progress
 
@@ -324,7 +332,7 @@ def pbt(
             metrics, stopped = train_epoch(population, tensors, train_idx, valid_idx, tc, state.epoch, decisions,
                                            lambda: bool(getattr(progress, "stop_requested", False)))
             current = metrics[pc.metric]
-            state.smoothed = [float(c if math.isnan(s) else 0.3 * s + 0.7 * c) for s, c in zip(state.smoothed, current)]
+            state.smoothed = [ema(s, c) for s, c in zip(state.smoothed, current)]
             state.epoch += 1
             progress.epoch(state.generation, state.epoch, {**metrics, "fitness": np.array(state.smoothed)})
             if stopped:
@@ -390,7 +398,7 @@ def _end_generation(state, population, space, pc, decisions, metrics, ckpt_dir, 
                 "config": dataclasses.asdict(population.member_config(i)),
             }
             if ckpt_dir is not None:
-                _atomic_save(_best_checkpoint(state, settings), ckpt_dir / "best.pt")
+                save_checkpoint(_best_checkpoint(state, settings), ckpt_dir / "best.pt")
     # stopping: the best fitness so far against stop_patience generations ago (burn-in excluded)
     best_so_far = np.minimum.accumulate([np.nanmin(r["fitness"]) if np.isfinite(r["fitness"]).any() else np.inf
                                          for r in state.rows[1:]]) if len(state.rows) > 1 else []
@@ -415,8 +423,7 @@ def _end_generation(state, population, space, pc, decisions, metrics, ckpt_dir, 
         state.parent = parent.tolist()
         state.generation += 1
     if ckpt_dir is not None:
-        _atomic_save({"settings": json.dumps(settings), "population": population.state_dict(),
-                      "decisions": decisions.get_state(), "run_state": _jsonable_state(state)}, ckpt_dir / "pbt.pt")
+        save_checkpoint(population_checkpoint(settings, population, decisions, state), ckpt_dir / "pbt.pt")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -443,45 +450,10 @@ def _history(state: _RunState, space: SearchSpace, settings: dict) -> xr.Dataset
     return ds
 
 
-def _jsonable_state(state: _RunState) -> dict:
-    """The run state as tensors / numbers / strings (weights_only-loadable)."""
-    d = state.as_dict()
-    d["rows"] = [{k: torch.as_tensor(np.asarray(v)) for k, v in r.items()} for r in state.rows]
-    return d
-
-
 def _best_checkpoint(state: _RunState, settings: dict) -> dict:
-    train_config = {**settings["train_config"], **state.best_member["hparams"]}
-    train_config.pop("dropout", None)
-    return {"model_config": state.best_member["config"], "model": state.best_member["state"],
-            "train_config": train_config, "pbt_generation": state.best_generation}
-
-
-def _restore(path: Path, settings: dict, population: Population, decisions: torch.Generator) -> _RunState:
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for damaged files
-        raise CheckpointError(f"{path} is not a readable PBT checkpoint ({type(exc).__name__}: {exc}); delete it "
-                              "to start afresh.") from None
-    if not isinstance(ckpt, dict) or "settings" not in ckpt:
-        raise CheckpointError(f"{path} is not a PBT checkpoint; pass a different checkpoint_dir or resume=False.")
-    saved = json.loads(ckpt["settings"])
-    changed = sorted(k for k in settings if json.dumps(saved.get(k), sort_keys=True) != json.dumps(settings[k], sort_keys=True)
-                     and k != "train_config")
-    changed += sorted(f"train_config.{k}" for k, v in settings["train_config"].items()
-                      if k != "device" and saved["train_config"].get(k) != v)
-    if changed:
-        raise CheckpointError(f"{path} belongs to a run with different settings ({', '.join(changed)}); resume with the "
-                              "same settings (only the device may change), or pass resume=False.")
-    population.load_state_dict(ckpt["population"])
-    decisions.set_state(ckpt["decisions"])
-    state = _RunState(population.size)
-    values = dict(ckpt["run_state"])
-    values["rows"] = [{k: (v.item() if v.dim() == 0 else v.numpy()) for k, v in r.items()} for r in values["rows"]]
-    vars(state).update(values)
-    if state.stop_reason == "stop_button":  # stopped by hand: go on with the next generation
-        state.stop_reason = ""
-    return state
+    best = state.best_member
+    train_config = {**settings["train_config"], **by_owner(best["hparams"], "train")}
+    return model_checkpoint(best["config"], best["state"], train_config, pbt_generation=state.best_generation)
 
 
 __all__ = ["PBTConfig", "PBTResult", "check_population_fits", "explore", "exploit", "pbt"]

@@ -37,13 +37,11 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from .errors import ConfigError, DataError
+from .hyperparameters import HYPERPARAMETERS, PER_MEMBER, by_owner
 from .model import LFADS, LFADSConfig, LFADSOutput, Noise, draw_noise
 from .training import TrainConfig, _Tensors, training_batch, validation_batches
 from .transforms import Batch
 
-# Hyperparameters a member can hold on its own, as (P,) tensors. The rest of TrainConfig /
-# LFADSConfig is shared by the whole population.
-MEMBER_HPS = ("lr", "grad_clip", "dropout", "cd_rate", "kl_ic_scale", "kl_co_scale", "l2_gen_scale", "l2_con_scale")
 _LOSS_WEIGHTS = ("kl_ic_scale", "kl_co_scale", "l2_gen_scale", "l2_con_scale")
 
 # How a training batch maps onto members under vmap: the data are shared, the masks per member.
@@ -262,17 +260,18 @@ class Population:
 
     ``members``: the P ``LFADS`` models to start from, sharing one architecture (build each with
     ``lfads_nb.build_model(ds, seed=...)`` so it starts from the data); ``train_config`` the
-    shared settings (batch size, ramps, sample validation); ``hparams`` maps names in
-    ``MEMBER_HPS`` to P values (missing names take ``train_config``'s value, or the members'
-    ``config.dropout``). ``noise_seed`` seeds the generator of every step's random numbers.
+    shared settings (batch size, ramps, sample validation); ``hparams`` maps per-member names
+    (``hyperparameters.PER_MEMBER``) to P values; a missing name takes its owner's value: that of
+    ``train_config`` or of the members' ``LFADSConfig``. The rest of both configs is shared by the
+    population. ``noise_seed`` seeds the generator of every step's random numbers.
     """
 
     def __init__(self, members: Sequence[LFADS], train_config: TrainConfig, hparams: Mapping[str, Sequence[float]], *,
                  noise_seed: int = 0, device: str = "cpu", dtype: torch.dtype = torch.float32):
-        unknown = sorted(set(hparams) - set(MEMBER_HPS))
+        unknown = sorted(set(hparams) - set(PER_MEMBER))
         if unknown:
             raise ConfigError(
-                f"{unknown} cannot differ between population members; per-member hyperparameters are {list(MEMBER_HPS)}. "
+                f"{unknown} cannot differ between population members; per-member hyperparameters are {list(PER_MEMBER)}. "
                 "Set the others in the TrainConfig / LFADSConfig shared by the population."
             )
         self.model = PopulationLFADS(members)
@@ -281,8 +280,9 @@ class Population:
         self.device = torch.device(device)
         self.model.to(device=self.device, dtype=dtype)
         self.hps: dict[str, Tensor] = {}
-        for name in MEMBER_HPS:
-            default = model_config.dropout if name == "dropout" else getattr(train_config, name)
+        configs = {"train": train_config, "model": model_config}
+        for name in PER_MEMBER:
+            default = getattr(configs[HYPERPARAMETERS[name].owner], name)
             values = hparams.get(name, [default] * P)
             if len(values) != P:
                 raise ConfigError(f"hparams[{name!r}] has {len(values)} values for {P} members.")
@@ -340,8 +340,9 @@ class Population:
         self.optimizer.copy_members(dst, src)
 
     def member_config(self, i: int) -> LFADSConfig:
-        """Member i's architecture as an ordinary ``LFADSConfig`` (its own dropout rate)."""
-        return dataclasses.replace(self.model_config, dropout=float(self.hps["dropout"][i]))
+        """Member i's architecture as an ordinary ``LFADSConfig``, with its own values of the
+        per-member model hyperparameters (``dropout``)."""
+        return dataclasses.replace(self.model_config, **by_owner(self.member_hparams(i), "model"))
 
     def member_hparams(self, i: int) -> dict[str, float]:
         return {k: float(v[i]) for k, v in self.hps.items()}
@@ -370,5 +371,5 @@ class Population:
         self.generator.set_state(state["generator"])
 
 
-__all__ = ["MEMBER_HPS", "Population", "PopulationAdam", "PopulationLFADS", "StepNoise", "clip_grad_norms_",
+__all__ = ["Population", "PopulationAdam", "PopulationLFADS", "StepNoise", "clip_grad_norms_",
            "draw_step_noise"]

@@ -46,6 +46,7 @@ import numpy as np
 import torch
 import xarray as xr
 
+from .checkpoint import ema, load_checkpoint, save_checkpoint
 from .data import validate
 from .errors import ConfigError
 from .model import LFADS, LFADSConfig
@@ -93,7 +94,7 @@ def _trial(config: dict, *, ds: xr.Dataset, settings: dict) -> None:
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:  # resumed, or restarted from a better trial's checkpoint (exploit)
         with checkpoint.as_directory() as folder:
-            saved = torch.load(Path(folder) / CHECKPOINT_FILE, map_location=tc.device, weights_only=True)
+            saved = load_checkpoint(Path(folder) / CHECKPOINT_FILE, ("population",), map_location=tc.device)
         population.load_state_dict(saved["population"])
         for name in names:  # the config's values rule: after an exploit they are the explored ones
             population.hps[name].copy_(torch.tensor(hparams[name], dtype=population.hps[name].dtype))
@@ -107,7 +108,7 @@ def _trial(config: dict, *, ds: xr.Dataset, settings: dict) -> None:
         for _ in range(length):
             metrics, _ = train_epoch(population, tensors, train_idx, valid_idx, tc, epoch, decisions)
             current = metrics[settings["metric"]]
-            smoothed = [float(c if math.isnan(s) else 0.3 * s + 0.7 * c) for s, c in zip(smoothed, current)]
+            smoothed = [ema(s, c) for s, c in zip(smoothed, current)]
             epoch += 1
         fitness = np.where(np.isfinite(smoothed), smoothed, np.nan)
         row = {"fitness": float(np.nanmin(fitness)) if np.isfinite(fitness).any() else math.inf,
@@ -121,9 +122,9 @@ def _trial(config: dict, *, ds: xr.Dataset, settings: dict) -> None:
         with open(Path(settings["row_log"]) / f"{trial_id}.jsonl", "a") as log:
             log.write(json.dumps({**row, "trial_id": trial_id}) + "\n")
         with tempfile.TemporaryDirectory() as folder:
-            torch.save({"population": population.state_dict(), "epoch": epoch, "generation": generation,
-                        "smoothed": smoothed, "trial_id": trial_id, "decisions": decisions.get_state()},
-                       Path(folder) / CHECKPOINT_FILE)
+            save_checkpoint({"population": population.state_dict(), "epoch": epoch, "generation": generation,
+                             "smoothed": smoothed, "trial_id": trial_id, "decisions": decisions.get_state()},
+                            Path(folder) / CHECKPOINT_FILE)
             tune.report(row, checkpoint=tune.Checkpoint.from_directory(folder))
         origin = trial_id
 
@@ -298,7 +299,7 @@ def _best_member(results, space: SearchSpace, k: int, settings: dict) -> tuple[L
                            "or raise the KL/L2 ramps.")
     checkpoint, metrics = best
     with checkpoint.as_directory() as folder:
-        saved = torch.load(Path(folder) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+        saved = load_checkpoint(Path(folder) / CHECKPOINT_FILE, ("population",))
     tc = dataclasses.replace(TrainConfig(**settings["train_config"]), device="cpu")
     population = Population([LFADS(LFADSConfig(**settings["model_config"])) for _ in range(k)], tc, {})
     population.load_state_dict(saved["population"])

@@ -4,8 +4,9 @@ The pieces, in the order a search uses them:
 
 1. ``Hyperparameter`` and ``SearchSpace``: which fields to tune and over what range. A space is
    plain data the user edits; ``DEFAULT_SPACE`` is AutoLFADS's (reference section 5). Names
-   are ``TrainConfig`` fields (``lr``, ``cd_rate``, ``kl_co_scale``, ...) or ``LFADSConfig``
-   fields (``dropout``); ``init`` and ``explore_width`` are for population-based training.
+   are those of ``lfads_nb.hyperparameters.HYPERPARAMETERS``: ``TrainConfig`` fields (``lr``,
+   ``cd_rate``, ``kl_co_scale``, ...) or ``LFADSConfig`` fields (``dropout``); ``init`` and
+   ``explore_width`` are for population-based training.
 2. ``SearchSpace.sample(n, seed)``: ``n`` seeded points, each a dict name -> value.
 3. ``apply_point(point, train_config, model_sizes)``: the ``TrainConfig`` and model sizes of
    one point.
@@ -33,25 +34,21 @@ import xarray as xr
 from .dashboard import Progress
 from .data import DIMS, select_ids, validate
 from .errors import ConfigError, DataError, TrainingDiverged
+from .hyperparameters import by_owner, check_tunable, check_value
 from .metrics import rate_r2
 from .model import LFADSConfig
 from .training import TrainConfig, TrainResult, build_model, infer, train
-
-# Fields a search may tune: the real-valued fields of the two configs. sv_fraction is left out
-# because it defines the sample-validation metric the models are compared by.
-TRAIN_FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.type in ("float", float) and f.name != "sv_fraction")
-MODEL_FIELDS = tuple(f.name for f in dataclasses.fields(LFADSConfig) if f.type in ("float", float))
 
 
 @dataclass(frozen=True)
 class Hyperparameter:
     """One tuned field and its range.
 
-    ``name``: a ``TrainConfig`` field (``TRAIN_FIELDS``) or ``LFADSConfig`` field
-    (``MODEL_FIELDS``). Values are drawn uniformly in [low, high], or log-uniformly when
-    ``log`` (then low > 0). ``init``: the value population-based training starts from (None:
-    sampled like the random search, which always samples). ``explore_width`` w: PBT perturbs a
-    value by a factor 1 +- U[0.002 w, w] (in log space when ``log``); 0 < w < 1.
+    ``name``: a tunable field (``lfads_nb.hyperparameters.HYPERPARAMETERS``). Values are drawn
+    uniformly in [low, high], or log-uniformly when ``log`` (then low > 0). ``init``: the value
+    population-based training starts from (None: sampled like the random search, which always
+    samples). ``explore_width`` w: PBT perturbs a value by a factor 1 +- U[0.002 w, w] (in log
+    space when ``log``); 0 < w < 1.
     """
 
     name: str
@@ -62,11 +59,7 @@ class Hyperparameter:
     explore_width: float = 0.3
 
     def __post_init__(self):
-        if self.name not in TRAIN_FIELDS + MODEL_FIELDS:
-            raise ConfigError(
-                f"Hyperparameter {self.name!r} is not tunable; choose a TrainConfig field {list(TRAIN_FIELDS)} "
-                f"or an LFADSConfig field {list(MODEL_FIELDS)}."
-            )
+        check_tunable([self.name])
         for what in ("low", "high"):
             value = getattr(self, what)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -87,9 +80,9 @@ class Hyperparameter:
             raise ConfigError(
                 f"Hyperparameter {self.name!r}: explore_width must be in (0, 1), got {self.explore_width}."
             )
-        for end in (self.low, self.high):  # both ends must be values the configs accept
+        for end in (self.low, self.high):  # both ends must be values the owning config accepts
             try:
-                apply_point({self.name: end}, TrainConfig(), {"n_neurons": 1})
+                check_value(self.name, end)
             except ConfigError as err:
                 raise ConfigError(f"Hyperparameter {self.name!r}: the range [{self.low}, {self.high}] "
                                   f"reaches a value the configuration rejects: {err}") from None
@@ -163,11 +156,9 @@ def apply_point(point: Mapping[str, float], train_config: TrainConfig | None = N
     """
     train_config = train_config or TrainConfig()
     sizes = dict(model_sizes or {})
-    unknown = [n for n in point if n not in TRAIN_FIELDS + MODEL_FIELDS]
-    if unknown:
-        raise ConfigError(f"{unknown} are not tunable fields; choose from {list(TRAIN_FIELDS + MODEL_FIELDS)}.")
-    config = dataclasses.replace(train_config, **{k: float(v) for k, v in point.items() if k in TRAIN_FIELDS})
-    sizes.update({k: float(v) for k, v in point.items() if k in MODEL_FIELDS})
+    check_tunable(point)
+    config = dataclasses.replace(train_config, **by_owner(point, "train"))
+    sizes.update(by_owner(point, "model"))
     try:  # check the model values now rather than at build time (n_neurons comes from the data)
         LFADSConfig(**{"n_neurons": 1, **sizes})
     except TypeError as err:

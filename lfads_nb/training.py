@@ -31,9 +31,7 @@ Masks, per (trial, time, neuron) entry:
 """
 from __future__ import annotations
 
-import dataclasses
 import math
-import os
 import time
 import zlib
 from dataclasses import dataclass
@@ -44,8 +42,9 @@ import pandas as pd
 import torch
 import xarray as xr
 
+from .checkpoint import RunState, ema, load_checkpoint, restore_training, save_checkpoint, training_checkpoint
 from .data import observed_variable, validate
-from .errors import CheckpointError, ConfigError, DataError, TrainingDiverged
+from .errors import ConfigError, DataError, TrainingDiverged
 from .kinds import kind_of
 from .model import LFADS, LFADSConfig
 from .transforms import Batch, coordinated_dropout, make_batch, sample_validation, sbtt
@@ -279,31 +278,8 @@ def _validation_metrics(model, tensors, idx, config, batch_size) -> dict[str, fl
 
 
 # ---------------------------------------------------------------------------------------------
-# Checkpoints: plain tensors, numbers and strings, so they load with weights_only=True
+# Checkpoints (lfads_nb.checkpoint)
 # ---------------------------------------------------------------------------------------------
-
-def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path) -> dict:
-    """Read a checkpoint written by ``train`` (``torch.load(weights_only=True)``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"No checkpoint at {path}; train with checkpoint_dir=... to write one.")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for damaged files
-        raise CheckpointError(
-            f"{path} is not a readable lfads_nb checkpoint ({type(exc).__name__}: {exc}). "
-            "It may be truncated; delete it and resume from another checkpoint or retrain."
-        ) from None
-    if not isinstance(ckpt, dict) or "model_config" not in ckpt or "model" not in ckpt:
-        raise CheckpointError(f"{path} is not an lfads_nb checkpoint (no model_config / model).")
-    return ckpt
-
 
 def load_model(path) -> LFADS:
     """The LFADS stored in a checkpoint file (e.g. ``run/best.pt``), in eval mode."""
@@ -325,7 +301,7 @@ class TrainResult:
     stop_reason: str       # 'max_epochs', 'early_stopping', 'stop_button', 'diverged'
 
 
-class _RunState:
+class _RunState(RunState):
     """Everything that changes during a run, i.e. what a checkpoint must hold to resume exactly."""
 
     def __init__(self, config: TrainConfig):
@@ -338,15 +314,6 @@ class _RunState:
         self.best_epoch = -1
         self.epochs_since_best = 0
         self.lr = config.lr
-
-    def as_dict(self) -> dict:
-        return {k: v for k, v in vars(self).items()}
-
-    @classmethod
-    def from_dict(cls, config: TrainConfig, values: dict) -> "_RunState":
-        state = cls(config)
-        vars(state).update(values)
-        return state
 
 
 def _ramp(epoch_position: float, ramp_epochs: int) -> float:
@@ -396,7 +363,7 @@ def train(
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         last = ckpt_dir / "last.pt"
         if resume and last.exists():
-            state = _restore(last, model, optimizer, shuffle, config)
+            state = restore_training(last, state, model, optimizer, shuffle, config)
         best_path = ckpt_dir / "best.pt"
         if state.best_epoch >= 0 and best_path.exists():
             best_state = load_checkpoint(best_path)["model"]
@@ -445,8 +412,8 @@ def train(
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         if ckpt_dir is not None:
             if improved:
-                _atomic_save(_checkpoint(model, optimizer, shuffle, state, config, best_state), ckpt_dir / "best.pt")
-            _atomic_save(_checkpoint(model, optimizer, shuffle, state, config), ckpt_dir / "last.pt")
+                save_checkpoint(training_checkpoint(model, optimizer, shuffle, state, config, best_state), ckpt_dir / "best.pt")
+            save_checkpoint(training_checkpoint(model, optimizer, shuffle, state, config), ckpt_dir / "last.pt")
         progress.update(row, example(model, tensors))
         if stop_reason == "stop_button":
             break
@@ -468,7 +435,7 @@ def _ramps_done(epoch: int, config: TrainConfig) -> bool:
 def _end_of_epoch(state: _RunState, row: dict, config: TrainConfig) -> bool:
     """Update the lr schedule and model selection from this epoch's validation; True if a new best."""
     valid = row["valid_recon"]
-    state.smoothed = valid if state.smoothed is None else 0.3 * state.smoothed + 0.7 * valid
+    state.smoothed = ema(state.smoothed, valid)
     row["valid_recon_smoothed"] = state.smoothed
     if state.smoothed < state.best_smoothed:
         state.best_smoothed, state.epochs_since_improvement = state.smoothed, 0
@@ -483,43 +450,6 @@ def _end_of_epoch(state: _RunState, row: dict, config: TrainConfig) -> bool:
         return True
     state.epochs_since_best += 1
     return False
-
-
-def _checkpoint(model, optimizer, shuffle, state, config, weights=None) -> dict:
-    return {
-        "model_config": dataclasses.asdict(model.config),
-        "train_config": dataclasses.asdict(config),
-        "model": weights if weights is not None else model.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "run_state": state.as_dict(),
-        "torch_rng": torch.get_rng_state(),
-        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "shuffle_rng": shuffle.get_state(),
-    }
-
-
-def _restore(path: Path, model, optimizer, shuffle, config) -> _RunState:
-    ckpt = load_checkpoint(path)
-    if ckpt["model_config"] != dataclasses.asdict(model.config):
-        raise CheckpointError(
-            f"{path} holds a model with a different configuration; resume with the same model sizes, "
-            "or pass resume=False (or a new checkpoint_dir) to start afresh."
-        )
-    saved = dict(ckpt["train_config"])
-    now = dataclasses.asdict(config)
-    changed = sorted(k for k in now if k not in ("max_epochs", "device") and saved.get(k) != now[k])
-    if changed:
-        raise CheckpointError(
-            f"{path} was trained with different settings ({', '.join(changed)}); resume with the same "
-            "TrainConfig (only max_epochs and device may change), or pass resume=False."
-        )
-    model.load_state_dict(ckpt["model"])
-    optimizer.load_state_dict(ckpt["optimizer"])
-    torch.set_rng_state(ckpt["torch_rng"])
-    if ckpt["cuda_rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(ckpt["cuda_rng"])
-    shuffle.set_state(ckpt["shuffle_rng"])
-    return _RunState.from_dict(config, ckpt["run_state"])
 
 
 def _diverged(model, best_state, state, progress, ckpt_dir, config, step):

@@ -14,6 +14,7 @@ from scipy.stats import kstest
 
 import lfads_nb
 from data_generators import chaotic_rnn
+from lfads_nb.hyperparameters import HYPERPARAMETERS, PER_MEMBER
 from lfads_nb.metrics import rate_r2
 from lfads_nb.search import (
     DEFAULT_SPACE,
@@ -87,6 +88,16 @@ def test_without_drops_names():
     assert list(space) == ["dropout", "l2_gen_scale", "l2_con_scale", "kl_co_scale", "kl_ic_scale"]
     with pytest.raises(lfads_nb.ConfigError, match="not in the search space"):
         DEFAULT_SPACE.without("gen_dim")
+
+
+def test_every_tunable_is_a_real_field_of_its_owner_config():
+    fields = {"train": {f.name: f.type for f in dataclasses.fields(TrainConfig)},
+              "model": {f.name: f.type for f in dataclasses.fields(lfads_nb.LFADSConfig)}}
+    for name, tunable in HYPERPARAMETERS.items():
+        assert fields[tunable.owner].get(name) == "float", name
+    assert "sv_fraction" not in HYPERPARAMETERS  # it defines the metric models are compared by
+    assert set(PER_MEMBER) == {"lr", "grad_clip", "dropout", "cd_rate", "kl_ic_scale", "kl_co_scale",
+                               "l2_gen_scale", "l2_con_scale"}
 
 
 def test_apply_point_sends_each_value_to_its_config():
