@@ -4,8 +4,9 @@ A checkpoint is a dict of tensors, numbers, strings, lists and dicts, so it load
 ``torch.load(weights_only=True)`` (loading runs no code). ``save_checkpoint`` writes it
 atomically (a temporary file, then a rename), so a run killed while saving leaves the previous
 file whole, and stamps it with ``format``, the version of its layout: ``load_checkpoint``
-refuses another version by name. Files written before the field existed have format 1's layout
-and read as format 1.
+refuses another version by name. Format 2 holds models with session ends (``session.read_in``,
+``session.observation``); files written before the field existed are format 1 (the observation
+model at ``observation``, no read-in) and are refused like any other version.
 
 The files:
 
@@ -34,7 +35,7 @@ import torch
 
 from .errors import CheckpointError
 
-FORMAT = 1
+FORMAT = 2
 MODEL_KEYS = ("model_config", "model")
 POPULATION_KEYS = ("settings", "population", "decisions", "run_state")
 
@@ -66,18 +67,18 @@ def load_checkpoint(path, required: Iterable[str] = MODEL_KEYS, map_location="cp
             f"{path} is not a readable lfads_nb checkpoint ({type(exc).__name__}: {exc}). "
             "It may be truncated; delete it and resume from another checkpoint or retrain."
         ) from None
-    version = ckpt.get("format", 1) if isinstance(ckpt, dict) else None  # no field: written before it, format 1
-    if version is not None and version != FORMAT:
-        raise CheckpointError(
-            f"{path} has checkpoint format {version!r}, but this lfads_nb reads format {FORMAT}. Load it with the "
-            "lfads_nb version that wrote it, or start afresh (resume=False or a new checkpoint_dir)."
-        )
     missing = [key for key in required if key not in ckpt] if isinstance(ckpt, dict) else list(required)
     if missing:
         raise CheckpointError(
             f"{path} is not an lfads_nb checkpoint of this kind (no {', '.join(missing)}). Pass a file lfads_nb "
             "wrote (best.pt or last.pt from train, best.pt or pbt.pt from pbt), or start afresh (resume=False or a "
             "new checkpoint_dir)."
+        )
+    version = ckpt.get("format", 1)  # no field: written before it, format 1
+    if version != FORMAT:
+        raise CheckpointError(
+            f"{path} has checkpoint format {version!r}, but this lfads_nb reads format {FORMAT}. Load it with the "
+            "lfads_nb version that wrote it, or start afresh (resume=False or a new checkpoint_dir)."
         )
     return ckpt
 

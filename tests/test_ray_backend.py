@@ -11,6 +11,7 @@ import torch
 import lfads_nb
 from data_generators import chaotic_rnn
 from lfads_nb import plots
+from lfads_nb.checkpoint import save_checkpoint
 from lfads_nb.errors import ConfigError
 from lfads_nb.pbt import PBTConfig
 from lfads_nb.population import Population
@@ -98,7 +99,7 @@ def test_best_member_of_a_gpu_run_loads_on_a_cpu_only_head(monkeypatch, tmp_path
     members = [lfads_nb.build_model(data(), seed=s, **SIZES) for s in (0, 1)]
     model_config = members[0].config
     population = Population(members, lfads_nb.TrainConfig(**TRAIN), {})
-    torch.save({"population": population.state_dict()}, tmp_path / CHECKPOINT_FILE)
+    save_checkpoint({"population": population.state_dict()}, tmp_path / CHECKPOINT_FILE)
 
     class Checkpoint:
         @contextlib.contextmanager
