@@ -144,7 +144,8 @@ class PopulationLFADS(nn.Module):
         with ``sample=False``. Returns an ``LFADSOutput`` whose every field has a leading P.
         """
         self._check_members(encoder_input.shape[0] if isinstance(encoder_input, Tensor) else None, dropout)
-        rates = dropout if dropout is not None else torch.full((self.population,), self.config.dropout)
+        like = self.weights.generator.weight_hh
+        rates = dropout if dropout is not None else like.new_full((self.population,), self.config.dropout)
         return self._each_member(
             lambda m, x, ext, eps, rate: m(x, ext, sample=eps is not None, noise=eps, dropout=rate),
             encoder_input, ext_input, noise, rates, in_dims=(0, None, _mapped(noise), 0),
