@@ -30,11 +30,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch  # noqa: E402
 
 from data_generators import chaotic_rnn  # noqa: E402
-from lfads_nb.population import Population  # noqa: E402
-from lfads_nb.search import DEFAULT_SPACE  # noqa: E402
-from lfads_nb.pbt import build_members  # noqa: E402
-from lfads_nb.training import (TrainConfig, _to_tensors, _training_step_batch, build_model, check_device,  # noqa: E402
-                               loss_weights)
+from lfads_nb.training.loop import (TrainConfig, _to_tensors, _training_step_batch, build_model,  # noqa: E402
+                                    check_device, loss_weights)
+from lfads_nb.tune.pbt import build_members  # noqa: E402
+from lfads_nb.tune.population import Population  # noqa: E402
+from lfads_nb.tune.search import DEFAULT_SPACE  # noqa: E402
 
 
 def _sync(device: str) -> None:

@@ -190,8 +190,8 @@ def pbt_history():
     import dataclasses
     import json
 
-    from lfads_nb.pbt import _history, _RunState
-    from lfads_nb.search import Hyperparameter, SearchSpace
+    from lfads_nb.tune.pbt import _history, _RunState
+    from lfads_nb.tune.search import Hyperparameter, SearchSpace
 
     space = SearchSpace([Hyperparameter("lr", 1e-5, 5e-3, log=True), Hyperparameter("dropout", 0.0, 0.6, log=False),
                          Hyperparameter("l2_gen_scale", 1e-4, 1.0, log=True)])

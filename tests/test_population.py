@@ -17,10 +17,10 @@ import pytest
 import torch
 
 from lfads_nb.errors import ConfigError, DataError
-from lfads_nb.model import LFADS, LFADSConfig, Noise
-from lfads_nb.population import Population, PopulationLFADS, StepNoise, draw_step_noise
-from lfads_nb.training import (TrainConfig, _sv_keep_mask, _Tensors, _validation_metrics, loss_weights,
-                               training_batch)
+from lfads_nb.models.lfads import LFADS, LFADSConfig, Noise
+from lfads_nb.training.loop import (TrainConfig, _sv_keep_mask, _Tensors, _validation_metrics, loss_weights,
+                                    training_batch)
+from lfads_nb.tune.population import Population, PopulationLFADS, StepNoise, draw_step_noise
 
 torch.set_num_threads(1)
 

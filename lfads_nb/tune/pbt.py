@@ -40,14 +40,15 @@ import numpy as np
 import torch
 import xarray as xr
 
-from .checkpoint import RunState, ema, model_checkpoint, population_checkpoint, restore_population, save_checkpoint
-from .data import validate
-from .errors import ConfigError, TrainingDiverged
+from ..data.schema import validate
+from ..errors import ConfigError, TrainingDiverged
+from ..models.lfads import LFADS, LFADSConfig
+from ..training.checkpoint import (RunState, ema, model_checkpoint, population_checkpoint, restore_population,
+                                   save_checkpoint)
+from ..training.loop import TrainConfig, _ramp, _to_tensors, build_model, check_device, train_valid_indices
 from .hyperparameters import HYPERPARAMETERS, PER_MEMBER, by_owner
-from .model import LFADS, LFADSConfig
 from .population import Population
 from .search import DEFAULT_SPACE, SearchSpace
-from .training import TrainConfig, _ramp, _to_tensors, build_model, check_device, train_valid_indices
 
 
 PBT_NEEDS_VALIDATION = "PBT judges members by their validation loss"
@@ -319,7 +320,7 @@ def pbt(
             if state.stop_reason == "stop_button":  # stopped by hand: go on with the next generation
                 state.stop_reason = ""
     if progress is None:
-        from .dashboard import make_pbt_progress
+        from ..dashboard import make_pbt_progress
 
         progress = make_pbt_progress(live)
     burn_in = pc.burn_in_epochs or max(tc.kl_ramp_epochs, tc.l2_ramp_epochs, 1)

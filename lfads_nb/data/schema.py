@@ -39,7 +39,7 @@ import numbers
 import numpy as np
 import xarray as xr
 
-from .errors import DataError
+from ..errors import DataError
 from .kinds import KINDS, DataKind, get_kind, kind_of
 
 DIMS = ("trial", "time", "neuron")

@@ -36,11 +36,11 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-from .errors import ConfigError, DataError
+from ..errors import ConfigError, DataError
+from ..models.lfads import LFADS, LFADSConfig, LFADSOutput, Noise, draw_noise
+from ..training.loop import TrainConfig, _Tensors, training_batch, validation_batches
+from ..transforms import Batch
 from .hyperparameters import HYPERPARAMETERS, PER_MEMBER, by_owner
-from .model import LFADS, LFADSConfig, LFADSOutput, Noise, draw_noise
-from .training import TrainConfig, _Tensors, training_batch, validation_batches
-from .transforms import Batch
 
 _LOSS_WEIGHTS = ("kl_ic_scale", "kl_co_scale", "l2_gen_scale", "l2_con_scale")
 

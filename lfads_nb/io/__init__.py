@@ -75,9 +75,9 @@ import h5py
 import numpy as np
 import xarray as xr
 
-from .data import SPLITS, make_dataset, observed_variable, validate
-from .errors import DataError
-from .kinds import get_kind, kind_of
+from ..data.kinds import get_kind, kind_of
+from ..data.schema import SPLITS, make_dataset, observed_variable, validate
+from ..errors import DataError
 
 DEFAULT_BIN_WIDTH = 0.01  # seconds, assumed for LFADS files that store none
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"

@@ -59,10 +59,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import ConfigError, DataError
+from ..transforms import Batch, encoder_input, masked_mean
 from ._fused_gru import DecoderWeights, clipped_gru_scan, controlled_decode
-from .errors import ConfigError, DataError
 from .observations import ObservationModel, make_observation, observation_spec
-from .transforms import Batch, encoder_input, masked_mean
 
 # --------------------------------------------------------------------------------------------
 # Configuration and outputs

@@ -31,13 +31,13 @@ import numpy as np
 import torch
 import xarray as xr
 
-from .dashboard import Progress
-from .data import DIMS, select_ids, validate
-from .errors import ConfigError, DataError, TrainingDiverged
+from ..dashboard import Progress
+from ..data.schema import DIMS, select_ids, validate
+from ..errors import ConfigError, DataError, TrainingDiverged
+from ..metrics import rate_r2
+from ..models.lfads import LFADSConfig
+from ..training.loop import TrainConfig, TrainResult, build_model, infer, train
 from .hyperparameters import by_owner, check_tunable, check_value
-from .metrics import rate_r2
-from .model import LFADSConfig
-from .training import TrainConfig, TrainResult, build_model, infer, train
 
 
 @dataclass(frozen=True)

@@ -46,16 +46,16 @@ import numpy as np
 import torch
 import xarray as xr
 
-from .checkpoint import ema, load_checkpoint, save_checkpoint
-from .data import validate
-from .errors import ConfigError
-from .model import LFADS, LFADSConfig
+from ..data.schema import validate
+from ..errors import ConfigError
+from ..models.lfads import LFADS, LFADSConfig
+from ..training.checkpoint import ema, load_checkpoint, save_checkpoint
+from ..training.loop import TrainConfig, _to_tensors, build_model, check_device, train_valid_indices
 from .pbt import (PBT_NEEDS_VALIDATION, PBTConfig, _initial_hparams, _member_seed, _space_for_population, build_members,
                   train_epoch)
 from .pbt import explore as explore_value
 from .population import Population
 from .search import DEFAULT_SPACE, SearchSpace
-from .training import TrainConfig, _to_tensors, build_model, check_device, train_valid_indices
 
 CHECKPOINT_FILE = "trial.pt"
 
