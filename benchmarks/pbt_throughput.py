@@ -1,9 +1,9 @@
 """Throughput of a population-batched LFADS against the same P models trained one after another.
 
 Both sides train P LFADS models with the same architecture, hyperparameters (P points of
-``lfads_nb.search.DEFAULT_SPACE``), data and batch size, in this process and run:
+``lfads_nb.tune.search.DEFAULT_SPACE``), data and batch size, in this process and run:
 
-- vectorized: ``lfads_nb.population.Population.train_step``, one forward and backward for all P;
+- vectorized: ``lfads_nb.tune.population.Population.train_step``, one forward and backward for all P;
 - sequential: P ordinary ``LFADS`` models, each stepped ``--steps`` times with the inner loop of
   ``lfads_nb.training.train`` (``LFADS.loss``, ``clip_grad_norm_``, ``torch.optim.Adam``).
 

@@ -1,4 +1,5 @@
-"""Checkpoint files (lfads_nb.checkpoint): format version, foreign files, the resume rule, PBT's export, ema."""
+"""Checkpoint files (lfads_nb.training.checkpoint): format version, foreign files, the resume rule, PBT's export,
+ema."""
 import dataclasses
 import math
 

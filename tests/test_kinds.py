@@ -1,4 +1,4 @@
-"""lfads_nb.kinds: each data kind's checker and its messages (problem and fix), the kind of a
+"""lfads_nb.data.kinds: each data kind's checker and its messages (problem and fix), the kind of a
 Dataset, data-derived observation options (ZIG s_min) and the output each kind's infer gives."""
 import numpy as np
 import pytest

@@ -181,7 +181,7 @@ def test_scatter_metric_hover_shows_hyperparameters():
 # ----------------------------------------------------------------------------- population-based training
 
 def pbt_history():
-    """A 4-generation, 4-member history in pbt's own format (lfads_nb.pbt._history), values by hand.
+    """A 4-generation, 4-member history in pbt's own format (lfads_nb.tune.pbt._history), values by hand.
 
     Generation 2: member 3 copied member 0 and member 1 copied member 2; generation 3: member 0
     copied member 3. The best fitness (0.5) is member 0 at generation 3, whose ancestry is

@@ -1,4 +1,4 @@
-"""The search space and the random search (lfads_nb.search)."""
+"""The search space and the random search (lfads_nb.tune.search)."""
 from __future__ import annotations
 
 import dataclasses

@@ -543,11 +543,11 @@ def _widgets_available() -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# Population-based training (lfads_nb.pbt.pbt)
+# Population-based training (lfads_nb.tune.pbt.pbt)
 # ---------------------------------------------------------------------------------------------
 
 class PBTProgress:
-    """What :func:`lfads_nb.pbt.pbt` reports to. This base class is silent and never asks to stop.
+    """What :func:`lfads_nb.tune.pbt.pbt` reports to. This base class is silent and never asks to stop.
 
     The PBT loop calls :meth:`epoch` after every epoch, :meth:`generation` after every
     generation, polls :attr:`stop_requested` after every training step, and calls

@@ -22,7 +22,7 @@ HDF5 layout of the original LFADS and lfads-torch (one array per key, trials x t
     {train,valid,test}_inds         optional trial ids (integers)
     {train,valid,test}_ext_input    optional external inputs (trials x time x inputs)
     conversion_factor               dataset or file attribute; absent means 1
-    kind                            optional file attribute: the data kind (lfads_nb.kinds)
+    kind                            optional file attribute: the data kind (lfads_nb.data.kinds)
     s_min                           optional file attribute: calcium events' smallest event size
 
 The data arrays hold the kind ``load(path, kind=...)`` names: ``'spikes'`` (counts, the

@@ -278,7 +278,7 @@ def _validation_metrics(model, tensors, idx, config, batch_size) -> dict[str, fl
 
 
 # ---------------------------------------------------------------------------------------------
-# Checkpoints (lfads_nb.checkpoint)
+# Checkpoints (lfads_nb.training.checkpoint)
 # ---------------------------------------------------------------------------------------------
 
 def load_model(path) -> LFADS:

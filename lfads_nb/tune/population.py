@@ -152,7 +152,7 @@ class PopulationLFADS(nn.Module):
 
     def loss(self, batch: Batch, weights: Mapping[str, Tensor], noise: Noise, dropout: Tensor):
         """``LFADS.loss`` of every member on a training batch whose masks have a leading P
-        (``training.training_batch`` with per-member CD rates): (P,) loss and parts."""
+        (``training.loop.training_batch`` with per-member CD rates): (P,) loss and parts."""
         self._check_members(batch.encoder_mask.shape[0], dropout)
         return self._each_member(lambda m, b, w, eps, rate: m.loss(b, w, noise=eps, dropout=rate),
                                  batch, dict(weights), noise, dropout,

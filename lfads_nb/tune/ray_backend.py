@@ -1,8 +1,8 @@
 """Population-based training of LFADS as Ray Tune trials, on one machine or a Ray cluster.
 
-The same training as :func:`lfads_nb.pbt.pbt`, scaled out: each Tune trial trains a batched
-sub-population of ``members_per_trial`` LFADS members (one :class:`lfads_nb.population.Population`,
-epochs by :func:`lfads_nb.pbt.train_epoch`), and Ray Tune's ``PopulationBasedTraining``
+The same training as :func:`lfads_nb.tune.pbt.pbt`, scaled out: each Tune trial trains a batched
+sub-population of ``members_per_trial`` LFADS members (one :class:`lfads_nb.tune.population.Population`,
+epochs by :func:`lfads_nb.tune.pbt.train_epoch`), and Ray Tune's ``PopulationBasedTraining``
 scheduler exploits and explores between trials. Only Ray 2.x's public API is used:
 ``tune.Tuner``, ``tune.TuneConfig``, ``tune.RunConfig``, ``tune.report`` with a
 ``tune.Checkpoint``, ``tune.get_checkpoint`` and ``tune.get_context``. Needs the ``ray`` extra
@@ -177,7 +177,7 @@ def ray_pbt(
 ) -> RayPBTResult:
     """PBT of LFADS on ``ds`` as Ray Tune trials of ``members_per_trial`` members each.
 
-    Settings as :func:`lfads_nb.pbt.pbt` (``pbt_config.exploit`` is Tune's truncation with
+    Settings as :func:`lfads_nb.tune.pbt.pbt` (``pbt_config.exploit`` is Tune's truncation with
     ``truncation_fraction``; the plateau rule is not used). ``cpus_per_trial`` /
     ``gpus_per_trial``: resources Tune reserves per trial (torch uses ``cpus_per_trial``
     threads; with GPUs set ``train_config.device='cuda'``). ``storage_path``: the folder where
