@@ -21,7 +21,7 @@ $(VENV)/.installed: pyproject.toml
 
 tutorials: setup
 	mkdir -p $(BUILD)
-	LFADS_NB_LIVE=0 $(BIN)/python -m lfads_nb.tutorials tutorials $(BUILD)
+	LFADS_NB_LIVE=0 $(BIN)/python -m lfads_nb._run_notebooks tutorials $(BUILD)
 
 lab: setup
 	$(BIN)/jupyter lab tutorials

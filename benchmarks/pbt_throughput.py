@@ -1,9 +1,9 @@
 """Throughput of a population-batched LFADS against the same P models trained one after another.
 
 Both sides train P LFADS models with the same architecture, hyperparameters (P points of
-``lfads_nb.search.DEFAULT_SPACE``), data and batch size, in this process and run:
+``lfads_nb.tune.search.DEFAULT_SPACE``), data and batch size, in this process and run:
 
-- vectorized: ``lfads_nb.population.Population.train_step``, one forward and backward for all P;
+- vectorized: ``lfads_nb.tune.population.Population.train_step``, one forward and backward for all P;
 - sequential: P ordinary ``LFADS`` models, each stepped ``--steps`` times with the inner loop of
   ``lfads_nb.training.train`` (``LFADS.loss``, ``clip_grad_norm_``, ``torch.optim.Adam``).
 
@@ -30,11 +30,11 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch  # noqa: E402
 
 from data_generators import chaotic_rnn  # noqa: E402
-from lfads_nb.population import Population  # noqa: E402
-from lfads_nb.search import DEFAULT_SPACE  # noqa: E402
-from lfads_nb.pbt import build_members  # noqa: E402
-from lfads_nb.training import (TrainConfig, _to_tensors, _training_step_batch, build_model, check_device,  # noqa: E402
-                               loss_weights)
+from lfads_nb.training.loop import (TrainConfig, _to_tensors, _training_step_batch, build_model,  # noqa: E402
+                                    check_device, loss_weights)
+from lfads_nb.tune.pbt import build_members  # noqa: E402
+from lfads_nb.tune.population import Population  # noqa: E402
+from lfads_nb.tune.search import DEFAULT_SPACE  # noqa: E402
 
 
 def _sync(device: str) -> None:

@@ -43,7 +43,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from data_generators import chaotic_rnn_benchmark  # noqa: E402
-from lfads_nb.model import LFADS, LFADSConfig  # noqa: E402
+from lfads_nb.models.lfads import LFADS, LFADSConfig  # noqa: E402
 from lfads_nb.transforms import coordinated_dropout, make_batch  # noqa: E402
 
 RECORDED_REFERENCE = {  # copied from a past side-by-side run, not measured by this script

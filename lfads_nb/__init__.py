@@ -1,13 +1,34 @@
-"""lfads_nb: learn, explore and train LFADS and its family from Jupyter."""
-from . import metrics, plots
-from .data import make_dataset, split, validate
+"""lfads_nb: learn, explore and train LFADS and its family from Jupyter.
+
+The flat names below are the public API. The subpackages show the architecture, each using only
+those listed before it and the modules ``errors``, ``transforms``, ``metrics`` and ``plots``: ``data``
+(the Dataset model, data kinds), ``io`` (files), ``models`` (LFADS, observation models),
+``dashboard`` (training progress), ``training`` (training loop, checkpoints) and ``tune`` (search,
+population-based training, Ray).
+"""
+import sys as _sys
+
+from . import metrics, plots, tune
+from .data import KINDS, DataKind, kind_of, make_dataset, split, validate
 from .errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from .io import export_lfads_h5, load, save
-from .kinds import KINDS, DataKind, kind_of
-from .model import LFADS, LFADSConfig
-from .pbt import PBTConfig, PBTResult
-from .search import DEFAULT_SPACE, Hyperparameter, SearchSpace, random_search
+from .models import LFADS, LFADSConfig
+from .tune.pbt import PBTConfig, PBTResult
+from .tune.search import DEFAULT_SPACE, Hyperparameter, SearchSpace, random_search
 from .training import TrainConfig, TrainResult, build_model, infer, load_model, train
+
+# Old module paths that the README and the tutorials use, kept for the modules that moved into
+# subpackages: each is registered in sys.modules and as an attribute, so ``import lfads_nb.pbt``,
+# ``from lfads_nb.pbt import pbt`` and ``lfads_nb.pbt.pbt`` all reach the moved module itself.
+_MOVED = {
+    "pbt": tune.pbt,
+    "ray_backend": tune.ray_backend,
+    "search": tune.search,
+}
+for _old, _module in _MOVED.items():
+    _sys.modules[f"{__name__}.{_old}"] = _module
+    globals()[_old] = _module
+del _old, _module
 
 __all__ = [
     "CheckpointError",

@@ -35,7 +35,7 @@ from scipy.special import gammaln
 from sklearn.linear_model import Ridge
 from sklearn.model_selection import GridSearchCV
 
-from .data import DIMS, describe_ids, select_ids
+from .data.schema import DIMS, describe_ids, select_ids
 from .errors import ConfigError, DataError
 
 # nlb_tools replaces zero predicted counts with this so a spike under a zero rate costs a

@@ -16,7 +16,7 @@ import plotly.graph_objects as go
 import xarray as xr
 from plotly.subplots import make_subplots
 
-from .data import select_ids, validate
+from .data.schema import select_ids, validate
 from .errors import DataError
 
 MAX_TRIALS_3D = 20

@@ -70,7 +70,7 @@ def sample_validation(batch: Batch, keep: Tensor, fraction: float) -> Batch:
     """Sample validation: a fixed fraction of entries held out in every trial and split.
 
     ``keep`` (B, T, N) bool, False for the held-out entries (one seeded mask per trial, made
-    once: ``training.sv_keep_mask``); ``fraction`` the held-out share. Held-out entries are
+    once: ``training.loop._sv_keep_mask``); ``fraction`` the held-out share. Held-out entries are
     hidden from the encoder (the rest rescaled by 1 / (1 - fraction)), never trained on, and
     marked in ``heldout`` so validation can score them: a model that copies its input to its
     output cannot predict them.

@@ -1,4 +1,5 @@
-"""Checkpoint files (lfads_nb.checkpoint): format version, foreign files, the resume rule, PBT's export, ema."""
+"""Checkpoint files (lfads_nb.training.checkpoint): format version, foreign files, the resume rule, PBT's export,
+ema."""
 import dataclasses
 import math
 
@@ -8,9 +9,9 @@ import torch
 
 import lfads_nb
 from data_generators import chaotic_rnn
-from lfads_nb.checkpoint import FORMAT, check_settings, ema, load_checkpoint, model_checkpoint, save_checkpoint
-from lfads_nb.pbt import _best_checkpoint, _RunState
-from lfads_nb.population import Population
+from lfads_nb.training.checkpoint import FORMAT, check_settings, ema, load_checkpoint, model_checkpoint, save_checkpoint
+from lfads_nb.tune.pbt import _best_checkpoint, _RunState
+from lfads_nb.tune.population import Population
 
 torch.set_num_threads(1)
 SIZES = dict(ic_enc_dim=6, ci_enc_dim=5, con_dim=7, ic_dim=4, gen_dim=8, fac_dim=3, co_dim=0)

@@ -326,7 +326,7 @@ def tiny_pbt(progress=None, checkpoint_dir=None, **pbt_kw):
 
     import lfads_nb
     from data_generators import chaotic_rnn
-    from lfads_nb.pbt import PBTConfig, pbt
+    from lfads_nb.tune.pbt import PBTConfig, pbt
 
     torch.set_num_threads(1)
     ds = chaotic_rnn(seed=0, n_units=12, n_bins=8, n_conditions=10, trials_per_condition=3)
@@ -444,7 +444,7 @@ def test_pbt_live_dashboard_updates_curves_and_generation_figures():
 
 
 def lfads_space():
-    from lfads_nb.search import DEFAULT_SPACE
+    from lfads_nb.tune.search import DEFAULT_SPACE
 
     return DEFAULT_SPACE
 

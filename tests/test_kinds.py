@@ -1,4 +1,4 @@
-"""lfads_nb.kinds: each data kind's checker and its messages (problem and fix), the kind of a
+"""lfads_nb.data.kinds: each data kind's checker and its messages (problem and fix), the kind of a
 Dataset, data-derived observation options (ZIG s_min) and the output each kind's infer gives."""
 import numpy as np
 import pytest
@@ -6,9 +6,9 @@ import torch
 import xarray as xr
 
 from lfads_nb import KINDS, DataError, make_dataset, validate
-from lfads_nb.kinds import S_MIN_FACTOR, kind_of
-from lfads_nb.observations import Gamma, Gaussian, ZeroInflatedGamma
-from lfads_nb.training import TrainConfig, build_model, infer, load_model, train
+from lfads_nb.data.kinds import S_MIN_FACTOR, kind_of
+from lfads_nb.models.observations import Gamma, Gaussian, ZeroInflatedGamma
+from lfads_nb.training.loop import TrainConfig, build_model, infer, load_model, train
 
 SPLIT_LABELS = ["train", "train", "valid", "test"]
 RNG = np.random.default_rng(0)

@@ -18,9 +18,9 @@ import torch
 from scipy.stats import poisson
 
 import lfads_nb
-from lfads_nb import training
 from lfads_nb.dashboard import Progress
-from lfads_nb.training import TrainConfig, build_model, infer, train
+from lfads_nb.training import loop as training
+from lfads_nb.training.loop import TrainConfig, build_model, infer, train
 
 torch.set_num_threads(1)
 

@@ -7,8 +7,8 @@ import torch
 from torch.distributions import MultivariateNormal, Normal, kl_divergence
 
 from lfads_nb.errors import ConfigError, DataError
-from lfads_nb._fused_gru import DecoderWeights, clipped_gru_scan, controlled_decode
-from lfads_nb.model import LFADS, AR1Prior, GaussianPrior, LFADSConfig, Noise, draw_noise, gru_step
+from lfads_nb.models._fused_gru import DecoderWeights, clipped_gru_scan, controlled_decode
+from lfads_nb.models.lfads import LFADS, AR1Prior, GaussianPrior, LFADSConfig, Noise, draw_noise, gru_step
 
 torch.set_num_threads(1)
 

@@ -9,7 +9,7 @@ from scipy import stats
 
 from lfads_nb import LFADS, LFADSConfig
 from lfads_nb.errors import ConfigError, DataError
-from lfads_nb.observations import (
+from lfads_nb.models.observations import (
     Gamma,
     Gaussian,
     Poisson,

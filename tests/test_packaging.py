@@ -1,4 +1,6 @@
-"""The conda environment (Binder) and pyproject.toml name the same dependencies."""
+"""Packaging: the conda environment (Binder) and pyproject.toml name the same dependencies, the wheel holds
+every subpackage, and the module paths the README and the tutorials name keep working."""
+import os
 import re
 import tomllib
 from pathlib import Path
@@ -89,3 +91,69 @@ def test_a_fresh_environment_from_environment_yml_imports_every_tutorial_module(
     result = subprocess.run([python, "-c", "import " + ", ".join(modules)], capture_output=True, text=True,
                             cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_pyproject_finds_every_subpackage():
+    """The wheel holds every folder of lfads_nb with Python files: pyproject's include reaches subpackages."""
+    from setuptools import find_packages
+
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    folders = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "lfads_nb").rglob("*.py")}
+    assert folders - set(find_packages(where=str(ROOT), include=include)) == set()
+
+
+# Module paths the README and the tutorials use for modules that moved into subpackages; lfads_nb/__init__.py
+# registers each old path as the moved module itself.
+MOVED = {"lfads_nb.pbt": "lfads_nb.tune.pbt", "lfads_nb.search": "lfads_nb.tune.search",
+         "lfads_nb.ray_backend": "lfads_nb.tune.ray_backend"}
+
+
+def test_old_module_paths_are_the_moved_modules():
+    """In a fresh interpreter, the old path imported first, then the forms the README and the tutorials use."""
+    import subprocess
+    import sys
+
+    code = f"""
+import importlib, sys
+import lfads_nb.pbt
+from lfads_nb.pbt import PBTConfig, pbt
+from lfads_nb.search import DEFAULT_SPACE, apply_point, random_search, score, spike_echo
+import lfads_nb
+for old, new in {MOVED!r}.items():
+    assert importlib.import_module(old) is importlib.import_module(new) is sys.modules[old], old
+    assert getattr(lfads_nb, old.rpartition('.')[2]) is sys.modules[new], old
+assert lfads_nb.pbt.pbt is pbt is lfads_nb.tune.pbt.pbt
+assert lfads_nb.ray_backend.ray_pbt is lfads_nb.tune.ray_backend.ray_pbt
+assert lfads_nb.search.spike_echo is spike_echo
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def _documented_paths() -> set[str]:
+    """Every dotted ``lfads_nb.<name>...`` in the README and in the tutorials' cells."""
+    import json
+
+    texts = [(ROOT / "README.md").read_text()]
+    for notebook in sorted((ROOT / "tutorials").glob("*.ipynb")):
+        texts += ["".join(cell["source"]) for cell in json.loads(notebook.read_text())["cells"]]
+    return {m for text in texts for m in re.findall(r"\blfads_nb(?:\.[A-Za-z_]\w*)+", text)}
+
+
+def test_every_path_the_readme_and_tutorials_name_resolves():
+    import importlib
+
+    paths = _documented_paths()
+    assert "lfads_nb.train" in paths
+    for path in sorted(paths):
+        parts = path.split(".")
+        for n in range(len(parts), 0, -1):  # the longest prefix that is a module, then attributes
+            try:
+                obj = importlib.import_module(".".join(parts[:n]))
+                break
+            except ModuleNotFoundError:
+                continue
+        for name in parts[n:]:
+            assert hasattr(obj, name), f"{path}: {'.'.join(parts[:n])} has no {name}"
+            obj = getattr(obj, name)

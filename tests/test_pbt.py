@@ -12,10 +12,10 @@ import torch
 
 import lfads_nb
 from data_generators import chaotic_rnn
-from lfads_nb import pbt as pbt_module
 from lfads_nb.errors import ConfigError
-from lfads_nb.pbt import PBTConfig, check_population_fits, exploit, explore, pbt
-from lfads_nb.search import DEFAULT_SPACE, Hyperparameter, SearchSpace
+from lfads_nb.tune import pbt as pbt_module
+from lfads_nb.tune.pbt import PBTConfig, check_population_fits, exploit, explore, pbt
+from lfads_nb.tune.search import DEFAULT_SPACE, Hyperparameter, SearchSpace
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
@@ -229,7 +229,7 @@ def test_members_start_from_the_data_like_build_model(monkeypatch):
     _run(max_generations=1)
     ds = _data()
     spikes = ds["spikes"].values.astype(float)
-    keep = lfads_nb.training._sv_keep_mask(ds, TRAIN["sv_fraction"], 0)
+    keep = lfads_nb.training.loop._sv_keep_mask(ds, TRAIN["sv_fraction"], 0)
     spikes[~keep] = np.nan
     train = spikes[ds["split"].values == "train"]
     want = torch.log(torch.as_tensor(np.nanmean(train, axis=(0, 1))).clamp_min(1e-4)).float()

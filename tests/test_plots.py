@@ -181,7 +181,7 @@ def test_scatter_metric_hover_shows_hyperparameters():
 # ----------------------------------------------------------------------------- population-based training
 
 def pbt_history():
-    """A 4-generation, 4-member history in pbt's own format (lfads_nb.pbt._history), values by hand.
+    """A 4-generation, 4-member history in pbt's own format (lfads_nb.tune.pbt._history), values by hand.
 
     Generation 2: member 3 copied member 0 and member 1 copied member 2; generation 3: member 0
     copied member 3. The best fitness (0.5) is member 0 at generation 3, whose ancestry is
@@ -190,8 +190,8 @@ def pbt_history():
     import dataclasses
     import json
 
-    from lfads_nb.pbt import _history, _RunState
-    from lfads_nb.search import Hyperparameter, SearchSpace
+    from lfads_nb.tune.pbt import _history, _RunState
+    from lfads_nb.tune.search import Hyperparameter, SearchSpace
 
     space = SearchSpace([Hyperparameter("lr", 1e-5, 5e-3, log=True), Hyperparameter("dropout", 0.0, 0.6, log=False),
                          Hyperparameter("l2_gen_scale", 1e-4, 1.0, log=True)])

@@ -1,7 +1,7 @@
 """Population-batched LFADS against P separate LFADS models trained with lfads_nb.training's loss.
 
 Reference: P ordinary ``LFADS`` models, each built after ``torch.manual_seed(seed_i)``, each
-stepped with ``LFADS.loss`` on ``training.training_batch`` + ``clip_grad_norm_`` +
+stepped with ``LFADS.loss`` on ``training.loop.training_batch`` + ``clip_grad_norm_`` +
 ``torch.optim.Adam``: the exact inner loop of ``lfads_nb.training.train``. Everything in float64.
 
 Same random numbers on both sides, passed in: the population consumes a ``StepNoise`` (every
@@ -17,10 +17,10 @@ import pytest
 import torch
 
 from lfads_nb.errors import ConfigError, DataError
-from lfads_nb.model import LFADS, LFADSConfig, Noise
-from lfads_nb.population import Population, PopulationLFADS, StepNoise, draw_step_noise
-from lfads_nb.training import (TrainConfig, _sv_keep_mask, _Tensors, _validation_metrics, loss_weights,
-                               training_batch)
+from lfads_nb.models.lfads import LFADS, LFADSConfig, Noise
+from lfads_nb.training.loop import (TrainConfig, _sv_keep_mask, _Tensors, _validation_metrics, loss_weights,
+                                    training_batch)
+from lfads_nb.tune.population import Population, PopulationLFADS, StepNoise, draw_step_noise
 
 torch.set_num_threads(1)
 
@@ -119,7 +119,7 @@ def test_population_matches_separate_models_trained_with_training_loss(float64, 
         mine = pop.model.member_state_dict(i)
         for k, v in models[i].state_dict().items():
             torch.testing.assert_close(mine[k], v, rtol=1e-9, atol=1e-11, msg=f"member {i} {k}")
-    # validation: the same per-member NLLs as training._validation_metrics
+    # validation: the same per-member NLLs as training.loop._validation_metrics
     valid_idx = torch.arange(6, 10)
     got = pop.validate(tensors, valid_idx, batch_size=3)
     for i in range(P):

@@ -11,12 +11,12 @@ import torch
 import lfads_nb
 from data_generators import chaotic_rnn
 from lfads_nb import plots
-from lfads_nb.checkpoint import save_checkpoint
 from lfads_nb.errors import ConfigError
-from lfads_nb.pbt import PBTConfig
-from lfads_nb.population import Population
-from lfads_nb.ray_backend import CHECKPOINT_FILE, _best_member, _Explore, _trial, ray_pbt
-from lfads_nb.search import DEFAULT_SPACE
+from lfads_nb.training.checkpoint import save_checkpoint
+from lfads_nb.tune.pbt import PBTConfig
+from lfads_nb.tune.population import Population
+from lfads_nb.tune.ray_backend import CHECKPOINT_FILE, _best_member, _Explore, _trial, ray_pbt
+from lfads_nb.tune.search import DEFAULT_SPACE
 
 torch.set_num_threads(1)
 SIZES = dict(ic_enc_dim=6, ci_enc_dim=5, con_dim=7, ic_dim=4, gen_dim=8, fac_dim=3, co_dim=0)

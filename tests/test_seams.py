@@ -15,8 +15,8 @@ import lfads_nb
 from lfads_nb import transforms
 from lfads_nb.dashboard import Progress
 from lfads_nb.errors import DataError
-from lfads_nb.model import LFADS, LFADSConfig
-from lfads_nb.training import TrainConfig, build_model, infer, train
+from lfads_nb.models.lfads import LFADS, LFADSConfig
+from lfads_nb.training.loop import TrainConfig, build_model, infer, train
 
 torch.set_num_threads(1)
 SMALL = dict(ic_enc_dim=6, ci_enc_dim=5, con_dim=7, ic_dim=4, gen_dim=8, fac_dim=3)

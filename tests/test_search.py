@@ -1,4 +1,4 @@
-"""The search space and the random search (lfads_nb.search)."""
+"""The search space and the random search (lfads_nb.tune.search)."""
 from __future__ import annotations
 
 import dataclasses
@@ -14,9 +14,10 @@ from scipy.stats import kstest
 
 import lfads_nb
 from data_generators import chaotic_rnn
-from lfads_nb.hyperparameters import HYPERPARAMETERS, PER_MEMBER
 from lfads_nb.metrics import rate_r2
-from lfads_nb.search import (
+from lfads_nb.training.loop import TrainConfig, infer
+from lfads_nb.tune.hyperparameters import HYPERPARAMETERS, PER_MEMBER
+from lfads_nb.tune.search import (
     DEFAULT_SPACE,
     Hyperparameter,
     SearchSpace,
@@ -25,7 +26,6 @@ from lfads_nb.search import (
     score,
     spike_echo,
 )
-from lfads_nb.training import TrainConfig, infer
 
 torch.set_num_threads(1)
 
@@ -231,7 +231,7 @@ def test_progress_prints_one_line_per_model(ds, capsys):
 def test_a_diverged_model_keeps_its_best_epoch_and_the_search_goes_on(ds, monkeypatch):
     # Model 0 diverges after one good epoch (NaN weights from then on), model 1 in its first
     # epoch; model 2 trains normally.
-    from lfads_nb import search as search_module
+    from lfads_nb.tune import search as search_module
     real_train, calls = search_module.train, []
 
     def flaky_train(model, data, config, **kw):

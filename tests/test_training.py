@@ -12,7 +12,8 @@ import xarray as xr
 
 import lfads_nb
 from lfads_nb.dashboard import Progress
-from lfads_nb.training import TrainConfig, build_model, infer, load_checkpoint, load_model, train
+from lfads_nb.training.checkpoint import load_checkpoint
+from lfads_nb.training.loop import TrainConfig, build_model, infer, load_model, train
 
 TINY = dict(ic_enc_dim=8, ci_enc_dim=6, con_dim=6, co_dim=2, ic_dim=4, gen_dim=10, fac_dim=3)
 
@@ -187,7 +188,7 @@ def test_sample_validation_reports_held_out_nll_and_hides_entries():
     ds = tiny_dataset()
     result = run(ds, config(sv_fraction=0.2, select_by="valid_sv_nll"))
     assert "valid_sv_nll" in result.history and np.isfinite(result.history["valid_sv_nll"]).all()
-    from lfads_nb.training import _sv_keep_mask
+    from lfads_nb.training.loop import _sv_keep_mask
 
     keep = _sv_keep_mask(ds, 0.2, seed=0)
     assert abs(1 - keep.mean() - 0.2) < 0.03
@@ -197,7 +198,7 @@ def test_sample_validation_reports_held_out_nll_and_hides_entries():
 
 def test_coordinated_dropout_loss_counts_only_hidden_entries():
     ds = tiny_dataset()
-    from lfads_nb import training
+    from lfads_nb.training import loop as training
 
     tensors = training._to_tensors(ds, config(cd_rate=0.3))
     torch.manual_seed(0)

@@ -21,7 +21,7 @@ import pytest
 
 import lfads_nb
 
-from lfads_nb.tutorials import execute, tutorial_paths
+from lfads_nb._run_notebooks import execute, tutorial_paths
 
 ROOT = Path(__file__).resolve().parents[1]
 TUTORIALS = tutorial_paths(ROOT / "tutorials")

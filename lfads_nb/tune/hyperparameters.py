@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from .errors import ConfigError
-from .model import LFADSConfig
-from .training import TrainConfig
+from ..errors import ConfigError
+from ..models.lfads import LFADSConfig
+from ..training.loop import TrainConfig
 
 
 @dataclass(frozen=True)

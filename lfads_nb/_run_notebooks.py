@@ -1,4 +1,4 @@
-"""Execute the numbered tutorials with papermill: ``python -m lfads_nb.tutorials SRC OUT``.
+"""Execute the numbered tutorials with papermill: ``python -m lfads_nb._run_notebooks SRC OUT``.
 
 Each ``NN_name.ipynb`` in SRC runs end to end at its own (teaching-sized) defaults, or with
 the parameters given, and the executed copy is written to OUT, which is also the working

@@ -1,6 +1,6 @@
 """The fused kernels under LFADS: whole GRU recurrences in one autograd node, hand-written backprop.
 
-``lfads_nb.model`` reads like the paper and runs a step loop (``gru_step``, ``LFADS.decode``);
+``lfads_nb.models.lfads`` reads like the paper and runs a step loop (``gru_step``, ``LFADS.decode``);
 these are the same computations, several times faster, chosen there by ``LFADSConfig.fused``.
 Two paths, tested against the loop in value and gradient (float64) and by gradcheck:
 

@@ -22,7 +22,7 @@ HDF5 layout of the original LFADS and lfads-torch (one array per key, trials x t
     {train,valid,test}_inds         optional trial ids (integers)
     {train,valid,test}_ext_input    optional external inputs (trials x time x inputs)
     conversion_factor               dataset or file attribute; absent means 1
-    kind                            optional file attribute: the data kind (lfads_nb.kinds)
+    kind                            optional file attribute: the data kind (lfads_nb.data.kinds)
     s_min                           optional file attribute: calcium events' smallest event size
 
 The data arrays hold the kind ``load(path, kind=...)`` names: ``'spikes'`` (counts, the
@@ -75,9 +75,9 @@ import h5py
 import numpy as np
 import xarray as xr
 
-from .data import SPLITS, make_dataset, observed_variable, validate
-from .errors import DataError
-from .kinds import get_kind, kind_of
+from ..data.kinds import get_kind, kind_of
+from ..data.schema import SPLITS, make_dataset, observed_variable, validate
+from ..errors import DataError
 
 DEFAULT_BIN_WIDTH = 0.01  # seconds, assumed for LFADS files that store none
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"

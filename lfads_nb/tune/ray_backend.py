@@ -1,8 +1,8 @@
 """Population-based training of LFADS as Ray Tune trials, on one machine or a Ray cluster.
 
-The same training as :func:`lfads_nb.pbt.pbt`, scaled out: each Tune trial trains a batched
-sub-population of ``members_per_trial`` LFADS members (one :class:`lfads_nb.population.Population`,
-epochs by :func:`lfads_nb.pbt.train_epoch`), and Ray Tune's ``PopulationBasedTraining``
+The same training as :func:`lfads_nb.tune.pbt.pbt`, scaled out: each Tune trial trains a batched
+sub-population of ``members_per_trial`` LFADS members (one :class:`lfads_nb.tune.population.Population`,
+epochs by :func:`lfads_nb.tune.pbt.train_epoch`), and Ray Tune's ``PopulationBasedTraining``
 scheduler exploits and explores between trials. Only Ray 2.x's public API is used:
 ``tune.Tuner``, ``tune.TuneConfig``, ``tune.RunConfig``, ``tune.report`` with a
 ``tune.Checkpoint``, ``tune.get_checkpoint`` and ``tune.get_context``. Needs the ``ray`` extra
@@ -46,16 +46,16 @@ import numpy as np
 import torch
 import xarray as xr
 
-from .checkpoint import ema, load_checkpoint, save_checkpoint
-from .data import validate
-from .errors import ConfigError
-from .model import LFADS, LFADSConfig
+from ..data.schema import validate
+from ..errors import ConfigError
+from ..models.lfads import LFADS, LFADSConfig
+from ..training.checkpoint import ema, load_checkpoint, save_checkpoint
+from ..training.loop import TrainConfig, _to_tensors, build_model, check_device, train_valid_indices
 from .pbt import (PBT_NEEDS_VALIDATION, PBTConfig, _initial_hparams, _member_seed, _space_for_population, build_members,
                   train_epoch)
 from .pbt import explore as explore_value
 from .population import Population
 from .search import DEFAULT_SPACE, SearchSpace
-from .training import TrainConfig, _to_tensors, build_model, check_device, train_valid_indices
 
 CHECKPOINT_FILE = "trial.pt"
 
@@ -177,7 +177,7 @@ def ray_pbt(
 ) -> RayPBTResult:
     """PBT of LFADS on ``ds`` as Ray Tune trials of ``members_per_trial`` members each.
 
-    Settings as :func:`lfads_nb.pbt.pbt` (``pbt_config.exploit`` is Tune's truncation with
+    Settings as :func:`lfads_nb.tune.pbt.pbt` (``pbt_config.exploit`` is Tune's truncation with
     ``truncation_fraction``; the plateau rule is not used). ``cpus_per_trial`` /
     ``gpus_per_trial``: resources Tune reserves per trial (torch uses ``cpus_per_trial``
     threads; with GPUs set ``train_config.device='cuda'``). ``storage_path``: the folder where

@@ -86,7 +86,7 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .errors import ConfigError, DataError
+from ..errors import ConfigError, DataError
 
 # (row key, legend label, colour, dash) of the loss panel (log y) ...
 LOSS_TRACES = (
@@ -543,11 +543,11 @@ def _widgets_available() -> bool:
 
 
 # ---------------------------------------------------------------------------------------------
-# Population-based training (lfads_nb.pbt.pbt)
+# Population-based training (lfads_nb.tune.pbt.pbt)
 # ---------------------------------------------------------------------------------------------
 
 class PBTProgress:
-    """What :func:`lfads_nb.pbt.pbt` reports to. This base class is silent and never asks to stop.
+    """What :func:`lfads_nb.tune.pbt.pbt` reports to. This base class is silent and never asks to stop.
 
     The PBT loop calls :meth:`epoch` after every epoch, :meth:`generation` after every
     generation, polls :attr:`stop_requested` after every training step, and calls
@@ -612,7 +612,7 @@ class PBTTextProgress(PBTProgress):
         self._print(f"{_best_line(history)}  elapsed {_clock(self.elapsed())}")
 
     def finish(self, history, message: str) -> None:
-        from .plots import pbt_fitness
+        from ..plots import pbt_fitness
 
         self._print(message)
         if history.sizes.get("generation", 0):
@@ -677,7 +677,7 @@ class PBTLiveDashboard(_StopButton, PBTProgress):
         return f"<code>{html.escape(f'{text} · elapsed {_clock(self.elapsed())}')}</code>"
 
     def generation(self, history) -> None:
-        from .plots import pbt_hyperparameters, pbt_lineage
+        from ..plots import pbt_hyperparameters, pbt_lineage
 
         self.fitness.add_vline(x=int(history["end_epoch"].values[-1]), line=dict(color="#999999", dash="dot", width=1))
         for old in self.generations.children:

@@ -42,12 +42,12 @@ import pandas as pd
 import torch
 import xarray as xr
 
+from ..data.kinds import kind_of
+from ..data.schema import observed_variable, validate
+from ..errors import ConfigError, DataError, TrainingDiverged
+from ..models.lfads import LFADS, LFADSConfig
+from ..transforms import Batch, coordinated_dropout, make_batch, sample_validation, sbtt
 from .checkpoint import RunState, ema, load_checkpoint, restore_training, save_checkpoint, training_checkpoint
-from .data import observed_variable, validate
-from .errors import ConfigError, DataError, TrainingDiverged
-from .kinds import kind_of
-from .model import LFADS, LFADSConfig
-from .transforms import Batch, coordinated_dropout, make_batch, sample_validation, sbtt
 
 
 @dataclass
@@ -278,7 +278,7 @@ def _validation_metrics(model, tensors, idx, config, batch_size) -> dict[str, fl
 
 
 # ---------------------------------------------------------------------------------------------
-# Checkpoints (lfads_nb.checkpoint)
+# Checkpoints (lfads_nb.training.checkpoint)
 # ---------------------------------------------------------------------------------------------
 
 def load_model(path) -> LFADS:
@@ -339,7 +339,7 @@ def train(
     checkpoint's weights. A NaN or infinite loss raises :class:`TrainingDiverged` after restoring
     the best weights so far (``err.result`` holds them).
     """
-    from .dashboard import make_progress
+    from ..dashboard import make_progress
 
     config = config or TrainConfig()
     check_device(config.device)

@@ -30,7 +30,7 @@ from typing import Callable
 import numpy as np
 import xarray as xr
 
-from .errors import DataError
+from ..errors import DataError
 
 # The ZIG s_min estimated from the data is the smallest event times this factor, just below 1: the
 # smallest events then lie 1 % of their size above s_min, inside the Gamma part's support

@@ -4,9 +4,9 @@ The pieces, in the order a run uses them:
 
 1. ``PBTConfig``: population size, generation length, burn-in, exploit rule, stopping rule.
    The search space (which hyperparameters, their ranges, initial values and explore widths)
-   is a :class:`lfads_nb.search.SearchSpace`, ``DEFAULT_SPACE`` by default (reference
+   is a :class:`lfads_nb.tune.search.SearchSpace`, ``DEFAULT_SPACE`` by default (reference
    section 5); its names must be per-member hyperparameters (``hyperparameters.PER_MEMBER``).
-2. ``pbt(ds, ...)``: trains a :class:`lfads_nb.population.Population` (all members in one
+2. ``pbt(ds, ...)``: trains a :class:`lfads_nb.tune.population.Population` (all members in one
    batched model) synchronously: a burn-in (generation 0, covering the KL / L2 ramps), then
    generations of ``generation_epochs``. At the end of each generation every member's fitness
    is its smoothed validation NLL (smth = 0.3 prev + 0.7 current, per epoch); members with NaN
@@ -19,7 +19,7 @@ The pieces, in the order a run uses them:
    ``max_generations``.
 3. Checkpoints: at the end of every generation ``pbt.pt`` (the whole population, optimiser,
    hyperparameters, RNG states, history; atomic, loads with ``weights_only=True``) and, when
-   the best member improves, ``best.pt``, an ordinary model checkpoint (``lfads_nb.checkpoint``),
+   the best member improves, ``best.pt``, an ordinary model checkpoint (``lfads_nb.training.checkpoint``),
    so ``lfads_nb.load_model(dir / 'best.pt')`` returns it as an ordinary ``LFADS``. A killed run
    resumes from ``pbt.pt`` and loses at most the generation it was in; the resumed run is
    identical to an uninterrupted one.
@@ -40,14 +40,15 @@ import numpy as np
 import torch
 import xarray as xr
 
-from .checkpoint import RunState, ema, model_checkpoint, population_checkpoint, restore_population, save_checkpoint
-from .data import validate
-from .errors import ConfigError, TrainingDiverged
+from ..data.schema import validate
+from ..errors import ConfigError, TrainingDiverged
+from ..models.lfads import LFADS, LFADSConfig
+from ..training.checkpoint import (RunState, ema, model_checkpoint, population_checkpoint, restore_population,
+                                   save_checkpoint)
+from ..training.loop import TrainConfig, _ramp, _to_tensors, build_model, check_device, train_valid_indices
 from .hyperparameters import HYPERPARAMETERS, PER_MEMBER, by_owner
-from .model import LFADS, LFADSConfig
 from .population import Population
 from .search import DEFAULT_SPACE, SearchSpace
-from .training import TrainConfig, _ramp, _to_tensors, build_model, check_device, train_valid_indices
 
 
 PBT_NEEDS_VALIDATION = "PBT judges members by their validation loss"
@@ -319,7 +320,7 @@ def pbt(
             if state.stop_reason == "stop_button":  # stopped by hand: go on with the next generation
                 state.stop_reason = ""
     if progress is None:
-        from .dashboard import make_pbt_progress
+        from ..dashboard import make_pbt_progress
 
         progress = make_pbt_progress(live)
     burn_in = pc.burn_in_epochs or max(tc.kl_ramp_epochs, tc.l2_ramp_epochs, 1)

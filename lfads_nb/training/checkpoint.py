@@ -33,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 FORMAT = 2
 MODEL_KEYS = ("model_config", "model")

@@ -40,7 +40,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor, nn
 
-from .errors import ConfigError, DataError
+from ..errors import ConfigError, DataError
 
 
 class ObservationModel(nn.Module):

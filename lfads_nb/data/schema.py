@@ -25,7 +25,7 @@ observed variable     (trial, time, neuron)       the recording, named by its ki
 
 and the attributes ``bin_width`` (seconds) and ``kind`` (``'spikes'``, ``'emg'`` or
 ``'calcium_events'``; without it the kind is read off the observed variable's name). Each kind's
-rules, default observation model and output live in :mod:`lfads_nb.kinds` (``KINDS``), so a new
+rules, default observation model and output live in :mod:`lfads_nb.data.kinds` (``KINDS``), so a new
 kind adds one entry there without touching the rest. The Dataset that ``lfads_nb.infer`` returns
 follows the same model with the kind's output (``rates`` in Hz, ``emg_mean`` or ``events_mean``
 in the data's units) in place of the observed variable, so it can be saved, loaded, sliced and
@@ -39,7 +39,7 @@ import numbers
 import numpy as np
 import xarray as xr
 
-from .errors import DataError
+from ..errors import DataError
 from .kinds import KINDS, DataKind, get_kind, kind_of
 
 DIMS = ("trial", "time", "neuron")
@@ -126,7 +126,7 @@ def _check_time(time: np.ndarray, bin_width: float) -> None:
 def validate(ds: xr.Dataset, *, require_train: bool = False) -> xr.Dataset:
     """Check that ``ds`` follows the lfads_nb data model and return it unchanged.
 
-    The observed variable is checked by the rules of the dataset's kind (see :mod:`lfads_nb.kinds`),
+    The observed variable is checked by the rules of the dataset's kind (see :mod:`lfads_nb.data.kinds`),
     including any default observation options it derives (ZIG ``s_min``); an ``infer`` output
     variable must hold finite values >= 0. ``require_train`` (used by training entry points) also
     refuses data without the recorded variable (an ``infer`` output) or without training trials.

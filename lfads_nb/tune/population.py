@@ -36,11 +36,11 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
-from .errors import ConfigError, DataError
+from ..errors import ConfigError, DataError
+from ..models.lfads import LFADS, LFADSConfig, LFADSOutput, Noise, draw_noise
+from ..training.loop import TrainConfig, _Tensors, training_batch, validation_batches
+from ..transforms import Batch
 from .hyperparameters import HYPERPARAMETERS, PER_MEMBER, by_owner
-from .model import LFADS, LFADSConfig, LFADSOutput, Noise, draw_noise
-from .training import TrainConfig, _Tensors, training_batch, validation_batches
-from .transforms import Batch
 
 _LOSS_WEIGHTS = ("kl_ic_scale", "kl_co_scale", "l2_gen_scale", "l2_con_scale")
 
@@ -153,7 +153,7 @@ class PopulationLFADS(nn.Module):
 
     def loss(self, batch: Batch, weights: Mapping[str, Tensor], noise: Noise, dropout: Tensor):
         """``LFADS.loss`` of every member on a training batch whose masks have a leading P
-        (``training.training_batch`` with per-member CD rates): (P,) loss and parts."""
+        (``training.loop.training_batch`` with per-member CD rates): (P,) loss and parts."""
         self._check_members(batch.encoder_mask.shape[0], dropout)
         return self._each_member(lambda m, b, w, eps, rate: m.loss(b, w, noise=eps, dropout=rate),
                                  batch, dict(weights), noise, dropout,

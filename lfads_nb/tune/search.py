@@ -4,7 +4,7 @@ The pieces, in the order a search uses them:
 
 1. ``Hyperparameter`` and ``SearchSpace``: which fields to tune and over what range. A space is
    plain data the user edits; ``DEFAULT_SPACE`` is AutoLFADS's (reference section 5). Names
-   are those of ``lfads_nb.hyperparameters.HYPERPARAMETERS``: ``TrainConfig`` fields (``lr``,
+   are those of ``lfads_nb.tune.hyperparameters.HYPERPARAMETERS``: ``TrainConfig`` fields (``lr``,
    ``cd_rate``, ``kl_co_scale``, ...) or ``LFADSConfig`` fields (``dropout``); ``init`` and
    ``explore_width`` are for population-based training.
 2. ``SearchSpace.sample(n, seed)``: ``n`` seeded points, each a dict name -> value.
@@ -31,20 +31,20 @@ import numpy as np
 import torch
 import xarray as xr
 
-from .dashboard import Progress
-from .data import DIMS, select_ids, validate
-from .errors import ConfigError, DataError, TrainingDiverged
+from ..dashboard import Progress
+from ..data.schema import DIMS, select_ids, validate
+from ..errors import ConfigError, DataError, TrainingDiverged
+from ..metrics import rate_r2
+from ..models.lfads import LFADSConfig
+from ..training.loop import TrainConfig, TrainResult, build_model, infer, train
 from .hyperparameters import by_owner, check_tunable, check_value
-from .metrics import rate_r2
-from .model import LFADSConfig
-from .training import TrainConfig, TrainResult, build_model, infer, train
 
 
 @dataclass(frozen=True)
 class Hyperparameter:
     """One tuned field and its range.
 
-    ``name``: a tunable field (``lfads_nb.hyperparameters.HYPERPARAMETERS``). Values are drawn
+    ``name``: a tunable field (``lfads_nb.tune.hyperparameters.HYPERPARAMETERS``). Values are drawn
     uniformly in [low, high], or log-uniformly when ``log`` (then low > 0). ``init``: the value
     population-based training starts from (None: sampled like the random search, which always
     samples). ``explore_width`` w: PBT perturbs a value by a factor 1 +- U[0.002 w, w] (in log

@@ -33,7 +33,7 @@ before the candidate matmul, no recurrent bias, state clipped to +-cell_clip), a
 The decoder above is ``LFADS.decode``'s step loop, written as the paper reads; the generator is a
 module with a ``step`` (``GRUGenerator``), the seam where other dynamics plug in. Like nanoGPT's
 flash-attention flag, ``LFADS(config, fused=True)`` (the default) runs the same recurrences as
-hand-written fused kernels instead (``lfads_nb._fused_gru``: the encoders and an autonomous
+hand-written fused kernels instead (``lfads_nb.models._fused_gru``: the encoders and an autonomous
 generator as one scan, controller and generator as one coupled recurrence); the tests check
 both paths against each other in value and gradient.
 
@@ -41,7 +41,7 @@ Randomness is an input: every dropout mask and posterior sample of a forward pas
 a ``Noise`` (``draw_noise``), drawn from torch's global generator when none is passed, so
 ``torch.manual_seed`` makes runs reproducible and a test can feed two models the same numbers.
 A population of models is ``torch.func.vmap`` of this one model over stacked weights
-(``lfads_nb.population``); the fused kernels carry vmap rules for it.
+(``lfads_nb.tune.population``); the fused kernels carry vmap rules for it.
 
 The model owns its objective (``objective``, ``loss``); what the encoder sees and what the
 loss counts travel in a ``lfads_nb.transforms.Batch``.
@@ -59,10 +59,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import ConfigError, DataError
+from ..transforms import Batch, encoder_input, masked_mean
 from ._fused_gru import DecoderWeights, clipped_gru_scan, controlled_decode
-from .errors import ConfigError, DataError
 from .observations import ObservationModel, make_observation, observation_spec
-from .transforms import Batch, encoder_input, masked_mean
 
 # --------------------------------------------------------------------------------------------
 # Configuration and outputs
@@ -379,7 +379,7 @@ class GRUGenerator(ClippedGRU):
 
     A generator is a module with ``step(g, inputs) -> g`` (g: (B, gen_dim), inputs: (B, co_dim
     + ext_input_dim)); the decoder's step loop calls it once per bin. ``fusable`` says whether
-    the fused kernels (``lfads_nb._fused_gru``) implement its recurrence, so ``LFADS(fused=True)``
+    the fused kernels (``lfads_nb.models._fused_gru``) implement its recurrence, so ``LFADS(fused=True)``
     may run them instead of the loop; another cell (e.g. a neural ODE) sets it False and always
     runs on the loop.
     """
@@ -472,7 +472,7 @@ class LFADS(nn.Module):
     ``config``. ``forward`` is LFADS's own: the core from the read-in encoder input.
 
     ``fused`` (default True) runs the generator's recurrence, and the controller's with it, as
-    the fused kernels of ``lfads_nb._fused_gru``; ``fused=False`` runs the step loop of
+    the fused kernels of ``lfads_nb.models._fused_gru``; ``fused=False`` runs the step loop of
     ``decode``, the same computation in plain autograd (slower; step through it in a debugger).
     The encoders always use the fused scan.
 
