@@ -55,6 +55,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -646,7 +647,7 @@ class LFADS(nn.Module):
         """Infer everything for a batch.
 
         encoder_input (B, T, encod_dim): already masked / rescaled by the caller, NaN already 0
-        (``lfads_nb.transforms.encoder_input``). ext_input (B, T, ext_input_dim) or None.
+        and read in (``session.read_in(transforms.encoder_input(batch))``). ext_input (B, T, ext_input_dim) or None.
         ``sample=True`` draws g0 and u_t from their posteriors (training, posterior sampling);
         ``sample=False`` uses the posterior means. kl_co is the one-sample estimate at the drawn
         u when sampling, and its closed-form expectation when not (so ``sample=False`` is
@@ -756,13 +757,11 @@ class LFADS(nn.Module):
         """Raise DataError unless the model was built for these data's neurons, held-in neurons
         and external inputs."""
         c = self.config
-        heldin = ~ds["heldout"].values.astype(bool) if "heldout" in ds.coords else None
+        heldin = ~ds["heldout"].values.astype(bool) if "heldout" in ds.coords else np.ones(ds.sizes["neuron"], bool)
         ext_dim = ds.sizes["ext_input_dim"] if "ext_input" in ds else 0
-        mine = self.session.read_in.index.cpu()
-        same_heldin = heldin is None and mine.tolist() == list(range(ds.sizes["neuron"])) or (
-            heldin is not None and mine.tolist() == heldin.nonzero()[0].tolist())
+        same_heldin = self.session.read_in.index.tolist() == np.flatnonzero(heldin).tolist()
         if (c.n_neurons, c.ext_input_dim) != (ds.sizes["neuron"], ext_dim) or not same_heldin:
-            n_heldin = ds.sizes["neuron"] if heldin is None else int(heldin.sum())
+            n_heldin = int(heldin.sum())
             raise DataError(
                 f"The model was built for {c.n_neurons} neurons ({c.encod_dim} held in) and {c.ext_input_dim} "
                 f"external inputs, but the data have {ds.sizes['neuron']} neurons ({n_heldin} held in) and "
