@@ -646,8 +646,8 @@ class LFADS(nn.Module):
                 noise: Noise | None = None, dropout: float | Tensor | None = None) -> LFADSOutput:
         """Infer everything for a batch.
 
-        encoder_input (B, T, encod_dim): already masked / rescaled by the caller, NaN already 0
-        and read in (``session.read_in(transforms.encoder_input(batch))``). ext_input (B, T, ext_input_dim) or None.
+        encoder_input (B, T, encod_dim): already masked, rescaled and read in by the caller
+        (``session.read_in(transforms.encoder_input(batch))``). ext_input (B, T, ext_input_dim) or None.
         ``sample=True`` draws g0 and u_t from their posteriors (training, posterior sampling);
         ``sample=False`` uses the posterior means. kl_co is the one-sample estimate at the drawn
         u when sampling, and its closed-form expectation when not (so ``sample=False`` is
