@@ -12,10 +12,12 @@ metric               definition
 ``rate_r2``          R^2 per neuron over all (trial, time) points, averaged over neurons
 ``bits_per_spike``   (NLL_null - NLL_model) / (spike count x ln 2), Poisson NLL incl. log(x!)
 ``co_bps``           ``bits_per_spike`` on the held-out neurons only
+``fp_bps``           ``bits_per_spike`` on the forward-prediction bins only
 ``velocity_r2``      ridge decoder (alpha by 5-fold CV over logspace(-4, 0, 9)) fit on train
                      trials, R^2 on test trials, uniform average over behaviour dims
-``psth_r2``          single-trial rates vs their condition's leave-one-out PSTH of smoothed
-                     spikes, R^2 per neuron averaged over neurons
+``psth_r2``          per condition, mean rates over its evaluated trials vs the mean smoothed
+                     spikes over all its trials; R^2 per neuron over the stacked conditions,
+                     averaged over neurons
 ``state_r2``         least-squares affine map true latents -> inferred latents, R^2 averaged
                      over inferred dims
 ===================  ==========================================================================
@@ -213,6 +215,28 @@ def bits_per_spike(rates: xr.DataArray, spikes: xr.DataArray, bin_width: float) 
     return (nll_null - nll_model) / (total * math.log(2))
 
 
+def _selected_ids(spec, dim: str, rates, spikes, what: str) -> np.ndarray:
+    """Ids along ``dim`` chosen by ``spec``: the name of a boolean coordinate over ``dim`` (on
+    ``spikes`` or ``rates``) that is True where chosen, or a list of ids."""
+    if isinstance(spec, str):
+        source = spikes if spec in getattr(spikes, "coords", {}) else rates
+        if not isinstance(source, xr.DataArray) or spec not in source.coords:
+            raise DataError(
+                f"No coordinate {spec!r} on 'spikes' or 'rates'; add a boolean {dim} coord, "
+                f"e.g. spikes.assign_coords({spec}=('{dim}', mask)), or pass a list of {dim} ids."
+            )
+        mask = source[spec]
+        if mask.dims != (dim,) or mask.dtype != bool:
+            raise DataError(f"Coordinate {spec!r} must be boolean with dims ('{dim}',), got "
+                            f"dtype {mask.dtype} and dims {mask.dims}.")
+        ids = source[dim].values[mask.values]
+    else:
+        ids = np.asarray(list(spec))
+    if ids.size == 0:
+        raise DataError(f"No {what} selected; pass at least one.")
+    return ids
+
+
 def co_bps(rates: xr.DataArray, spikes: xr.DataArray, heldout, bin_width: float) -> float:
     """Co-smoothing bits per spike: ``bits_per_spike`` on the held-out neurons only.
 
@@ -220,23 +244,24 @@ def co_bps(rates: xr.DataArray, spikes: xr.DataArray, heldout, bin_width: float)
     or ``rates``) that is True for held-out neurons, or a list of held-out neuron ids.
     ``rates`` may cover all neurons or only the held-out ones.
     """
-    if isinstance(heldout, str):
-        source = spikes if heldout in getattr(spikes, "coords", {}) else rates
-        if not isinstance(source, xr.DataArray) or heldout not in source.coords:
-            raise DataError(
-                f"No coordinate {heldout!r} on 'spikes' or 'rates'; add a boolean neuron coord, "
-                f"e.g. spikes.assign_coords({heldout}=('neuron', mask)), or pass a list of neuron ids."
-            )
-        mask = source[heldout]
-        if mask.dims != ("neuron",) or mask.dtype != bool:
-            raise DataError(f"Coordinate {heldout!r} must be boolean with dims ('neuron',), got "
-                            f"dtype {mask.dtype} and dims {mask.dims}.")
-        ids = source["neuron"].values[mask.values]
-    else:
-        ids = np.asarray(list(heldout))
-    if ids.size == 0:
-        raise DataError("No held-out neurons selected; co-bps needs at least one.")
+    ids = _selected_ids(heldout, "neuron", rates, spikes, "held-out neurons")
     return bits_per_spike(select_ids(rates, "neuron", ids, "rates"), select_ids(spikes, "neuron", ids, "spikes"),
+                          bin_width)
+
+
+def fp_bps(rates: xr.DataArray, spikes: xr.DataArray, forward, bin_width: float) -> float:
+    """Forward-prediction bits per spike: ``bits_per_spike`` on the forward-prediction bins only.
+
+    Forward-prediction bins follow the data the model saw; their rates come from the
+    model's dynamics alone. ``forward`` is either the name of a boolean coordinate along
+    ``time`` (on ``spikes`` or ``rates``) that is True for those bins, or a list of their
+    time values, e.g. ``spikes['time'].values[-10:]``. ``rates`` may cover the whole trial
+    or only the forward bins. The null model is each neuron's mean count over the forward
+    bins. nlb_tools scores held-in and held-out neurons together there: pass all neurons,
+    or select the ones to score first.
+    """
+    ids = _selected_ids(forward, "time", rates, spikes, "forward-prediction bins")
+    return bits_per_spike(select_ids(rates, "time", ids, "rates"), select_ids(spikes, "time", ids, "spikes"),
                           bin_width)
 
 
@@ -444,17 +469,20 @@ def choose_smoothing_sigma(spikes: xr.DataArray, bin_width: float, sigmas: Seque
 
 def psth_r2(rates: xr.DataArray, spikes: xr.DataArray, *, bin_width: float, sigma: float = 0.03,
             condition="condition") -> float:
-    """PSTH R^2 (nlb_tools 'psth R2'): how well single-trial rates match their condition's PSTH.
+    """PSTH R^2 (nlb_tools 'psth R2'): how well condition-averaged rates match the conditions' PSTHs.
 
-    For each trial in ``rates`` (Hz, (trial, time, neuron)), the target is the mean over the
-    *other* trials of the same condition in ``spikes`` of ``smooth_spikes(spikes, bin_width,
-    sigma)`` (leave-one-out, as nlb_tools builds it). R^2 per neuron over all (trial, time)
-    points, averaged over neurons. ``spikes`` holds the trials that form the PSTHs (e.g. all
-    trials) and must include those of ``rates``. ``condition``: the name of a per-trial
-    coordinate of ``spikes`` or a DataArray over ``trial``. Trials whose condition has no
-    other trial are skipped with a warning (nlb_tools does the same).
-    nlb_tools smooths 1 ms spikes with sigma 30 ms before binning; here smoothing is at bin
-    resolution.
+    For each condition among the trials of ``rates`` (Hz, (trial, time, neuron)), the
+    predicted PSTH is the mean of ``rates`` over those trials, and the true PSTH the mean of
+    ``smooth_spikes(spikes, bin_width, sigma)`` over all of that condition's trials in
+    ``spikes``, evaluated trials included (no leave-one-out), each trial counting at the
+    bins where its spikes are observed. Time bins the true PSTH does not cover are left out;
+    the conditions' PSTHs are stacked over time and R^2 is taken per neuron, then averaged
+    over neurons. ``spikes`` holds the trials that form the PSTHs (e.g. all trials) and must
+    include those of ``rates``. ``condition``: the name of a per-trial coordinate of
+    ``spikes`` or a DataArray over ``trial``.
+    nlb_tools smooths the whole session's 1 ms spikes before binning, with a sigma set per
+    dataset (70 ms for MC_Maze, 50 ms for the MC_Maze scaling sets, 40 ms for Area2_Bump);
+    here smoothing is per trial at bin resolution: pass the sigma of the dataset compared with.
     """
     bin_width = _check_bin_width(bin_width)
     rates = _as_array(rates, "rates", DIMS)
@@ -468,36 +496,26 @@ def psth_r2(rates: xr.DataArray, spikes: xr.DataArray, *, bin_width: float, sigm
     if not isinstance(condition, xr.DataArray) or condition.dims != ("trial",):
         raise DataError("condition must be a coordinate name or a DataArray with dims ('trial',).")
     _same_index(spikes, condition, ("spikes", "condition"), ("trial",))
-    pool_ids = spikes["trial"].values
     eval_ids = _trial_ids(rates["trial"].values, spikes, "rates' trials")
-    smoothed = smooth_spikes(spikes, bin_width, sigma).values
     labels = condition.values
-    position = {tid: i for i, tid in enumerate(pool_ids.tolist())}
-    targets, kept = [], []
-    for k, tid in enumerate(eval_ids.tolist()):
-        i = position[tid]
-        others = (labels == labels[i]) & (np.arange(pool_ids.size) != i)
-        if not others.any():
-            continue
+    position = {tid: i for i, tid in enumerate(spikes["trial"].values.tolist())}
+    eval_labels = labels[[position[tid] for tid in eval_ids.tolist()]]
+    # A trial adds to its PSTH only where it was observed, not where smoothing reaches past its end.
+    smoothed = np.where(np.isnan(spikes.values), np.nan, smooth_spikes(spikes, bin_width, sigma).values)
+    values = rates.values.astype(float)
+    preds, targets = [], []
+    for label in dict.fromkeys(eval_labels.tolist()):
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # bins no other trial observed: NaN
-            targets.append(np.nanmean(smoothed[others], axis=0))
-        kept.append(k)
-    if len(kept) < len(eval_ids):
-        skipped = np.delete(eval_ids, kept).tolist()
-        if not kept:
-            raise DataError(f"No evaluated trial has another trial of its condition in 'spikes' "
-                            f"(trials {skipped[:8]}); PSTHs need at least 2 trials per condition.")
-        warnings.warn(f"PSTH R^2 skips trials {skipped[:8]} (no other trial of their condition).",
-                      stacklevel=2)
-    target = np.stack(targets)
-    pred = rates.values[kept].astype(float)
-    usable = np.isfinite(target).all(axis=2)  # time bins the PSTH covers (nlb drops NaN rows)
-    _finite(pred[usable], "rates")
-    _check_rates(pred[usable], "rates")
-    n = rates.sizes["neuron"]
-    return float(_r2_columns(pred[usable].reshape(-1, n), target[usable].reshape(-1, n),
-                             "neurons", _labels(rates, "neuron")).mean())
+            warnings.simplefilter("ignore", RuntimeWarning)  # bins no trial observed: NaN
+            target = np.nanmean(smoothed[labels == label], axis=0)
+        covered = np.isfinite(target).all(axis=1)
+        pred = values[eval_labels == label][:, covered]
+        _finite(pred, "rates", f" in bins that condition {label!r}'s PSTH covers")
+        _check_rates(pred, "rates")
+        preds.append(pred.mean(axis=0))
+        targets.append(target[covered])
+    return float(_r2_columns(np.concatenate(preds), np.concatenate(targets), "neurons",
+                             _labels(rates, "neuron")).mean())
 
 
 # ----------------------------------------------------------------------------- state R^2

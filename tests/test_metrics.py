@@ -1,4 +1,5 @@
-"""lfads_nb.metrics against hand-computed values and closed forms (each test says which)."""
+"""lfads_nb.metrics against hand-computed values and closed forms (each test says which), and against
+nlb_tools.evaluation itself on random inputs (skipped where nlb-tools is not installed)."""
 import math
 
 import numpy as np
@@ -133,6 +134,27 @@ def test_bits_per_spike_errors():
         metrics.co_bps(rates, spikes, [3], 0.1)
     with pytest.raises(DataError, match="No coordinate 'heldout'"):
         metrics.co_bps(rates, spikes, "heldout", 0.1)
+
+
+def test_fp_bps_uses_only_forward_bins():
+    # The last two bins are the hand case above; the first (not forward) has a zero rate under 9 spikes.
+    spikes = arr([[[9], [0], [2]]]).assign_coords(forward=("time", [False, True, True]))
+    rates = arr([[[0.0], [5.0], [15.0]]])
+    assert metrics.fp_bps(rates, spikes, "forward", 0.1) == pytest.approx(math.log2(1.5))
+    assert metrics.fp_bps(rates.isel(time=[1, 2]), spikes, [1, 2], 0.1) == pytest.approx(math.log2(1.5))
+
+
+def test_fp_bps_errors():
+    spikes = arr([[[0], [2]]], time=[0.05, 0.15])
+    rates = arr([[[5.0], [15.0]]], time=[0.05, 0.15])
+    with pytest.raises(DataError, match="No coordinate 'forward'.*assign_coords"):
+        metrics.fp_bps(rates, spikes, "forward", 0.1)
+    with pytest.raises(DataError, match=r"time ids \[0.25\] are not in 'rates'"):
+        metrics.fp_bps(rates, spikes, [0.25], 0.1)
+    with pytest.raises(DataError, match="No forward-prediction bins selected"):
+        metrics.fp_bps(rates, spikes.assign_coords(forward=("time", [False, False])), "forward", 0.1)
+    with pytest.raises(DataError, match=r"must be boolean with dims \('time',\)"):
+        metrics.fp_bps(rates, spikes.assign_coords(forward=("time", [0, 1])), "forward", 0.1)
 
 
 # ----------------------------------------------------------------------------- behaviour decoding
@@ -303,15 +325,14 @@ def psth_spikes():
         condition=("trial", ["a", "a", "a", "b"]))
 
 
-def test_psth_r2_leave_one_out_hand_case():
-    # sigma = bw/10: neighbour weight exp(-50), so smoothing is counts / bw. Leave-one-out
-    # PSTHs (Hz): trial 0 -> mean(t1, t2) = [15, 10, 20], trial 1 -> [5, 10, 30],
-    # trial 2 -> [10, 10, 10]. Predictions = PSTH + 5 Hz: SS_res = 9 x 25 = 225,
-    # SS_tot = 450 (mean 13.33), so R^2 = 0.5.
+def test_psth_r2_hand_case_uses_all_trials_of_the_condition():
+    # sigma = bw/10: neighbour weight exp(-50), so smoothing is counts / bw. Condition 'a''s
+    # PSTH is the mean of trials 0-2, evaluated or not: [10, 10, 20] Hz (mean 13.33, SS_tot
+    # 200/3). Trials 0 and 1 are evaluated; their mean rates [10, 15, 20] give SS_res 25, so
+    # R^2 = 1 - 25 x 3 / 200 = 0.625.
     spikes = psth_spikes()
-    target = np.array([[15, 10, 20], [5, 10, 30], [10, 10, 10]], dtype=float)[:, :, None]
-    rates = arr(target + 5, time=spikes["time"].values)
-    assert metrics.psth_r2(rates, spikes, bin_width=0.1, sigma=0.01) == pytest.approx(0.5, abs=1e-9)
+    rates = arr([[[15.0], [10.0], [30.0]], [[5.0], [20.0], [10.0]]], time=spikes["time"].values)
+    assert metrics.psth_r2(rates, spikes, bin_width=0.1, sigma=0.01) == pytest.approx(0.625, abs=1e-9)
 
 
 def test_psth_r2_perfect_when_trials_repeat():
@@ -323,16 +344,26 @@ def test_psth_r2_perfect_when_trials_repeat():
     assert metrics.psth_r2(rates, spikes, bin_width=0.01, sigma=0.03) == pytest.approx(1.0)
 
 
-def test_psth_r2_skips_trials_alone_in_their_condition():
+def test_psth_r2_scores_a_condition_with_one_trial():
+    # Trial 3 is alone in condition 'b': its PSTH is its own smoothed spikes, [90, 90, 90] Hz,
+    # predicted exactly, so only the hand case's SS_res of 25 remains, over the stacked targets.
     spikes = psth_spikes()
-    target = np.array([[15, 10, 20], [5, 10, 30], [10, 10, 10], [0, 0, 0]], dtype=float)[:, :, None]
-    rates = arr(target + 5, time=spikes["time"].values)
-    with pytest.warns(UserWarning, match=r"skips trials \[3\]"):
-        assert metrics.psth_r2(rates, spikes, bin_width=0.1, sigma=0.01) == pytest.approx(0.5)
-    with pytest.raises(DataError, match="at least 2 trials per condition"):
-        metrics.psth_r2(rates.sel(trial=[3]), spikes, bin_width=0.1, sigma=0.01)
+    rates = arr([[[15.0], [10.0], [30.0]], [[5.0], [20.0], [10.0]], [[90.0], [90.0], [90.0]]],
+                time=spikes["time"].values, trial=[0, 1, 3])
+    target = np.array([10, 10, 20, 90, 90, 90], dtype=float)
+    expected = 1 - 25 / np.sum((target - target.mean()) ** 2)
+    assert metrics.psth_r2(rates, spikes, bin_width=0.1, sigma=0.01) == pytest.approx(expected, abs=1e-9)
+
+
+def test_psth_r2_errors():
+    spikes = psth_spikes()
+    rates = arr([[[15.0], [10.0], [30.0]]], time=spikes["time"].values)
     with pytest.raises(DataError, match="no 'condition' coordinate"):
         metrics.psth_r2(rates, spikes.drop_vars("condition"), bin_width=0.1)
+    with pytest.raises(DataError, match=r"trial ids \[7\] that are not in the data"):
+        metrics.psth_r2(rates.assign_coords(trial=[7]), spikes, bin_width=0.1)
+    with pytest.raises(DataError, match="NaN or infinite values in bins that condition 'a'"):
+        metrics.psth_r2(rates.where(rates > 12), spikes, bin_width=0.1)
 
 
 # ----------------------------------------------------------------------------- state R^2
