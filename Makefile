@@ -13,10 +13,13 @@ export OMP_NUM_THREADS ?= 1
 
 setup: $(VENV)/.installed
 
+# nlb-tools goes in with --no-deps, not in the test extra: its metadata pins pandas<=1.3.4 (ours needs
+# >=2.1) and pulls pynwb, while nlb_tools.evaluation, which the metric tests compare with, needs neither.
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet "$(TORCH)"
 	$(BIN)/python -m pip install --quiet -e ".[notebooks,test]"
+	$(BIN)/python -m pip install --quiet --no-deps "nlb-tools==0.0.4"
 	touch $@
 
 tutorials: setup

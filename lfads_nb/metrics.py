@@ -362,7 +362,10 @@ def velocity_r2(rates: xr.DataArray, behavior: xr.DataArray, *, train_trials, te
     ``test_trials`` (split names or lists of trial ids; they must not overlap). R^2 per
     behaviour dim over the test (trial, time) samples with behaviour, then the uniform
     average over dims: what nlb_tools' ``GridSearchCV.score`` returns with scikit-learn
-    >= 0.23 (older versions weighted dims by variance).
+    >= 0.23 (older versions weighted dims by variance). A sample is left out where any
+    behaviour dim is NaN (nlb_tools looks at the first dim only; its velocities are NaN
+    together). Area2_Bump's nlb score averages separate decoders for active and passive
+    trials: call this once per group and average.
     """
     train = _trial_ids(train_trials, behavior, "train_trials")
     test = _trial_ids(test_trials, behavior, "test_trials")

@@ -406,3 +406,115 @@ def test_state_r2_errors():
         metrics.state_r2(true.isel(trial=[0]), true)
     with pytest.raises(DataError, match="one feature dim"):
         metrics.state_r2(true.isel(latent=0), true)
+
+
+# ----------------------------------------------------------------------------- against nlb_tools
+
+@pytest.fixture(scope="module")
+def nlb():
+    # `make setup` installs nlb-tools with --no-deps (its metadata pins pandas<=1.3.4 and pulls
+    # pynwb); nlb_tools.evaluation itself needs only numpy, scipy, scikit-learn and h5py.
+    return pytest.importorskip("nlb_tools.evaluation", reason="nlb-tools is not installed (make setup)")
+
+
+def random_counts(rng, shape, bin_width, unobserved=0.05):
+    """Rates (Hz, some exactly 0) and Poisson counts from them, a few counts NaN (not observed)."""
+    rates = rng.gamma(2.0, 10.0, shape) * (rng.random(shape) > 0.02)
+    spikes = rng.poisson(rates * bin_width + 0.05).astype(float)
+    spikes[rng.random(shape) < unobserved] = np.nan
+    return rates, spikes
+
+
+def test_bits_per_spike_and_co_bps_match_nlb_tools(nlb):
+    rng = np.random.default_rng(11)
+    bin_width = 0.005
+    rates, spikes = random_counts(rng, (17, 40, 9), bin_width)
+    heldout = np.arange(9) >= 6
+    spikes_da = arr(spikes).assign_coords(heldout=("neuron", heldout))
+    # Dims matched by name: a transposed prediction must not change anything.
+    rates_da = arr(rates).transpose("neuron", "time", "trial")
+    expected = nlb.bits_per_spike(rates * bin_width, spikes.copy())
+    assert metrics.bits_per_spike(rates_da, spikes_da, bin_width) == pytest.approx(expected, rel=1e-10)
+    expected_co = nlb.bits_per_spike(rates[..., heldout] * bin_width, spikes[..., heldout])
+    assert metrics.co_bps(rates_da, spikes_da, "heldout", bin_width) == pytest.approx(expected_co, rel=1e-10)
+
+
+def test_fp_bps_matches_nlb_tools(nlb):
+    # nlb_tools' fp-bps: bits_per_spike on the forward bins, held-in and held-out neurons together.
+    rng = np.random.default_rng(12)
+    bin_width, n_time, n_forward = 0.02, 30, 8
+    rates, spikes = random_counts(rng, (13, n_time + n_forward, 7), bin_width)
+    time = (np.arange(n_time + n_forward) + 0.5) * bin_width
+    forward = np.arange(n_time + n_forward) >= n_time
+    spikes_da = arr(spikes, time=time).assign_coords(forward=("time", forward))
+    rates_da = arr(rates, time=time)
+    expected = nlb.bits_per_spike(rates[:, forward] * bin_width, spikes[:, forward])
+    assert metrics.fp_bps(rates_da, spikes_da, "forward", bin_width) == pytest.approx(expected, rel=1e-10)
+    # The same bins by time value, and rates for the forward bins only.
+    assert metrics.fp_bps(rates_da.isel(time=forward), spikes_da, time[forward], bin_width) == pytest.approx(
+        expected, rel=1e-10)
+    # Not the same as scoring the whole trial.
+    assert metrics.bits_per_spike(rates_da, spikes_da, bin_width) != pytest.approx(expected, rel=1e-3)
+
+
+@pytest.mark.filterwarnings("ignore:Mean of empty slice")  # where condition 2 has ended
+def test_psth_r2_matches_nlb_tools_eval_psth(nlb):
+    # eval_psth's inputs: psth (condition, time, neuron) from all of each condition's trials,
+    # NaN where a condition's trials end; eval rates (trial, time, neuron); per condition the
+    # indices of its eval trials. Uneven trial counts, one condition evaluated on one trial,
+    # one with no evaluated trial (eval_psth skips it), one with shorter trials.
+    rng = np.random.default_rng(13)
+    bin_width, sigma, n_time, n_neurons = 0.01, 0.03, 25, 6
+    counts_per_condition = [9, 4, 6, 2, 5]
+    evaluated_per_condition = [4, 1, 3, 0, 2]
+    condition = np.repeat(np.arange(5), counts_per_condition)
+    trial_ids = rng.permutation(np.arange(100, 100 + condition.size))  # ids are not positions
+    order = rng.permutation(condition.size)
+    condition, trial_ids = condition[order], trial_ids[order]
+    spikes = rng.poisson(rng.gamma(2.0, 0.2, (5, 1, n_neurons))[condition],
+                         (condition.size, n_time, n_neurons)).astype(float)
+    spikes[condition == 2, -4:] = np.nan  # condition 2's trials are 4 bins shorter
+    spikes_da = arr(spikes, trial=trial_ids).assign_coords(condition=("trial", condition))
+    smoothed = np.where(np.isnan(spikes), np.nan, metrics.smooth_spikes(spikes_da, bin_width, sigma).values)
+    psth = np.stack([np.nanmean(smoothed[condition == c], axis=0) for c in range(5)])
+    assert np.isnan(psth[2, -4:]).all() and np.isfinite(psth[2, :-4]).all()
+
+    eval_pos = np.concatenate([np.flatnonzero(condition == c)[:k] for c, k in enumerate(evaluated_per_condition)])
+    eval_pos = rng.permutation(eval_pos)
+    rates = psth[condition[eval_pos]] + rng.gamma(1.0, 5.0, (eval_pos.size, n_time, n_neurons))
+    rates[np.isnan(rates)] = 0.0
+    eval_cond_idx = [np.flatnonzero(condition[eval_pos] == c) for c in range(5)]
+    expected = nlb.eval_psth(psth, rates, eval_cond_idx)
+
+    rates_da = arr(rates, trial=trial_ids[eval_pos])
+    rates_da[{"trial": condition[eval_pos] == 2, "time": slice(-4, None)}] = np.nan  # not scored there
+    got = metrics.psth_r2(rates_da.transpose("time", "neuron", "trial"), spikes_da, bin_width=bin_width, sigma=sigma)
+    assert got == pytest.approx(expected, rel=1e-10)
+    assert 0.0 < got < 0.99
+
+
+@pytest.mark.parametrize("lag_bins", [0, 2])
+def test_velocity_r2_matches_nlb_tools(nlb, lag_bins):
+    # nlb_tools' velocity_decoding: GridSearchCV(Ridge(), alpha in logspace(-4, 0, 9)), 5-fold,
+    # fit on train trials' (time, neuron) counts, Ridge.score on eval trials; samples without
+    # behaviour dropped. It has no lag (its tensors are already shifted), so the lagged case
+    # gives it rates[:, :T - lag] against behaviour[:, lag:].
+    rng = np.random.default_rng(14 + lag_bins)
+    bin_width, n_trials, n_time = 0.02, 40, 20
+    rates = rng.gamma(2.0, 10.0, (n_trials, n_time, 8))
+    behavior = np.full((n_trials, n_time, 2), np.nan)
+    behavior[:, lag_bins:] = (rates[:, : n_time - lag_bins] * bin_width @ rng.normal(0, 1, (8, 2))
+                              + rng.normal(0, 1.5, (n_trials, n_time - lag_bins, 2)))
+    behavior[:, :lag_bins] = 0.0
+    behavior[rng.random((n_trials, n_time)) < 0.1] = np.nan  # samples without behaviour
+    train = rng.random(n_trials) < 0.7
+    ds = make_dataset(rng.poisson(rates * bin_width), bin_width, split_labels=np.where(train, "train", "valid"),
+                      rates_true=rates, behavior=behavior)
+    got = metrics.velocity_r2(ds["rates_true"], ds["behavior"], train_trials="train", test_trials="valid",
+                              bin_width=bin_width, lag=lag_bins * bin_width)
+    counts, beh = rates[:, : n_time - lag_bins] * bin_width, behavior[:, lag_bins:]
+    everything = np.ones((n_trials, 1), bool)
+    expected = nlb.velocity_decoding(counts[train], beh[train], everything[train],
+                                     counts[~train], beh[~train], everything[~train])
+    assert got == pytest.approx(expected, rel=1e-9)
+    assert 0.1 < got < 0.99
