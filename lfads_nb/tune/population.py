@@ -44,6 +44,9 @@ from .hyperparameters import HYPERPARAMETERS, PER_MEMBER, by_owner
 
 _LOSS_WEIGHTS = ("kl_ic_scale", "kl_co_scale", "l2_gen_scale", "l2_con_scale")
 
+# The one buffer the members share by construction (the held-in neurons of the data).
+_SHARED_READ_IN = "session.read_in.index"
+
 # How a training batch maps onto members under vmap: the data are shared, the masks per member.
 _MEMBER_BATCH_DIMS = Batch(encoder_data=None, target=None, ext=None, encoder_mask=0, encoder_scale=0, loss_mask=0,
                            heldout=None, heldin=None)
@@ -110,6 +113,9 @@ class PopulationLFADS(nn.Module):
         configs = {repr(dataclasses.asdict(m.config)) for m in members}
         if len(configs) > 1:
             raise ConfigError("Population members must share one LFADSConfig; build every member with the same sizes.")
+        if len({tuple(m.get_buffer(_SHARED_READ_IN).tolist()) for m in members}) > 1:
+            raise ConfigError("Population members must read in the same held-in neurons; build every member from the "
+                              "same Dataset with lfads_nb.build_model.")
         self.config, self.population = members[0].config, len(members)
         self.weights = copy.deepcopy(members[0])
         for name, module in list(self.weights.named_modules()):
@@ -127,7 +133,9 @@ class PopulationLFADS(nn.Module):
         """``fn(member, *args)`` for every member at once; ``in_dims`` as ``vmap``'s, per argument."""
         template = self._template.to(self.weights.generator.weight_hh.device).train(self.training)
         state = {f"module.{k}": v for k, v in self.weights.named_parameters()}
-        state.update({f"module.{k}": v for k, v in self.weights.named_buffers()})
+        # The read-in is the data's, the same for every member: the template's own, not mapped
+        # (a mapped index would turn every read-in into a per-member gather).
+        state.update({f"module.{k}": v for k, v in self.weights.named_buffers() if k != _SHARED_READ_IN})
         call = _Call(template, fn)
         return vmap(lambda s, *a: functional_call(call, s, a), in_dims=(0, *in_dims))(state, *args)
 
