@@ -83,6 +83,13 @@ def _present_variable(ds: xr.Dataset, kind: DataKind) -> str:
     )
 
 
+def heldin_mask(ds: xr.Dataset) -> np.ndarray:
+    """Boolean per neuron: True for neurons the encoder sees (all unless a ``heldout`` coord says)."""
+    if "heldout" in ds.coords:
+        return ~ds["heldout"].values.astype(bool)
+    return np.ones(ds.sizes["neuron"], dtype=bool)
+
+
 def observed_variable(ds: xr.Dataset) -> str:
     """The name of the recorded variable in ``ds`` (``'spikes'``, ``'emg'`` or ``'events'``, by its kind).
 

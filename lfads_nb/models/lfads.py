@@ -60,6 +60,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..data.schema import heldin_mask
 from ..errors import ConfigError, DataError
 from ..transforms import Batch, encoder_input, masked_mean
 from ._fused_gru import DecoderWeights, clipped_gru_scan, controlled_decode
@@ -757,7 +758,7 @@ class LFADS(nn.Module):
         """Raise DataError unless the model was built for these data's neurons, held-in neurons
         and external inputs."""
         c = self.config
-        heldin = ~ds["heldout"].values.astype(bool) if "heldout" in ds.coords else np.ones(ds.sizes["neuron"], bool)
+        heldin = heldin_mask(ds)
         ext_dim = ds.sizes["ext_input_dim"] if "ext_input" in ds else 0
         same_heldin = self.session.read_in.index.tolist() == np.flatnonzero(heldin).tolist()
         if (c.n_neurons, c.ext_input_dim) != (ds.sizes["neuron"], ext_dim) or not same_heldin:

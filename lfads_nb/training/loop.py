@@ -43,7 +43,7 @@ import torch
 import xarray as xr
 
 from ..data.kinds import kind_of
-from ..data.schema import observed_variable, validate
+from ..data.schema import heldin_mask, observed_variable, validate
 from ..errors import ConfigError, DataError, TrainingDiverged
 from ..models.lfads import LFADS, LFADSConfig
 from ..transforms import Batch, coordinated_dropout, make_batch, sample_validation, sbtt
@@ -122,13 +122,6 @@ def check_device(device: str) -> torch.device:
 # ---------------------------------------------------------------------------------------------
 # Dataset -> tensors
 # ---------------------------------------------------------------------------------------------
-
-def heldin_mask(ds: xr.Dataset) -> np.ndarray:
-    """Boolean per neuron: True for neurons the encoder sees (all unless a ``heldout`` coord says)."""
-    if "heldout" in ds.coords:
-        return ~ds["heldout"].values.astype(bool)
-    return np.ones(ds.sizes["neuron"], dtype=bool)
-
 
 @dataclass
 class _Tensors:
@@ -252,10 +245,13 @@ def validation_batches(tensors: _Tensors, idx, sv_fraction: float, batch_size: i
         yield sample_validation(_recorded_batch(tensors, b), tensors.sv_keep[b], sv_fraction)
 
 
+# The TrainConfig fields ``LFADS.objective`` weights its terms by (besides the two ramps).
+LOSS_WEIGHTS = ("kl_ic_scale", "kl_co_scale", "l2_gen_scale", "l2_con_scale")
+
+
 def loss_weights(config: TrainConfig, kl_ramp: float, l2_ramp: float) -> dict[str, float]:
     """The weights ``LFADS.objective`` takes, from a TrainConfig and this step's ramps."""
-    names = ("kl_ic_scale", "kl_co_scale", "l2_gen_scale", "l2_con_scale")
-    return {**{n: getattr(config, n) for n in names}, "kl_ramp": kl_ramp, "l2_ramp": l2_ramp}
+    return {**{n: getattr(config, n) for n in LOSS_WEIGHTS}, "kl_ramp": kl_ramp, "l2_ramp": l2_ramp}
 
 
 def _training_step_batch(tensors: _Tensors, idx, config: TrainConfig) -> Batch:
@@ -266,15 +262,22 @@ def _training_step_batch(tensors: _Tensors, idx, config: TrainConfig) -> Batch:
 
 
 @torch.no_grad()
-def _validation_metrics(model, tensors, idx, config, batch_size) -> dict[str, float]:
-    """Validation NLL per entry on the visible entries and, with SV, on the held-out ones."""
+def validation_metrics(model, tensors: _Tensors, idx, sv_fraction: float, batch_size: int) -> dict[str, torch.Tensor]:
+    """Validation NLL per entry on the visible entries (``valid_recon``) and, with sample
+    validation, on the held-out ones (``valid_sv_nll``), from ``model.validation_sums``: one
+    model's are 0-d, a population's (P,)."""
     model.eval()
-    sums = sum(model.validation_sums(b) for b in validation_batches(tensors, idx, config.sv_fraction, batch_size))
+    sums = sum(model.validation_sums(b) for b in validation_batches(tensors, idx, sv_fraction, batch_size))
     model.train()
-    metrics = {"valid_recon": float(sums[0] / sums[1].clamp(min=1))}
-    if config.sv_fraction > 0:
-        metrics["valid_sv_nll"] = float(sums[2] / sums[3].clamp(min=1))
+    metrics = {"valid_recon": sums[..., 0] / sums[..., 1].clamp(min=1)}
+    if sv_fraction > 0:
+        metrics["valid_sv_nll"] = sums[..., 2] / sums[..., 3].clamp(min=1)
     return metrics
+
+
+def _validation_metrics(model, tensors, idx, config, batch_size) -> dict[str, float]:
+    """``validation_metrics`` of one model, as numbers for the epoch's history row."""
+    return {k: float(v) for k, v in validation_metrics(model, tensors, idx, config.sv_fraction, batch_size).items()}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -38,11 +38,10 @@ from torch.func import functional_call, vmap
 
 from ..errors import ConfigError, DataError
 from ..models.lfads import LFADS, LFADSConfig, LFADSOutput, Noise, draw_noise
-from ..training.loop import TrainConfig, _Tensors, training_batch, validation_batches
+from ..training.loop import LOSS_WEIGHTS, TrainConfig, _Tensors, training_batch, validation_metrics
 from ..transforms import Batch
 from .hyperparameters import HYPERPARAMETERS, PER_MEMBER, by_owner
 
-_LOSS_WEIGHTS = ("kl_ic_scale", "kl_co_scale", "l2_gen_scale", "l2_con_scale")
 
 # The one buffer the members share by construction (the held-in neurons of the data).
 _SHARED_READ_IN = "session.read_in.index"
@@ -317,7 +316,7 @@ class Population:
                                     self.device)
         batch = training_batch(tensors, idx, self.train_config.sv_fraction, self.hps["cd_rate"].view(P, 1, 1, 1),
                                noise.cd)
-        weights = {name: self.hps[name] for name in _LOSS_WEIGHTS}
+        weights = {name: self.hps[name] for name in LOSS_WEIGHTS}
         weights.update(kl_ramp=torch.full_like(self.hps["lr"], kl_ramp), l2_ramp=torch.full_like(self.hps["lr"], l2_ramp))
         loss, parts = self.model.loss(batch, weights, noise.model, self.hps["dropout"])
         self.optimizer.zero_grad()
@@ -330,14 +329,7 @@ class Population:
     def validate(self, tensors: _Tensors, idx: Tensor, batch_size: int = 256) -> dict[str, Tensor]:
         """Per-member validation NLL per entry, (P,) each: ``valid_recon`` on the visible entries
         and, with sample validation, ``valid_sv_nll`` on the held-out ones (as ``training``)."""
-        self.model.eval()
-        sums = sum(self.model.validation_sums(batch)
-                   for batch in validation_batches(tensors, idx, self.train_config.sv_fraction, batch_size))
-        self.model.train()
-        metrics = {"valid_recon": sums[:, 0] / sums[:, 1].clamp(min=1)}
-        if self.train_config.sv_fraction > 0:
-            metrics["valid_sv_nll"] = sums[:, 2] / sums[:, 3].clamp(min=1)
-        return metrics
+        return validation_metrics(self.model, tensors, idx, self.train_config.sv_fraction, batch_size)
 
     @torch.no_grad()
     def copy_members(self, dst: Sequence[int], src: Sequence[int]) -> None:
