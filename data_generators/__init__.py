@@ -3,12 +3,14 @@
 - ``chaotic_rnn``: the original LFADS chaotic RNN set (and its input-pulse, tanh-rate and
   partially observed variants); ``chaotic_rnn_benchmark``: the gain 2.5 peer-benchmark preset.
 - ``lorenz``: Poisson neurons driven by the Lorenz attractor (defaults: the Lorenz-29 shape).
+- ``emg``: rectified EMG from gait synergies with known muscle activation and cross-channel artifacts.
 - ``velocity_readout``: the fixed linear "hand velocity" map of the latents both use.
 
 Every generator is deterministic for a given ``seed`` and records its settings in ``ds.attrs``.
 """
 from .behavior import VELOCITY_DIMS, velocity_readout
 from .chaotic_rnn import chaotic_rnn, chaotic_rnn_benchmark
+from .emg import emg
 from .common import stratified_split
 from .lorenz import integrate_lorenz, lorenz, lorenz_derivative
 
@@ -16,6 +18,7 @@ __all__ = [
     "VELOCITY_DIMS",
     "chaotic_rnn",
     "chaotic_rnn_benchmark",
+    "emg",
     "integrate_lorenz",
     "lorenz",
     "lorenz_derivative",

@@ -110,6 +110,7 @@ def assemble(
     spikes: np.ndarray,
     bin_width: float,
     *,
+    kind: str = "spikes",
     condition: np.ndarray,
     split_labels: np.ndarray,
     neuron_ids: np.ndarray,
@@ -118,11 +119,11 @@ def assemble(
     descriptions: dict[str, str],
     **truth: np.ndarray,
 ) -> xr.Dataset:
-    """Build the Dataset with ``lfads_nb.make_dataset``, add the extra dims' coords
+    """Build the Dataset of ``kind`` (``spikes`` holds its values) with ``lfads_nb.make_dataset``, add the extra dims' coords
     (``latent``, ``behavior_dim``, ``input``), per-variable descriptions and the generator
     settings in ``attrs`` (netCDF-serialisable scalars and strings only), then validate it."""
     ds = lfads_nb.make_dataset(
-        spikes, bin_width, split_labels=split_labels, condition=condition, neuron_ids=neuron_ids, **truth
+        spikes, bin_width, kind, split_labels=split_labels, condition=condition, neuron_ids=neuron_ids, **truth
     )
     ds = ds.assign_coords(coords)
     for var, text in descriptions.items():
