@@ -14,7 +14,7 @@ from .errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from .io import export_lfads_h5, load, save
 from .models import LFADS, LFADSConfig
 from .tune.pbt import PBTConfig, PBTResult
-from .tune.search import DEFAULT_SPACE, Hyperparameter, SearchSpace, random_search
+from .tune.search import DEFAULT_SPACE, EMG_SPACE, Hyperparameter, SearchSpace, random_search
 from .training import TrainConfig, TrainResult, build_model, infer, load_model, train
 
 # Old module paths that the README and the tutorials use, kept for the modules that moved into
@@ -35,6 +35,7 @@ __all__ = [
     "ConfigError",
     "DEFAULT_SPACE",
     "DataError",
+    "EMG_SPACE",
     "DataKind",
     "Hyperparameter",
     "KINDS",

@@ -8,8 +8,12 @@ per-member tensor of shape (P, 1, 1, 1); the masks then gain a leading member ax
 
 Order (each one documented below):
 
-- training: ``sbtt`` -> ``sample_validation`` -> ``coordinated_dropout``
+- training: ``sbtt`` -> ``sample_validation`` -> ``temporal_shift`` -> ``coordinated_dropout``
 - validation and inference: ``sbtt`` -> ``sample_validation``
+
+``temporal_shift`` moves values together with their masks, so it comes after the masks that are
+fixed per (trial, bin, channel) entry (``sbtt``'s unobserved entries, ``sample_validation``'s
+held-out ones): a held-out value stays hidden and out of the loss wherever the shift moves it.
 
 Then ``encoder_input(batch)`` is what the encoder reads and ``batch.loss_mask`` what the
 reconstruction loss averages over.
@@ -22,6 +26,8 @@ from typing import NamedTuple
 
 import torch
 from torch import Tensor
+
+from .errors import ConfigError
 
 
 class Batch(NamedTuple):
@@ -103,6 +109,55 @@ def coordinated_dropout(batch: Batch, rate: float | Tensor, uniforms: Tensor) ->
     )
 
 
+def rounded_normal_shifts(normals: Tensor, std: float | Tensor, max_shift: int) -> Tensor:
+    """Integer shifts in bins: round(std * normals), clamped to [-max_shift, max_shift].
+
+    ``normals``: standard normal draws, any shape (e.g. (2, B, N): one set for the encoder input,
+    one for the target; or (2, P, B, N) for a population); ``std`` in bins, a number or a tensor
+    broadcasting against ``normals`` (per member: (P, 1, 1)). Returns a long tensor like ``normals``.
+    """
+    return torch.round(normals * std).clamp(-max_shift, max_shift).long()
+
+
+def _shift_time(values: Tensor, shifts: Tensor, fill) -> Tensor:
+    """``out[..., b, t, n] = values[..., b, t - shifts[..., b, n], n]``, ``fill`` where t - shift
+    falls outside the trial. values (B, T, N) or (P, B, T, N); shifts (B, N) or (P, B, N)."""
+    T = values.shape[-2]
+    source = torch.arange(T, device=values.device).view(T, 1) - shifts.unsqueeze(-2)  # (..., B, T, N)
+    shape = torch.broadcast_shapes(values.shape, source.shape)
+    source, values = source.expand(shape), values.expand(shape)
+    moved = values.gather(-2, source.clamp(0, T - 1))
+    return torch.where((source >= 0) & (source < T), moved, fill)
+
+
+def temporal_shift(batch: Batch, encoder_shifts: Tensor, target_shifts: Tensor) -> Batch:
+    """Temporal shift (Wimalasena et al. 2022; lfads-torch ``TemporalShift``): move each channel of
+    each trial in time by its own whole number of bins, independently for the encoder input and
+    for the reconstruction target, so an artifact that hits many channels in the same bin no
+    longer looks like a shared event; the model has to rely on slower, robust correlations.
+
+    ``encoder_shifts``, ``target_shifts``: integer bins per (trial, channel), (B, N), or per member
+    (P, B, N) (the data then gain a leading member axis); a positive shift delays the channel:
+    output bin t holds input bin t - shift (``rounded_normal_shifts`` draws them). Masks move
+    with their values. Edges: bins whose source lies outside the trial are not observed (hidden
+    from the encoder, out of the loss), so no value is invented there (lfads-torch repeats the
+    edge value instead) and the trial keeps its length. Training only: validation and
+    inference see the data as recorded.
+    """
+    B, _, N = batch.target.shape[-3:]
+    if encoder_shifts.shape != target_shifts.shape or encoder_shifts.shape[-2:] != (B, N):
+        raise ConfigError(f"temporal_shift needs encoder and target shifts of one shape (..., B, N) = (..., {B}, {N}); "
+                          f"got {tuple(encoder_shifts.shape)} and {tuple(target_shifts.shape)}.")
+
+    return batch._replace(
+        encoder_data=_shift_time(batch.encoder_data, encoder_shifts, 0.0),
+        encoder_mask=_shift_time(batch.encoder_mask, encoder_shifts, False),
+        target=_shift_time(batch.target, target_shifts, 0.0),
+        loss_mask=_shift_time(batch.loss_mask, target_shifts, False),
+        heldout=_shift_time(batch.heldout, target_shifts, False),
+    )
+
+
 def encoder_input(batch: Batch) -> Tensor:
     """What the encoder may read: (..., B, T, N), shown entries rescaled, the rest 0. The model's
     read-in then picks its channels (``LFADS.session.read_in``: the held-in ones)."""
@@ -114,4 +169,5 @@ def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     return (values * mask).sum() / mask.sum().clamp(min=1)
 
 
-__all__ = ["Batch", "coordinated_dropout", "encoder_input", "make_batch", "masked_mean", "sample_validation", "sbtt"]
+__all__ = ["Batch", "coordinated_dropout", "encoder_input", "make_batch", "masked_mean", "rounded_normal_shifts",
+           "sample_validation", "sbtt", "temporal_shift"]

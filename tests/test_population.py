@@ -18,6 +18,7 @@ import torch
 
 from lfads_nb.errors import ConfigError, DataError
 from lfads_nb.models.lfads import LFADS, LFADSConfig, Noise
+from lfads_nb.transforms import rounded_normal_shifts
 from lfads_nb.training.loop import (TrainConfig, _sv_keep_mask, _Tensors, _validation_metrics, loss_weights,
                                     training_batch)
 from lfads_nb.tune.population import Population, PopulationLFADS, StepNoise, draw_step_noise
@@ -76,18 +77,21 @@ def _member_noise(noise: Noise, i: int) -> Noise:
     return Noise(*(None if v is None else v[i] for v in noise))
 
 
-@pytest.mark.parametrize("co_dim,ext_dim", [(2, 0), (0, 2)])
-def test_population_matches_separate_models_trained_with_training_loss(float64, co_dim, ext_dim):
+@pytest.mark.parametrize("co_dim,ext_dim,shift_std", [(2, 0, None), (0, 2, None), (2, 0, [2.0, 0.0, 1.0])])
+def test_population_matches_separate_models_trained_with_training_loss(float64, co_dim, ext_dim, shift_std):
+    """With ``shift_std``, every member also shifts its batch in time at its own std (member 1 not at
+    all): the reference applies ``temporal_shift`` with the member's slice of the step's normals."""
     sv = 0.2
     config = LFADSConfig(n_neurons=N, encod_dim=N - 1, co_dim=co_dim, ext_input_dim=ext_dim, **SMALL)
     tensors = _data(ext_dim, sv)
-    shared = TrainConfig(sv_fraction=sv)
-    pop = Population(_members(config), shared, HPS, dtype=torch.float64)
+    hps = HPS if shift_std is None else {**HPS, "shift_std": shift_std}
+    shared = TrainConfig(sv_fraction=sv, shift_max=2)
+    pop = Population(_members(config), shared, hps, dtype=torch.float64)
     models, optims, configs = [], [], []
     for i, seed in enumerate(SEEDS):
         torch.manual_seed(seed)
         models.append(LFADS(LFADSConfig(**{**config.__dict__, "dropout": HPS["dropout"][i]})).to(torch.float64).train())
-        cfg = TrainConfig(sv_fraction=sv, **{k: v[i] for k, v in HPS.items() if k != "dropout"})
+        cfg = TrainConfig(sv_fraction=sv, shift_max=2, **{k: v[i] for k, v in hps.items() if k != "dropout"})
         configs.append(cfg)
         optims.append(torch.optim.Adam(models[i].parameters(), lr=cfg.lr))
     for i in range(P):  # same initial weights
@@ -95,14 +99,18 @@ def test_population_matches_separate_models_trained_with_training_loss(float64, 
             torch.testing.assert_close(pop.model.member_state_dict(i)[k], v, rtol=0, atol=0)
 
     gen = torch.Generator().manual_seed(0)
-    clipped = False
+    clipped = shifted = False
     for step in range(3):
         idx = torch.arange(step, step + B)
         kl_ramp, l2_ramp = 0.3 + 0.2 * step, 0.5
-        noise = draw_step_noise(config, P, B, T, gen, torch.float64)
+        noise = draw_step_noise(config, P, B, T, gen, torch.float64, shift=shift_std is not None)
         got = pop.train_step(tensors, idx, kl_ramp, l2_ramp, noise=noise)
         for i in range(P):
-            batch = training_batch(tensors, idx, sv, configs[i].cd_rate, noise.cd[i])
+            shifts = None
+            if shift_std is not None:
+                shifts = tuple(rounded_normal_shifts(noise.shift[:, i], configs[i].shift_std, configs[i].shift_max))
+                shifted |= bool(shifts[0].any())
+            batch = training_batch(tensors, idx, sv, configs[i].cd_rate, noise.cd[i], shifts)
             loss, parts = models[i].loss(batch, loss_weights(configs[i], kl_ramp, l2_ramp),
                                          noise=_member_noise(noise.model, i))
             optims[i].zero_grad()
@@ -115,6 +123,7 @@ def test_population_matches_separate_models_trained_with_training_loss(float64, 
             for k, v in parts.items():
                 torch.testing.assert_close(got[k][i], v.detach(), rtol=1e-10, atol=1e-12)
     assert clipped  # the per-member clipping was exercised
+    assert shifted == (shift_std is not None)  # and, when asked, the temporal shift
     for i in range(P):
         mine = pop.model.member_state_dict(i)
         for k, v in models[i].state_dict().items():

@@ -771,8 +771,10 @@ class LFADS(nn.Module):
 
     def check_training(self, train_config) -> None:
         """Warn about a training setup this model is known to fail with: a controller trained
-        without coordinated dropout copies spikes into the rates (identity overfitting)."""
-        if self.config.co_dim > 0 and train_config.cd_rate == 0:
-            warnings.warn("The model has a controller (co_dim > 0) but TrainConfig.cd_rate is 0, so its inferred "
-                          "inputs can copy spikes into the rates (identity overfitting, tutorial 03). Set "
-                          "TrainConfig(cd_rate=0.3), or co_dim=0 for an autonomous model.", UserWarning, stacklevel=3)
+        without coordinated dropout or temporal shift copies the data into its output (identity
+        overfitting)."""
+        if self.config.co_dim > 0 and train_config.cd_rate == 0 and train_config.shift_std == 0:
+            warnings.warn("The model has a controller (co_dim > 0) but TrainConfig.cd_rate and shift_std are 0, so its "
+                          "inferred inputs can copy spikes into the rates (identity overfitting, tutorial 03). Set "
+                          "TrainConfig(cd_rate=0.3) (or, for EMG, shift_std=3), or co_dim=0 for an autonomous model.",
+                          UserWarning, stacklevel=3)

@@ -196,6 +196,15 @@ class Gamma(ObservationModel):
         x = target.nan_to_num(0.0).clamp_min(self.eps)
         return -(alpha * log_beta - torch.lgamma(alpha) + (alpha - 1.0) * torch.log(x) - beta * x)
 
+    @torch.no_grad()
+    def init_from_data(self, target: Tensor) -> None:
+        """Each channel's Gamma by the method of moments: alpha = mean^2 / var, beta = mean / var
+        (mean and variance floored at 1e-6), so the model starts at every channel's mean and spread."""
+        mean = _channel_nanmean(target).clamp_min(1e-6)
+        var = _channel_nanmean((target - mean) ** 2).clamp_min(1e-6)
+        bias = self._readout_or_raise().bias.view(self.n_neurons, 2)
+        bias[:, 0], bias[:, 1] = torch.log(mean**2 / var), torch.log(mean / var)
+
     def mean(self, params: Tensor) -> Tensor:
         return torch.exp(params[..., 0] - params[..., 1])
 

@@ -24,6 +24,10 @@ Masks, per (trial, time, neuron) entry:
 - Sample validation (``sv_fraction``): one fixed, seeded mask holds out entries in every split.
   They are zeroed at the encoder (the rest rescaled), never trained on, and their NLL on the
   validation trials is reported each epoch as ``valid_sv_nll``.
+- Temporal shift (``shift_std``, ``shift_max``, in bins): each training step moves every channel
+  of every trial in time by its own rounded-normal number of bins, drawn independently for the
+  encoder input and the reconstruction target (``transforms.temporal_shift``), against artifacts
+  shared across channels (EMG). Off at validation and inference.
 - Coordinated dropout (``cd_rate``): each training step drops a fresh random set of entries from
   the encoder input (the kept ones rescaled) and the reconstruction loss counts only the dropped
   ones, so the model cannot learn to copy its input to its output. Off at validation and
@@ -46,7 +50,8 @@ from ..data.kinds import kind_of
 from ..data.schema import heldin_mask, observed_variable, validate
 from ..errors import ConfigError, DataError, TrainingDiverged
 from ..models.lfads import LFADS, LFADSConfig
-from ..transforms import Batch, coordinated_dropout, make_batch, sample_validation, sbtt
+from ..transforms import (Batch, coordinated_dropout, make_batch, rounded_normal_shifts, sample_validation, sbtt,
+                          temporal_shift)
 from .checkpoint import RunState, ema, load_checkpoint, restore_training, save_checkpoint, training_checkpoint
 
 
@@ -72,6 +77,9 @@ class TrainConfig:
                                     # lfads-torch's / AutoLFADS's value; without it a controller (co_dim > 0)
                                     # can copy spikes through. 0 turns it off
     sv_fraction: float = 0.0        # sample validation: fraction of entries held out everywhere
+    shift_std: float = 0.0          # temporal shift: std (bins) of each channel's shift; 0 turns it off.
+                                    # Wimalasena et al. 2022 / lfads-torch deEMG: 3
+    shift_max: int = 6              # temporal shift: largest shift (bins), shorter than a trial
     sv_seed: int = 0
     select_by: str = "valid_recon"  # or "valid_sv_nll" (needs sv_fraction > 0)
     seed: int = 0
@@ -86,6 +94,10 @@ class TrainConfig:
                      "kl_ramp_epochs", "l2_ramp_epochs", "lr_patience", "early_stop_patience"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)!r}.")
+        if not self.shift_std >= 0:
+            raise ConfigError(f"TrainConfig.shift_std must be >= 0 bins (0 = no temporal shift), got {self.shift_std!r}.")
+        if isinstance(self.shift_max, bool) or not isinstance(self.shift_max, int) or self.shift_max < 0:
+            raise ConfigError(f"TrainConfig.shift_max must be a whole number of bins >= 0, got {self.shift_max!r}.")
         if not 0 < self.lr_decay <= 1:
             raise ConfigError(f"TrainConfig.lr_decay must be in (0, 1], got {self.lr_decay!r}.")
         for name in ("cd_rate", "sv_fraction"):
@@ -97,6 +109,14 @@ class TrainConfig:
             )
         if self.select_by == "valid_sv_nll" and self.sv_fraction == 0:
             raise ConfigError("select_by='valid_sv_nll' needs sample validation: set sv_fraction > 0.")
+
+
+def check_shift(shift_max: int, n_time: int) -> None:
+    """Refuse a temporal shift that could move a channel by a whole trial of ``n_time`` bins."""
+    if shift_max >= n_time:
+        raise ConfigError(f"TrainConfig.shift_max={shift_max} bins is not shorter than the trials ({n_time} bins): a "
+                          "shift would move whole channels out of the trial. Use a shift_max of a few bins (e.g. 6), "
+                          "well under the trial length.")
 
 
 def check_device(device: str) -> torch.device:
@@ -230,10 +250,14 @@ def _recorded_batch(tensors: _Tensors, idx) -> Batch:
     return sbtt(make_batch(tensors.data[idx], tensors.heldin, ext))
 
 
-def training_batch(tensors: _Tensors, idx, sv_fraction: float, cd_rate, cd_uniforms: torch.Tensor | None) -> Batch:
-    """A training batch: ``sbtt`` -> ``sample_validation`` -> ``coordinated_dropout`` (when
-    ``cd_uniforms`` are given; ``cd_rate`` a number or per-member (P, 1, 1, 1) rates)."""
+def training_batch(tensors: _Tensors, idx, sv_fraction: float, cd_rate, cd_uniforms: torch.Tensor | None,
+                   shifts: tuple[torch.Tensor, torch.Tensor] | None = None) -> Batch:
+    """A training batch: ``sbtt`` -> ``sample_validation`` -> ``temporal_shift`` (when ``shifts``,
+    the (encoder, target) shifts, are given) -> ``coordinated_dropout`` (when ``cd_uniforms`` are
+    given; ``cd_rate`` a number or per-member (P, 1, 1, 1) rates)."""
     batch = sample_validation(_recorded_batch(tensors, idx), tensors.sv_keep[idx], sv_fraction)
+    if shifts is not None:
+        batch = temporal_shift(batch, *shifts)
     return batch if cd_uniforms is None else coordinated_dropout(batch, cd_rate, cd_uniforms)
 
 
@@ -255,10 +279,15 @@ def loss_weights(config: TrainConfig, kl_ramp: float, l2_ramp: float) -> dict[st
 
 
 def _training_step_batch(tensors: _Tensors, idx, config: TrainConfig) -> Batch:
-    """A training batch with fresh coordinated-dropout uniforms from torch's global generator."""
+    """A training batch with fresh coordinated-dropout uniforms, then temporal-shift normals (one
+    set for the encoder, one for the target), from torch's global generator."""
     data = tensors.data
     cd = torch.rand((len(idx), *data.shape[1:]), device=data.device) if config.cd_rate > 0 else None
-    return training_batch(tensors, idx, config.sv_fraction, config.cd_rate, cd)
+    shifts = None
+    if config.shift_std > 0:
+        normals = torch.randn((2, len(idx), data.shape[-1]), device=data.device)
+        shifts = tuple(rounded_normal_shifts(normals, config.shift_std, config.shift_max))
+    return training_batch(tensors, idx, config.sv_fraction, config.cd_rate, cd, shifts)
 
 
 @torch.no_grad()
@@ -347,6 +376,8 @@ def train(
     config = config or TrainConfig()
     check_device(config.device)
     validate(ds, require_train=True)
+    if config.shift_std > 0:
+        check_shift(config.shift_max, ds.sizes["time"])
     model.check_data(ds)
     model.check_training(config)
     train_idx, valid_idx = train_valid_indices(

@@ -34,6 +34,7 @@ HYPERPARAMETERS: dict[str, Tunable] = {
     "l2_gen_scale": Tunable("train", True, "weight of the generator's L2 penalty"),
     "l2_con_scale": Tunable("train", True, "weight of the controller's L2 penalty"),
     "cd_rate": Tunable("train", True, "coordinated dropout: fraction of entries hidden from the encoder"),
+    "shift_std": Tunable("train", True, "temporal shift: std (bins) of each channel's random shift in training"),
     "dropout": Tunable("model", True, "dropout probability inside the model"),
     "cell_clip": Tunable("model", False, "bound on the GRU hidden states"),
     "ic_post_var_min": Tunable("model", False, "floor of the initial-condition posterior variance"),

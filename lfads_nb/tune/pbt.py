@@ -45,7 +45,8 @@ from ..errors import ConfigError, TrainingDiverged
 from ..models.lfads import LFADS, LFADSConfig
 from ..training.checkpoint import (RunState, ema, model_checkpoint, population_checkpoint, restore_population,
                                    save_checkpoint)
-from ..training.loop import TrainConfig, _ramp, _to_tensors, build_model, check_device, train_valid_indices
+from ..training.loop import (TrainConfig, _ramp, _to_tensors, build_model, check_device, check_shift,
+                             train_valid_indices)
 from .hyperparameters import HYPERPARAMETERS, PER_MEMBER, by_owner
 from .population import Population
 from .search import DEFAULT_SPACE, SearchSpace
@@ -297,6 +298,8 @@ def pbt(
     space = _space_for_population(space)
     model_sizes = dict(model_sizes or {})
     validate(ds, require_train=True)
+    if tc.shift_std > 0 or "shift_std" in space:
+        check_shift(tc.shift_max, ds.sizes["time"])
     if pc.metric == "valid_sv_nll" and tc.sv_fraction == 0:
         raise ConfigError("PBTConfig.metric='valid_sv_nll' needs sample validation: set TrainConfig.sv_fraction > 0.")
     train_idx, valid_idx = train_valid_indices(ds, PBT_NEEDS_VALIDATION)

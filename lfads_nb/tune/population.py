@@ -39,16 +39,19 @@ from torch.func import functional_call, vmap
 from ..errors import ConfigError, DataError
 from ..models.lfads import LFADS, LFADSConfig, LFADSOutput, Noise, draw_noise
 from ..training.loop import LOSS_WEIGHTS, TrainConfig, _Tensors, training_batch, validation_metrics
-from ..transforms import Batch
+from ..transforms import Batch, rounded_normal_shifts
 from .hyperparameters import HYPERPARAMETERS, PER_MEMBER, by_owner
 
 
 # The one buffer the members share by construction (the held-in neurons of the data).
 _SHARED_READ_IN = "session.read_in.index"
 
-# How a training batch maps onto members under vmap: the data are shared, the masks per member.
-_MEMBER_BATCH_DIMS = Batch(encoder_data=None, target=None, ext=None, encoder_mask=0, encoder_scale=0, loss_mask=0,
-                           heldout=None, heldin=None)
+
+
+def _member_batch_dims(batch: Batch) -> Batch:
+    """How a training batch maps onto members under vmap: the fields with a leading member axis
+    (the masks of coordinated dropout; the data too under temporal shift) are mapped, the rest shared."""
+    return Batch(*(0 if isinstance(v, Tensor) and v.dim() == 4 else None for v in batch))
 
 
 # --------------------------------------------------------------------------------------------
@@ -61,13 +64,18 @@ class StepNoise(NamedTuple):
 
     cd: Tensor  # (P, B, T, N) coordinated-dropout uniforms (``transforms.coordinated_dropout``)
     model: Noise  # each field with a leading P (``model.draw_noise(..., members=P)``)
+    shift: Tensor | None = None  # (2, P, B, N) temporal-shift normals (encoder, target), or None: no shift
 
 
 def draw_step_noise(config: LFADSConfig, P: int, B: int, T: int, generator: torch.Generator,
-                    dtype: torch.dtype = torch.float32, device=None) -> StepNoise:
-    """Draw a step's ``StepNoise`` from ``generator``: the CD uniforms, then the model's noise."""
+                    dtype: torch.dtype = torch.float32, device=None, *, shift: bool = False) -> StepNoise:
+    """Draw a step's ``StepNoise`` from ``generator``: the CD uniforms, the model's noise, then
+    (with ``shift``) the temporal-shift normals."""
     cd = torch.rand((P, B, T, config.n_neurons), generator=generator, dtype=dtype, device=device)
-    return StepNoise(cd, draw_noise(config, B, T, members=P, generator=generator, dtype=dtype, device=device))
+    model = draw_noise(config, B, T, members=P, generator=generator, dtype=dtype, device=device)
+    normals = (torch.randn((2, P, B, config.n_neurons), generator=generator, dtype=dtype, device=device)
+               if shift else None)
+    return StepNoise(cd, model, normals)
 
 
 # --------------------------------------------------------------------------------------------
@@ -164,7 +172,7 @@ class PopulationLFADS(nn.Module):
         self._check_members(batch.encoder_mask.shape[0], dropout)
         return self._each_member(lambda m, b, w, eps, rate: m.loss(b, w, noise=eps, dropout=rate),
                                  batch, dict(weights), noise, dropout,
-                                 in_dims=(_MEMBER_BATCH_DIMS, 0, _mapped(noise), 0))
+                                 in_dims=(_member_batch_dims(batch), 0, _mapped(noise), 0))
 
     def validation_sums(self, batch: Batch) -> Tensor:
         """``LFADS.validation_sums`` of every member on one shared validation batch: (P, 4)."""
@@ -306,16 +314,25 @@ class Population:
                    noise: StepNoise | None = None) -> dict[str, Tensor]:
         """One optimiser step of every member on the trials ``idx``; returns (P,) losses and parts.
 
-        Each member's batch gets its own coordinated dropout at its ``cd_rate``; the loss is
+        Each member's batch gets its own coordinated dropout at its ``cd_rate`` and, when any
+        member's ``shift_std`` is > 0, its own temporal shifts at its std; the loss is
         ``LFADS.loss`` with its KL and L2 weights and dropout rate. ``noise``: this step's random
         numbers (default: drawn from the population's generator).
         """
         P, dtype = self.size, self.hps["lr"].dtype
+        shifting = bool((self.hps["shift_std"] > 0).any())
         if noise is None:
             noise = draw_step_noise(self.model_config, P, len(idx), tensors.data.shape[1], self.generator, dtype,
-                                    self.device)
+                                    self.device, shift=shifting)
+        shifts = None
+        if shifting:
+            if noise.shift is None:
+                raise ConfigError("Members have shift_std > 0 but this step's noise has no temporal-shift normals; "
+                                  "draw it with draw_step_noise(..., shift=True).")
+            shifts = tuple(rounded_normal_shifts(noise.shift, self.hps["shift_std"].view(P, 1, 1),
+                                                 self.train_config.shift_max))
         batch = training_batch(tensors, idx, self.train_config.sv_fraction, self.hps["cd_rate"].view(P, 1, 1, 1),
-                               noise.cd)
+                               noise.cd, shifts)
         weights = {name: self.hps[name] for name in LOSS_WEIGHTS}
         weights.update(kl_ramp=torch.full_like(self.hps["lr"], kl_ramp), l2_ramp=torch.full_like(self.hps["lr"], l2_ramp))
         loss, parts = self.model.loss(batch, weights, noise.model, self.hps["dropout"])

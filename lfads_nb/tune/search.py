@@ -178,6 +178,14 @@ DEFAULT_SPACE = SearchSpace([
     Hyperparameter("kl_ic_scale", 1e-6, 1e-3, log=True, explore_width=0.8),
 ])
 
+# AutoLFADS on EMG (Wimalasena et al. 2022; lfads-torch's deEMG config): temporal shift in place of
+# coordinated dropout (train with TrainConfig(cd_rate=0)), its std tuned from deEMG's 3 bins.
+EMG_SPACE = SearchSpace([
+    *DEFAULT_SPACE.without("cd_rate", "lr").values(),
+    Hyperparameter("lr", 1e-4, 2e-2, log=True, init=1e-2, explore_width=0.3),
+    Hyperparameter("shift_std", 0.5, 6.0, log=False, init=3.0, explore_width=0.3),
+])
+
 
 # ---------------------------------------------------------------------------------------------
 # Judging one model

@@ -1,0 +1,238 @@
+"""EMG: the synthetic generator against its closed forms, temporal shift exactly, Gamma LFADS and
+AutoLFADS with temporal shift on EMG, LFADS HDF5 float EMG files, and bad input."""
+import math
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import lfads_nb
+from data_generators import emg
+from lfads_nb import ConfigError, DataError
+from lfads_nb.models.observations import Gamma
+from lfads_nb.training.loop import (TrainConfig, _recorded_batch, _to_tensors, _training_step_batch, training_batch,
+                                    validation_batches)
+from lfads_nb.transforms import make_batch, rounded_normal_shifts, sample_validation, sbtt, temporal_shift
+
+torch.set_num_threads(1)
+TINY = dict(gen_dim=8, ic_enc_dim=6, ci_enc_dim=6, con_dim=6, co_dim=2, ic_dim=6, fac_dim=4)
+
+
+# ----------------------------------------------------------------------------- generator
+
+def test_generator_is_deterministic_and_valid():
+    a, b = emg(3, n_trials=20, n_bins=40), emg(3, n_trials=20, n_bins=40)
+    xr_equal = a.equals(b)
+    assert xr_equal
+    assert not a["emg"].equals(emg(4, n_trials=20, n_bins=40)["emg"])
+    lfads_nb.validate(a, require_train=True)
+    assert a.attrs["kind"] == "emg" and lfads_nb.kind_of(a).output == "emg_mean"
+    assert a["emg"].dims == ("trial", "time", "neuron") and a["emg"].shape == (20, 40, 12)
+    assert (a["emg"].values > 0).all()  # a Gamma needs positive data
+    assert set(a["split"].values) == {"train", "valid"} and (a["split"].values == "valid").sum() == 4
+    for name in ("emg_mean_true", "activation_true", "artifact_true", "latents_true", "behavior"):
+        assert name in a and np.isfinite(a[name].values).all()
+
+
+def test_generator_statistics_match_the_closed_forms():
+    """Closed forms of the chain (module docstring): every channel's recorded 95th percentile is 1;
+    E[emg - artifact] = emg_mean_true; the mean of |N(0, s^2)| over m samples has coefficient of
+    variation sqrt(pi / 2 - 1) / sqrt(m) = 0.756 / sqrt(m); with a negligible noise floor
+    emg_mean_true equals activation_true; artifacts cover about 1.2 % of entries at 1 event/s
+    (0.5 events per 0.5-s trial x 0.6 of the channels x 4 bins / 100 bins = 1.2 %)."""
+    for m in (1, 4):
+        ds = emg(0, n_trials=300, samples_per_bin=m)
+        x, truth, art = (ds[v].values.astype(float) for v in ("emg", "emg_mean_true", "artifact_true"))
+        np.testing.assert_allclose(np.percentile(x, 95, axis=(0, 1)), 1.0, rtol=1e-5)
+        clean = x - art
+        assert clean.mean() / truth.mean() == pytest.approx(1.0, abs=0.01)
+        cv = np.std(clean / truth) / np.mean(clean / truth)
+        assert cv == pytest.approx(math.sqrt(math.pi / 2 - 1) / math.sqrt(m), rel=0.03)
+    assert (art > 0).mean() == pytest.approx(0.012, rel=0.25)
+    quiet = emg(0, n_trials=10, noise_floor=1e-9, artifact_rate=0)
+    assert (quiet["artifact_true"].values == 0).all()
+    np.testing.assert_allclose(quiet["emg_mean_true"], quiet["activation_true"], rtol=1e-5)
+
+
+def test_generator_artifacts_are_shared_across_channels_and_kinematics_follow_the_latents():
+    ds = emg(1, n_trials=200)
+    art = ds["artifact_true"].values > 0
+    channels_per_artifact_bin = art.sum(-1)[art.any(-1)]
+    assert channels_per_artifact_bin.mean() == pytest.approx(0.6 * 12, rel=0.15)  # join probability 0.6
+    lat = ds["latents_true"].values.reshape(-1, 3)
+    beh = ds["behavior"].values.reshape(-1, 3)
+    weights, *_ = np.linalg.lstsq(lat, beh, rcond=None)
+    np.testing.assert_allclose(lat @ weights, beh, atol=1e-4)  # an exact linear map of the latents
+
+
+def test_generator_option_errors():
+    for bad in (dict(n_trials=1), dict(samples_per_bin=0), dict(bin_width=-1.0), dict(artifact_rate=-1.0),
+                dict(train_fraction=1.0)):
+        with pytest.raises(ConfigError):
+            emg(0, **bad)
+
+
+# ----------------------------------------------------------------------------- temporal shift
+
+def _pulse_batch():
+    data = torch.zeros(2, 10, 3)
+    data[0, 4, 1] = 5.0
+    return sbtt(make_batch(data, torch.ones(3, dtype=torch.bool)))
+
+
+def test_known_shift_moves_a_known_pulse_and_leaves_no_edge_values():
+    batch = _pulse_batch()
+    enc = torch.tensor([[0, 2, 0], [0, 0, 0]])
+    tgt = torch.tensor([[0, -3, 0], [1, 0, 0]])
+    out = temporal_shift(batch, enc, tgt)
+    # encoder: channel 1 of trial 0 delayed by 2 bins; target: advanced by 3; independent shifts
+    assert out.encoder_data[0, :, 1].tolist() == [0, 0, 0, 0, 0, 0, 5, 0, 0, 0]
+    assert out.target[0, :, 1].tolist() == [0, 5, 0, 0, 0, 0, 0, 0, 0, 0]
+    # bins whose source lies outside the trial are not observed: hidden and out of the loss
+    assert out.encoder_mask[0, :, 1].tolist() == [False] * 2 + [True] * 8
+    assert out.loss_mask[0, :, 1].tolist() == [True] * 7 + [False] * 3
+    assert out.loss_mask[1, :, 0].tolist() == [False] + [True] * 9
+    # unshifted channels are untouched
+    assert torch.equal(out.encoder_data[:, :, 2], batch.encoder_data[:, :, 2])
+    assert out.encoder_mask[:, :, 2].all() and out.loss_mask[:, :, 2].all()
+    same = temporal_shift(batch, torch.zeros_like(enc), torch.zeros_like(enc))
+    for a, b in zip(same, batch):
+        assert a is b or (torch.equal(torch.as_tensor(a), torch.as_tensor(b)))
+
+
+def test_masks_move_with_their_values():
+    """A sample-validation held-out entry stays hidden and out of the loss wherever it moves."""
+    batch = _pulse_batch()
+    keep = torch.ones(2, 10, 3, dtype=torch.bool)
+    keep[0, 4, 1] = False  # the pulse is held out
+    held = sample_validation(batch, keep, 0.1)
+    out = temporal_shift(held, torch.tensor([[0, 2, 0], [0, 0, 0]]), torch.tensor([[0, -3, 0], [0, 0, 0]]))
+    assert not out.encoder_mask[0, 6, 1] and not out.loss_mask[0, 1, 1] and out.heldout[0, 1, 1]
+    assert out.heldout.sum() == 1
+
+
+def test_rounded_normal_shifts_round_and_clamp_per_member():
+    normals = torch.tensor([[0.2, 0.6, -1.4, 10.0]])
+    assert rounded_normal_shifts(normals, 1.0, 6).tolist() == [[0, 1, -1, 6]]
+    std = torch.tensor([0.0, 2.0]).view(2, 1)
+    assert rounded_normal_shifts(normals.expand(2, 4), std, 3).tolist() == [[0, 0, 0, 0], [0, 1, -3, 3]]
+
+
+def test_population_shifts_give_each_member_its_own_batch():
+    batch = _pulse_batch()
+    shifts = torch.randint(-2, 3, (4, 2, 2, 3))  # (encoder/target, P, B, N)
+    out = temporal_shift(batch, shifts[0], shifts[1])
+    assert out.encoder_data.shape == (2, 2, 10, 3)
+    for p in range(2):
+        one = temporal_shift(batch, shifts[0, p], shifts[1, p])
+        for a, b in zip(out, one):
+            if isinstance(b, torch.Tensor) and b.dim() == 3:
+                assert torch.equal(a[p], b)
+
+
+def test_shift_is_training_only_and_costs_no_random_numbers_when_off():
+    ds = emg(0, n_trials=10, n_bins=30, n_channels=4)
+    tensors = _to_tensors(ds, TrainConfig())
+    idx = torch.arange(4)
+    torch.manual_seed(0)
+    off = _training_step_batch(tensors, idx, TrainConfig(cd_rate=0.0))
+    state = torch.get_rng_state()
+    torch.manual_seed(0)
+    _training_step_batch(tensors, idx, TrainConfig(cd_rate=0.0))
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.manual_seed(0)
+    on = _training_step_batch(tensors, idx, TrainConfig(cd_rate=0.0, shift_std=3.0))
+    assert torch.equal(off.target, tensors.data[idx]) and not torch.equal(on.target, off.target)
+    assert not torch.equal(on.encoder_data, on.target)  # independent draws for encoder and target
+    valid = next(validation_batches(tensors, idx, 0.0, 8))
+    assert torch.equal(valid.target, tensors.data[idx]) and valid.loss_mask.all()
+
+
+def test_shift_longer_than_the_trial_is_refused():
+    ds = emg(0, n_trials=10, n_bins=6, n_channels=3)
+    model = lfads_nb.build_model(ds, seed=0, **TINY, observation="gamma")
+    with pytest.raises(ConfigError, match="shift_max=6 bins is not shorter than the trials"):
+        lfads_nb.train(model, ds, TrainConfig(max_epochs=1, shift_std=2.0, shift_max=6), live=False)
+    with pytest.raises(ConfigError, match="shift_std"):
+        TrainConfig(shift_std=-1.0)
+    with pytest.raises(ConfigError, match="shift_max"):
+        TrainConfig(shift_max=2.5)
+    with pytest.raises(ConfigError, match="encoder and target shifts"):
+        temporal_shift(_pulse_batch(), torch.zeros(2, 3, dtype=torch.long), torch.zeros(3, 3, dtype=torch.long))
+
+
+# ----------------------------------------------------------------------------- Gamma LFADS, AutoLFADS
+
+def test_gamma_starts_at_each_channels_moments():
+    """Method of moments, closed form: alpha = m^2 / v, beta = m / v, so the mean alpha / beta = m
+    and the variance alpha / beta^2 = v."""
+    gamma = Gamma(3, fac_dim=2)
+    target = torch.distributions.Gamma(torch.tensor([2.0, 5.0, 0.5]), torch.tensor([4.0, 1.0, 2.0])).sample((400, 50))
+    gamma.init_from_data(target)
+    params = gamma(torch.zeros(1, 1, 2))
+    alpha, beta = params[..., 0].exp().squeeze(), params[..., 1].exp().squeeze()
+    torch.testing.assert_close(alpha / beta, target.mean((0, 1)), rtol=1e-4, atol=0)
+    torch.testing.assert_close(alpha / beta**2, target.var((0, 1), unbiased=False), rtol=1e-3, atol=0)
+
+
+def test_gamma_lfads_with_controller_and_shift_trains_and_infers_emg_mean(tmp_path):
+    ds = emg(0, n_trials=30, n_bins=40, n_channels=5)
+    model = lfads_nb.build_model(ds, seed=0, **TINY)
+    assert model.config.observation == "gamma"
+    config = TrainConfig(max_epochs=3, batch_size=8, cd_rate=0.0, shift_std=2.0, kl_ramp_epochs=2, l2_ramp_epochs=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # temporal shift counts as protection against copying: no warning
+        result = lfads_nb.train(model, ds, config, checkpoint_dir=tmp_path, live=False)
+    assert np.isfinite(result.history["valid_recon"]).all()
+    out = lfads_nb.infer(result.model, ds)
+    assert out["emg_mean"].shape == ds["emg"].shape and (out["emg_mean"].values > 0).all()
+    assert out["emg_mean"].attrs["units"] == "a.u."
+    reloaded = lfads_nb.load_model(tmp_path / "best.pt")
+    np.testing.assert_array_equal(lfads_nb.infer(reloaded, ds)["emg_mean"], out["emg_mean"])
+
+
+def test_autolfads_tunes_the_shift_std_per_member(tmp_path):
+    ds = emg(0, n_trials=30, n_bins=30, n_channels=4)
+    space = lfads_nb.EMG_SPACE
+    assert "shift_std" in space and "cd_rate" not in space
+    result = lfads_nb.pbt.pbt(
+        ds, space=space, pbt_config=lfads_nb.PBTConfig(population=3, generation_epochs=1, burn_in_epochs=1,
+                                                       max_generations=2),
+        train_config=TrainConfig(batch_size=10, cd_rate=0.0, kl_ramp_epochs=1, l2_ramp_epochs=1),
+        model_sizes=TINY, checkpoint_dir=tmp_path, live=False)
+    shift = result.history["shift_std"].values
+    assert shift.shape == (3, 3) and (shift > 0).all()
+    assert len(np.unique(shift.round(6))) > 1  # explored, member by member
+    assert "emg_mean" in lfads_nb.infer(result.model, ds)
+    with pytest.raises(ConfigError, match="not shorter than the trials"):
+        lfads_nb.pbt.pbt(emg(0, n_trials=10, n_bins=5, n_channels=3), space=space, model_sizes=TINY, live=False,
+                         pbt_config=lfads_nb.PBTConfig(population=2))
+
+
+# ----------------------------------------------------------------------------- files and bad input
+
+def test_lfads_h5_round_trip_of_float_emg(tmp_path):
+    ds = emg(2, n_trials=15, n_bins=20, n_channels=4)
+    path = lfads_nb.export_lfads_h5(ds, tmp_path / "emg.h5")
+    back = lfads_nb.load(path, kind="emg")
+    assert back.attrs["kind"] == "emg" and back.attrs["bin_width"] == ds.attrs["bin_width"]
+    order = np.argsort(back["trial"].values)
+    np.testing.assert_array_equal(back["emg"].values[order], ds["emg"].values)
+    np.testing.assert_allclose(back["emg_mean_true"].values[order], ds["emg_mean_true"].values, rtol=1e-6)
+    assert (back["split"].values[order] == ds["split"].values).all()
+
+
+def test_bad_emg_is_refused_with_the_fix():
+    ds = emg(0, n_trials=6, n_bins=10, n_channels=3)
+    negative = ds.copy(deep=True)
+    negative["emg"][0, 0, 0] = -0.5
+    with pytest.raises(DataError, match="rectified"):
+        lfads_nb.validate(negative)
+    silent = ds.copy(deep=True)
+    silent["emg"][:, :, 1] = 0.0
+    with pytest.raises(DataError, match="floor"):
+        lfads_nb.validate(silent)
+    gappy = ds.copy(deep=True)
+    gappy["emg"][0, :3, 0] = np.nan  # NaN = not observed, as for spikes
+    lfads_nb.validate(gappy)
