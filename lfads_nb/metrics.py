@@ -23,6 +23,11 @@ metric               definition
 ===================  ==========================================================================
 
 ``smooth_spikes`` is the Gaussian-smoothing baseline; ``choose_smoothing_sigma`` picks its width.
+
+EMG (values in the data's units, (trial, time, neuron=channel)): ``smooth_emg`` is the low-pass
+baseline and ``choose_emg_smoothing`` picks its width without truth; ``activation_r2`` scores an
+estimate against the true expected EMG (optionally on some entries only, e.g. ``artifact_free``
+bins) and ``artifact_leakage`` measures how much of injected artifacts an estimate reproduces.
 """
 from __future__ import annotations
 
@@ -31,6 +36,7 @@ import warnings
 from collections.abc import Sequence
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 from scipy.ndimage import convolve1d
 from scipy.special import gammaln
@@ -546,3 +552,144 @@ def state_r2(latents_inferred: xr.DataArray, latents_true: xr.DataArray) -> floa
     weights, *_ = np.linalg.lstsq(design, y, rcond=None)
     return float(_r2_columns(design @ weights, y, f"inferred '{inferred_dim}'",
                              _labels(inferred, inferred_dim)).mean())
+
+
+# ----------------------------------------------------------------------------- EMG
+
+TRUTH_FIX = ("it needs the true expected EMG without noise or artifacts ('emg_mean_true', from an LFADS HDF5 "
+             "file's *_truth arrays), which these data lack; score on data with known truth, e.g. data_generators.emg")
+ARTIFACT_FIX = ("it needs the injected artifact amplitude per entry ('artifact_true', 0 off artifacts), which these "
+                "data lack; score on data with known artifacts, e.g. data_generators.emg")
+BEHAVIOR_FIX = "it needs behaviour ('behavior', (trial, time, behavior_dim)), which these data lack"
+
+
+def _needed(da, score: str, fix: str):
+    """``da`` unless it is None (truth the data lack): then a DataError saying what ``score`` needs."""
+    if da is None:
+        raise DataError(f"No truth for the {score}: {fix}.")
+    return da
+
+
+def smooth_emg(emg: xr.DataArray, bin_width: float, sigma: float) -> xr.DataArray:
+    """The low-pass baseline for EMG: each channel smoothed in time with a Gaussian of std ``sigma``
+    seconds (zero-phase; renormalised at trial edges and around NaN bins, as ``smooth_spikes``).
+    ``emg`` (trial, time, neuron), any units; the result keeps them, named ``emg_mean``."""
+    emg = _as_array(emg, "emg", DIMS)
+    out = emg.copy(data=_smooth(emg.values.astype(float), gaussian_kernel(bin_width, sigma).values, axis=1))
+    out.name = "emg_mean"
+    out.attrs = {**emg.attrs, "sigma": float(sigma)}
+    return out
+
+
+def choose_emg_smoothing(emg: xr.DataArray, bin_width: float, sigmas: Sequence[float]) -> tuple[float, xr.DataArray]:
+    """The low-pass width for ``smooth_emg`` chosen from the data alone, from candidate ``sigmas`` (s).
+
+    Leave-one-bin-out: each bin is predicted by the Gaussian-weighted mean of its neighbours (the
+    kernel's centre removed, renormalised), and the width with the smallest mean squared error
+    wins. The bin's own noise cannot help predict it, so (for noise independent across bins) the
+    error is the noise variance plus the smoother's error against the true envelope: the same
+    ranking the truth would give. Warns when the best width is at an end of the grid (widen it).
+    Pass training trials only. Returns ``(best_sigma, scores)``, scores (MSE) over ``sigma``.
+    """
+    bin_width = _check_bin_width(bin_width)
+    sigmas = np.asarray(list(sigmas), dtype=float)
+    if sigmas.size < 2:
+        raise ConfigError("Give at least two candidate widths (seconds) to choose the low-pass from.")
+    if sigmas.min() < 0.5 * bin_width:
+        raise ConfigError(f"sigma {sigmas.min()} s is under half a bin ({bin_width} s): leaving the centre bin out would "
+                          "leave almost no weight on the neighbours. Use sigmas >= bin_width / 2.")
+    values = _as_array(emg, "emg", DIMS).values.astype(float)
+    scores = []
+    for sigma in sigmas:
+        kernel = gaussian_kernel(bin_width, sigma).values.copy()
+        kernel[kernel.size // 2] = 0.0
+        scores.append(np.nanmean((_smooth(values, kernel, axis=1) - values) ** 2))
+    scores = xr.DataArray(np.asarray(scores), dims=("sigma",), coords={"sigma": sigmas}, name="loo_mse")
+    best = int(np.argmin(scores.values))
+    if best in (0, sigmas.size - 1):
+        warnings.warn(f"The best low-pass width, {sigmas[best]:g} s, is at the {'low' if best == 0 else 'high'} end of the "
+                      "grid; the optimum may lie beyond it. Extend the grid of sigmas.", UserWarning, stacklevel=2)
+    return float(sigmas[best]), scores
+
+
+def artifact_free(artifact: xr.DataArray, margin: int) -> xr.DataArray:
+    """True for the (trial, time) bins farther than ``margin`` bins from any artifact (any channel)
+    of their trial; ``artifact`` (trial, time, neuron) the injected amplitude (0 off artifacts).
+    Returns a bool DataArray over (trial, time, neuron), the same for every channel."""
+    artifact = _as_array(artifact, "artifact", DIMS)
+    hit = (artifact.values > 0).any(axis=-1).astype(float)
+    near = convolve1d(hit, np.ones(2 * margin + 1), axis=1, mode="constant") > 0
+    return artifact.copy(data=np.broadcast_to(~near[..., None], artifact.shape).copy())
+
+
+def activation_r2(estimate: xr.DataArray, truth: xr.DataArray, where: xr.DataArray | None = None) -> float:
+    """Activation R^2: R^2 per channel of ``estimate`` against ``truth`` (the true expected EMG, same
+    units), over the (trial, time) entries where ``where`` is True (all by default), averaged over
+    channels. All (trial, time, neuron) with the same coordinates."""
+    estimate = _as_array(estimate, "estimate", DIMS)
+    truth = _as_array(_needed(truth, "activation R^2", TRUTH_FIX), "truth", DIMS)
+    _same_index(estimate, truth, ("estimate", "truth"), DIMS)
+    keep = np.ones(truth.shape, bool) if where is None else _as_array(where, "where", DIMS).values.astype(bool)
+    r2 = []
+    for c in range(truth.sizes["neuron"]):
+        pred, target = estimate.values[..., c][keep[..., c]], truth.values[..., c][keep[..., c]]
+        _finite(pred, "estimate")
+        _finite(target, "truth")
+        r2.append(_r2_columns(pred[:, None].astype(float), target[:, None].astype(float), "channels",
+                              truth["neuron"].values[[c]])[0])
+    return float(np.mean(r2))
+
+
+def artifact_leakage(estimate: xr.DataArray, truth: xr.DataArray, artifact: xr.DataArray) -> float:
+    """The fraction of injected artifact amplitude that reappears in ``estimate``:
+    sum over artifact entries of (estimate - truth) / sum of the injected amplitude ``artifact``.
+    1: the estimate reproduces the artifacts; 0: it ignores them. All (trial, time, neuron)."""
+    estimate = _as_array(estimate, "estimate", DIMS)
+    truth = _as_array(_needed(truth, "artifact leakage", TRUTH_FIX), "truth", DIMS)
+    artifact = _as_array(_needed(artifact, "artifact leakage", ARTIFACT_FIX), "artifact", DIMS)
+    _same_index(estimate, truth, ("estimate", "truth"), DIMS)
+    _same_index(estimate, artifact, ("estimate", "artifact"), DIMS)
+    hit = artifact.values > 0
+    if not hit.any():
+        raise DataError("'artifact' is 0 everywhere, so there is no artifact to leak; leakage is undefined.")
+    return float((estimate.values[hit] - truth.values[hit]).sum() / artifact.values[hit].sum())
+
+
+def emg_scores(ds: xr.Dataset, estimates: dict, *, train_trials="train", test_trials="valid",
+               margin: int = 6) -> xr.Dataset:
+    """The EMG comparison table: one row (``method``) per estimate in ``estimates`` (name ->
+    (trial, time, neuron) DataArray in the EMG's units, on ``ds``'s trials and bins).
+
+    Variables, on the ``test_trials`` (a split name or trial ids): ``activation_r2`` against
+    ``ds['emg_mean_true']`` on all bins; ``activation_r2_clean`` on the ``artifact_free`` bins
+    (``margin`` bins from any artifact); ``artifact_leakage`` (needs ``artifact_true``);
+    ``kinematics_r2``, a ridge decoder (``velocity_r2``, EMG values regressed as they are) from the
+    estimate to ``ds['behavior']`` fit on ``train_trials``. A score whose truth ``ds`` lacks is NaN
+    (with a warning naming it); the metric functions themselves raise instead.
+    """
+    test = _trial_ids(test_trials, ds["emg"], "test_trials")
+    truth = ds["emg_mean_true"].sel(trial=test) if "emg_mean_true" in ds else None
+    artifact = ds["artifact_true"].sel(trial=test) if "artifact_true" in ds else None
+    missing = [name for name, da in (("emg_mean_true", truth), ("artifact_true", artifact)) if da is None]
+    missing += [] if "behavior" in ds else ["behavior"]
+    if missing:
+        warnings.warn(f"The data have no {missing}: the scores that need them are NaN.", UserWarning, stacklevel=2)
+    nan = float("nan")
+    rows = {}
+    for name, estimate in estimates.items():
+        mine = estimate.sel(trial=test)
+        rows[name] = {
+            "activation_r2": activation_r2(mine, truth) if truth is not None else nan,
+            "activation_r2_clean": (activation_r2(mine, truth, artifact_free(artifact, margin))
+                                    if truth is not None and artifact is not None else nan),
+            "artifact_leakage": (artifact_leakage(mine, truth, artifact)
+                                 if truth is not None and artifact is not None and (artifact > 0).any() else nan),
+            # bin_width 1: the decoder regresses EMG values as they are, not counts per bin
+            "kinematics_r2": (velocity_r2(estimate, ds["behavior"], train_trials=train_trials, test_trials=test,
+                                          bin_width=1.0) if "behavior" in ds else nan),
+        }
+    table = pd.DataFrame(rows).T.rename_axis("method")
+    out = xr.Dataset.from_dataframe(table)
+    out.attrs = {"test_trials": str(test_trials), "clean_margin_bins": margin,
+                 "description": "EMG estimates against the truth on held-out trials; NaN where the data lack it"}
+    return out

@@ -441,3 +441,48 @@ def pbt_lineage(history: xr.Dataset) -> go.Figure:
                       yaxis=dict(tickmode="array", tickvals=members.tolist()),
                       legend=dict(orientation="h", y=-0.2))
     return fig
+
+
+# ----------------------------------------------------------------------------- EMG
+
+def emg_estimates(ds: xr.Dataset, estimates: dict, trial, channels=None, time_range=None) -> go.Figure:
+    """Recorded EMG of one trial (grey), its true expected value ``emg_mean_true`` (black, when
+    ``ds`` holds it), its artifact entries (red crosses, when ``ds`` holds ``artifact_true``) and
+    each estimate in ``estimates`` (name -> (trial, time, neuron) DataArray in the EMG's units),
+    one subplot per channel. ``channels``: channel ids (default: the first ``DEFAULT_NEURONS``);
+    ``time_range``: (start, stop) in seconds to zoom on, e.g. around an artifact event.
+    """
+    pick = {"trial": trial, "neuron": channels if channels is not None else ds["neuron"].values[:DEFAULT_NEURONS].tolist()}
+    window = slice(*time_range) if time_range is not None else slice(None)
+
+    def view(da: xr.DataArray, name: str) -> xr.DataArray:
+        for dim, ids in pick.items():
+            da = select_ids(da, dim, ids, name)
+        return da.sel(time=window)
+
+    recorded = view(_variable(ds, "emg"), "ds")
+    traces = {name: view(da, name) for name, da in estimates.items()}
+    for name, da in traces.items():
+        _same_time(da, recorded, (name, "emg"))
+    truth = view(ds["emg_mean_true"], "ds") if "emg_mean_true" in ds else None
+    hits = view(ds["artifact_true"], "ds") > 0 if "artifact_true" in ds else None
+    fig = make_subplots(rows=len(pick["neuron"]), cols=1, shared_xaxes=True, vertical_spacing=0.05,
+                        subplot_titles=[f"channel {c}" for c in pick["neuron"]])
+    time = recorded["time"].values
+    for row, channel in enumerate(pick["neuron"], start=1):
+        lines = [("recorded EMG", recorded, dict(color="lightgrey")), ("true activation", truth, dict(color="black"))]
+        lines += [(name, da, dict(color=PALETTE[k % len(PALETTE)])) for k, (name, da) in enumerate(traces.items())]
+        for name, da, line in lines:
+            if da is not None:
+                fig.add_trace(go.Scatter(x=time, y=da.sel(neuron=channel).values, mode="lines", line=line, name=name,
+                                         legendgroup=name, showlegend=row == 1), row=row, col=1)
+        if hits is not None and hits.sel(neuron=channel).any():
+            hit = hits.sel(neuron=channel).values
+            fig.add_trace(go.Scatter(x=time[hit], y=recorded.sel(neuron=channel).values[hit], mode="markers",
+                                     marker=dict(color="red", symbol="x", size=7), name="artifact",
+                                     legendgroup="artifact", showlegend=row == 1), row=row, col=1)
+        fig.update_yaxes(title_text=_with_units("EMG", recorded), row=row, col=1)
+    fig.update_xaxes(title_text="time (s)", row=len(pick["neuron"]), col=1)
+    fig.update_layout(title=f"EMG and its estimates, {_trial_caption(ds, trial)}",
+                      height=max(300, ROW_HEIGHT * len(pick["neuron"])))
+    return fig

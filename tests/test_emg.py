@@ -9,7 +9,7 @@ import torch
 
 import lfads_nb
 from data_generators import emg
-from lfads_nb import ConfigError, DataError
+from lfads_nb import ConfigError, DataError, metrics, plots
 from lfads_nb.models.observations import Gamma
 from lfads_nb.training.loop import (TrainConfig, _recorded_batch, _to_tensors, _training_step_batch, training_batch,
                                     validation_batches)
@@ -236,3 +236,94 @@ def test_bad_emg_is_refused_with_the_fix():
     gappy = ds.copy(deep=True)
     gappy["emg"][0, :3, 0] = np.nan  # NaN = not observed, as for spikes
     lfads_nb.validate(gappy)
+
+
+# ----------------------------------------------------------------------------- EMG metrics and plots
+
+def _da(values):
+    import xarray as xr
+    t, n = values.shape[1:]
+    return xr.DataArray(values, dims=("trial", "time", "neuron"),
+                        coords={"trial": np.arange(values.shape[0]), "time": (np.arange(t) + 0.5) * 0.01,
+                                "neuron": np.arange(n)})
+
+
+def test_activation_r2_and_leakage_closed_forms():
+    rng = np.random.default_rng(0)
+    truth = _da(rng.gamma(2.0, 0.5, (6, 30, 3)))
+    artifact = _da(np.zeros((6, 30, 3)))
+    artifact[0, 10, :2] = 4.0
+    artifact[3, 20, 1] = 2.0
+    assert metrics.activation_r2(truth, truth) == 1.0
+    channel_means = truth.mean(["trial", "time"]).broadcast_like(truth).transpose(*truth.dims)
+    assert metrics.activation_r2(channel_means, truth) == pytest.approx(0.0, abs=1e-12)
+    noisy = truth + _da(rng.normal(0, 0.3, truth.shape))
+    where = truth.copy(data=rng.random(truth.shape) > 0.3)
+    want = np.mean([1 - ((noisy.values[..., c] - truth.values[..., c])[where.values[..., c]] ** 2).sum()
+                    / ((truth.values[..., c][where.values[..., c]] - truth.values[..., c][where.values[..., c]].mean())
+                       ** 2).sum() for c in range(3)])
+    assert metrics.activation_r2(noisy, truth, where) == pytest.approx(want, rel=1e-12)
+    for fraction in (0.0, 0.5, 1.0):
+        assert metrics.artifact_leakage(truth + fraction * artifact, truth, artifact) == pytest.approx(fraction)
+    free = metrics.artifact_free(artifact, 2)
+    assert free.values[0, :, 0].tolist() == [True] * 8 + [False] * 5 + [True] * 17  # every channel alike
+    assert free.values[0, :, 2].tolist() == free.values[0, :, 0].tolist() and free.values[1].all()
+    with pytest.raises(DataError, match="No truth for the activation R\\^2"):
+        metrics.activation_r2(truth, None)
+    with pytest.raises(DataError, match="artifact_true"):
+        metrics.artifact_leakage(truth, truth, None)
+
+
+def test_low_pass_width_chosen_without_truth_ranks_like_the_truth():
+    """Leave-one-bin-out error = noise variance + the smoother's error against the truth (noise
+    independent across bins), so its best width is the truth's best (within one grid step)."""
+    ds = emg(0, n_trials=150, artifact_rate=0)
+    bw = ds.attrs["bin_width"]
+    sigmas = bw * np.array([0.75, 1, 1.5, 2, 3, 4, 6, 8, 12])
+    chosen, scores = metrics.choose_emg_smoothing(ds["emg"], bw, sigmas)
+    by_truth = [metrics.activation_r2(metrics.smooth_emg(ds["emg"], bw, s), ds["emg_mean_true"]) for s in sigmas]
+    assert abs(list(sigmas).index(chosen) - int(np.argmax(by_truth))) <= 1
+    assert scores.dims == ("sigma",)
+    with pytest.warns(UserWarning, match="low end of the grid|high end of the grid"):
+        metrics.choose_emg_smoothing(ds["emg"], bw, sigmas[:2])
+    with pytest.raises(ConfigError, match="half a bin"):
+        metrics.choose_emg_smoothing(ds["emg"], bw, [bw / 4, bw])
+
+
+def test_emg_scores_table_and_nan_without_truth():
+    ds = emg(0, n_trials=40, n_bins=50, n_channels=4)
+    estimates = {"truth": ds["emg_mean_true"], "recorded": ds["emg"],
+                 "truth_and_artifacts": ds["emg_mean_true"] + ds["artifact_true"]}
+    scores = metrics.emg_scores(ds, estimates)
+    assert list(scores["method"].values) == ["truth", "recorded", "truth_and_artifacts"]
+    assert set(scores.data_vars) == {"activation_r2", "activation_r2_clean", "artifact_leakage", "kinematics_r2"}
+    assert scores["activation_r2"].sel({"method": "truth"}) == 1.0
+    assert scores["artifact_leakage"].sel({"method": "truth_and_artifacts"}) == pytest.approx(1.0, abs=1e-5)
+    assert scores["artifact_leakage"].sel({"method": "truth"}) == 0.0
+    bare = ds.drop_vars(["emg_mean_true", "artifact_true", "behavior"])
+    with pytest.warns(UserWarning, match="NaN"):
+        empty = metrics.emg_scores(bare, {"recorded": ds["emg"]})
+    assert all(np.isnan(empty[v]).all() for v in empty.data_vars)
+
+
+def test_emg_estimates_figure():
+    ds = emg(0, n_trials=10, n_bins=40, n_channels=4)
+    trial = int(ds["trial"].values[np.argmax(ds["artifact_true"].max(["time", "neuron"]).values)])
+    fig = plots.emg_estimates(ds, {"lowpass": metrics.smooth_emg(ds["emg"], 0.005, 0.01)}, trial, [0, 1],
+                              time_range=(0.0, 0.1))
+    names = {t.name for t in fig.data}
+    assert {"recorded EMG", "true activation", "lowpass"} <= names
+    assert all(max(t.x) <= 0.1 for t in fig.data)
+    with pytest.raises(DataError):
+        plots.emg_estimates(ds, {}, 999)
+
+
+def test_save_scores_round_trip(tmp_path):
+    import xarray as xr
+
+    table = xr.Dataset({"activation_r2": ("method", [0.5, float("nan")])}, coords={"method": ["lowpass", "lfads"]})
+    path = lfads_nb.save_scores(table, tmp_path / "scores.nc")
+    back = xr.load_dataset(path)
+    assert list(back["method"].values) == ["lowpass", "lfads"] and np.isnan(back["activation_r2"].values[1])
+    with pytest.raises(DataError, match="xarray.Dataset"):
+        lfads_nb.save_scores(table["activation_r2"], tmp_path / "x.nc")

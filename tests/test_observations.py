@@ -227,6 +227,6 @@ def test_init_from_data_errors_and_default():
     all_nan[..., 1] = float("nan")
     with pytest.raises(DataError, match=r"positions \[1\] have no observed"):
         make_observation("poisson", 3, fac_dim=2).init_from_data(all_nan)
-    gamma = make_observation("gamma", 3, fac_dim=2)  # no data-dependent start: the bias stays 0
-    gamma.init_from_data(torch.ones(2, 2, 3))
-    assert torch.equal(gamma.readout.bias, torch.zeros(6))
+    zig = make_observation("zig", 3, fac_dim=2)  # no data-dependent start: the bias stays 0
+    zig.init_from_data(torch.ones(2, 2, 3))
+    assert torch.equal(zig.readout.bias, torch.zeros(9))
