@@ -18,6 +18,7 @@ import h5py
 import numpy as np
 import papermill
 import pytest
+import xarray as xr
 
 import lfads_nb
 
@@ -42,6 +43,10 @@ CI_PARAMETERS = {
                                "generation_epochs": 1, "max_generations": 1, "batch_size": 8, "ic_enc_dim": 6,
                                "ic_dim": 4, "gen_dim": 8, "fac_dim": 3, "co_dim": 1, "ci_enc_dim": 4, "con_dim": 4,
                                "n_posterior_samples": 2, "output_path": "pbt_ci.nc"},
+    "05_emg_autolfads.ipynb": {"n_trials": 30, "max_epochs": 2, "batch_size": 10, "population": 2,
+                               "burn_in_epochs": 1, "generation_epochs": 1, "max_generations": 1, "gen_dim": 8,
+                               "ic_enc_dim": 6, "ic_dim": 4, "ci_enc_dim": 4, "con_dim": 4, "co_dim": 1, "fac_dim": 3,
+                               "output_path": "emg_ci.nc", "scores_path": "emg_scores_ci.nc"},
 }
 
 NBVAL_CHECKED = {"01_synthetic_data.ipynb"}
@@ -153,3 +158,26 @@ def test_tutorial_as_batch_job_on_own_data(notebook, kind, tmp_path, monkeypatch
     assert list(out.trial.values) == list(recording.trial.values)
     assert (out.split.values == recording.split.values).all()
     assert out.rates.dims == ("trial", "time", "neuron") and bool((out.rates > 0).all())
+
+
+def test_emg_tutorial_as_batch_job_on_an_emg_file_without_truth(tmp_path, monkeypatch):
+    """`papermill 05_emg_autolfads.ipynb out.ipynb -p data_path emg.h5` on an LFADS HDF5 file of float
+    EMG (20 ms bins stored) with no truth: emg_mean for every trial and bin, and a score table of NaN
+    activation and leakage scores (the file has no truth) with every method."""
+    from data_generators import emg
+
+    monkeypatch.setenv("LFADS_NB_LIVE", "0")
+    recording = emg(1, n_trials=25, n_bins=40, n_channels=5, bin_width=0.02)
+    data = lfads_nb.export_lfads_h5(recording.drop_vars(["emg_mean_true"]), tmp_path / "emg.h5")
+    params = {k: v for k, v in CI_PARAMETERS["05_emg_autolfads.ipynb"].items() if k != "n_trials"}
+    params.update(data_path=str(data), output_path="emg_mean.nc", scores_path="scores.nc")
+    executed = execute(ROOT / "tutorials" / "05_emg_autolfads.ipynb", tmp_path / "run", params)
+    nb = json.loads(executed.read_text())
+    assert not [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    out = lfads_nb.load(tmp_path / "run" / "emg_mean.nc")
+    stored = lfads_nb.load(data, kind="emg")
+    assert out.attrs["bin_width"] == 0.02 and list(out.trial.values) == list(stored.trial.values)
+    assert out.emg_mean.shape == stored.emg.shape and bool((out.emg_mean > 0).all())
+    scores = xr.load_dataset(tmp_path / "run" / "scores.nc")
+    assert list(scores["method"].values) == ["lowpass", "lfads", "lfads_shift", "autolfads"]
+    assert scores["activation_r2"].isnull().all() and scores["artifact_leakage"].isnull().all()
