@@ -97,7 +97,7 @@ def test_every_tunable_is_a_real_field_of_its_owner_config():
         assert fields[tunable.owner].get(name) == "float", name
     assert "sv_fraction" not in HYPERPARAMETERS  # it defines the metric models are compared by
     assert set(PER_MEMBER) == {"lr", "grad_clip", "dropout", "cd_rate", "kl_ic_scale", "kl_co_scale",
-                               "l2_gen_scale", "l2_con_scale"}
+                               "l2_gen_scale", "l2_con_scale", "shift_std"}
 
 
 def test_apply_point_sends_each_value_to_its_config():
