@@ -465,7 +465,8 @@ def state_fit(latents_true: xr.DataArray, inferred: dict, trial, n_dims: int = 3
         da = inferred[name]
         dim = _feature_dim(da, name)
         da = da.transpose("trial", "time", dim)
-        truth = latents_true.sel(trial=da["trial"].values).transpose("trial", "time", _feature_dim(latents_true, "latents_true"))
+        true_dim = _feature_dim(latents_true, "latents_true")
+        truth = latents_true.sel(trial=da["trial"].values).transpose("trial", "time", true_dim)
         y = da.values.reshape(-1, da.sizes[dim]).astype(float)
         x = np.hstack([truth.values.reshape(-1, truth.shape[-1]).astype(float), np.ones((len(y), 1))])
         centred = y - y.mean(axis=0)
@@ -486,6 +487,7 @@ def state_fit(latents_true: xr.DataArray, inferred: dict, trial, n_dims: int = 3
             if col == 1:
                 fig.update_yaxes(title_text=f"PC{k + 1} (a.u.)", row=k + 1, col=1)
     fig.update_xaxes(title_text="time (s)", row=n_dims)
-    fig.update_layout(title=f"Inferred state (solid) vs its affine prediction from the true state (dashed), trial {trial}",
+    fig.update_layout(title=f"Inferred state (solid) vs its affine prediction from the true state (dashed), "
+                            f"trial {trial}",
                       height=max(300, ROW_HEIGHT * n_dims))
     return fig

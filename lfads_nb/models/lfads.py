@@ -141,7 +141,8 @@ class LFADSConfig:
         if self.generator not in GENERATORS:
             raise ConfigError(f"LFADSConfig.generator must be one of {sorted(GENERATORS)}, got {self.generator!r}.")
         if self.node_solver not in ODE_SOLVERS:
-            raise ConfigError(f"LFADSConfig.node_solver must be one of {sorted(ODE_SOLVERS)}, got {self.node_solver!r}.")
+            raise ConfigError(f"LFADSConfig.node_solver must be one of {sorted(ODE_SOLVERS)}, "
+                              f"got {self.node_solver!r}.")
         self.observation = observation_spec(self.observation)
 
 
@@ -561,7 +562,8 @@ class LFADS(nn.Module):
     with these methods trains with the same loop, dashboard, checkpoints and inference):
     ``loss(batch, weights)``, ``validation_sums(batch)``, ``infer_batch(batch, sample)`` with
     ``output_dims``, ``check_data(ds)``, ``check_training(train_config)`` and a dataclass
-    ``config``. ``forward`` is LFADS's own: the core from the read-in encoder input.
+    ``config``. ``forward`` is LFADS's own: the core from the read-in encoder input. The Neural
+    Data Transformer (``lfads_nb.models.ndt.NDT``) is a second model on this protocol.
 
     ``fused`` (default True) runs the generator's recurrence, and the controller's with it, as
     the fused kernels of ``lfads_nb.models._fused_gru`` when the generator is ``fusable`` (the

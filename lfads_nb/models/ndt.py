@@ -79,7 +79,8 @@ class NDTConfig:
             setattr(self, name, float(value))
         if isinstance(self.mask_ratio, bool) or not isinstance(self.mask_ratio, numbers.Real) \
                 or not 0 < self.mask_ratio < 1:
-            raise ConfigError(f"NDTConfig.mask_ratio is the fraction of bins masked, in (0, 1), got {self.mask_ratio!r}; "
+            raise ConfigError(f"NDTConfig.mask_ratio is the fraction of bins masked, in (0, 1), got "
+                              f"{self.mask_ratio!r}; "
                               "without masking the model learns to copy its input.")
         self.mask_ratio = float(self.mask_ratio)
         self.observation = observation_spec(self.observation)
@@ -155,7 +156,8 @@ class NDT(nn.Module):
 
     # ---- the model protocol ----------------------------------------------------------------
 
-    def objective(self, params: Tensor, batch: Batch, weights: Mapping | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+    def objective(self, params: Tensor, batch: Batch,
+                  weights: Mapping | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """Mean per-entry NLL over ``batch.loss_mask`` (the masked bins), plus the observation's
         penalty. ``weights`` (LFADS's KL and L2 weights) do not apply to NDT."""
         recon = masked_mean(self.observation.nll(params, batch.target), batch.loss_mask)
