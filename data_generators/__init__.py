@@ -4,10 +4,13 @@
   partially observed variants); ``chaotic_rnn_benchmark``: the gain 2.5 peer-benchmark preset.
 - ``lorenz``: Poisson neurons driven by the Lorenz attractor (defaults: the Lorenz-29 shape).
 - ``emg``: rectified EMG from gait synergies with known muscle activation and cross-channel artifacts.
+- ``attractor``: Poisson neurons reading out a Lorenz, Rossler or Arneodo attractor (the sets of
+  Sedler et al. 2023: 10 neurons, log-linear rates, true state).
 - ``velocity_readout``: the fixed linear "hand velocity" map of the latents both use.
 
 Every generator is deterministic for a given ``seed`` and records its settings in ``ds.attrs``.
 """
+from .attractors import attractor
 from .behavior import VELOCITY_DIMS, velocity_readout
 from .chaotic_rnn import chaotic_rnn, chaotic_rnn_benchmark
 from .emg import emg
@@ -15,6 +18,7 @@ from .common import stratified_split
 from .lorenz import integrate_lorenz, lorenz, lorenz_derivative
 
 __all__ = [
+    "attractor",
     "VELOCITY_DIMS",
     "chaotic_rnn",
     "chaotic_rnn_benchmark",

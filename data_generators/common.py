@@ -100,6 +100,29 @@ def stratified_split(
     return np.where(is_valid.ravel(), "valid", "train")
 
 
+# ----------------------------------------------------------------------------- dynamics
+def rk4(derivative, initial_states: np.ndarray, n_samples: int, interval: float, max_step: float) -> np.ndarray:
+    """Classical RK4 of ``derivative`` ((n, d) -> (n, d)) from ``initial_states`` (n, d).
+
+    Samples every ``interval`` time units, each split into equal steps of at most ``max_step``.
+    Returns (n, n_samples, d), the states at t = 0, interval, 2 interval, ...
+    """
+    n_steps = int(np.ceil(interval / max_step))
+    h = interval / n_steps
+    s = np.array(initial_states, dtype=np.float64)
+    out = np.empty((s.shape[0], n_samples, s.shape[-1]))
+    out[:, 0] = s
+    for k in range(1, n_samples):
+        for _ in range(n_steps):
+            k1 = derivative(s)
+            k2 = derivative(s + 0.5 * h * k1)
+            k3 = derivative(s + 0.5 * h * k2)
+            k4 = derivative(s + h * k3)
+            s = s + (h / 6) * (k1 + 2 * k2 + 2 * k3 + k4)
+        out[:, k] = s
+    return out
+
+
 # ----------------------------------------------------------------------------- observations
 def poisson_spikes(rates: np.ndarray, bin_width: float, rng: np.random.Generator) -> np.ndarray:
     """Spike counts per bin, ``Poisson(rate x bin_width)``; ``rates`` in Hz, any shape; int32."""

@@ -25,6 +25,7 @@ from .common import (
     condition_labels,
     poisson_spikes,
     random_streams,
+    rk4,
     stratified_split,
 )
 
@@ -52,20 +53,7 @@ def integrate_lorenz(initial_states: np.ndarray, n_samples: int, interval: float
     """
     n_samples = check_count("n_samples", n_samples)
     interval = check_positive("interval", interval, "Lorenz time units")
-    n_steps = int(np.ceil(interval / MAX_STEP))
-    h = interval / n_steps
-    s = np.array(initial_states, dtype=np.float64)
-    out = np.empty((s.shape[0], n_samples, 3))
-    out[:, 0] = s
-    for k in range(1, n_samples):
-        for _ in range(n_steps):
-            k1 = lorenz_derivative(s)
-            k2 = lorenz_derivative(s + 0.5 * h * k1)
-            k3 = lorenz_derivative(s + 0.5 * h * k2)
-            k4 = lorenz_derivative(s + h * k3)
-            s = s + (h / 6) * (k1 + 2 * k2 + 2 * k3 + k4)
-        out[:, k] = s
-    return out
+    return rk4(lorenz_derivative, initial_states, n_samples, interval, MAX_STEP)
 
 
 def lorenz(

@@ -19,7 +19,9 @@ metric               definition
                      spikes over all its trials; R^2 per neuron over the stacked conditions,
                      averaged over neurons
 ``state_r2``         least-squares affine map true latents -> inferred latents, R^2 averaged
-                     over inferred dims
+                     over inferred dims (Sedler et al. 2023: superfluous inferred dims lower it)
+``latent_r2``        least-squares affine map inferred latents (factors) -> true latents, R^2
+                     averaged over true dims (decoding: extra inferred dims never lower it)
 ===================  ==========================================================================
 
 ``smooth_spikes`` is the Gaussian-smoothing baseline; ``choose_smoothing_sigma`` picks its width.
@@ -529,29 +531,46 @@ def psth_r2(rates: xr.DataArray, spikes: xr.DataArray, *, bin_width: float, sigm
 
 # ----------------------------------------------------------------------------- state R^2
 
-def state_r2(latents_inferred: xr.DataArray, latents_true: xr.DataArray) -> float:
-    """State R^2 (latent recovery): how much of the inferred latent state the true state explains.
+def _affine_r2(source: xr.DataArray, target: xr.DataArray, names: tuple[str, str]) -> float:
+    """R^2 of the least-squares affine map from ``source`` to ``target`` (both (trial, time,
+    <feature>), fitted over all (trial, time) points), per target feature, averaged."""
+    source_dim, target_dim = _feature_dim(source, names[0]), _feature_dim(target, names[1])
+    x = source.transpose("trial", "time", source_dim)
+    y = target.transpose("trial", "time", target_dim)
+    _same_index(x, y, names, ("trial", "time"))
+    xv = x.values.reshape(-1, x.sizes[source_dim]).astype(float)
+    yv = y.values.reshape(-1, y.sizes[target_dim]).astype(float)
+    _finite(xv, names[0])
+    _finite(yv, names[1])
+    design = np.hstack([xv, np.ones((xv.shape[0], 1))])
+    weights, *_ = np.linalg.lstsq(design, yv, rcond=None)
+    return float(_r2_columns(design @ weights, yv, f"{names[1]} '{target_dim}'", _labels(y, target_dim)).mean())
 
-    Both (trial, time, <latent dim>); the latent dims may differ in name and size. An
-    affine map from the true latents to the inferred latents is fitted by least squares
-    over all (trial, time) points (direction as in the NODE-LFADS paper: true -> inferred,
-    so inferred dims the truth cannot explain, e.g. extra noise dims, lower the score);
-    the result is R^2 per inferred dim, averaged over inferred dims. In-sample, so
+
+def state_r2(latents_inferred: xr.DataArray, latents_true: xr.DataArray) -> float:
+    """State R^2 as Sedler, Versteeg & Pandarinath 2023 define it: how much of the INFERRED
+    latent state the TRUE state explains.
+
+    Both (trial, time, <latent dim>); the latent dims may differ in name and size. An affine map
+    FROM the true latents TO the inferred latents is fitted by least squares over all (trial,
+    time) points; the result is R^2 per inferred dim, averaged over inferred dims. Inferred dims
+    the truth cannot explain (a 25-D GRU state for a 3-D attractor) lower the score, so it asks
+    "is the model's state the true state, and nothing else?". In-sample, so between 0 and 1 (the
+    paper's clamp at -10 never binds). The other direction is ``latent_r2``.
+    """
+    return _affine_r2(latents_true, latents_inferred, ("latents_true", "latents_inferred"))
+
+
+def latent_r2(latents_inferred: xr.DataArray, latents_true: xr.DataArray) -> float:
+    """Latent R^2 (decoding direction): how much of the TRUE latent state the INFERRED one explains.
+
+    An affine map FROM the inferred latents (e.g. ``factors``) TO the true latents, fitted by
+    least squares over all (trial, time) points; R^2 per true dim, averaged over true dims.
+    Extra inferred dims can only help the fit, so a large model that contains the true state
+    somewhere scores high here even when ``state_r2`` (true -> inferred) is low. In-sample,
     between 0 and 1.
     """
-    inferred_dim = _feature_dim(latents_inferred, "latents_inferred")
-    true_dim = _feature_dim(latents_true, "latents_true")
-    inferred = latents_inferred.transpose("trial", "time", inferred_dim)
-    true = latents_true.transpose("trial", "time", true_dim)
-    _same_index(inferred, true, ("latents_inferred", "latents_true"), ("trial", "time"))
-    y = inferred.values.reshape(-1, inferred.sizes[inferred_dim]).astype(float)
-    x = true.values.reshape(-1, true.sizes[true_dim]).astype(float)
-    _finite(y, "latents_inferred")
-    _finite(x, "latents_true")
-    design = np.hstack([x, np.ones((x.shape[0], 1))])
-    weights, *_ = np.linalg.lstsq(design, y, rcond=None)
-    return float(_r2_columns(design @ weights, y, f"inferred '{inferred_dim}'",
-                             _labels(inferred, inferred_dim)).mean())
+    return _affine_r2(latents_inferred, latents_true, ("latents_inferred", "latents_true"))
 
 
 # ----------------------------------------------------------------------------- EMG

@@ -486,3 +486,53 @@ def emg_estimates(ds: xr.Dataset, estimates: dict, trial, channels=None, time_ra
     fig.update_layout(title=f"EMG and its estimates, {_trial_caption(ds, trial)}",
                       height=max(300, ROW_HEIGHT * len(pick["neuron"])))
     return fig
+
+
+# ----------------------------------------------------------------------------- latent-state recovery
+
+def state_fit(latents_true: xr.DataArray, inferred: dict, trial, n_dims: int = 3) -> go.Figure:
+    """What ``metrics.state_r2`` scores, for one trial and several models: each model's inferred
+    state (solid) against its best affine prediction from the TRUE state (dashed).
+
+    ``latents_true`` (trial, time, latent); ``inferred``: {model name: (trial, time, <dim>)}. The
+    affine map is fitted over all trials of each model's latents; each model's latents are shown
+    on their top ``n_dims`` principal components (over all trials), one row per component and
+    one column per model, so a model whose extra dimensions the truth cannot explain shows
+    solid lines the dashed ones miss. Titles give each model's state R^2.
+    """
+    from .metrics import state_r2
+
+    names = list(inferred)
+    fig = make_subplots(rows=n_dims, cols=len(names), shared_xaxes=True, vertical_spacing=0.04,
+                        horizontal_spacing=0.03,
+                        column_titles=[f"{n}: state R² {state_r2(inferred[n], latents_true):.2f}" for n in names])
+    for col, name in enumerate(names, start=1):
+        da = inferred[name]
+        dim = _feature_dim(da, name)
+        da = da.transpose("trial", "time", dim)
+        true_dim = _feature_dim(latents_true, "latents_true")
+        truth = latents_true.sel(trial=da["trial"].values).transpose("trial", "time", true_dim)
+        y = da.values.reshape(-1, da.sizes[dim]).astype(float)
+        x = np.hstack([truth.values.reshape(-1, truth.shape[-1]).astype(float), np.ones((len(y), 1))])
+        centred = y - y.mean(axis=0)
+        pcs = np.linalg.svd(centred, full_matrices=False)[2][:n_dims].T  # (dim, n_dims)
+        shown = (centred @ pcs).reshape(da.sizes["trial"], da.sizes["time"], -1)
+        fitted = ((x @ np.linalg.lstsq(x, y, rcond=None)[0] - y.mean(axis=0)) @ pcs).reshape(shown.shape)
+        select_ids(da, "trial", [trial], name)  # a DataError naming the valid ids if the trial is not there
+        i = int(np.flatnonzero(da["trial"].values == trial)[0])
+        t = da["time"].values
+        for k in range(shown.shape[-1]):
+            first = col == 1 and k == 0
+            fig.add_trace(go.Scatter(x=t, y=shown[i, :, k], mode="lines", line=dict(color=PALETTE[0]),
+                                     name="inferred state", legendgroup="inferred", showlegend=first),
+                          row=k + 1, col=col)
+            fig.add_trace(go.Scatter(x=t, y=fitted[i, :, k], mode="lines", line=dict(color=PALETTE[1], dash="dash"),
+                                     name="affine map of the true state", legendgroup="fit", showlegend=first),
+                          row=k + 1, col=col)
+            if col == 1:
+                fig.update_yaxes(title_text=f"PC{k + 1} (a.u.)", row=k + 1, col=1)
+    fig.update_xaxes(title_text="time (s)", row=n_dims)
+    fig.update_layout(title=f"Inferred state (solid) vs its affine prediction from the true state (dashed), "
+                            f"trial {trial}",
+                      height=max(300, ROW_HEIGHT * n_dims))
+    return fig

@@ -518,3 +518,22 @@ def test_velocity_r2_matches_nlb_tools(nlb, lag_bins):
                                      counts[~train], beh[~train], everything[~train])
     assert got == pytest.approx(expected, rel=1e-9)
     assert 0.1 < got < 0.99
+
+
+def test_latent_r2_is_the_decoding_direction():
+    # Truth 3-D; inferred = the truth plus 5 dims of pure noise (a large model that contains the
+    # true state). Decoding truth from it is perfect (latent_r2 1), but 5 of 8 inferred dims are
+    # unexplained by the truth, so state_r2 is about 3/8. Reference: hand computation.
+    rng = np.random.default_rng(10)
+    true = rng.normal(size=(20, 30, 3))
+    inferred = np.concatenate([true @ rng.normal(size=(3, 3)), rng.normal(size=(20, 30, 5))], axis=-1)
+    true_da = arr(true, dims=("trial", "time", "latent"))
+    inferred_da = arr(inferred, dims=("trial", "time", "factor"))
+    assert metrics.latent_r2(inferred_da, true_da) == pytest.approx(1.0)
+    assert metrics.state_r2(inferred_da, true_da) == pytest.approx(3 / 8, abs=0.02)
+    # A 1-D projection of the truth: fully explained by it, but explains only part of it.
+    proj = arr(true @ [[1.0], [0.0], [0.0]], dims=("trial", "time", "factor"))
+    assert metrics.state_r2(proj, true_da) == pytest.approx(1.0)
+    assert metrics.latent_r2(proj, true_da) == pytest.approx(1 / 3, abs=0.02)
+    with pytest.raises(DataError, match="entries along 'trial'"):
+        metrics.latent_r2(inferred_da.isel(trial=[0]), true_da)

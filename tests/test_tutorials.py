@@ -47,6 +47,10 @@ CI_PARAMETERS = {
                                "burn_in_epochs": 1, "generation_epochs": 1, "max_generations": 1, "gen_dim": 8,
                                "ic_enc_dim": 6, "ic_dim": 4, "ci_enc_dim": 4, "con_dim": 4, "co_dim": 1, "fac_dim": 3,
                                "output_path": "emg_ci.nc", "scores_path": "emg_scores_ci.nc"},
+    "08_expressive_dynamics.ipynb": {"n_trials": 40, "attractor_epochs": 2, "large_dim": 6, "n_conditions": 4,
+                                     "lfads_epochs": 2, "ndt_epochs": 2, "ndt_d_model": 8, "ndt_layers": 1,
+                                     "latency_repeats": 3, "output_path": "ndt_ci.nc",
+                                     "scores_path": "scores_ci.nc"},
 }
 
 NBVAL_CHECKED = {"01_synthetic_data.ipynb"}
@@ -139,7 +143,7 @@ def _own_recording(path):
 
 
 @pytest.mark.parametrize("notebook, kind", [("02_train_lfads.ipynb", ".nc"), ("02_train_lfads.ipynb", ".h5"),
-                                             ("04_autolfads_pbt.ipynb", ".nc")])
+                                             ("04_autolfads_pbt.ipynb", ".nc"), ("08_expressive_dynamics.ipynb", ".nc")])
 def test_tutorial_as_batch_job_on_own_data(notebook, kind, tmp_path, monkeypatch):
     """`papermill NN.ipynb out.ipynb -p data_path my.h5 -p output_path rates.nc` on data with no
     truth and no conditions; the bin width comes from the file (20 ms) or the default."""

@@ -31,7 +31,9 @@ KL(q(u) || p(u)) estimated from the sampled u (closed form when sample=False).
 All recurrent cells are the TF-style GRU of the original LFADS (reset gate applied to the state
 before the candidate matmul, no recurrent bias, state clipped to +-cell_clip), as in lfads-torch.
 The decoder above is ``LFADS.decode``'s step loop, written as the paper reads; the generator is a
-module with a ``step`` (``GRUGenerator``), the seam where other dynamics plug in. Like nanoGPT's
+module with a ``step`` (``GRUGenerator``), the seam where other dynamics plug in: ``LFADSConfig(generator=
+"node")`` makes it a neural ODE (``NeuralODEGenerator``: an MLP vector field integrated by fixed-step
+Euler or RK4, Sedler et al. 2023), which runs on the step loop. Like nanoGPT's
 flash-attention flag, ``LFADS(config, fused=True)`` (the default) runs the same recurrences as
 hand-written fused kernels instead (``lfads_nb.models._fused_gru``: the encoders and an autonomous
 generator as one scan, controller and generator as one coupled recurrence); the tests check
@@ -99,13 +101,19 @@ class LFADSConfig:
     co_prior_tau: float = 10.0
     co_prior_var: float = 0.1
     observation: str | dict = "poisson"
+    generator: str = "gru"       # the generator's dynamics: "gru" (a clipped GRU) or "node" (a neural ODE)
+    node_hidden: int = 128       # "node": width of the vector field's hidden tanh layer
+    node_solver: str = "euler"   # "node": fixed-step "euler" or "rk4"
+    node_substeps: int = 1       # "node": solver steps per time bin
+    node_step: float = 0.1       # "node": the vector field's time per bin (Sedler et al.'s Euler cell: 0.1)
 
     def __post_init__(self):
         if self.encod_dim is None:
             self.encod_dim = self.n_neurons
         sizes = ["n_neurons", "encod_dim", "ext_input_dim", "ic_enc_dim", "ci_enc_dim", "con_dim", "co_dim"]
-        sizes += ["ic_dim", "gen_dim", "fac_dim"]
-        positive = ["n_neurons", "encod_dim", "ic_enc_dim", "ic_dim", "gen_dim", "fac_dim"]
+        sizes += ["ic_dim", "gen_dim", "fac_dim", "node_hidden", "node_substeps"]
+        positive = ["n_neurons", "encod_dim", "ic_enc_dim", "ic_dim", "gen_dim", "fac_dim", "node_hidden"]
+        positive += ["node_substeps"]
         positive += ["ci_enc_dim", "con_dim"] if self.co_dim else []
         for name in sizes:
             value = getattr(self, name)
@@ -119,16 +127,22 @@ class LFADSConfig:
                 raise ConfigError(f"LFADSConfig.{name} must be > 0{hint}, got {value}.")
             if value < 0:
                 raise ConfigError(f"LFADSConfig.{name} must be >= 0, got {value}.")
-        for name in ["dropout", "cell_clip", "ic_post_var_min", "ic_prior_var", "co_prior_tau", "co_prior_var"]:
+        for name in ["dropout", "cell_clip", "ic_post_var_min", "ic_prior_var", "co_prior_tau", "co_prior_var",
+                     "node_step"]:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
                 raise ConfigError(f"LFADSConfig.{name} must be a finite number, got {value!r}.")
             setattr(self, name, float(value))
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"LFADSConfig.dropout is a drop probability in [0, 1), got {self.dropout}.")
-        for name in ["cell_clip", "ic_post_var_min", "ic_prior_var", "co_prior_tau", "co_prior_var"]:
+        for name in ["cell_clip", "ic_post_var_min", "ic_prior_var", "co_prior_tau", "co_prior_var", "node_step"]:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"LFADSConfig.{name} must be > 0, got {getattr(self, name)}.")
+        if self.generator not in GENERATORS:
+            raise ConfigError(f"LFADSConfig.generator must be one of {sorted(GENERATORS)}, got {self.generator!r}.")
+        if self.node_solver not in ODE_SOLVERS:
+            raise ConfigError(f"LFADSConfig.node_solver must be one of {sorted(ODE_SOLVERS)}, "
+                              f"got {self.node_solver!r}.")
         self.observation = observation_spec(self.observation)
 
 
@@ -395,6 +409,82 @@ class GRUGenerator(ClippedGRU):
         return gru_step(F.linear(inputs, self.weight_ih[0], self.bias_ih[0]), g, self.weight_hh[0], self.clip)
 
 
+def euler_step(field, g: Tensor, h: float) -> Tensor:
+    """One forward-Euler step of dg/dt = field(g) over time h."""
+    return g + h * field(g)
+
+
+def rk4_step(field, g: Tensor, h: float) -> Tensor:
+    """One classical Runge-Kutta 4 step of dg/dt = field(g) over time h."""
+    k1 = field(g)
+    k2 = field(g + 0.5 * h * k1)
+    k3 = field(g + 0.5 * h * k2)
+    k4 = field(g + h * k3)
+    return g + (h / 6) * (k1 + 2 * k2 + 2 * k3 + k4)
+
+
+ODE_SOLVERS = {"euler": euler_step, "rk4": rk4_step}
+
+
+def integrate_fixed_step(field, g: Tensor, duration: float, substeps: int, solver: str) -> Tensor:
+    """g(duration) for dg/dt = field(g), g(0) = g, by ``substeps`` equal steps of ``solver``
+    ("euler": error O(h), "rk4": error O(h^4) per unit time, h = duration / substeps). Plain
+    autograd, no ODE library: the gradient backpropagates through the steps."""
+    step, h = ODE_SOLVERS[solver], duration / substeps
+    for _ in range(substeps):
+        g = step(field, g, h)
+    return g
+
+
+class NeuralODEGenerator(nn.Module):
+    """The generator's dynamics as a neural ODE (Sedler, Versteeg & Pandarinath 2023):
+
+        dg/dt = f(g, v) = W_out tanh(W_hh g + W_ih v + b) + b_out,      v = [u_t, ext_t]
+
+    integrated over each bin (time ``step``) by fixed-step ``solver`` with ``substeps`` steps,
+    the bin's inputs held constant (zero-order hold). Euler with one substep of 0.1 is the
+    paper's discrete "Euler-MLP" cell, g_t = g_{t-1} + 0.1 f(g_{t-1}). The vector field is
+    bounded (|f| <= |W_out| + |b_out|), so the state cannot blow up in finite time and needs no
+    clip. The same ``step(g, inputs)`` as ``GRUGenerator``; ``fusable`` is False, so ``LFADS``
+    always runs it on the step loop. ``weight_hh`` (hidden, gen_dim) is the state's weight, the
+    one the generator's L2 penalty applies to.
+    """
+
+    fusable = False
+
+    def __init__(self, input_size: int, hidden_size: int, mlp_size: int, solver: str, substeps: int, step: float):
+        super().__init__()
+        self.solver, self.substeps, self.duration = solver, substeps, step
+        self.weight_hh = nn.Parameter(torch.empty(mlp_size, hidden_size))
+        self.weight_ih = nn.Parameter(torch.empty(mlp_size, input_size))
+        self.bias = nn.Parameter(torch.zeros(mlp_size))
+        self.weight_out = nn.Parameter(torch.empty(hidden_size, mlp_size))
+        self.bias_out = nn.Parameter(torch.zeros(hidden_size))
+        nn.init.normal_(self.weight_hh, std=1 / math.sqrt(hidden_size + input_size))
+        nn.init.normal_(self.weight_ih, std=1 / math.sqrt(hidden_size + input_size))
+        nn.init.normal_(self.weight_out, std=1 / math.sqrt(mlp_size))
+
+    def vector_field(self, g: Tensor, inputs: Tensor) -> Tensor:
+        """f(g, v): g (B, gen_dim), inputs v (B, input_size) -> dg/dt (B, gen_dim)."""
+        hidden = torch.tanh(F.linear(g, self.weight_hh) + F.linear(inputs, self.weight_ih, self.bias))
+        return F.linear(hidden, self.weight_out, self.bias_out)
+
+    def step(self, g: Tensor, inputs: Tensor) -> Tensor:
+        return integrate_fixed_step(lambda state: self.vector_field(state, inputs), g, self.duration, self.substeps,
+                                    self.solver)
+
+
+GENERATORS = ("gru", "node")
+
+
+def make_generator(config: LFADSConfig) -> nn.Module:
+    """The generator ``config.generator`` names, sized for the config's inputs and state."""
+    c, inputs = config, config.co_dim + config.ext_input_dim
+    if c.generator == "node":
+        return NeuralODEGenerator(inputs, c.gen_dim, c.node_hidden, c.node_solver, c.node_substeps, c.node_step)
+    return GRUGenerator(inputs, c.gen_dim, c.cell_clip)
+
+
 # --------------------------------------------------------------------------------------------
 # Randomness: an input of the forward pass
 # --------------------------------------------------------------------------------------------
@@ -462,7 +552,8 @@ class LFADS(nn.Module):
 
     Submodules in data-flow order: ``ic_encoder``, ``ic_linear``, ``ic_prior``, ``ci_encoder``,
     ``controller`` / ``con_h0`` / ``co_linear`` / ``co_prior`` (only with co_dim > 0),
-    ``ic_to_g0``, ``generator`` (``GRUGenerator``), ``factor_readout``, and the session's ends
+    ``ic_to_g0``, ``generator`` (``GRUGenerator``, or ``NeuralODEGenerator`` with
+    ``config.generator = "node"``), ``factor_readout``, and the session's ends
     ``session`` (``SessionEnds``: the read-in of the held-in channels ``heldin`` (N,) bool,
     default the first encod_dim, and ``observation``, the readout to the observation parameters
     plus the likelihood).
@@ -471,10 +562,12 @@ class LFADS(nn.Module):
     with these methods trains with the same loop, dashboard, checkpoints and inference):
     ``loss(batch, weights)``, ``validation_sums(batch)``, ``infer_batch(batch, sample)`` with
     ``output_dims``, ``check_data(ds)``, ``check_training(train_config)`` and a dataclass
-    ``config``. ``forward`` is LFADS's own: the core from the read-in encoder input.
+    ``config``. ``forward`` is LFADS's own: the core from the read-in encoder input. The Neural
+    Data Transformer (``lfads_nb.models.ndt.NDT``) is a second model on this protocol.
 
     ``fused`` (default True) runs the generator's recurrence, and the controller's with it, as
-    the fused kernels of ``lfads_nb.models._fused_gru``; ``fused=False`` runs the step loop of
+    the fused kernels of ``lfads_nb.models._fused_gru`` when the generator is ``fusable`` (the
+    GRU; a neural ODE always runs on the loop); ``fused=False`` runs the step loop of
     ``decode``, the same computation in plain autograd (slower; step through it in a debugger).
     The encoders always use the fused scan.
 
@@ -502,7 +595,7 @@ class LFADS(nn.Module):
             self.co_linear = _fan_in_linear(c.con_dim, 2 * c.co_dim)
             self.co_prior = AR1Prior(c.co_dim, c.co_prior_tau, c.co_prior_var)
         self.ic_to_g0 = _fan_in_linear(c.ic_dim, c.gen_dim)
-        self.generator = GRUGenerator(c.co_dim + c.ext_input_dim, c.gen_dim, c.cell_clip)
+        self.generator = make_generator(c)
         self.factor_readout = FactorReadout(c.gen_dim, c.fac_dim)
         if heldin is None:
             heldin = torch.arange(c.n_neurons) < c.encod_dim

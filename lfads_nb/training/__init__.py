@@ -2,6 +2,6 @@
 
 Named ``training``, not ``train``: ``lfads_nb.train`` is the training function.
 """
-from .loop import TrainConfig, TrainResult, build_model, check_device, infer, load_model, train
+from .loop import TrainConfig, TrainResult, build_model, check_device, infer, inference_latency, load_model, train
 
-__all__ = ["TrainConfig", "TrainResult", "build_model", "check_device", "infer", "load_model", "train"]
+__all__ = ["TrainConfig", "TrainResult", "build_model", "check_device", "infer", "inference_latency", "load_model", "train"]

@@ -11,7 +11,8 @@ model at ``observation``, no read-in) and are refused like any other version.
 The files:
 
 - a model checkpoint (``model_checkpoint``): ``model_config`` (an ``LFADSConfig`` as a dict),
-  ``model`` (an ``LFADS`` state dict) and the ``train_config`` it was trained with; what
+  ``model`` (an ``LFADS`` state dict) and the ``train_config`` it was trained with, and for other
+  families (NDT) their ``model_family`` name and config; what
   ``lfads_nb.load_model`` reads. ``train`` writes ``best.pt`` and ``last.pt`` as model checkpoints
   with what resuming needs added (``training_checkpoint``); ``pbt`` exports its best member as
   ``best.pt``.
@@ -158,6 +159,7 @@ def training_checkpoint(model, optimizer, shuffle: torch.Generator, state: RunSt
         torch_rng=torch.get_rng_state(),
         cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         shuffle_rng=shuffle.get_state(),
+        model_family=type(model).__name__.lower(),  # which class load_model builds ("lfads", "ndt")
     )
 
 

@@ -48,8 +48,9 @@ import xarray as xr
 
 from ..data.kinds import kind_of
 from ..data.schema import heldin_mask, observed_variable, validate
-from ..errors import ConfigError, DataError, TrainingDiverged
+from ..errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from ..models.lfads import LFADS, LFADSConfig
+from ..models.ndt import NDT, NDTConfig
 from ..transforms import (Batch, coordinated_dropout, make_batch, rounded_normal_shifts, sample_validation, sbtt,
                           temporal_shift)
 from .checkpoint import RunState, ema, load_checkpoint, restore_training, save_checkpoint, training_checkpoint
@@ -177,9 +178,23 @@ def _to_tensors(ds: xr.Dataset, config: TrainConfig) -> _Tensors:
     )
 
 
+# The model families ``build_model`` and ``load_model`` know: name -> (model class, config class).
+MODELS = {"lfads": (LFADS, LFADSConfig), "ndt": (NDT, NDTConfig)}
+
+
+def _data_sizes(ds: xr.Dataset, family: str) -> dict[str, int]:
+    """The config fields read off the data: neurons and held-in neurons, plus the external
+    inputs (LFADS) or the trial length (NDT)."""
+    sizes = {"n_neurons": ds.sizes["neuron"], "encod_dim": int(heldin_mask(ds).sum())}
+    if family == "ndt":
+        return {**sizes, "n_bins": ds.sizes["time"]}
+    return {**sizes, "ext_input_dim": ds.sizes["ext_input_dim"] if "ext_input" in ds else 0}
+
+
 def build_model(ds: xr.Dataset, train_config: TrainConfig | None = None, *, seed: int | None = None,
-                **sizes) -> LFADS:
-    """An LFADS sized for ``ds``: ``sizes`` are LFADSConfig fields (gen_dim, co_dim, ...).
+                model: str = "lfads", **sizes) -> LFADS | NDT:
+    """A model of the family ``model`` ("lfads" or "ndt") sized for ``ds``: ``sizes`` are its
+    config's fields (LFADSConfig: gen_dim, co_dim, generator, ...; NDTConfig: d_model, ...).
 
     ``seed``: the initial weights' seed (without touching torch's global generator); None draws
     them from the global generator, so ``torch.manual_seed`` before the call reproduces them.
@@ -192,26 +207,27 @@ def build_model(ds: xr.Dataset, train_config: TrainConfig | None = None, *, seed
     holds out are then left out of this start too, so they never influence the model.
     """
     validate(ds)
-    for name in ("n_neurons", "encod_dim", "ext_input_dim"):
+    if model not in MODELS:
+        raise ConfigError(f"Unknown model family {model!r}; use one of {sorted(MODELS)}.")
+    model_class, config_class = MODELS[model]
+    data_sizes = _data_sizes(ds, model)
+    for name in data_sizes:
         if name in sizes:
             raise ConfigError(f"{name} is read from the data; do not pass it to build_model.")
     if not heldin_mask(ds).any():
         raise DataError("Every neuron is marked held out (the 'heldout' coord), so the encoder would see "
                         "nothing. Mark only the neurons to predict as held out, e.g. about a quarter of them.")
     sizes.setdefault("observation", kind_of(ds).default_observation(ds))  # e.g. ZIG with s_min from the data
-    config = LFADSConfig(
-        n_neurons=ds.sizes["neuron"],
-        encod_dim=int(heldin_mask(ds).sum()),
-        ext_input_dim=ds.sizes["ext_input_dim"] if "ext_input" in ds else 0,
-        **sizes,
-    )
+    config = config_class(**data_sizes, **sizes)
     heldin = torch.as_tensor(heldin_mask(ds))
     if seed is None:
-        model = LFADS(config, heldin=heldin)
+        built = model_class(config, heldin=heldin)
     else:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            model = LFADS(config, heldin=heldin)
+            built = model_class(config, heldin=heldin)
+    if model == "ndt":
+        built.check_data(ds)
     spikes = ds[observed_variable(ds)].values.astype(np.float64)
     if train_config is not None and train_config.sv_fraction > 0:
         spikes[~_sv_keep_mask(ds, train_config.sv_fraction, train_config.sv_seed)] = np.nan  # NaN: not used
@@ -222,8 +238,8 @@ def build_model(ds: xr.Dataset, train_config: TrainConfig | None = None, *, seed
         raise DataError(f"Neurons {ds['neuron'].values[unseen].tolist()} have no observed (non-NaN) entries in the "
                         "training trials, so the model cannot learn them. Drop them, e.g. "
                         "ds.drop_sel(neuron=[...]), or move trials where they were recorded into 'train'.")
-    model.observation.init_from_data(torch.as_tensor(fit_on))
-    return model
+    built.observation.init_from_data(torch.as_tensor(fit_on))
+    return built
 
 
 def train_valid_indices(ds: xr.Dataset, needed_for: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -313,10 +329,16 @@ def _validation_metrics(model, tensors, idx, config, batch_size) -> dict[str, fl
 # Checkpoints (lfads_nb.training.checkpoint)
 # ---------------------------------------------------------------------------------------------
 
-def load_model(path) -> LFADS:
-    """The LFADS stored in a checkpoint file (e.g. ``run/best.pt``), in eval mode."""
+def load_model(path) -> LFADS | NDT:
+    """The model stored in a checkpoint file (e.g. ``run/best.pt``), in eval mode: an LFADS, or
+    the family its ``model_family`` names."""
     ckpt = load_checkpoint(path)
-    model = LFADS(LFADSConfig(**ckpt["model_config"]))
+    family = ckpt.get("model_family", "lfads")
+    if family not in MODELS:
+        raise CheckpointError(f"{path} holds a model of family {family!r}, which this lfads_nb does not know "
+                              f"({sorted(MODELS)}); load it with the lfads_nb version that wrote it.")
+    model_class, config_class = MODELS[family]
+    model = model_class(config_class(**ckpt["model_config"]))
     model.load_state_dict(ckpt["model"])
     return model.eval()
 
@@ -578,3 +600,36 @@ def infer(model: LFADS, ds: xr.Dataset, *, n_samples: int = 0, batch_size: int =
         attrs={"bin_width": bin_width, "posterior_samples": n_samples},
     )
     return out
+
+
+def inference_latency(model, ds: xr.Dataset, *, repeats: int = 200, warmup: int = 10) -> float:
+    """Median milliseconds to infer one trial (posterior means, ``infer_batch(sample=False)``), one
+    trial at a time as a live decoder would, on the CPU with torch limited to one thread.
+
+    Timed is the CPU time of the calling thread (``time.thread_time``), so other processes on a
+    shared machine do not inflate it; ``repeats`` runs cycle through the trials of ``ds`` after
+    ``warmup`` untimed ones. The model is moved to the CPU for the measurement and put back.
+    """
+    validate(ds)
+    model.check_data(ds)
+    if repeats < 1 or warmup < 0:
+        raise ConfigError(f"repeats must be >= 1 and warmup >= 0, got {repeats} and {warmup}.")
+    device = next(model.parameters()).device
+    was_training, threads = model.training, torch.get_num_threads()
+    model.to("cpu").eval()
+    tensors = _to_tensors(ds, TrainConfig())
+    n = ds.sizes["trial"]
+    times = []
+    torch.set_num_threads(1)
+    try:
+        with torch.no_grad():
+            for i in range(warmup + repeats):
+                batch = _recorded_batch(tensors, slice(i % n, i % n + 1))
+                start = time.thread_time()
+                model.infer_batch(batch, sample=False)
+                if i >= warmup:
+                    times.append(time.thread_time() - start)
+    finally:
+        torch.set_num_threads(threads)
+        model.to(device).train(was_training)
+    return 1e3 * float(np.median(times))

@@ -1,0 +1,151 @@
+"""Low-dimensional chaotic attractors observed by Poisson neurons: the data of Sedler, Versteeg &
+Pandarinath 2023 ("Expressive architectures enhance interpretability of dynamics-based neural
+population models"), for asking whether a model recovers the true latent state.
+
+Three 3-D systems (parameters as in the ``dysts`` package the paper used):
+
+    lorenz     dx = sigma (y - x),   dy = x (rho - z) - y,   dz = x y - beta z     (sigma 10, rho 28, beta 8/3)
+    rossler    dx = -y - z,          dy = x + a y,           dz = b + z (x - c)    (a 0.2, b 0.2, c 5.7)
+    arneodo    dx = y,               dy = z,                 dz = -a x - b y - c z + d x^3   (a -5.5, b 3.5, c 1, d -1)
+
+Each trial is a segment of ``n_bins`` samples, ``pts_per_period`` samples per characteristic
+period of the system (the paper: 100 for Lorenz, 35 for Rossler and Arneodo), from its own
+point on the attractor (a random start run for a burn-in). The paper cut one long trajectory
+into contiguous segments; independent starts give segments from the same invariant set and let
+all trials integrate at once. Observation as the paper's: the state z-scored per variable, a
+readout ``W`` (3 x n_neurons) with entries U(-0.5, 0.5), each neuron's activity ``s W`` z-scored
+over the dataset, log-rate = z-scored activity + log(base_rate) (log-linear), Poisson counts.
+"""
+from __future__ import annotations
+
+import numpy as np
+import xarray as xr
+
+from .common import (
+    assemble,
+    check_choice,
+    check_count,
+    check_fraction,
+    check_positive,
+    poisson_spikes,
+    random_streams,
+    rk4,
+    stratified_split,
+)
+from .lorenz import lorenz_derivative
+
+MAX_STEP = 0.002  # RK4 step in the system's time units (below 1e-6 error per sample for these systems)
+BURN_IN_PERIODS = 10.0  # periods from a random start to a point on the attractor
+LATENT_NAMES = ("x", "y", "z")
+STREAMS = ("starts", "neurons", "split", "spikes")
+
+
+def rossler_derivative(states: np.ndarray, a: float = 0.2, b: float = 0.2, c: float = 5.7) -> np.ndarray:
+    """The Rossler vector field at ``states`` (..., 3); returns (..., 3)."""
+    x, y, z = np.moveaxis(np.asarray(states, dtype=np.float64), -1, 0)
+    return np.stack([-y - z, x + a * y, b + z * (x - c)], axis=-1)
+
+
+def arneodo_derivative(states: np.ndarray, a: float = -5.5, b: float = 3.5, c: float = 1.0,
+                       d: float = -1.0) -> np.ndarray:
+    """The Arneodo vector field at ``states`` (..., 3); returns (..., 3)."""
+    x, y, z = np.moveaxis(np.asarray(states, dtype=np.float64), -1, 0)
+    return np.stack([y, z, -a * x - b * y - c * z + d * x**3], axis=-1)
+
+
+# name -> (vector field, characteristic period in system time units, start centre, start spread). Lorenz's
+# period is dysts' (1.5008); Rossler's and Arneodo's are the dominant period of y in a long run, measured here.
+SYSTEMS = {
+    "lorenz": (lorenz_derivative, 1.5008, (0.0, 0.0, 25.0), 5.0),
+    "rossler": (rossler_derivative, 5.88, (0.0, 0.0, 0.0), 2.0),
+    "arneodo": (arneodo_derivative, 3.47, (0.0, 0.0, 0.0), 0.5),
+}
+DEFAULT_PTS_PER_PERIOD = {"lorenz": 100, "rossler": 35, "arneodo": 35}
+
+
+def integrate(derivative, initial_states: np.ndarray, n_samples: int, interval: float) -> np.ndarray:
+    """RK4 of ``derivative`` from ``initial_states`` (n, 3): (n, n_samples, 3), sampled every
+    ``interval`` time units (steps of at most ``MAX_STEP``; ``common.rk4``)."""
+    return rk4(derivative, initial_states, n_samples, interval, MAX_STEP)
+
+
+def attractor(
+    system: str = "lorenz",
+    seed: int = 0,
+    *,
+    n_neurons: int = 10,
+    n_trials: int = 1000,
+    n_bins: int = 70,
+    pts_per_period: int | None = None,
+    bin_width: float = 0.01,
+    base_rate: float = 100.0,
+    train_fraction: float = 0.8,
+) -> xr.Dataset:
+    """Poisson neurons reading out a 3-D chaotic attractor, with its true state.
+
+    Parameters
+    ----------
+    system: 'lorenz', 'rossler' or 'arneodo' (vector fields in the module docstring).
+    seed: all randomness derives from it; same seed and options give an identical Dataset.
+    n_neurons: number of neurons (the paper: 10).
+    n_trials: segments, one per trial, each its own condition.
+    n_bins: samples per segment (the paper: 70).
+    pts_per_period: samples per characteristic period (default: the paper's, 100 for Lorenz,
+        35 for the others), so one bin is period / pts_per_period system time units.
+    bin_width: seconds per bin (labels the time axis and converts rates to Hz).
+    base_rate: the rate where the z-scored activity is 0, Hz. The default 100 Hz at 10 ms bins is
+        the paper's exp(activity) expected counts (1 count per bin at the mean activity).
+    train_fraction: fraction of trials labelled 'train', the rest 'valid'.
+
+    Returns
+    -------
+    Dataset with dims trial, time (n_bins), neuron; ``spikes`` (int32), ``rates_true`` (Hz),
+    ``latents_true`` (trial, time, latent=['x', 'y', 'z']): the system's state, each variable
+    z-scored over the dataset. ``attrs`` record the system and every setting.
+    """
+    system = check_choice("system", system, tuple(SYSTEMS))
+    n_neurons = check_count("n_neurons", n_neurons)
+    n_trials = check_count("n_trials", n_trials, minimum=2)
+    n_bins = check_count("n_bins", n_bins)
+    pts_per_period = check_count("pts_per_period", DEFAULT_PTS_PER_PERIOD[system] if pts_per_period is None
+                                 else pts_per_period)
+    bin_width = check_positive("bin_width", bin_width, "seconds")
+    base_rate = check_positive("base_rate", base_rate, "Hz")
+    train_fraction = check_fraction("train_fraction", train_fraction)
+    rng = random_streams(seed, STREAMS)
+    derivative, period, centre, spread = SYSTEMS[system]
+
+    starts = np.asarray(centre) + spread * rng["starts"].standard_normal((n_trials, 3))
+    on_attractor = integrate(derivative, starts, 2, BURN_IN_PERIODS * period)[:, -1]
+    states = integrate(derivative, on_attractor, n_bins, period / pts_per_period)  # (trial, time, 3)
+    latents = (states - states.mean(axis=(0, 1))) / states.std(axis=(0, 1))
+
+    readout = rng["neurons"].uniform(-0.5, 0.5, (3, n_neurons))
+    readout = readout[:, np.argsort(readout[0])]  # the paper sorts the neurons by their first weight
+    activity = latents @ readout
+    activity = (activity - activity.mean(axis=(0, 1))) / activity.std(axis=(0, 1))
+    rates = (base_rate * np.exp(activity)).astype(np.float32)
+
+    return assemble(
+        poisson_spikes(rates, bin_width, rng["spikes"]),
+        bin_width,
+        condition=np.arange(n_trials),
+        split_labels=stratified_split(n_trials, 1, train_fraction, rng["split"]),
+        neuron_ids=np.arange(n_neurons),
+        coords={"latent": list(LATENT_NAMES)},
+        attrs={
+            "generator": "attractor",
+            "system": system,
+            "description": (f"{system} attractor, {n_neurons} Poisson neurons with log-linear rates, "
+                            f"{n_trials} segments of {n_bins} samples, {pts_per_period} per period"),
+            "seed": int(seed),
+            "n_trials": n_trials,
+            "pts_per_period": pts_per_period,
+            "system_period": period,
+            "train_fraction": train_fraction,
+            "base_rate": base_rate,
+        },
+        descriptions={"latents_true": f"{system} state, each variable z-scored over the dataset"},
+        rates_true=rates,
+        latents_true=latents.astype(np.float32),
+    )

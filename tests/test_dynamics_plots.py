@@ -1,0 +1,26 @@
+"""plots.state_fit: the figure shows what metrics.state_r2 scores (checked on latents with a known answer)."""
+import numpy as np
+import pytest
+import xarray as xr
+
+from lfads_nb import DataError, plots
+
+
+def _da(values, dim):
+    return xr.DataArray(values, dims=("trial", "time", dim),
+                        coords={"trial": np.arange(values.shape[0]), "time": 0.01 * np.arange(values.shape[1])})
+
+
+def test_state_fit_panels_and_scores():
+    rng = np.random.default_rng(0)
+    true = _da(rng.normal(size=(5, 20, 3)), "latent")
+    exact = _da(true.values @ rng.normal(size=(3, 3)) + 1.0, "generator")  # an affine image: R^2 1
+    extra = _da(np.concatenate([true.values, rng.normal(size=(5, 20, 7))], -1), "generator")
+    fig = plots.state_fit(true, {"exact": exact, "extra": extra}, trial=2)
+    assert len(fig.data) == 2 * 3 * 2  # 2 models x 3 components x (inferred, fitted)
+    assert fig.layout.annotations[0].text == "exact: state R² 1.00"
+    assert fig.layout.annotations[1].text.startswith("extra: state R² 0.")
+    # for the exact model the dashed prediction lies on the solid state
+    np.testing.assert_allclose(fig.data[0].y, fig.data[1].y, atol=1e-8)
+    with pytest.raises(DataError, match="valid trials"):
+        plots.state_fit(true, {"exact": exact}, trial=99)
