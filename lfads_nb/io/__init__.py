@@ -9,6 +9,9 @@ are not created: a missing folder raises :class:`DataError`, so a typo in a path
 scatter new folders around. What netCDF changes on the way: string variables come back as
 numpy unicode arrays (``<U``) whatever their dtype was, list attributes come back as numpy
 arrays, and attributes must be strings, numbers or arrays of them (no bools, dicts or None).
+``save`` also takes a DataTree of sessions (:mod:`lfads_nb.data.sessions`), written the same way
+with one netCDF group per session, and ``load`` of such a file returns the DataTree, each session
+validated.
 
 ``load`` tries the readers of ``READERS`` in order, each a :class:`Reader` (name, ``sniff``
 from the content, ``read``), so another format is one more entry (as NWB, :mod:`lfads_nb.io.nwb`);
@@ -87,6 +90,7 @@ import xarray as xr
 
 from ..data.kinds import get_kind, kind_of
 from ..data.schema import SPLITS, encoder_bins, make_dataset, observed_variable, validate
+from ..data.sessions import validate_sessions
 from ..errors import ConfigError, DataError
 from .nwb import is_nwb, read_nwb
 
@@ -147,14 +151,24 @@ def _check_serializable(ds: xr.Dataset) -> None:
             )
 
 
-def save(ds: xr.Dataset, path) -> Path:
+def save(ds: xr.Dataset | xr.DataTree, path) -> Path:
     """Validate ``ds`` and write it atomically to netCDF-4 at ``path`` (``.nc`` by convention).
 
-    Returns the path written. The folder must exist. Raises :class:`DataError` for invalid
-    data, values netCDF cannot store, or a path that cannot be written.
+    ``ds`` is a Dataset, or a DataTree of sessions (:mod:`lfads_nb.data.sessions`), written as one
+    netCDF group per session. Returns the path written. The folder must exist. Raises
+    :class:`DataError` for invalid data, values netCDF cannot store, or a path that cannot be written.
     """
-    validate(ds)
-    _check_serializable(ds)
+    if isinstance(ds, xr.DataTree):
+        validate_sessions(ds)
+        _check_serializable(ds.to_dataset())  # the root's attributes
+        for name, node in ds.children.items():
+            try:
+                _check_serializable(node.to_dataset())
+            except DataError as error:
+                raise DataError(f"Session '{name}': {error}") from error
+    else:
+        validate(ds)
+        _check_serializable(ds)
 
     def write(tmp: Path) -> None:
         try:
@@ -173,20 +187,33 @@ def _as_unicode(var: xr.DataArray) -> xr.DataArray:
     return var.copy(data=np.char.decode(values, "utf-8") if values.dtype.kind == "S" else values.astype(str))
 
 
-def _read_netcdf(path: Path) -> xr.Dataset:
-    try:
-        with xr.open_dataset(path, engine="h5netcdf") as opened:
-            ds = opened.load().drop_encoding()
-    except (OSError, ValueError, KeyError) as error:
-        raise DataError(
-            f"{path} looks like netCDF but cannot be read ({error}); it may be corrupt."
-        ) from error
-    # Older xarray versions decode netCDF strings as object arrays, and fixed-width strings come
-    # back as bytes (b'valid' != 'valid'); make them all numpy unicode.
+def _unicode_strings(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` with its string variables as numpy unicode. Older xarray versions decode netCDF strings
+    as object arrays, and fixed-width strings come back as bytes (b'valid' != 'valid')."""
     strings = {name: _as_unicode(ds[name]) for name in ds.variables if ds[name].dtype.kind in "OS"}
     return ds.assign_coords({n: v for n, v in strings.items() if n in ds.coords}).assign(
         {n: v for n, v in strings.items() if n in ds.data_vars}
     )
+
+
+def _read_netcdf(path: Path) -> xr.Dataset | xr.DataTree:
+    """The Dataset of a netCDF file, or its DataTree when the file has groups (sessions)."""
+    with _open_hdf5(path) as f:
+        has_groups = any(isinstance(item, h5py.Group) for item in f.values())
+    try:
+        if has_groups:
+            with xr.open_datatree(path, engine="h5netcdf") as opened:
+                tree = opened.load()
+            return xr.DataTree.from_dict(
+                {"/": tree.to_dataset().drop_encoding(),
+                 **{name: _unicode_strings(node.to_dataset().drop_encoding()) for name, node in tree.children.items()}}
+            )
+        with xr.open_dataset(path, engine="h5netcdf") as opened:
+            return _unicode_strings(opened.load().drop_encoding())
+    except (OSError, ValueError, KeyError) as error:
+        raise DataError(
+            f"{path} looks like netCDF but cannot be read ({error}); it may be corrupt."
+        ) from error
 
 
 # ----------------------------------------------------------------------------- LFADS HDF5 (read)
@@ -513,8 +540,17 @@ def _load_lfads(path: Path, *, kind, bin_width) -> xr.Dataset:
         raise DataError(f"Cannot read {path} ({error}); the file is corrupt or truncated.") from error
 
 
-def _load_netcdf(path: Path, *, kind, bin_width) -> xr.Dataset:
-    ds = _read_netcdf(path)
+def _load_netcdf(path: Path, *, kind, bin_width) -> xr.Dataset | xr.DataTree:
+    data = _read_netcdf(path)
+    if isinstance(data, xr.DataTree):  # sessions: each one's kind and bin width as a Dataset's
+        return xr.DataTree.from_dict({"/": data.to_dataset(), **{
+            name: _netcdf_options(node.to_dataset(), path, kind, bin_width) for name, node in data.children.items()
+        }})
+    return _netcdf_options(data, path, kind, bin_width)
+
+
+def _netcdf_options(ds: xr.Dataset, path: Path, kind, bin_width) -> xr.Dataset:
+    """``ds`` with ``load``'s kind and bin width checked against the stored ones."""
     if "kind" in ds.attrs or kind is not None:  # else the kind is read off the observed variable
         ds.attrs["kind"] = _kind(ds.attrs.get("kind"), kind, path)
     if "bin_width" in ds.attrs or bin_width is not None:  # else validate names the missing attribute
@@ -603,7 +639,7 @@ def load(path, kind: str | None = None, bin_width: float | None = None, **option
         raise ConfigError(f"load() got {unknown} for {path}, a {reader.name} file, which {takes}.")
     ds = reader.read(path, kind=kind, bin_width=bin_width, **options)
     try:
-        return validate(ds)
+        return validate_sessions(ds) if isinstance(ds, xr.DataTree) else validate(ds)
     except DataError as error:
         raise DataError(f"{path}: {error}") from error
 
