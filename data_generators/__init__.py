@@ -2,6 +2,8 @@
 
 - ``chaotic_rnn``: the original LFADS chaotic RNN set (and its input-pulse, tanh-rate and
   partially observed variants); ``chaotic_rnn_benchmark``: the gain 2.5 peer-benchmark preset.
+- ``chaotic_rnn_multisession``: one chaotic RNN seen by several sessions with different units
+  (a DataTree of sessions, for stitching).
 - ``lorenz``: Poisson neurons driven by the Lorenz attractor (defaults: the Lorenz-29 shape).
 - ``velocity_readout``: the fixed linear "hand velocity" map of the latents both use.
 
@@ -11,11 +13,13 @@ from .behavior import VELOCITY_DIMS, velocity_readout
 from .chaotic_rnn import chaotic_rnn, chaotic_rnn_benchmark
 from .common import stratified_split
 from .lorenz import integrate_lorenz, lorenz, lorenz_derivative
+from .multisession import chaotic_rnn_multisession
 
 __all__ = [
     "VELOCITY_DIMS",
     "chaotic_rnn",
     "chaotic_rnn_benchmark",
+    "chaotic_rnn_multisession",
     "integrate_lorenz",
     "lorenz",
     "lorenz_derivative",
