@@ -27,7 +27,7 @@ TRIAL_LENGTH = 1.0  # s; trial i runs [i, i + 1) and moves at i + 0.4 + jitter
 
 
 def write_nwb(path, *, n_trials=12, n_units=5, split=True, units=True, spike_times=True, trials=True,
-              nan_onset=(), seed=0):
+              nan_onset=(), obs_intervals=False, seed=0):
     """An NLB-like NWB file; returns what was written (spike times, trial events, behaviour signals)."""
     rng = np.random.default_rng(seed)
     nwb = pynwb.NWBFile(session_description="test", identifier="lfads-nb-test",
@@ -51,7 +51,8 @@ def write_nwb(path, *, n_trials=12, n_units=5, split=True, units=True, spike_tim
         if spike_times:
             nwb.add_unit_column("heldout", "held out in NLB")
             for i, t in enumerate(times):
-                nwb.add_unit(spike_times=t, heldout=i >= n_units - 2)
+                observed = {"obs_intervals": [[0.0, 5.5]] if i == 1 else [[0.0, float(n_trials)]]} if obs_intervals else {}
+                nwb.add_unit(spike_times=t, heldout=i >= n_units - 2, **observed)
         else:
             nwb.add_unit_column("depth", "depth (um)")
             for i in range(n_units):
@@ -136,6 +137,23 @@ def test_without_a_split_column_the_split_is_stratified_and_seeded(tmp_path):
     assert not np.array_equal(other["split"].values, ds["split"].values)
     no_condition = load_nwb(tmp_path / "x.nwb", condition=None)
     assert "condition" not in no_condition.coords and (no_condition["split"].values == "valid").sum() == 12
+
+
+def test_bins_outside_a_units_observation_intervals_are_nan(tmp_path):
+    truth = write_nwb(tmp_path / "x.nwb", obs_intervals=True)
+    ds = load_nwb(tmp_path / "x.nwb")
+    spikes = ds["spikes"].values
+    # Unit 1 was observed in [0, 5.5) s only: trials 0-4 fully, trial 5 up to 5.5 s, none later.
+    onsets = truth["onsets"][ds["trial"].values]
+    starts = onsets[:, None] + WINDOW[0] + np.arange(30) * BIN
+    inside = starts + BIN <= 5.5
+    assert inside.any() and (~inside).any()
+    assert np.isnan(spikes[..., 1][~inside]).all() and not np.isnan(spikes[..., 1][inside]).any()
+    assert not np.isnan(np.delete(spikes, 1, axis=2)).any()
+    write_nwb(tmp_path / "plain.nwb")  # the same spikes without intervals: the observed counts agree
+    plain = load_nwb(tmp_path / "plain.nwb")["spikes"].values
+    np.testing.assert_array_equal(spikes[..., 1][inside], plain[..., 1][inside])
+    np.testing.assert_array_equal(np.delete(spikes, 1, axis=2), np.delete(plain, 1, axis=2))
 
 
 def test_align_to_start_time_by_default(tmp_path):

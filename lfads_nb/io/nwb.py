@@ -12,7 +12,8 @@ condition="condition")`` bins every unit's spike times into one window per trial
   to the event, ``window[0] + (k + 0.5) * bin_width`` seconds. Exact spike times are used, not
   nlb_tools' 1 ms grid, so counts can differ from NLB's tensors for spikes within 1 ms of an edge.
 * Neurons: the rows of the units table; ``neuron`` holds their ids. A boolean ``heldout`` column
-  (NLB's) becomes the ``heldout`` coordinate.
+  (NLB's) becomes the ``heldout`` coordinate. Where the table has ``obs_intervals``, a unit's bins
+  that do not lie inside one of its intervals are NaN (not observed; training skips them).
 * ``condition``: the named trials column becomes the ``condition`` coordinate (None: none).
 * Behaviour: every TimeSeries of the processing module ``behavior`` (also those inside
   containers such as ``Position``), or the ones named in ``behavior``, averaged over the samples
@@ -106,18 +107,24 @@ def _edges(events: np.ndarray, window: tuple[float, float], bin_width: float, n_
 
 
 def _spike_counts(units, edges: np.ndarray) -> np.ndarray:
-    """(trial, time, unit) counts of each unit's spikes in [edge_k, edge_k+1)."""
+    """(trial, time, unit) counts of each unit's spikes in [edge_k, edge_k+1); NaN in bins not inside
+    one of the unit's ``obs_intervals`` (when the table has them), as nlb_tools masks them."""
     if "spike_times" not in units.colnames:
         raise DataError(
             f"The units table has no 'spike_times' column (columns {list(units.colnames)}); lfads_nb bins spike "
             "times. Sorted units from a spike sorter store them with nwbfile.add_unit(spike_times=...)."
         )
     counts = np.empty((edges.shape[0], edges.shape[1] - 1, len(units)), dtype=np.int64)
+    observed = np.ones(counts.shape, dtype=bool)
     for i in range(len(units)):
         spike_times = np.sort(np.asarray(units["spike_times"][i], dtype=float))
         below = np.searchsorted(spike_times, edges, side="left")  # spikes before each edge
         counts[..., i] = np.diff(below, axis=1)
-    return counts
+        if "obs_intervals" in units.colnames:
+            intervals = np.asarray(units["obs_intervals"][i], dtype=float).reshape(-1, 2)
+            starts, stops = edges[:, :-1, None], edges[:, 1:, None]
+            observed[..., i] = ((intervals[:, 0] <= starts) & (stops <= intervals[:, 1])).any(axis=-1)
+    return counts if observed.all() else np.where(observed, counts, np.nan)
 
 
 def _behavior_series(nwbfile, names) -> list:
