@@ -129,4 +129,5 @@ def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     return (values * mask).sum() / mask.sum().clamp(min=1)
 
 
-__all__ = ["Batch", "coordinated_dropout", "encoder_input", "forward_prediction", "make_batch", "masked_mean", "sample_validation", "sbtt"]
+__all__ = ["Batch", "coordinated_dropout", "encoder_input", "forward_prediction", "make_batch", "masked_mean",
+           "sample_validation", "sbtt"]

@@ -51,7 +51,8 @@ def write_nwb(path, *, n_trials=12, n_units=5, split=True, units=True, spike_tim
         if spike_times:
             nwb.add_unit_column("heldout", "held out in NLB")
             for i, t in enumerate(times):
-                observed = {"obs_intervals": [[0.0, 5.5]] if i == 1 else [[0.0, float(n_trials)]]} if obs_intervals else {}
+                interval = [0.0, 5.5] if i == 1 else [0.0, float(n_trials)]
+                observed = {"obs_intervals": [interval]} if obs_intervals else {}
                 nwb.add_unit(spike_times=t, heldout=i >= n_units - 2, **observed)
         else:
             nwb.add_unit_column("depth", "depth (um)")

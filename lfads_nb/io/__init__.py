@@ -15,8 +15,9 @@ validated.
 
 ``load`` tries the readers of ``READERS`` in order, each a :class:`Reader` (name, ``sniff``
 from the content, ``read``), so another format is one more entry (as NWB, :mod:`lfads_nb.io.nwb`);
-a file none of them takes raises :class:`DataError` listing what each looks for. Besides netCDF, ``load`` reads the
-HDF5 layout of the original LFADS and lfads-torch (one array per key, trials x time x neurons)::
+a file none of them takes raises :class:`DataError` listing what each looks for. Besides netCDF,
+``load`` reads the HDF5 layout of the original LFADS and lfads-torch (one array per key, trials x
+time x neurons)::
 
     {train,valid,test}_encod_data   data the encoders see (spike counts, or the kind's values)
     {train,valid,test}_recon_data   data the model reconstructs (encod neurons and bins first);
@@ -635,7 +636,8 @@ def load(path, kind: str | None = None, bin_width: float | None = None, **option
         raise _no_reader(path)
     unknown = sorted(set(options) - set(reader.options))
     if unknown:
-        takes = f"takes only {list(reader.options)}" if reader.options else "takes no options besides kind and bin_width"
+        takes = (f"takes only {list(reader.options)}" if reader.options
+                 else "takes no options besides kind and bin_width")
         raise ConfigError(f"load() got {unknown} for {path}, a {reader.name} file, which {takes}.")
     ds = reader.read(path, kind=kind, bin_width=bin_width, **options)
     try:

@@ -78,9 +78,10 @@ def _check_options(bin_width, window, kind) -> tuple[float, tuple[float, float],
         raise ConfigError(f"window is {window!r}; it must be two numbers of seconds (start, end).") from error
     n_bins = (end - start) / bin_width
     if not np.isfinite(n_bins) or n_bins < 1 - 1e-9 or abs(n_bins - round(n_bins)) > 1e-6:
+        fitting_end = start + max(round(n_bins), 1) * bin_width
         raise ConfigError(
             f"window {window!r} is {end - start:g} s long, not a positive whole number of {bin_width:g} s bins; "
-            f"make end - start a multiple of bin_width, e.g. window=({start:g}, {start + round(max(n_bins, 1)) * bin_width:g})."
+            f"make end - start a multiple of bin_width, e.g. window=({start:g}, {fitting_end:g})."
         )
     return float(bin_width), (start, end), int(round(n_bins))
 
