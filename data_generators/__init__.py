@@ -2,6 +2,8 @@
 
 - ``chaotic_rnn``: the original LFADS chaotic RNN set (and its input-pulse, tanh-rate and
   partially observed variants); ``chaotic_rnn_benchmark``: the gain 2.5 peer-benchmark preset.
+- ``chaotic_rnn_multisession``: one chaotic RNN seen by several sessions with different units
+  (a DataTree of sessions, for stitching).
 - ``lorenz``: Poisson neurons driven by the Lorenz attractor (defaults: the Lorenz-29 shape).
 - ``emg``: rectified EMG from gait synergies with known muscle activation and cross-channel artifacts.
 - ``attractor``: Poisson neurons reading out a Lorenz, Rossler or Arneodo attractor (the sets of
@@ -16,12 +18,14 @@ from .chaotic_rnn import chaotic_rnn, chaotic_rnn_benchmark
 from .emg import emg
 from .common import stratified_split
 from .lorenz import integrate_lorenz, lorenz, lorenz_derivative
+from .multisession import chaotic_rnn_multisession
 
 __all__ = [
     "attractor",
     "VELOCITY_DIMS",
     "chaotic_rnn",
     "chaotic_rnn_benchmark",
+    "chaotic_rnn_multisession",
     "emg",
     "integrate_lorenz",
     "lorenz",

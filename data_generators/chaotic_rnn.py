@@ -40,6 +40,47 @@ PULSE_WINDOW = (0.25, 0.75)  # pulse bins lie in this fraction of the trial (0.2
 STREAMS = ("network", "conditions", "inputs", "observed", "split", "spikes", "behavior")
 
 
+def check_euler_step(bin_width: float, tau: float) -> None:
+    """The Euler step (one bin) must not exceed the time constant."""
+    if bin_width > tau:
+        raise ConfigError(
+            f"bin_width ({bin_width} s) exceeds tau ({tau} s): Euler steps longer than the time "
+            "constant overshoot; use bin_width <= tau."
+        )
+
+
+def integrate(x0: np.ndarray, weights: np.ndarray, gain: float, alpha: float, n_bins: int,
+              drive: np.ndarray | None = None) -> np.ndarray:
+    """Euler steps of the network from ``x0`` (trajectory, unit), all trajectories at once.
+
+    ``alpha`` = dt / tau; ``drive`` (trajectory or 1, n_bins, unit) is the input b u_k (None: 0).
+    Returns the states (trajectory, n_bins, unit): bin k after k + 1 steps.
+    """
+    states = np.empty((x0.shape[0], n_bins, x0.shape[1]))
+    x = x0
+    for k in range(n_bins):
+        x = (1 - alpha) * x + alpha * (gain * np.tanh(x) @ weights.T + (0.0 if drive is None else drive[:, k]))
+        states[:, k] = x
+    return states
+
+
+def unit_rates(states: np.ndarray, rate_map: str, max_rate: float, gain: float) -> np.ndarray:
+    """Rates in Hz (float32) of units with states (trajectory, time, unit), by ``rate_map``."""
+    activity = np.tanh(states)
+    if rate_map == "minmax":
+        activity -= activity.min(axis=1, keepdims=True)
+        span = activity.max(axis=1, keepdims=True)
+        if not span.all():
+            raise ConfigError(
+                f"Some units are saturated (tanh(x) constant over a trial) at gain {gain}, so "
+                "min-max normalisation is undefined; use a smaller gain or rate_map='tanh'."
+            )
+        activity /= span
+    else:
+        activity = 0.5 * (1 + activity)
+    return (activity * max_rate).astype(np.float32)
+
+
 def chaotic_rnn(
     seed: int = 0,
     *,
@@ -99,11 +140,7 @@ def chaotic_rnn(
     gain = check_positive("gain", gain)
     tau = check_positive("tau", tau, "seconds")
     bin_width = check_positive("bin_width", bin_width, "seconds")
-    if bin_width > tau:
-        raise ConfigError(
-            f"bin_width ({bin_width} s) exceeds tau ({tau} s): Euler steps longer than the time "
-            "constant overshoot; use bin_width <= tau."
-        )
+    check_euler_step(bin_width, tau)
     rate_map = check_choice("rate_map", rate_map, RATE_MAPS)
     n_bins = check_count("n_bins", n_bins, minimum=2 if rate_map == "minmax" else 1)
     n_conditions = check_count("n_conditions", n_conditions)
@@ -124,9 +161,7 @@ def chaotic_rnn(
     weights = rng["network"].standard_normal((n_units, n_units)) / np.sqrt(n_units)
     condition = condition_labels(n_conditions, trials_per_condition)
     x0 = rng["conditions"].standard_normal((n_conditions, n_units))
-    trajectory = condition
-    direction = np.zeros(n_units)
-    pulses = np.zeros((n_conditions, n_bins))
+    trajectory, drive = condition, None
     if input_pulses:
         n_trials = condition.size
         x0, trajectory = x0[condition], np.arange(n_trials)
@@ -135,32 +170,15 @@ def chaotic_rnn(
         window = np.flatnonzero((centres >= PULSE_WINDOW[0]) & (centres <= PULSE_WINDOW[1]))
         pulses = np.zeros((n_trials, n_bins))
         pulses[np.arange(n_trials), rng["inputs"].choice(window, n_trials)] = PULSE_AMPLITUDE
+        drive = pulses[:, :, None] * direction
 
-    # Euler integration, all trajectories at once.
-    alpha = bin_width / tau
-    states = np.empty((x0.shape[0], n_bins, n_units))
-    x = x0
-    for k in range(n_bins):
-        x = (1 - alpha) * x + alpha * (gain * np.tanh(x) @ weights.T + pulses[:, k, None] * direction)
-        states[:, k] = x
+    states = integrate(x0, weights, gain, bin_width / tau, n_bins, drive)
 
     # Observed units and their rates.
     units = np.arange(n_units)
     if n_observed is not None:
         units = np.sort(rng["observed"].choice(n_units, n_observed, replace=False))
-    activity = np.tanh(states[:, :, units])
-    if rate_map == "minmax":
-        activity -= activity.min(axis=1, keepdims=True)
-        span = activity.max(axis=1, keepdims=True)
-        if not span.all():
-            raise ConfigError(
-                f"Some units are saturated (tanh(x) constant over a trial) at gain {gain}, so "
-                "min-max normalisation is undefined; use a smaller gain or rate_map='tanh'."
-            )
-        activity /= span
-    else:
-        activity = 0.5 * (1 + activity)
-    rates = (activity * max_rate).astype(np.float32)[trajectory]
+    rates = unit_rates(states[:, :, units], rate_map, max_rate, gain)[trajectory]
 
     behavior, _ = velocity_readout(states, rng["behavior"])
     truth = {

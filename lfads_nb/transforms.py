@@ -8,8 +8,9 @@ per-member tensor of shape (P, 1, 1, 1); the masks then gain a leading member ax
 
 Order (each one documented below):
 
-- training: ``sbtt`` -> ``sample_validation`` -> ``temporal_shift`` -> ``coordinated_dropout``
-- validation and inference: ``sbtt`` -> ``sample_validation``
+- training: ``forward_prediction`` -> ``sbtt`` -> ``sample_validation`` -> ``temporal_shift`` ->
+  ``coordinated_dropout``
+- validation and inference: ``forward_prediction`` -> ``sbtt`` -> ``sample_validation``
 
 ``temporal_shift`` moves values together with their masks, so it comes after the masks that are
 fixed per (trial, bin, channel) entry (``sbtt``'s unobserved entries, ``sample_validation``'s
@@ -51,6 +52,20 @@ def make_batch(data: Tensor, heldin: Tensor, ext: Tensor | None = None) -> Batch
     """
     everything = torch.ones(data.shape, dtype=torch.bool, device=data.device)
     return Batch(data, data, ext, everything, 1.0, everything, torch.zeros_like(everything), heldin)
+
+
+def forward_prediction(batch: Batch, encoder_bins: Tensor) -> Batch:
+    """Forward prediction (NLB, lfads-torch's ``recon_seq_len > encod_seq_len``): the encoder sees
+    only the first bins of a trial, the reconstruction covers all of them, so the rates of the last
+    bins come from the model's dynamics alone.
+
+    ``encoder_bins`` (T,) bool, True for the bins the encoder sees (``data.encoder_bins``: False
+    for the bins the ``forward`` coordinate marks). Hidden bins are zero at the encoder and stay
+    in the loss. lfads-torch runs its encoders on the first bins only and gives the controller
+    zero input after them; here the encoders run over the whole trial with the forward bins
+    zeroed, so no forward-bin data reaches the model either way.
+    """
+    return batch._replace(encoder_mask=batch.encoder_mask & encoder_bins[:, None])
 
 
 def sbtt(batch: Batch) -> Batch:
@@ -97,11 +112,12 @@ def coordinated_dropout(batch: Batch, rate: float | Tensor, uniforms: Tensor) ->
 
     ``rate``: the hidden fraction, a number or a per-member tensor (P, 1, 1, 1); ``uniforms``
     (B, T, N) or (P, B, T, N) in [0, 1): an entry is shown where uniform >= rate. Shown entries
-    are rescaled by 1 / (1 - rate). Held-in channels count in the loss only where hidden;
-    held-out channels (never shown) always count. With rate 0 nothing changes.
+    are rescaled by 1 / (1 - rate). The loss counts what the encoder did not see: held-in
+    channels only where hidden, held-out channels and forward-prediction bins (never shown)
+    always. With rate 0 nothing changes.
     """
     shown = uniforms >= rate
-    counted = ~shown | ~batch.heldin | (rate == 0)
+    counted = ~(shown & batch.encoder_mask) | ~batch.heldin | (rate == 0)
     return batch._replace(
         encoder_mask=batch.encoder_mask & shown,
         encoder_scale=batch.encoder_scale / (1.0 - rate),
@@ -169,5 +185,5 @@ def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     return (values * mask).sum() / mask.sum().clamp(min=1)
 
 
-__all__ = ["Batch", "coordinated_dropout", "encoder_input", "make_batch", "masked_mean", "rounded_normal_shifts",
-           "sample_validation", "sbtt", "temporal_shift"]
+__all__ = ["Batch", "coordinated_dropout", "encoder_input", "forward_prediction", "make_batch", "masked_mean",
+           "rounded_normal_shifts", "sample_validation", "sbtt", "temporal_shift"]

@@ -251,12 +251,22 @@ def test_ext_input_must_be_finite_numbers():
 
 @pytest.mark.parametrize("name, dim, values", [
     ("split", "trial", SPLIT_LABELS), ("condition", "trial", list("abab")), ("heldout", "neuron", [False, False, True]),
+    ("forward", "time", [False] * 4 + [True]),
 ])
 def test_coordinates_stored_as_data_variables_are_refused(name, dim, values):
     """A 'heldout' data variable was silently ignored (the encoder saw every neuron)."""
     ds = good().drop_vars(name, errors="ignore")
     ds[name] = (dim, np.asarray(values))
     raises(ds, rf"'{name}' is a data variable.*ds.set_coords\('{name}'\)")
+
+
+def test_forward_bins_are_the_last_bins():
+    ds = good().assign_coords(forward=("time", [False, False, False, True, True]))
+    assert validate(ds) is ds
+    raises(good().assign_coords(forward=("time", [True, False, False, False, True])),
+           r"marks bins \[0, 4\] but forward-prediction bins are the last ones")
+    raises(good().assign_coords(forward=("time", [True] * 5)), "Every time bin is marked forward")
+    raises(good().assign_coords(forward=("time", [0, 0, 0, 1, 1])), r"'forward' must be a boolean per time bin.*int64")
 
 
 @pytest.mark.parametrize("time, bin_width, phrase", [

@@ -11,7 +11,9 @@ import numpy as np
 import pytest
 import xarray as xr
 
+import lfads_nb
 import lfads_nb.io as lfads_io
+from lfads_nb.dashboard import Progress
 from lfads_nb import DataError, make_dataset, split
 from lfads_nb.io import export_lfads_h5, load, save
 
@@ -296,17 +298,18 @@ def test_empty_hdf5(tmp_path):
 
 
 def test_unknown_format_lists_the_readers_and_a_new_reader_is_one_entry(tmp_path, monkeypatch):
-    """load tries READERS in order; appending one (as an NWB reader would be) makes load read its files."""
+    """load tries READERS in order; appending one (as the NWB reader is) makes load read its files."""
     path = tmp_path / "x.csv"
     path.write_text("trial,time,neuron\n")
-    message = r"x.csv is in none of the formats lfads_nb reads; tried LFADS HDF5 \(.*\); lfads_nb netCDF-4 \(.*\)\."
+    message = (r"x.csv is in none of the formats lfads_nb reads; tried LFADS HDF5 \(.*\); lfads_nb netCDF-4 \(.*\); "
+               r"NWB \(HDF5 with the root attribute 'nwb_version'\)\.")
     with pytest.raises(DataError, match=message):
         load(path)
     csv = lfads_io.Reader("CSV", lambda p: p.suffix == ".csv", lambda p, **options: dataset(), "a .csv name")
     monkeypatch.setattr(lfads_io, "READERS", [*lfads_io.READERS, csv])
     assert load(path).sizes["trial"] == 6
     (tmp_path / "x.txt").write_text("?")
-    with pytest.raises(DataError, match=r"tried LFADS HDF5 .*; lfads_nb netCDF-4 .*; CSV \(a .csv name\)\."):
+    with pytest.raises(DataError, match=r"tried LFADS HDF5 .*; lfads_nb netCDF-4 .*; NWB .*; CSV \(a .csv name\)\."):
         load(tmp_path / "x.txt")
 
 
@@ -430,6 +433,69 @@ def test_lfads_bad_stored_bin_width(tmp_path):
         load(lfads_file(tmp_path / "l.h5", attrs={"bin_width": -1.0}))
 
 
+def nlb_like_file(path):
+    """A file shaped like lfads-torch's NLB data (nlb_tools' tensors, test phase): encod data is the
+    held-in neurons over the encoder's bins (4 of 6 neurons, 5 of 7 bins); recon data adds the
+    held-out neurons and the forward-prediction bins; behaviour covers the encoder's bins; the test
+    split has only 'test_encod_data'."""
+    train, valid = counts(3, n_time=7, n_neurons=6), counts(2, n_time=7, n_neurons=6)
+    test = counts(2, n_time=5, n_neurons=4)
+    behavior = {s: RNG.normal(size=(n, 5, 2)) for s, n in (("train", 3), ("valid", 2))}
+    write_h5(
+        path, attrs={"bin_width": 0.005},
+        train_encod_data=train[:, :5, :4], train_recon_data=train, train_behavior=behavior["train"],
+        valid_encod_data=valid[:, :5, :4], valid_recon_data=valid, valid_behavior=behavior["valid"],
+        test_encod_data=test,
+    )
+    return train, valid, test, behavior
+
+
+def test_lfads_forward_bins_test_encod_only_and_behavior(tmp_path):
+    train, valid, test, behavior = nlb_like_file(tmp_path / "nlb.h5")
+    ds = load(tmp_path / "nlb.h5")
+    assert list(ds["split"].values) == ["train"] * 3 + ["valid"] * 2 + ["test"] * 2
+    assert list(ds["forward"].values) == [False] * 5 + [True] * 2
+    assert list(ds["heldout"].values) == [False] * 4 + [True] * 2
+    spikes = ds["spikes"].values
+    np.testing.assert_array_equal(spikes[:5], np.concatenate([train, valid]))
+    # The test trials: their encod data, and NaN (not observed) where lfads-torch pads with NaN.
+    np.testing.assert_array_equal(spikes[5:, :5, :4], test)
+    assert np.isnan(spikes[5:, 5:]).all() and np.isnan(spikes[5:, :, 4:]).all()
+    np.testing.assert_array_equal(ds["behavior"].values[:5, :5], np.concatenate([behavior["train"], behavior["valid"]]))
+    assert np.isnan(ds["behavior"].values[:5, 5:]).all() and np.isnan(ds["behavior"].values[5:]).all()
+    assert ds["behavior"].dims == ("trial", "time", "behavior_dim")
+
+
+def test_a_model_trains_on_an_nlb_like_file_and_predicts_the_forward_bins(tmp_path):
+    nlb_like_file(tmp_path / "nlb.h5")
+    ds = load(tmp_path / "nlb.h5")
+    config = lfads_nb.TrainConfig(max_epochs=2, batch_size=2, cd_rate=0.3)
+    model = lfads_nb.build_model(ds, seed=0, ic_enc_dim=4, ci_enc_dim=4, con_dim=4, co_dim=1, ic_dim=2,
+                                 gen_dim=6, fac_dim=2)
+    result = lfads_nb.train(model, ds, config, progress=Progress())
+    rates = lfads_nb.infer(result.model, ds)["rates"]
+    assert rates.sizes == ds["spikes"].sizes and np.isfinite(rates.values).all()
+    valid = split(ds, "valid")
+    score = lfads_nb.metrics.fp_bps(rates.sel(trial=valid["trial"]), valid["spikes"], "forward", 0.005)
+    assert np.isfinite(score)
+
+
+def test_export_then_load_round_trip_with_forward_bins_and_behavior(tmp_path):
+    ds = dataset(behavior=RNG.normal(size=(6, 5, 2)))
+    ds = ds.assign_coords(heldout=("neuron", np.array([False, False, False, True])),
+                          forward=("time", np.array([False, False, False, True, True])))
+    export_lfads_h5(ds, tmp_path / "l.h5")
+    with h5py.File(tmp_path / "l.h5", "r") as f:
+        train = split(ds, "train")
+        np.testing.assert_array_equal(f["train_encod_data"][()], train["spikes"].values[:, :3, :3])
+        np.testing.assert_array_equal(f["train_recon_data"][()], train["spikes"].values)
+        np.testing.assert_array_equal(f["train_behavior"][()], train["behavior"].values)
+    loaded = load(tmp_path / "l.h5")
+    expected = ds.copy()
+    expected.attrs = {"bin_width": 0.01, "kind": "spikes"}
+    assert_same(loaded, expected)
+
+
 # ----------------------------------------------------------------------------- LFADS HDF5 read errors
 
 T, V = counts(3), counts(2)
@@ -444,7 +510,39 @@ BAD_FILES = {
         dict(train_encod_data=T[:, :, 0], train_recon_data=T[:, :, 0]),
         r"shape \(3, 5\); expected \(trial, time, neuron\)",
     ),
-    "encod and recon trials differ": (dict(train_encod_data=T[:2]), "need the same trials and time bins"),
+    "encod and recon trials differ": (dict(train_encod_data=T[:2]), "need the same trials"),
+    "encod longer than recon": (
+        dict(train_encod_data=counts(3, n_time=6)), r"encod data the first time bins of the recon data"
+    ),
+    "encod is not the first bins of recon": (
+        dict(train_encod_data=T[:, 1:]),
+        "differs from the first 4 neurons and 4 bins of 'train_recon_data'.*forward-prediction bins as the last",
+    ),
+    "encod bins differ between splits": (
+        dict(valid_encod_data=V[:, :4]), "valid split .* has 4 encoder time bins but the train split has 5",
+    ),
+    "test encod data only, no other split": (
+        dict(train_encod_data=None, train_recon_data=None, valid_encod_data=None, valid_recon_data=None,
+             test_encod_data=T), "has 'test_encod_data' but no recon data of any split",
+    ),
+    "valid encod data only": (dict(valid_recon_data=None), "has 'valid_encod_data' but no 'valid_recon_data'"),
+    "encod-only test truth without the forward bins": (
+        dict(train_encod_data=T[:, :4], valid_encod_data=V[:, :4], test_encod_data=counts(2, n_time=4),
+             train_truth=np.ones((3, 5, 4)), valid_truth=np.ones((2, 5, 4)), test_truth=np.ones((2, 4, 4))),
+        r"'test_truth' has shape \(2, 4, 4\); expected \(2, 5, 4\)",
+    ),
+    "behavior time matches neither": (
+        dict(train_encod_data=T[:, :4], valid_encod_data=V[:, :4],
+             train_behavior=np.ones((3, 3, 2)), valid_behavior=np.ones((2, 5, 2))),
+        r"'train_behavior' has 3 time bins; expected 5 \(the recon data's\) or 4 \(the encod data's",
+    ),
+    "behavior dims differ between splits": (
+        dict(train_behavior=np.ones((3, 5, 2)), valid_behavior=np.ones((2, 5, 3))),
+        "'valid_behavior' has 3 dims but 'train_behavior' has 2",
+    ),
+    "behavior trials differ": (
+        dict(train_behavior=np.ones((2, 5, 2))), r"'train_behavior' has shape \(2, 5, 2\); expected \(3, n_time",
+    ),
     "time differs between splits": (
         dict(valid_encod_data=V[:, :4], valid_recon_data=V[:, :4]),
         "valid split .* has 4 time bins but the train split has 5; all splits need the same",
@@ -459,7 +557,7 @@ BAD_FILES = {
     ),
     "encod is not the start of recon": (
         dict(train_encod_data=T[..., 1:]),
-        "differs from the first 3 neurons of 'train_recon_data'.*must start with the encod data",
+        "differs from the first 3 neurons and 5 bins of 'train_recon_data'.*must start with the encod data",
     ),
     "no encod neurons": (
         dict(train_encod_data=T[..., :0], valid_encod_data=V[..., :0]), "needs between 1 and all"
@@ -479,7 +577,7 @@ BAD_FILES = {
     "repeated inds": (dict(train_inds=np.arange(3), valid_inds=np.arange(2)), "repeat trial ids"),
     "ext_input time differs": (
         dict(train_ext_input=np.ones((3, 4, 1)), valid_ext_input=np.ones((2, 5, 1))),
-        r"'train_ext_input' has shape \(3, 4, 1\); expected \(3, 5, n_inputs\)",
+        "'train_ext_input' has 4 time bins but 'train_recon_data' has 5; the generator needs an external input",
     ),
     "ext_input width differs between splits": (
         dict(train_ext_input=np.ones((3, 5, 1)), valid_ext_input=np.ones((2, 5, 2))),
@@ -525,7 +623,8 @@ def test_export_writes_the_lfads_torch_layout(tmp_path):
     with h5py.File(tmp_path / "l.h5", "r") as f:
         assert sorted(f.keys()) == sorted(
             [
-                f"{s}_{k}" for s in ("train", "valid", "test") for k in ("encod_data", "recon_data", "inds", "truth")
+                f"{s}_{k}" for s in ("train", "valid", "test")
+                for k in ("encod_data", "recon_data", "inds", "truth", "behavior")
             ]
             + ["conversion_factor"]
         )
@@ -535,6 +634,7 @@ def test_export_writes_the_lfads_torch_layout(tmp_path):
         np.testing.assert_array_equal(f["train_inds"][()], [3, 8, 21])
         assert f["train_inds"].dtype.kind == "i"
         np.testing.assert_array_equal(f["test_inds"][()], [13])
+        np.testing.assert_array_equal(f["train_behavior"][()], train["behavior"].values)
         # Reference: lfads-torch computes truth / conversion_factor and compares it with counts per bin.
         counts_per_bin = f["valid_truth"][()] / f["conversion_factor"][()]
         expected = split(ds, "valid")["rates_true"].values[..., [0, 2, 1, 3]] * 0.02

@@ -225,3 +225,59 @@ def test_bad_mask_settings_are_config_errors():
         TrainConfig(cd_rate=-0.1)
     with pytest.raises(lfads_nb.ConfigError, match="sv_fraction"):
         TrainConfig(sv_fraction=1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Forward prediction: the last bins (the 'forward' time coordinate) are hidden from the encoder
+# and reconstructed, as lfads-torch does with recon_seq_len > encod_seq_len (NLB's fp bins).
+# ---------------------------------------------------------------------------------------------
+
+def with_forward(ds, n_forward):
+    return ds.assign_coords(forward=("time", np.arange(ds.sizes["time"]) >= ds.sizes["time"] - n_forward))
+
+
+@pytest.mark.parametrize("cd_rate", [0.0, 0.3])
+def test_forward_bins_are_hidden_from_the_encoder_and_always_in_the_loss(cd_rate):
+    # The gradient of the recon loss w.r.t. the log rates is exp(log rate) - x, nonzero almost
+    # surely wherever the entry counts: every forward-bin entry counts, none reaches the encoder.
+    ds = with_forward(positive_dataset(heldout=1), 3)
+    spy, x = one_step(ds, config(cd_rate=cd_rate), torch.arange(8))
+    seen, grad = spy.inputs[0], spy.outputs[0].obs_params.grad[..., 0]
+    assert (seen[:, -3:] == 0).all() and (seen[:, :-3] != 0).any()
+    assert (grad[:, -3:] != 0).all()
+    if cd_rate == 0:
+        assert (grad != 0).all()  # without CD the loss covers every entry
+        torch.testing.assert_close(seen[:, :-3], x[:, :-3, :-1])
+    else:  # held-in entries of the encoder's bins count only where CD hid them
+        assert torch.equal(grad[:, :-3, :-1] != 0, seen[:, :-3] == 0)
+
+
+def test_infer_predicts_forward_bins_without_seeing_them():
+    # Changing the spikes of the forward bins changes nothing the model infers (it never sees
+    # them); changing one encoder bin does. The rates cover every bin.
+    ds = with_forward(positive_dataset(), 4)
+    torch.manual_seed(0)
+    model = build_model(ds, **TINY)
+    base = infer(model, ds)
+    assert base["rates"].sizes == ds["spikes"].sizes and "rates" in base
+    changed = ds.copy(deep=True)
+    changed["spikes"].values[:, -4:] += 7
+    for name in base.data_vars:
+        np.testing.assert_array_equal(infer(model, changed)[name].values, base[name].values)
+    changed["spikes"].values[:, 0] += 7
+    assert not np.array_equal(infer(model, changed)["rates"].values, base["rates"].values)
+
+
+def test_forward_validation_counts_forward_bins():
+    # valid_recon is the mean NLL over every validation entry, the forward bins included.
+    ds = with_forward(positive_dataset(n_trials=24), 3)
+    torch.manual_seed(0)
+    result = train(build_model(ds, **TINY), ds, config(max_epochs=1), progress=Progress())
+    valid = np.flatnonzero(ds["split"].values == "valid")
+    x = ds["spikes"].values[valid].astype(np.float32)
+    shown = x.copy()
+    shown[:, -3:] = 0
+    with torch.no_grad():
+        out = result.model(torch.as_tensor(shown), sample=False)
+        expected = result.model.observation.mean(out.obs_params).numpy().astype(float)
+    np.testing.assert_allclose(result.history.iloc[0]["valid_recon"], -poisson.logpmf(x, expected).mean(), rtol=1e-5)

@@ -49,7 +49,8 @@ def float64():
 
 
 def _data(ext_dim: int, sv_fraction: float):
-    """Counts with some unobserved (NaN) entries, neuron 4 held out, optional external inputs."""
+    """Counts with some unobserved (NaN) entries, neuron 4 held out, the last 2 bins forward-prediction
+    bins, optional external inputs."""
     g = torch.Generator().manual_seed(5)
     spikes = torch.poisson(torch.full((10, T, N), 1.5), generator=g)
     spikes[torch.rand(spikes.shape, generator=g) < 0.05] = math.nan
@@ -61,6 +62,7 @@ def _data(ext_dim: int, sv_fraction: float):
         data=spikes,
         ext_input=torch.randn(10, T, ext_dim, generator=g) if ext_dim else None,
         heldin=heldin,
+        encoder_bins=torch.arange(T) < T - 2,
         sv_keep=torch.as_tensor(_sv_keep_mask(ds, sv_fraction, 0)),
     )
 

@@ -1,7 +1,10 @@
-"""Data: the Dataset model and its validation (``schema``) and the data kinds (``kinds``)."""
+"""Data: the Dataset model and its validation (``schema``), the data kinds (``kinds``) and several
+sessions as a DataTree (``sessions``)."""
 from .kinds import KINDS, DataKind, get_kind, kind_of
-from .schema import (DIMS, SPLITS, TRUTH_VARIABLES, describe_ids, heldin_mask, make_dataset, observed_variable,
-                     select_ids, split, validate)
+from .schema import (DIMS, SPLITS, TRUTH_VARIABLES, describe_ids, encoder_bins, heldin_mask, make_dataset,
+                     observed_variable, select_ids, split, validate)
+from .sessions import make_sessions, session_names, validate_sessions
 
-__all__ = ["DIMS", "KINDS", "SPLITS", "TRUTH_VARIABLES", "DataKind", "describe_ids", "get_kind", "heldin_mask",
-           "kind_of", "make_dataset", "observed_variable", "select_ids", "split", "validate"]
+__all__ = ["DIMS", "KINDS", "SPLITS", "TRUTH_VARIABLES", "DataKind", "describe_ids", "encoder_bins", "get_kind",
+           "heldin_mask", "kind_of", "make_dataset", "make_sessions", "observed_variable", "select_ids",
+           "session_names", "split", "validate", "validate_sessions"]

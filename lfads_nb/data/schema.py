@@ -14,6 +14,11 @@ observed variable     (trial, time, neuron)       the recording, named by its ki
 ``neuron``            (neuron,)                   neuron (channel) ids or names (coordinate)
 ``condition``         (trial,)                    condition label per trial (coordinate)
 ``split``             (trial,)                    'train', 'valid' or 'test' (coordinate)
+``heldout``           (neuron,)                   optional bool coordinate: True for neurons the
+                                                  encoder does not see (co-smoothing)
+``forward``           (time,)                     optional bool coordinate: True for the last
+                                                  bins, which the encoder does not see and the
+                                                  model predicts (forward prediction)
 ``rates_true``        (trial, time, neuron)       optional ground-truth rates in Hz (spikes)
 ``emg_mean_true``     (trial, time, neuron)       optional ground-truth EMG mean (data units)
 ``events_mean_true``  (trial, time, neuron)       optional ground-truth event mean (data units)
@@ -90,6 +95,14 @@ def heldin_mask(ds: xr.Dataset) -> np.ndarray:
     return np.ones(ds.sizes["neuron"], dtype=bool)
 
 
+def encoder_bins(ds: xr.Dataset) -> np.ndarray:
+    """Boolean per time bin: True for bins the encoder sees (all unless a ``forward`` coord marks
+    the last bins as forward-prediction bins, which only the reconstruction covers)."""
+    if "forward" in ds.coords:
+        return ~ds["forward"].values.astype(bool)
+    return np.ones(ds.sizes["time"], dtype=bool)
+
+
 def observed_variable(ds: xr.Dataset) -> str:
     """The name of the recorded variable in ``ds`` (``'spikes'``, ``'emg'`` or ``'events'``, by its kind).
 
@@ -127,6 +140,26 @@ def _check_time(time: np.ndarray, bin_width: float) -> None:
             f"'time' steps by {steps.min():g} to {steps.max():g} but bin_width is {bin_width:g} s; consecutive "
             f"bin centres must be bin_width apart (is one of them in ms, or are bins missing?). {fix}, or fix "
             "ds.attrs['bin_width'] if it is the one in other units."
+        )
+
+
+def _check_forward(forward: xr.DataArray) -> None:
+    """Forward-prediction bins: a boolean per time bin, True for some last bins only."""
+    fix = "e.g. ds.assign_coords(forward=('time', np.arange(T) >= T - n_forward))"
+    if forward.dims != ("time",) or forward.dtype != bool:
+        raise DataError(
+            f"'forward' must be a boolean per time bin (True = a forward-prediction bin the encoder does not "
+            f"see), got dtype {forward.dtype} and dims {forward.dims}; {fix}."
+        )
+    values = forward.values
+    if values.all():
+        raise DataError(f"Every time bin is marked forward; the encoder needs at least the first bin. Mark only "
+                        f"the last bins, {fix}.")
+    first = int(np.argmax(values)) if values.any() else len(values)
+    if not values[first:].all():
+        raise DataError(
+            f"'forward' marks bins {np.flatnonzero(values).tolist()[:8]} but forward-prediction bins are the "
+            f"last ones of a trial (after the bins the encoder sees), with none in between; {fix}."
         )
 
 
@@ -172,7 +205,7 @@ def validate(ds: xr.Dataset, *, require_train: bool = False) -> xr.Dataset:
         )
     _check_bin_width(ds.attrs["bin_width"])
 
-    for coord in ("split", "condition", "heldout"):
+    for coord in ("split", "condition", "heldout", "forward"):
         if coord in ds.data_vars:  # e.g. ds['heldout'] = ...: it would be ignored, not used
             raise DataError(f"'{coord}' is a data variable; make it a coordinate: ds = ds.set_coords('{coord}').")
     for coord in ("time", "split"):
@@ -216,6 +249,8 @@ def validate(ds: xr.Dataset, *, require_train: bool = False) -> xr.Dataset:
             "'heldout' must be a boolean per neuron (True = not seen by the encoder), "
             "e.g. ds.assign_coords(heldout=('neuron', mask))."
         )
+    if "forward" in ds.coords:
+        _check_forward(ds["forward"])
 
     for var, last_dim in TRUTH_VARIABLES.items():
         if var not in ds.data_vars:

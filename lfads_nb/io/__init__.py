@@ -9,18 +9,24 @@ are not created: a missing folder raises :class:`DataError`, so a typo in a path
 scatter new folders around. What netCDF changes on the way: string variables come back as
 numpy unicode arrays (``<U``) whatever their dtype was, list attributes come back as numpy
 arrays, and attributes must be strings, numbers or arrays of them (no bools, dicts or None).
+``save`` also takes a DataTree of sessions (:mod:`lfads_nb.data.sessions`), written the same way
+with one netCDF group per session, and ``load`` of such a file returns the DataTree, each session
+validated.
 
 ``load`` tries the readers of ``READERS`` in order, each a :class:`Reader` (name, ``sniff``
-from the content, ``read``), so another format (e.g. NWB) is one more entry; a file none of them
-takes raises :class:`DataError` listing what each looks for. Besides netCDF, ``load`` reads the
-HDF5 layout of the original LFADS and lfads-torch (one array per key, trials x time x neurons)::
+from the content, ``read``), so another format is one more entry (as NWB, :mod:`lfads_nb.io.nwb`);
+a file none of them takes raises :class:`DataError` listing what each looks for. Besides netCDF,
+``load`` reads the HDF5 layout of the original LFADS and lfads-torch (one array per key, trials x
+time x neurons)::
 
     {train,valid,test}_encod_data   data the encoders see (spike counts, or the kind's values)
-    {train,valid,test}_recon_data   data the model reconstructs (encod neurons first)
+    {train,valid,test}_recon_data   data the model reconstructs (encod neurons and bins first);
+                                    test_recon_data may be missing (NLB's test phase)
     {train,valid,test}_data         older single-array form: encod = recon = this
     {train,valid,test}_truth        optional truth; truth / conversion_factor = expected value per bin
     {train,valid,test}_inds         optional trial ids (integers)
     {train,valid,test}_ext_input    optional external inputs (trials x time x inputs)
+    {train,valid,test}_behavior     optional behaviour (trials x time x dims), read as ``behavior``
     conversion_factor               dataset or file attribute; absent means 1
     kind                            optional file attribute: the data kind (lfads_nb.data.kinds)
     s_min                           optional file attribute: calcium events' smallest event size
@@ -46,7 +52,14 @@ bin_width) for spikes, ``emg_mean_true`` or ``events_mean_true`` in the data's u
 Held-out neurons: when ``*_encod_data`` has fewer neurons than ``*_recon_data``, the extra
 (last) recon neurons are held out (seen only by the reconstruction, as in NLB co-smoothing).
 The observed variable keeps all recon neurons, and the boolean neuron coordinate ``heldout`` marks them
-(True = held out). It exists only when some neuron is held out.
+(True = held out). It exists only when some neuron is held out. Forward-prediction bins, the same
+in time: when ``*_encod_data`` has fewer time bins than ``*_recon_data`` (NLB's forward window, as
+in lfads-torch's NLB configs), the extra (last) bins are marked by the boolean time coordinate
+``forward``; training hides them from the encoder and reconstructs them, and ``metrics.fp_bps``
+scores them. A test split with ``test_encod_data`` only (NLB's test phase) is read with NaN (not
+observed) in its held-out neurons and forward bins, as lfads-torch pads it. A split without
+``*_behavior`` while others have it (NLB's test split) gets NaN behaviour, and behaviour that
+covers only the encoder's bins (nlb_tools' tensors) gets NaN in the forward bins.
 
 ``export_lfads_h5(ds, path)`` writes that layout (``*_encod_data`` / ``*_recon_data``) so the
 same data runs in lfads-torch: neurons with ``heldout`` True go only into recon data, after
@@ -54,7 +67,8 @@ the observed ones (so recon neurons are reordered observed-first when they were
 interleaved); ``*_inds`` are the trial ids, which must be integers; ``*_truth`` holds the
 kind's truth (``rates_true`` in Hz with ``conversion_factor = 1 / bin_width``, so truth /
 conversion_factor is counts per bin, as lfads-torch expects; ``emg_mean_true`` or
-``events_mean_true`` with ``conversion_factor = 1``); ``*_ext_input`` holds ``ext_input``; the
+``events_mean_true`` with ``conversion_factor = 1``); ``*_ext_input`` holds ``ext_input`` and
+``*_behavior`` ``behavior``; ``*_encod_data`` stops before the ``forward`` bins; the
 file attributes ``bin_width``, ``kind`` and ``s_min`` (if set) hold those of the dataset. lfads-torch
 needs train and valid trials and cannot take NaN, so both raise :class:`DataError`; a test
 split without trials is omitted. Condition labels, neuron ids, time offsets and the other
@@ -76,8 +90,10 @@ import numpy as np
 import xarray as xr
 
 from ..data.kinds import get_kind, kind_of
-from ..data.schema import SPLITS, make_dataset, observed_variable, validate
-from ..errors import DataError
+from ..data.schema import SPLITS, encoder_bins, make_dataset, observed_variable, validate
+from ..data.sessions import validate_sessions
+from ..errors import ConfigError, DataError
+from .nwb import is_nwb, read_nwb
 
 DEFAULT_BIN_WIDTH = 0.01  # seconds, assumed for LFADS files that store none
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
@@ -136,14 +152,24 @@ def _check_serializable(ds: xr.Dataset) -> None:
             )
 
 
-def save(ds: xr.Dataset, path) -> Path:
+def save(ds: xr.Dataset | xr.DataTree, path) -> Path:
     """Validate ``ds`` and write it atomically to netCDF-4 at ``path`` (``.nc`` by convention).
 
-    Returns the path written. The folder must exist. Raises :class:`DataError` for invalid
-    data, values netCDF cannot store, or a path that cannot be written.
+    ``ds`` is a Dataset, or a DataTree of sessions (:mod:`lfads_nb.data.sessions`), written as one
+    netCDF group per session. Returns the path written. The folder must exist. Raises
+    :class:`DataError` for invalid data, values netCDF cannot store, or a path that cannot be written.
     """
-    validate(ds)
-    _check_serializable(ds)
+    if isinstance(ds, xr.DataTree):
+        validate_sessions(ds)
+        _check_serializable(ds.to_dataset())  # the root's attributes
+        for name, node in ds.children.items():
+            try:
+                _check_serializable(node.to_dataset())
+            except DataError as error:
+                raise DataError(f"Session '{name}': {error}") from error
+    else:
+        validate(ds)
+        _check_serializable(ds)
 
     def write(tmp: Path) -> None:
         try:
@@ -171,20 +197,33 @@ def _as_unicode(var: xr.DataArray) -> xr.DataArray:
     return var.copy(data=np.char.decode(values, "utf-8") if values.dtype.kind == "S" else values.astype(str))
 
 
-def _read_netcdf(path: Path) -> xr.Dataset:
-    try:
-        with xr.open_dataset(path, engine="h5netcdf") as opened:
-            ds = opened.load().drop_encoding()
-    except (OSError, ValueError, KeyError) as error:
-        raise DataError(
-            f"{path} looks like netCDF but cannot be read ({error}); it may be corrupt."
-        ) from error
-    # Older xarray versions decode netCDF strings as object arrays, and fixed-width strings come
-    # back as bytes (b'valid' != 'valid'); make them all numpy unicode.
+def _unicode_strings(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` with its string variables as numpy unicode. Older xarray versions decode netCDF strings
+    as object arrays, and fixed-width strings come back as bytes (b'valid' != 'valid')."""
     strings = {name: _as_unicode(ds[name]) for name in ds.variables if ds[name].dtype.kind in "OS"}
     return ds.assign_coords({n: v for n, v in strings.items() if n in ds.coords}).assign(
         {n: v for n, v in strings.items() if n in ds.data_vars}
     )
+
+
+def _read_netcdf(path: Path) -> xr.Dataset | xr.DataTree:
+    """The Dataset of a netCDF file, or its DataTree when the file has groups (sessions)."""
+    with _open_hdf5(path) as f:
+        has_groups = any(isinstance(item, h5py.Group) for item in f.values())
+    try:
+        if has_groups:
+            with xr.open_datatree(path, engine="h5netcdf") as opened:
+                tree = opened.load()
+            return xr.DataTree.from_dict(
+                {"/": tree.to_dataset().drop_encoding(),
+                 **{name: _unicode_strings(node.to_dataset().drop_encoding()) for name, node in tree.children.items()}}
+            )
+        with xr.open_dataset(path, engine="h5netcdf") as opened:
+            return _unicode_strings(opened.load().drop_encoding())
+    except (OSError, ValueError, KeyError) as error:
+        raise DataError(
+            f"{path} looks like netCDF but cannot be read ({error}); it may be corrupt."
+        ) from error
 
 
 # ----------------------------------------------------------------------------- LFADS HDF5 (read)
@@ -201,70 +240,80 @@ def _read_array(f: h5py.File, key: str, path: Path) -> np.ndarray:
 
 
 def _read_split(f: h5py.File, split: str, path: Path) -> dict | None:
-    """The arrays of one split, checked against each other, or None if the file has none."""
+    """The arrays of one split, checked against each other, or None if the file has none.
+
+    ``recon`` is None for a test split with encod data only (NLB's test phase)."""
     encod_key, recon_key = f"{split}_encod_data", f"{split}_recon_data"
     if encod_key in f or recon_key in f:
         for key, other in ((encod_key, recon_key), (recon_key, encod_key)):
-            if other not in f:
+            if other not in f and not (split == "test" and key == encod_key):
                 raise DataError(
-                    f"{path} has '{key}' but no '{other}'; LFADS files need both "
-                    "(write the same array twice when no neurons are held out)."
+                    f"{path} has '{key}' but no '{other}'; LFADS files need both for the {split} split "
+                    "(write the same array twice when no neurons or bins are held out)."
                 )
-        arrays = {"encod": _read_array(f, encod_key, path), "recon": _read_array(f, recon_key, path)}
+        arrays = {"encod": _read_array(f, encod_key, path),
+                  "recon": _read_array(f, recon_key, path) if recon_key in f else None}
     elif f"{split}_data" in f:
         encod_key = recon_key = f"{split}_data"  # messages name the key the file has
         arrays = {"encod": _read_array(f, encod_key, path)}
         arrays["recon"] = arrays["encod"]
     else:
         return None
-    for name in OPTIONAL_LFADS_KEYS:
+    for name in OPTIONAL_LFADS_KEYS + ("behavior",):
         if f"{split}_{name}" in f:
             arrays[name] = _read_array(f, f"{split}_{name}", path)
 
     encod, recon = arrays["encod"], arrays["recon"]
     for key, array in ((encod_key, encod), (recon_key, recon)):
-        if array.ndim != 3:
+        if array is not None and array.ndim != 3:
             raise DataError(
                 f"'{key}' in {path} has shape {array.shape}; expected (trial, time, neuron). "
                 "Keep the axis of a single trial or neuron when writing it, e.g. data[..., np.newaxis]."
             )
-    if recon.shape[0] == 0:
+    if encod.shape[0] == 0:
         raise DataError(f"The {split} split in {path} has zero trials; delete its keys or add trials.")
-    if encod.shape[:2] != recon.shape[:2]:
-        raise DataError(
-            f"'{encod_key}' has shape {encod.shape} but '{recon_key}' has {recon.shape}; "
-            "they need the same trials and time bins."
-        )
-    n_encod = encod.shape[2]
-    if n_encod == 0 or n_encod > recon.shape[2]:
-        raise DataError(
-            f"'{encod_key}' has {n_encod} neurons and '{recon_key}' {recon.shape[2]}; encod data "
-            "needs between 1 and all of the recon neurons (the extra recon neurons are held out)."
-        )
-    if not np.array_equal(encod, recon[..., :n_encod], equal_nan=encod.dtype.kind == "f"):
-        raise DataError(
-            f"'{encod_key}' differs from the first {n_encod} neurons of '{recon_key}'; lfads_nb reads "
-            "held-out neurons as the last recon neurons, so recon data must start with the encod data."
-        )
-    if "truth" in arrays and arrays["truth"].shape != recon.shape:
+    if recon is not None:
+        if encod.shape[0] != recon.shape[0] or not 0 < encod.shape[1] <= recon.shape[1]:
+            raise DataError(
+                f"'{encod_key}' has shape {encod.shape} but '{recon_key}' has {recon.shape}; they need the "
+                "same trials, and encod data the first time bins of the recon data (the rest are "
+                "forward-prediction bins)."
+            )
+        n_encod = encod.shape[2]
+        if n_encod == 0 or n_encod > recon.shape[2]:
+            raise DataError(
+                f"'{encod_key}' has {n_encod} neurons and '{recon_key}' {recon.shape[2]}; encod data "
+                "needs between 1 and all of the recon neurons (the extra recon neurons are held out)."
+            )
+        if not np.array_equal(encod, recon[:, :encod.shape[1], :n_encod], equal_nan=encod.dtype.kind == "f"):
+            raise DataError(
+                f"'{encod_key}' differs from the first {n_encod} neurons and {encod.shape[1]} bins of "
+                f"'{recon_key}'; lfads_nb reads held-out neurons as the last recon neurons and forward-"
+                "prediction bins as the last recon bins, so recon data must start with the encod data."
+            )
+    if "truth" in arrays and recon is not None and arrays["truth"].shape != recon.shape:
         raise DataError(
             f"'{split}_truth' has shape {arrays['truth'].shape} but '{recon_key}' has {recon.shape}; "
             "truth needs one rate per recon (trial, time, neuron)."
         )
     if "inds" in arrays:
         inds = arrays["inds"]
-        if inds.shape != (recon.shape[0],) or inds.dtype.kind not in "iu":
+        if inds.shape != (encod.shape[0],) or inds.dtype.kind not in "iu":
             raise DataError(
                 f"'{split}_inds' has shape {inds.shape} and dtype {inds.dtype}; it needs one integer "
-                f"trial id per {split} trial, i.e. shape ({recon.shape[0]},)."
+                f"trial id per {split} trial, i.e. shape ({encod.shape[0]},)."
             )
-    if "ext_input" in arrays:
-        ext = arrays["ext_input"]
-        if ext.ndim != 3 or ext.shape[:2] != recon.shape[:2]:
+    for name in ("ext_input", "behavior"):
+        if name in arrays and (arrays[name].ndim != 3 or arrays[name].shape[0] != encod.shape[0]):
             raise DataError(
-                f"'{split}_ext_input' has shape {ext.shape}; expected ({recon.shape[0]}, "
-                f"{recon.shape[1]}, n_inputs) to match '{recon_key}'."
+                f"'{split}_{name}' has shape {arrays[name].shape}; expected ({encod.shape[0]}, n_time, n_{name}s) "
+                f"with the trials of '{encod_key}'."
             )
+    if "ext_input" in arrays and recon is not None and arrays["ext_input"].shape[1] != recon.shape[1]:
+        raise DataError(
+            f"'{split}_ext_input' has {arrays['ext_input'].shape[1]} time bins but '{recon_key}' has "
+            f"{recon.shape[1]}; the generator needs an external input for every bin it runs."
+        )
     return arrays
 
 
@@ -328,19 +377,73 @@ def _kind(stored, given, path: Path) -> str | None:
     return stored if stored is not None else given
 
 
+def _fill_encod_only(arrays: dict, n_time: int, n_neurons: int) -> None:
+    """Recon data for a split that has encod data only: the encod data, NaN (not observed) in the
+    held-out neurons and forward-prediction bins, as lfads-torch pads NLB's test phase."""
+    encod = arrays["encod"]
+    recon = np.full((len(encod), n_time, n_neurons), np.nan)
+    recon[:, :encod.shape[1], :encod.shape[2]] = encod
+    arrays["recon"] = recon
+    expected = {"truth": (len(encod), n_time, n_neurons), "ext_input": (len(encod), n_time)}
+    for key, shape in expected.items():
+        if key in arrays and (arrays[key].ndim != 3 or arrays[key].shape[:len(shape)] != shape):
+            raise DataError(
+                f"'test_{key}' has shape {arrays[key].shape}; expected {shape} (then inputs, for ext_input): "
+                "the trials of 'test_encod_data' and every time bin of the other splits' recon data."
+            )
+
+
+def _behavior(splits: dict, n_time: int) -> np.ndarray | None:
+    """``*_behavior`` of every split, trials x n_time x dims: NaN where a split has none (NLB's
+    test split) and in the forward-prediction bins of behaviour that covers the encoder's bins only."""
+    having = {s: a["behavior"] for s, a in splits.items() if "behavior" in a}
+    if not having:
+        return None
+    first_name, first = next(iter(having.items()))
+    parts = []
+    for name, arrays in splits.items():
+        behavior = arrays.get("behavior")
+        if behavior is None:
+            parts.append(np.full((len(arrays["encod"]), n_time, first.shape[2]), np.nan))
+            continue
+        if behavior.shape[2] != first.shape[2]:
+            raise DataError(
+                f"'{name}_behavior' has {behavior.shape[2]} dims but '{first_name}_behavior' has "
+                f"{first.shape[2]}; all splits need the same."
+            )
+        if behavior.shape[1] not in (n_time, arrays["encod"].shape[1]):
+            raise DataError(
+                f"'{name}_behavior' has {behavior.shape[1]} time bins; expected {n_time} (the recon data's) or "
+                f"{arrays['encod'].shape[1]} (the encod data's, without the forward-prediction bins)."
+            )
+        padded = np.full(behavior.shape[:1] + (n_time,) + behavior.shape[2:], np.nan)
+        padded[:, :behavior.shape[1]] = behavior
+        parts.append(padded)
+    return np.concatenate(parts)
+
+
 def _read_lfads(f: h5py.File, path: Path, bin_width, kind) -> xr.Dataset:
     splits = {s: arrays for s in SPLITS if (arrays := _read_split(f, s, path)) is not None}
+    with_recon = {s: a for s, a in splits.items() if a["recon"] is not None}
+    if not with_recon:
+        raise DataError(f"{path} has 'test_encod_data' but no recon data of any split; lfads_nb needs "
+                        "'train_recon_data' (or 'valid_recon_data') to know the trials' neurons and time bins.")
 
-    first_name, first = next(iter(splits.items()))
+    first_name, first = next(iter(with_recon.items()))
     for name, arrays in splits.items():
-        for what, key, axis in (
-            ("time bins", "recon", 1), ("recon neurons", "recon", 2), ("encod neurons", "encod", 2)
-        ):
+        checks = [("time bins", "recon", 1), ("recon neurons", "recon", 2)] if arrays["recon"] is not None else []
+        checks += [("encoder time bins", "encod", 1), ("encod neurons", "encod", 2)]
+        for what, key, axis in checks:
             if arrays[key].shape[axis] != first[key].shape[axis]:
                 raise DataError(
                     f"The {name} split in {path} has {arrays[key].shape[axis]} {what} but the "
                     f"{first_name} split has {first[key].shape[axis]}; all splits need the same."
                 )
+    n_time, n_neurons = first["recon"].shape[1:]
+    for arrays in splits.values():
+        if arrays["recon"] is None:
+            _fill_encod_only(arrays, n_time, n_neurons)
+    for name, arrays in splits.items():
         for key in OPTIONAL_LFADS_KEYS:
             if (key in arrays) != (key in first):
                 having = [s for s in splits if key in splits[s]]
@@ -373,6 +476,9 @@ def _read_lfads(f: h5py.File, path: Path, bin_width, kind) -> xr.Dataset:
         truth[data_kind.truth] = true_means.astype(dtype)
     if "ext_input" in first:
         truth["ext_input"] = np.concatenate([a["ext_input"] for a in splits.values()])
+    behavior = _behavior(splits, n_time)
+    if behavior is not None:
+        truth["behavior"] = behavior
     if "inds" in first:
         ids = np.concatenate([a["inds"] for a in splits.values()])
         if len(np.unique(ids)) != len(ids):
@@ -391,9 +497,11 @@ def _read_lfads(f: h5py.File, path: Path, bin_width, kind) -> xr.Dataset:
     )
     if "s_min" in f.attrs:  # the ZIG's smallest event size, for calcium events; load validates it
         ds.attrs["s_min"] = float(np.asarray(f.attrs["s_min"]).item())
-    n_encod = first["encod"].shape[2]
-    if n_encod < data.shape[2]:
-        ds = ds.assign_coords(heldout=("neuron", np.arange(data.shape[2]) >= n_encod))
+    n_encod, n_encod_time = first["encod"].shape[2], first["encod"].shape[1]
+    if n_encod < n_neurons:
+        ds = ds.assign_coords(heldout=("neuron", np.arange(n_neurons) >= n_encod))
+    if n_encod_time < n_time:
+        ds = ds.assign_coords(forward=("time", np.arange(n_time) >= n_encod_time))
     return ds
 
 
@@ -442,8 +550,17 @@ def _load_lfads(path: Path, *, kind, bin_width) -> xr.Dataset:
         raise DataError(f"Cannot read {path} ({error}); the file is corrupt or truncated.") from error
 
 
-def _load_netcdf(path: Path, *, kind, bin_width) -> xr.Dataset:
-    ds = _read_netcdf(path)
+def _load_netcdf(path: Path, *, kind, bin_width) -> xr.Dataset | xr.DataTree:
+    data = _read_netcdf(path)
+    if isinstance(data, xr.DataTree):  # sessions: each one's kind and bin width as a Dataset's
+        return xr.DataTree.from_dict({"/": data.to_dataset(), **{
+            name: _netcdf_options(node.to_dataset(), path, kind, bin_width) for name, node in data.children.items()
+        }})
+    return _netcdf_options(data, path, kind, bin_width)
+
+
+def _netcdf_options(ds: xr.Dataset, path: Path, kind, bin_width) -> xr.Dataset:
+    """``ds`` with ``load``'s kind and bin width checked against the stored ones."""
     if "kind" in ds.attrs or kind is not None:  # else the kind is read off the observed variable
         ds.attrs["kind"] = _kind(ds.attrs.get("kind"), kind, path)
     if "bin_width" in ds.attrs or bin_width is not None:  # else validate names the missing attribute
@@ -451,27 +568,37 @@ def _load_netcdf(path: Path, *, kind, bin_width) -> xr.Dataset:
     return ds
 
 
+def _is_nwb(path: Path) -> bool:
+    if not _is_hdf5(path):
+        return False
+    with _open_hdf5(path) as f:
+        return is_nwb(f)
+
+
 @dataclass(frozen=True)
 class Reader:
     """A file format ``load`` reads. ``sniff(path)`` says whether the file at ``path`` is in this
     format, from its content, raising :class:`DataError` for a file it cannot open.
-    ``read(path, **options)`` returns its Dataset (``load`` validates it); the options are those
-    of ``load`` (``kind``, ``bin_width``). ``needs`` says what ``sniff`` looks for, for the error
-    ``load`` raises when no reader takes a file."""
+    ``read(path, kind=..., bin_width=..., **options)`` returns its Dataset (``load`` validates it);
+    ``options`` names the format's own keyword options of ``load`` (e.g. NWB's ``align_to``).
+    ``needs`` says what ``sniff`` looks for, for the error ``load`` raises when no reader takes a file."""
 
     name: str
     sniff: Callable[[Path], bool]
     read: Callable[..., xr.Dataset]
     needs: str
+    options: tuple[str, ...] = ()
 
 
-# The formats load() tries, in order; a new format (e.g. NWB) is one more entry.
+# The formats load() tries, in order; a new format is one more entry.
 READERS = [
     Reader(
         "LFADS HDF5", _is_lfads, _load_lfads,
         "HDF5 with train_encod_data and train_recon_data, or train_data, or the same for valid/test",
     ),
     Reader("lfads_nb netCDF-4", _is_netcdf4, _load_netcdf, "HDF5 with the netCDF-4 mark '_NCProperties'"),
+    Reader("NWB", _is_nwb, read_nwb, "HDF5 with the root attribute 'nwb_version'",
+           ("align_to", "window", "condition", "behavior", "seed")),
 ]
 
 
@@ -489,9 +616,9 @@ def _no_reader(path: Path) -> DataError:
     return DataError(f"{path} is in none of the formats lfads_nb reads; tried {tried}. {found}")
 
 
-def load(path, kind: str | None = None, bin_width: float | None = None) -> xr.Dataset:
-    """Read a dataset from a file in one of the formats of ``READERS``: an lfads_nb netCDF file or
-    an LFADS / lfads-torch HDF5 file.
+def load(path, kind: str | None = None, bin_width: float | None = None, **options) -> xr.Dataset:
+    """Read a dataset from a file in one of the formats of ``READERS``: an lfads_nb netCDF file,
+    an LFADS / lfads-torch HDF5 file, or an NWB file.
 
     The format is detected from the content, not the extension: the readers are tried in order
     and the first whose ``sniff`` takes the file reads it. ``kind`` (a name in ``KINDS``) says what
@@ -500,6 +627,13 @@ def load(path, kind: str | None = None, bin_width: float | None = None) -> xr.Da
     0.01 s. An explicit kind or bin width that contradicts the stored one is refused. The result is
     validated and held in memory (the file is closed). Raises :class:`DataError` for a missing,
     corrupt or inconsistent file, or one no reader takes (naming what each looks for).
+
+    NWB files (spike times, :mod:`lfads_nb.io.nwb`) need ``bin_width`` and take ``options``:
+    ``window=(start, end)`` in seconds around each trial's ``align_to`` event (a trials column;
+    default ``'start_time'``), ``condition`` (a trials column), ``behavior`` (the names of series
+    of the ``behavior`` processing module; default all) and ``seed`` (of the stratified split made
+    when the trials table has no ``split`` column). An option the file's format does not take
+    raises :class:`ConfigError`.
     """
     path = Path(path).expanduser()
     if not path.exists():
@@ -509,9 +643,14 @@ def load(path, kind: str | None = None, bin_width: float | None = None) -> xr.Da
     reader = next((r for r in READERS if r.sniff(path)), None)
     if reader is None:
         raise _no_reader(path)
-    ds = reader.read(path, kind=kind, bin_width=bin_width)
+    unknown = sorted(set(options) - set(reader.options))
+    if unknown:
+        takes = (f"takes only {list(reader.options)}" if reader.options
+                 else "takes no options besides kind and bin_width")
+        raise ConfigError(f"load() got {unknown} for {path}, a {reader.name} file, which {takes}.")
+    ds = reader.read(path, kind=kind, bin_width=bin_width, **options)
     try:
-        return validate(ds)
+        return validate_sessions(ds) if isinstance(ds, xr.DataTree) else validate(ds)
     except DataError as error:
         raise DataError(f"{path}: {error}") from error
 
@@ -554,6 +693,7 @@ def export_lfads_h5(ds: xr.Dataset, path) -> Path:
             raise DataError("Every neuron is marked heldout; the encoders need at least one observed neuron.")
     neuron_order = np.argsort(heldout, kind="stable")  # observed neurons first, as the layout needs
     n_encod = int((~heldout).sum())
+    n_encod_time = int(encoder_bins(ds).sum())  # the forward-prediction bins follow them
     bin_width = float(ds.attrs["bin_width"])
 
     def write(tmp: Path) -> None:
@@ -567,7 +707,7 @@ def export_lfads_h5(ds: xr.Dataset, path) -> Path:
                 if len(trials) == 0:
                     continue
                 recon = counts[trials][..., neuron_order]
-                f.create_dataset(f"{split}_encod_data", data=recon[..., :n_encod])
+                f.create_dataset(f"{split}_encod_data", data=recon[:, :n_encod_time, :n_encod])
                 f.create_dataset(f"{split}_recon_data", data=recon)
                 f.create_dataset(f"{split}_inds", data=ids[trials].astype(np.int64))
                 if kind.truth in ds.data_vars:
@@ -576,6 +716,8 @@ def export_lfads_h5(ds: xr.Dataset, path) -> Path:
                 if "ext_input" in ds.variables:
                     ext_input = ds["ext_input"].transpose("trial", "time", ...).values[trials]
                     f.create_dataset(f"{split}_ext_input", data=ext_input)
+                if "behavior" in ds.data_vars:
+                    f.create_dataset(f"{split}_behavior", data=ds["behavior"].values[trials])
             if kind.truth in ds.data_vars:  # truth / conversion_factor = expected value per bin
                 f.create_dataset("conversion_factor", data=kind.to_output(1.0, bin_width))
 

@@ -21,6 +21,8 @@ over the batch) plus ``l2_ramp * (l2_gen_scale L2_gen + l2_con_scale L2_con)``.
 Masks, per (trial, time, neuron) entry:
 
 - NaN in ``spikes`` means "not observed": zero at the encoder, out of every loss.
+- Forward-prediction bins (the last bins, where the ``forward`` time coordinate is True): zero at
+  the encoder, in every loss, so ``infer`` predicts them from the dynamics alone.
 - Sample validation (``sv_fraction``): one fixed, seeded mask holds out entries in every split.
   They are zeroed at the encoder (the rest rescaled), never trained on, and their NLL on the
   validation trials is reported each epoch as ``valid_sv_nll``.
@@ -47,12 +49,12 @@ import torch
 import xarray as xr
 
 from ..data.kinds import kind_of
-from ..data.schema import heldin_mask, observed_variable, validate
+from ..data.schema import encoder_bins, heldin_mask, observed_variable, validate
 from ..errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from ..models.lfads import LFADS, LFADSConfig
 from ..models.ndt import NDT, NDTConfig
-from ..transforms import (Batch, coordinated_dropout, make_batch, rounded_normal_shifts, sample_validation, sbtt,
-                          temporal_shift)
+from ..transforms import (Batch, coordinated_dropout, forward_prediction, make_batch, rounded_normal_shifts,
+                          sample_validation, sbtt, temporal_shift)
 from .checkpoint import RunState, ema, load_checkpoint, restore_training, save_checkpoint, training_checkpoint
 
 
@@ -149,6 +151,7 @@ class _Tensors:
     data: torch.Tensor          # (trial, time, neuron) the observed variable, NaN = not observed
     ext_input: torch.Tensor | None
     heldin: torch.Tensor        # (neuron,) bool
+    encoder_bins: torch.Tensor  # (time,) bool, False for forward-prediction bins
     sv_keep: torch.Tensor       # (trial, time, neuron) bool, False = held out for sample validation
 
 
@@ -174,6 +177,7 @@ def _to_tensors(ds: xr.Dataset, config: TrainConfig) -> _Tensors:
         data=torch.as_tensor(ds[observed_variable(ds)].values.astype(np.float32), device=device),
         ext_input=ext,
         heldin=torch.as_tensor(heldin_mask(ds), device=device),
+        encoder_bins=torch.as_tensor(encoder_bins(ds), device=device),
         sv_keep=torch.as_tensor(_sv_keep_mask(ds, config.sv_fraction, config.sv_seed), device=device),
     )
 
@@ -261,16 +265,17 @@ def train_valid_indices(ds: xr.Dataset, needed_for: str) -> tuple[torch.Tensor, 
 # ---------------------------------------------------------------------------------------------
 
 def _recorded_batch(tensors: _Tensors, idx) -> Batch:
-    """The trials ``idx`` as recorded, unobserved (NaN) entries out of encoder and loss (``sbtt``)."""
+    """The trials ``idx`` as recorded: forward-prediction bins hidden from the encoder
+    (``forward_prediction``), unobserved (NaN) entries out of encoder and loss (``sbtt``)."""
     ext = None if tensors.ext_input is None else tensors.ext_input[idx]
-    return sbtt(make_batch(tensors.data[idx], tensors.heldin, ext))
+    return sbtt(forward_prediction(make_batch(tensors.data[idx], tensors.heldin, ext), tensors.encoder_bins))
 
 
 def training_batch(tensors: _Tensors, idx, sv_fraction: float, cd_rate, cd_uniforms: torch.Tensor | None,
                    shifts: tuple[torch.Tensor, torch.Tensor] | None = None) -> Batch:
-    """A training batch: ``sbtt`` -> ``sample_validation`` -> ``temporal_shift`` (when ``shifts``,
-    the (encoder, target) shifts, are given) -> ``coordinated_dropout`` (when ``cd_uniforms`` are
-    given; ``cd_rate`` a number or per-member (P, 1, 1, 1) rates)."""
+    """A training batch: ``forward_prediction`` -> ``sbtt`` -> ``sample_validation`` -> ``temporal_shift``
+    (when ``shifts``, the (encoder, target) shifts, are given) -> ``coordinated_dropout`` (when
+    ``cd_uniforms`` are given; ``cd_rate`` a number or per-member (P, 1, 1, 1) rates)."""
     batch = sample_validation(_recorded_batch(tensors, idx), tensors.sv_keep[idx], sv_fraction)
     if shifts is not None:
         batch = temporal_shift(batch, *shifts)
@@ -278,8 +283,8 @@ def training_batch(tensors: _Tensors, idx, sv_fraction: float, cd_rate, cd_unifo
 
 
 def validation_batches(tensors: _Tensors, idx, sv_fraction: float, batch_size: int):
-    """Validation batches of ``idx``: ``sbtt`` -> ``sample_validation``, ``batch_size`` trials each.
-    ``loss_mask`` holds the entries the encoder saw, ``heldout`` those sample validation hid."""
+    """Validation batches of ``idx``: ``forward_prediction`` -> ``sbtt`` -> ``sample_validation``, ``batch_size``
+    trials each. ``loss_mask`` holds the observed entries sample validation kept, ``heldout`` those it hid."""
     for start in range(0, len(idx), batch_size):
         b = idx[start:start + batch_size]
         yield sample_validation(_recorded_batch(tensors, b), tensors.sv_keep[b], sv_fraction)
