@@ -1,5 +1,7 @@
 """Every tutorial runs under papermill with small CI parameters, stays stripped, and is a batch job.
 
+The standard these tests enforce (and the parts they cannot) is written down in tutorials/STANDARD.md.
+
 The executed copies land in ``test-artifacts/tutorials/<name>/`` so a failing run can be read.
 Cells marked ``# NBVAL_CHECK_OUTPUT`` must reproduce their output when nbval (lax) re-runs the
 executed notebook: the outputs that should be stable (shapes, seeded statistics) really are.
@@ -102,6 +104,25 @@ def test_reads_like_a_lecture(notebook):
             assert len(lines) <= SCREEN_LINES, f"{notebook.name}: a {len(lines)}-line cell belongs in the library"
 
 
+PLOTLY_JSON = "application/vnd.plotly.v1+json"
+
+
+def figures_in_export(executed: Path) -> tuple[int, int]:
+    """(plotly figures the executed notebook holds, figures its nbconvert HTML export shows).
+
+    An export shows a figure as a PNG ``<img>`` or as a plotly.js ``plotly-graph-div``; a figure
+    stored as plotly JSON alone leaves nothing in the export, nor on GitHub.
+    """
+    import nbconvert
+    import nbformat
+
+    nb = nbformat.read(executed, as_version=4)
+    held = sum(PLOTLY_JSON in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
+    body, _ = nbconvert.HTMLExporter().from_notebook_node(nb)
+    shown = body.count('src="data:image/png;base64') + body.count('class="plotly-graph-div"')
+    return held, shown
+
+
 @pytest.mark.parametrize("notebook", TUTORIALS, ids=lambda p: p.name)
 def test_runs_under_papermill(notebook, monkeypatch):
     monkeypatch.setenv("LFADS_NB_LIVE", "0")
@@ -112,6 +133,9 @@ def test_runs_under_papermill(notebook, monkeypatch):
     errors = [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
     assert "widgets" not in nb.get("metadata", {}), "papermill runs must not store widget state"
+    held, shown = figures_in_export(executed)
+    assert held > 0, "a tutorial without a figure?"
+    assert shown >= held, f"the HTML export shows {shown} of {held} figures: show figures with plotly (import lfads_nb)"
     if notebook.name in NBVAL_CHECKED:
         env = dict(os.environ, LFADS_NB_LIVE="0")
         result = subprocess.run(
