@@ -83,6 +83,20 @@ def test_latents_3d_projects_onto_principal_components(ds):
     assert kept <= total and kept > 0.5 * total
 
 
+def test_latents_2d_small_multiples_match_the_3d_projection(ds):
+    """The 2-D figure draws the same PC scores as the 3-D one: PC1-PC2 plane, then PCs over time."""
+    flat, scene = plots.latents_2d(ds, trials=[101, 102]), plots.latents_3d(ds, trials=[101, 102])
+    lines3d = [t for t in scene.data if t.mode == "lines"]
+    plane = [t for t in flat.data if t.mode == "lines" and t.xaxis == "x"]
+    assert len(plane) == 2 and sum(t.mode == "lines" for t in flat.data) == 2 * 4
+    np.testing.assert_allclose(np.asarray(plane[1].y), np.asarray(lines3d[1].y), rtol=1e-6)
+    over_time = [t for t in flat.data if t.mode == "lines" and t.xaxis != "x"][:3]  # trial 101: PC1, PC2, PC3
+    np.testing.assert_allclose(np.asarray(over_time[2].y), np.asarray(lines3d[0].z), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(over_time[0].x), ds.time.values)
+    assert flat.layout.xaxis.title.text == "PC1 (a.u.)" and flat.layout.height >= 500
+    assert "principal components" in flat.layout.title.text
+
+
 def test_latents_3d_three_dims_and_trial_selection(ds):
     three = ds.drop_dims("latent").assign(latents_true=ds["latents_true"].isel(latent=slice(0, 3)))
     fig = plots.latents_3d(three, trials=[104, 105], color_by="split")
@@ -118,6 +132,11 @@ def test_compare_rates(ds):
         plots.compare_rates(inferred, ds, 102, neurons=[9])
     with pytest.raises(DataError, match="different time bins"):
         plots.compare_rates(inferred.isel(time=slice(0, 10)), ds, 102)
+    # the baseline as a third, dashed trace per neuron
+    with_base = plots.compare_rates(inferred * 2, ds, 102, neurons=[1, 3], baseline=inferred)
+    bases = [t for t in with_base.data if t.name == "smoothed spikes"]
+    assert len(bases) == 2 and bases[0].line.dash == "dash" and [t.showlegend for t in bases] == [True, False]
+    np.testing.assert_allclose(np.asarray(bases[1].y), inferred.sel(trial=102, neuron=3))
 
 
 def test_decoding(ds):
@@ -149,16 +168,18 @@ def test_history_groups_and_log_axes():
     })
     fig = plots.history(df)
     assert [a.text for a in fig.layout.annotations] == [
-        "training objective", "reconstruction", "KL divergence", "L2 penalty", "learning rate",
-        "regulariser ramps", "time per epoch", "other metrics"]
-    assert [t.name for t in fig.data] == ["train_loss", "train_recon", "valid_recon", "kl_ic", "kl_co", "l2",
-                                          "lr", "kl_ramp", "l2_ramp", "epoch_seconds", "valid_rate_r2"]
+        "reconstruction (and the objective)", "KL divergence (before weighting)", "L2 penalty (before weighting)",
+        "learning rate", "regulariser ramps", "time per epoch", "other metrics"]
+    names = ["train_loss", "train_recon", "valid_recon", "kl_ic", "kl_co", "l2", "lr", "kl_ramp", "l2_ramp",
+             "epoch_seconds"]
+    assert [t.name for t in fig.data] == [plots.METRIC_STYLES[n][0] for n in names] + ["valid_rate_r2"]
+    assert [t.line.color for t in fig.data[:-1]] == [plots.METRIC_STYLES[n][1] for n in names]  # shared colours
     assert len(fig.data[2].x) == 4  # NaN epochs skipped
-    types = [getattr(fig.layout, f"yaxis{i if i > 1 else ''}").type for i in range(1, 9)]
-    assert types == ["linear", "log", "linear", "linear", "log", "linear", "linear", "linear"]
-    assert fig.layout.yaxis2.title.text == "NLL per entry (nats) (log)"
-    assert fig.layout.yaxis3.title.text == "KL per trial (nats)"
-    assert fig.layout.xaxis8.title.text == "epoch"
+    types = [getattr(fig.layout, f"yaxis{i if i > 1 else ''}").type for i in range(1, 8)]
+    assert types == ["log", "linear", "linear", "log", "linear", "linear", "linear"]
+    assert fig.layout.yaxis.title.text == "NLL per entry (nats) (log)" and fig.layout.yaxis.exponentformat == "power"
+    assert fig.layout.yaxis2.title.text == "KL per trial (nats)"
+    assert fig.layout.xaxis7.title.text == "epoch"
     with pytest.raises(DataError, match="reset_index"):
         plots.history(df.set_index("epoch"))
     with pytest.raises(DataError, match="no numeric metric"):

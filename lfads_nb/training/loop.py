@@ -45,6 +45,7 @@ import xarray as xr
 from ..data.kinds import kind_of
 from ..data.schema import heldin_mask, observed_variable, validate
 from ..errors import ConfigError, DataError, TrainingDiverged
+from ..metrics import nll_per_entry
 from ..models.lfads import LFADS, LFADSConfig
 from ..transforms import Batch, coordinated_dropout, make_batch, sample_validation, sbtt
 from .checkpoint import RunState, ema, load_checkpoint, restore_training, save_checkpoint, training_checkpoint
@@ -374,6 +375,7 @@ def train(
     progress = progress or make_progress(live)
     progress.start(config.max_epochs)
     example = _example_picker(ds, valid_idx)
+    truth = _truth_nll(ds, valid_idx)
     steps_per_epoch = math.ceil(len(train_idx) / config.batch_size)
     stop_reason = "max_epochs"
 
@@ -405,7 +407,7 @@ def train(
         row = {"epoch": state.epoch}
         row.update({k: v / steps_per_epoch for k, v in sums.items()})
         row.update(_validation_metrics(model, tensors, valid_idx, config, max(config.batch_size, 256)))
-        row.update(kl_ramp=kl_ramp, l2_ramp=l2_ramp, lr=state.lr, epoch_seconds=time.perf_counter() - t0)
+        row.update(kl_ramp=kl_ramp, l2_ramp=l2_ramp, lr=state.lr, epoch_seconds=time.perf_counter() - t0, **truth)
         if not math.isfinite(row["valid_recon"]):
             raise _diverged(model, best_state, state, progress, ckpt_dir, config, steps_per_epoch)
         improved = _end_of_epoch(state, row, config)
@@ -470,6 +472,18 @@ def _diverged(model, best_state, state, progress, ckpt_dir, config, step):
     err = TrainingDiverged(message)
     err.result = TrainResult(model.eval(), history, state.best_epoch, "diverged")
     return err
+
+
+def _truth_nll(ds: xr.Dataset, valid_idx: torch.Tensor) -> dict[str, float]:
+    """``{'valid_truth_nll': NLL per entry of the true rates on the validation trials}`` for spike
+    data with ``rates_true`` (the reference line of the training curves); empty otherwise."""
+    if kind_of(ds).name != "spikes" or "rates_true" not in ds:
+        return {}
+    valid = ds.isel(trial=valid_idx.cpu().numpy())
+    try:
+        return {"valid_truth_nll": nll_per_entry(valid["rates_true"], valid["spikes"], float(ds.attrs["bin_width"]))}
+    except DataError:  # truth with NaN or negative rates: no reference line rather than no training
+        return {}
 
 
 def _example_picker(ds: xr.Dataset, valid_idx: torch.Tensor, n_neurons: int = 3):
