@@ -250,6 +250,35 @@ def compare_rates(inferred: xr.DataArray, ds: xr.Dataset, trial, neurons=None,
     return fig
 
 
+def inputs_and_echo(inferred: xr.Dataset, ds: xr.Dataset, trial, echo: xr.DataArray, *,
+                    marker_time: float | None = None, echo_max: float | None = None, title: str = "") -> go.Figure:
+    """Look inside an LFADS model with a controller: one trial's population spike count (top
+    left) and inferred inputs (bottom left, one line per input), and the spike echo by lag
+    (right; ``lfads_nb.search.spike_echo``). ``inferred``: ``lfads_nb.infer``'s Dataset with
+    ``inputs``; ``ds``: the data with ``spikes``; ``marker_time``: a time (s) marked dashed on
+    the left, e.g. a true input pulse; ``echo_max``: the echo axis' top, to compare models on
+    one scale."""
+    spikes = select_ids(_variable(ds, "spikes"), "trial", trial, "ds").sum("neuron")
+    inputs = select_ids(_variable(inferred, "inputs"), "trial", trial, "inferred")
+    fig = make_subplots(rows=2, cols=2, specs=[[{}, {"rowspan": 2}], [{}, None]], shared_xaxes=True,
+                        column_widths=[0.65, 0.35],
+                        subplot_titles=["spikes (all neurons)", "spike echo", "inferred inputs"])
+    fig.add_bar(x=spikes["time"].values, y=spikes.values, name="spikes", showlegend=False, row=1, col=1)
+    input_dim = _feature_dim(inputs.expand_dims(trial=[trial]), "inputs")
+    for k in inputs[input_dim].values:
+        fig.add_scatter(x=inputs["time"].values, y=inputs.sel({input_dim: k}).values, name=f"input u{k}",
+                        mode="lines", row=2, col=1)
+    fig.add_bar(x=echo["lag"].values, y=echo.values, name="echo", showlegend=False, row=1, col=2)
+    if marker_time is not None:
+        for row in (1, 2):
+            fig.add_vline(x=marker_time, line_dash="dash", row=row, col=1)
+    fig.update_xaxes(title_text="time (s)", row=2, col=1).update_xaxes(title_text="lag (bins)", row=1, col=2)
+    fig.update_yaxes(title_text="count", row=1, col=1).update_yaxes(title_text="u (a.u.)", row=2, col=1)
+    fig.update_yaxes(title_text="slope (rate error per spike)", row=1, col=2,
+                     range=[-0.01, echo_max] if echo_max is not None else None)
+    return fig.update_layout(title=title, height=500, legend=dict(orientation="h", y=-0.15))
+
+
 def decoding(behavior_true: xr.DataArray, behavior_pred: xr.DataArray, trial) -> go.Figure:
     """True vs decoded behaviour (e.g. hand velocity) of one trial, one subplot per behaviour dim.
 
@@ -486,7 +515,8 @@ def pbt_fitness(history: xr.Dataset) -> go.Figure:
 
 
 def pbt_lineage(history: xr.Dataset) -> go.Figure:
-    """Who copied whom: one dot per member and generation (coloured by fitness), a line from
+    """Who copied whom: one dot per member and generation (coloured by its fitness rank within the
+    generation, 1 = best, so every generation shows its own leaders), a line from
     the member each one started the generation from (grey: kept its own weights; red: copied a
     better member), and the ancestry of the best member drawn thick."""
     history = _pbt_history(history)
@@ -514,13 +544,15 @@ def pbt_lineage(history: xr.Dataset) -> go.Figure:
         fig.add_trace(go.Scatter(x=[generations[g] for g, _ in path], y=[members[i] for _, i in path],
                                  mode="lines", line=dict(color="black", width=4), name="ancestry of the best"))
     gg, mm = np.meshgrid(generations, members, indexing="ij")
+    rank = pd.DataFrame(fitness).rank(axis=1, method="min", na_option="bottom").to_numpy()  # 1 = best
     fig.add_trace(go.Scatter(
         x=gg.ravel(), y=mm.ravel(), mode="markers", name="member", showlegend=False,
-        marker=dict(size=9, color=fitness.ravel(), colorscale="Viridis_r",
-                    colorbar=dict(title="fitness", x=1.02, y=0.4, len=0.8), line=dict(width=0.5, color="black")),
-        customdata=np.stack([parent.ravel(), fitness.ravel()], axis=1),
+        marker=dict(size=9, color=rank.ravel(), colorscale="Viridis_r", cmin=1, cmax=len(members),
+                    colorbar=dict(title="rank in<br>generation", x=1.02, y=0.4, len=0.8),
+                    line=dict(width=0.5, color="black")),
+        customdata=np.stack([parent.ravel(), fitness.ravel(), rank.ravel()], axis=1),
         hovertemplate="generation %{x}, member %{y}<br>started from member %{customdata[0]}"
-                      "<br>fitness %{customdata[1]:.5f}<extra></extra>"))
+                      "<br>fitness %{customdata[1]:.5f} (rank %{customdata[2]})<extra></extra>"))
     fig.update_layout(title="PBT lineage: whom each member copied at each generation's start",
                       xaxis_title="generation (0 = burn-in)", yaxis_title="member",
                       yaxis=dict(tickmode="array", tickvals=members.tolist()),

@@ -1,5 +1,6 @@
 """lfads_nb.plots: each figure builds from a small dataset with the expected traces and labels."""
 import numpy as np
+import xarray as xr
 import pandas as pd
 import plotly.graph_objects as go
 import pytest
@@ -81,6 +82,19 @@ def test_latents_3d_projects_onto_principal_components(ds):
     total = ((points - points.mean(0)) ** 2).sum()
     kept = sum((np.asarray(t.x) ** 2 + np.asarray(t.y) ** 2 + np.asarray(t.z) ** 2).sum() for t in lines)
     assert kept <= total and kept > 0.5 * total
+
+
+def test_inputs_and_echo(ds):
+    inputs = xr.DataArray(np.random.default_rng(0).normal(size=(ds.sizes["trial"], ds.sizes["time"], 2)),
+                          dims=("trial", "time", "inferred_input"),
+                          coords={"trial": ds.trial, "time": ds.time, "inferred_input": [0, 1]})
+    echo = xr.DataArray([0.0, 0.4, 0.1], dims=("lag",), coords={"lag": [-1, 0, 1]})
+    fig = plots.inputs_and_echo(xr.Dataset({"inputs": inputs}), ds, 102, echo, marker_time=0.05, echo_max=0.5)
+    spikes, u0, u1, bars = fig.data
+    np.testing.assert_allclose(np.asarray(spikes.y), ds.spikes.sel(trial=102).sum("neuron"))
+    np.testing.assert_allclose(np.asarray(u1.y), inputs.sel(trial=102, inferred_input=1))
+    assert [u0.name, u1.name] == ["input u0", "input u1"] and list(bars.x) == [-1, 0, 1]
+    assert len(fig.layout.shapes) == 2 and fig.layout.yaxis2.range == (-0.01, 0.5)
 
 
 def test_latents_2d_small_multiples_match_the_3d_projection(ds):
@@ -265,7 +279,9 @@ def test_pbt_lineage_copies_and_ancestry_of_the_best():
     assert (1, 1, 2, 1) not in segments(kept)  # member 1 did not keep its weights at generation 2
     assert list(ancestry.x) == [0, 1, 2, 3] and list(ancestry.y) == [0, 0, 3, 0]
     assert len(dots.x) == 16
-    np.testing.assert_allclose(np.asarray(dots.marker.color, dtype=float)[:4], [1.0, 1.1, 0.9, 1.2])
+    # coloured by rank within the generation (generation 0's fitness 1.0, 1.1, 0.9, 1.2), 1 = best
+    np.testing.assert_allclose(np.asarray(dots.marker.color, dtype=float)[:4], [2, 3, 1, 4])
+    assert np.asarray(dots.marker.color, dtype=float)[15] == 4  # a diverged (NaN) member ranks last
 
 
 def test_pbt_plots_reject_what_is_not_a_history():
