@@ -544,10 +544,12 @@ def infer(model: LFADS, ds: xr.Dataset, *, n_samples: int = 0, batch_size: int =
     parts = {}
     for start in range(0, ds.sizes["trial"], batch_size):
         batch = _recorded_batch(tensors, slice(start, start + batch_size))
-        draws = [model.infer_batch(batch, sample=True) for _ in range(n_samples)] or [
-            model.infer_batch(batch, sample=False)]
-        for name in draws[0]:
-            parts.setdefault(name, []).append(torch.stack([d[name] for d in draws]).mean(0).cpu().numpy())
+        total = None  # running sums over the draws: one draw in memory at a time, not n_samples
+        for _ in range(max(n_samples, 1)):
+            draw = model.infer_batch(batch, sample=n_samples > 0)
+            total = draw if total is None else {name: total[name] + value for name, value in draw.items()}
+        for name, value in total.items():
+            parts.setdefault(name, []).append((value / max(n_samples, 1)).cpu().numpy())
     torch.set_rng_state(generator_state)
     model.train(was_training)
     joined = {k: np.concatenate(v) for k, v in parts.items()}
