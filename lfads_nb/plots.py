@@ -328,7 +328,7 @@ METRIC_STYLES = {
     "kl_ic": ("KL, initial condition", "#2ca02c", "solid"),
     "kl_co": ("KL, inferred inputs", "#17becf", "solid"),
     "l2": ("L2 of recurrent weights", "#8c564b", "solid"),
-    "kl_ramp": ("KL weight ramp", "#2ca02c", "dash"),
+    "kl_ramp": ("KL weight ramp", "#2ca02c", "dot"),  # dotted: the L2 ramp often lies on top of it
     "l2_ramp": ("L2 weight ramp", "#8c564b", "dash"),
     "lr": ("learning rate", "#ff7f0e", "solid"),
     "epoch_seconds": ("seconds per epoch", "#bcbd22", "solid"),
@@ -393,7 +393,7 @@ def history(history_df: pd.DataFrame) -> go.Figure:
         values = np.concatenate(values)
         log = values.size > 0 and values.min() > 0 and values.max() > 10 * values.min()
         fig.update_yaxes(title_text=label + (" (log)" if log else ""), type="log" if log else "linear",
-                         exponentformat="power", row=row, col=1)
+                         exponentformat="power", dtick=1 if log else None, row=row, col=1)
     fig.update_xaxes(title_text="epoch", row=len(panels), col=1)
     fig.update_layout(title="Training history", height=max(300, ROW_HEIGHT * len(panels)),
                       legend=dict(orientation="h", yanchor="top", y=-0.08 / max(1, len(panels) / 4)))

@@ -135,8 +135,8 @@ def test_text_finish_makes_a_static_figure_of_the_history():
     np.testing.assert_allclose(by_name["learning rate"].y, history["lr"])
     np.testing.assert_array_equal(by_name["training objective (recon + weighted KL and L2)"].x, np.arange(1, 13))  # epochs completed
     assert len(by_name["sample-validation NLL"].x) == 0 and not by_name["sample-validation NLL"].showlegend  # absent key
-    # panels by unit: NLL per entry on a linear axis, KL and L2 (per trial, unweighted) on log axes of their own
-    assert fig.layout.yaxis.type in (None, "linear") and fig.layout.yaxis2.type == "log" and fig.layout.yaxis3.type == "log"
+    # panels by unit: NLL per entry (linear), KL per trial (log, powers of ten) and L2 (linear), unweighted
+    assert fig.layout.yaxis.type in (None, "linear") and fig.layout.yaxis2.type == "log" and fig.layout.yaxis3.type in (None, "linear")
     assert by_name["KL, initial condition"].yaxis == "y2" and by_name["L2 of recurrent weights"].yaxis == "y3"
 
 

@@ -192,14 +192,14 @@ def curves_figure(widget: bool = False) -> go.Figure:
                         specs=[[{}], [{}], [{}], [{"secondary_y": True}]])
     for key, panel in CURVE_PANELS:
         label, colour, dash = metric_style(key)
-        fig.add_scatter(name=label, x=[], y=[], mode="lines", line=dict(color=colour, dash=dash),
+        fig.add_scatter(name=label, x=[], y=[], mode="lines", line=dict(color=colour, dash=dash, width=2.5),
                         showlegend=False, row=panel, col=1, secondary_y=key == "lr")
+    decades = dict(type="log", exponentformat="power", dtick=1)  # ticks at powers of ten only
     fig.update_yaxes(title_text="nats", row=1, col=1)
-    fig.update_yaxes(type="log", exponentformat="power", title_text="nats", row=2, col=1)
-    fig.update_yaxes(type="log", exponentformat="power", title_text="L2", row=3, col=1)
+    fig.update_yaxes(title_text="nats", row=2, col=1, **decades)
+    fig.update_yaxes(title_text="L2", row=3, col=1)
     fig.update_yaxes(range=[0, 1.05], title_text="ramp", row=4, col=1, secondary_y=False)
-    fig.update_yaxes(type="log", title_text="learning rate", exponentformat="power", showgrid=False,
-                     row=4, col=1, secondary_y=True)
+    fig.update_yaxes(title_text="learning rate", showgrid=False, row=4, col=1, secondary_y=True, **decades)
     fig.update_xaxes(title_text="epochs completed", row=4, col=1)
     fig.update_layout(height=760, margin=dict(l=60, r=60, t=40, b=40), template="plotly_white",
                       title=dict(text="training curves", font=dict(size=13)),
