@@ -4,11 +4,12 @@ The flat names below are the public API. The subpackages show the architecture, 
 those listed before it and the modules ``errors``, ``transforms``, ``metrics`` and ``plots``: ``data``
 (the Dataset model, data kinds), ``io`` (files), ``models`` (LFADS, observation models),
 ``dashboard`` (training progress), ``training`` (training loop, checkpoints) and ``tune`` (search,
-population-based training, Ray).
+population-based training, Ray). Importing it makes every plotly figure shown in a Jupyter kernel
+carry a static copy beside the interactive one (``lfads_nb.display``).
 """
 import sys as _sys
 
-from . import metrics, plots, tune
+from . import display, metrics, plots, tune
 from .data import KINDS, DataKind, kind_of, make_dataset, split, validate
 from .errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from .io import export_lfads_h5, load, save, save_scores
@@ -29,6 +30,8 @@ for _old, _module in _MOVED.items():
     _sys.modules[f"{__name__}.{_old}"] = _module
     globals()[_old] = _module
 del _old, _module
+
+display.activate()
 
 __all__ = [
     "CheckpointError",

@@ -187,6 +187,30 @@ def _poisson_nll(expected: np.ndarray, counts: np.ndarray) -> float:
     return float(np.sum(expected - counts * np.log(expected) + gammaln(counts + 1.0)))
 
 
+def _counts_and_expected(rates, spikes, bin_width: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Checked (counts, expected counts ``rates x bin_width``, observed mask), all (trial, time, neuron)."""
+    bin_width = _check_bin_width(bin_width)
+    rates = _as_array(rates, "rates", DIMS)
+    spikes = _as_array(spikes, "spikes", DIMS)
+    _same_index(rates, spikes, ("rates", "spikes"), DIMS)
+    counts = spikes.values.astype(float)
+    observed = ~np.isnan(counts)
+    if np.any(counts[observed] < 0):
+        raise DataError("'spikes' has negative counts; spike counts must be >= 0.")
+    expected = rates.values.astype(float) * bin_width
+    _finite(expected[observed], "rates", " where spikes are observed")
+    _check_rates(expected[observed], "rates")
+    return counts, expected, observed
+
+
+def nll_per_entry(rates: xr.DataArray, spikes: xr.DataArray, bin_width: float) -> float:
+    """Mean Poisson NLL (nats, including log(x!)) per observed (trial, time, neuron) entry of
+    ``spikes`` under ``rates`` (Hz): the unit of LFADS's reconstruction loss, so the true rates'
+    value is the reference a model's validation NLL should not go below. NaN spikes are left out."""
+    counts, expected, observed = _counts_and_expected(rates, spikes, bin_width)
+    return _poisson_nll(expected[observed], counts[observed]) / max(1, int(observed.sum()))
+
+
 def bits_per_spike(rates: xr.DataArray, spikes: xr.DataArray, bin_width: float) -> float:
     """Bits per spike of ``rates`` (Hz) on ``spikes`` (counts), both (trial, time, neuron).
 
@@ -197,23 +221,13 @@ def bits_per_spike(rates: xr.DataArray, spikes: xr.DataArray, bin_width: float) 
     counts are replaced by 1e-9, as nlb_tools does. 0 = no better than each neuron's mean
     rate; the higher the better.
     """
-    bin_width = _check_bin_width(bin_width)
-    rates = _as_array(rates, "rates", DIMS)
-    spikes = _as_array(spikes, "spikes", DIMS)
-    _same_index(rates, spikes, ("rates", "spikes"), DIMS)
-    counts = spikes.values.astype(float)
-    observed = ~np.isnan(counts)
-    if np.any(counts[observed] < 0):
-        raise DataError("'spikes' has negative counts; spike counts must be >= 0.")
+    counts, expected, observed = _counts_and_expected(rates, spikes, bin_width)
     total = counts[observed].sum()
     if total == 0:
         raise DataError(
             "The evaluated spikes contain no spikes, so bits per spike is undefined; "
             "evaluate on more trials or neurons."
         )
-    expected = rates.values.astype(float) * bin_width
-    _finite(expected[observed], "rates", " where spikes are observed")
-    _check_rates(expected[observed], "rates")
     # Null: each neuron's mean count over the observed bins, broadcast over (trial, time).
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # a neuron never observed: all-NaN mean
@@ -450,7 +464,9 @@ def choose_smoothing_sigma(spikes: xr.DataArray, bin_width: float, sigmas: Seque
     spikes. Without: the sigma with the highest leave-one-bin-out bits per spike, where
     each bin's rate comes from its neighbours only (kernel centre removed, renormalised),
     so the spikes being scored never predict themselves. Pass training trials only.
-    Returns ``(best_sigma, scores)``, scores a DataArray over ``sigma``.
+    Returns ``(best_sigma, scores)``, scores a DataArray over ``sigma``. Warns when the best
+    sigma is the smallest or largest candidate: the optimum may lie outside the grid, and a
+    baseline tuned there is not a fair one. Widen the grid.
     """
     bin_width = _check_bin_width(bin_width)
     sigmas = np.asarray(list(sigmas), dtype=float)
@@ -473,7 +489,12 @@ def choose_smoothing_sigma(spikes: xr.DataArray, bin_width: float, sigmas: Seque
         scores.append(bits_per_spike(rates, spikes, bin_width))
     scores = xr.DataArray(np.asarray(scores), dims=("sigma",), coords={"sigma": sigmas},
                           name="rate_r2" if rates_true is not None else "loo_bits_per_spike")
-    return float(sigmas[int(np.argmax(scores.values))]), scores
+    best = float(sigmas[int(np.argmax(scores.values))])
+    if sigmas.size > 1 and best in (sigmas.min(), sigmas.max()):
+        warnings.warn(f"The best smoothing width, {best:g} s, is at the edge of the grid "
+                      f"({sigmas.min():g}-{sigmas.max():g} s): the optimum may lie outside it. "
+                      "Widen the grid in that direction.", UserWarning, stacklevel=2)
+    return best, scores
 
 
 # ----------------------------------------------------------------------------- PSTH R^2

@@ -109,20 +109,14 @@ def rates_heatmap(ds: xr.Dataset, trial, variable: str = "rates_true") -> go.Fig
     return fig
 
 
-def latents_3d(ds: xr.Dataset, trials=None, variable: str = "latents_true",
-               color_by: str | None = None) -> go.Figure:
-    """3-D latent trajectories, one line per trial, coloured by a per-trial coordinate.
-
-    ``trials``: trial ids (default: the first ``MAX_TRIALS_3D``). ``color_by``: the name of a
-    per-trial coordinate; by default ``condition`` where the data have one, else one colour.
-    A latent with more than 3 dims is projected onto its top 3 principal components (over the
-    shown trials); the title says so and how much variance they keep. A circle marks each
-    trial's start.
-    """
+def _latent_paths(ds: xr.Dataset, trials, variable: str, color_by: str | None):
+    """Shared by the latent plots: (paths (trial, time, 3) float32, axis names, title, trial ids,
+    colour label per trial, colour by label, ``color_by``). More than 3 dims are projected onto
+    the top 3 principal components of the shown trials."""
     da = _variable(ds, variable)
     dim = _feature_dim(da, variable)
     if da.sizes[dim] < 3:
-        raise DataError(f"'{variable}' has {da.sizes[dim]} dims along '{dim}'; a 3-D plot needs "
+        raise DataError(f"'{variable}' has {da.sizes[dim]} dims along '{dim}'; a latent plot needs "
                         "at least 3. Use rates_heatmap(ds, trial, variable) instead.")
     if trials is None:
         trials = ds["trial"].values[:MAX_TRIALS_3D].tolist()
@@ -147,12 +141,25 @@ def latents_3d(ds: xr.Dataset, trials=None, variable: str = "latents_true",
         title = (f"{variable} ({da.sizes[dim]} dims) projected onto the top 3 principal "
                  f"components ({kept:.0f}% of variance), {len(trials)} trials")
     xyz = xyz.reshape(da.sizes["trial"], da.sizes["time"], 3).astype(np.float32)
-
     labels = ds[color_by].sel(trial=da["trial"].values).values if color_by else np.zeros(len(trials))
     colours = {value: PALETTE[i % len(PALETTE)] for i, value in enumerate(pd.unique(labels))}
+    return xyz, axes, title, da["trial"].values, labels, colours, color_by, da["time"].values
+
+
+def latents_3d(ds: xr.Dataset, trials=None, variable: str = "latents_true",
+               color_by: str | None = None) -> go.Figure:
+    """3-D latent trajectories, one line per trial, coloured by a per-trial coordinate.
+
+    ``trials``: trial ids (default: the first ``MAX_TRIALS_3D``). ``color_by``: the name of a
+    per-trial coordinate; by default ``condition`` where the data have one, else one colour.
+    A latent with more than 3 dims is projected onto its top 3 principal components (over the
+    shown trials); the title says so and how much variance they keep. A circle marks each
+    trial's start. For a figure readable as a static image prefer :func:`latents_2d`.
+    """
+    xyz, axes, title, trial_ids, labels, colours, color_by, _ = _latent_paths(ds, trials, variable, color_by)
     fig = go.Figure()
     shown = set()
-    for trial, label, path in zip(da["trial"].values, labels, xyz):
+    for trial, label, path in zip(trial_ids, labels, xyz):
         fig.add_trace(go.Scatter3d(
             x=path[:, 0], y=path[:, 1], z=path[:, 2], mode="lines",
             line=dict(color=colours[label], width=3), legendgroup=str(label),
@@ -162,19 +169,52 @@ def latents_3d(ds: xr.Dataset, trials=None, variable: str = "latents_true",
         shown.add(label)
     fig.add_trace(go.Scatter3d(x=xyz[:, 0, 0], y=xyz[:, 0, 1], z=xyz[:, 0, 2], mode="markers",
                                marker=dict(size=3, color="black"), name="start"))
-    fig.update_layout(title=title, scene=dict(xaxis_title=f"{axes[0]} (a.u.)",
-                                              yaxis_title=f"{axes[1]} (a.u.)",
-                                              zaxis_title=f"{axes[2]} (a.u.)"))
+    fig.update_layout(title=title, height=600, scene=dict(xaxis_title=f"{axes[0]} (a.u.)",
+                                                          yaxis_title=f"{axes[1]} (a.u.)",
+                                                          zaxis_title=f"{axes[2]} (a.u.)"))
+    return fig
+
+
+def latents_2d(ds: xr.Dataset, trials=None, variable: str = "latents_true",
+               color_by: str | None = None) -> go.Figure:
+    """Latent trajectories as 2-D small multiples, readable as a static image: the PC1-PC2 plane
+    (left; a black dot marks each trial's start) and PC1, PC2, PC3 against time (right), one
+    line per trial, coloured by ``color_by`` (default ``condition``). Arguments and projection
+    as in :func:`latents_3d`."""
+    xyz, axes, title, trial_ids, labels, colours, color_by, time = _latent_paths(ds, trials, variable, color_by)
+    fig = make_subplots(rows=3, cols=2, specs=[[{"rowspan": 3}, {}], [None, {}], [None, {}]],
+                        column_widths=[0.5, 0.5], shared_xaxes=False, horizontal_spacing=0.1,
+                        vertical_spacing=0.06, subplot_titles=[f"{axes[0]} vs {axes[1]}", *[f"{a} over time" for a in axes]])
+    shown = set()
+    for trial, label, path in zip(trial_ids, labels, xyz):
+        style = dict(mode="lines", line=dict(color=colours[label], width=1.5), legendgroup=str(label),
+                     hovertemplate=f"trial {trial}<extra></extra>")
+        fig.add_scatter(x=path[:, 0], y=path[:, 1], name=f"{color_by} {label}" if color_by else "trajectory",
+                        showlegend=label not in shown, row=1, col=1, **style)
+        for k in range(3):
+            fig.add_scatter(x=time, y=path[:, k], showlegend=False, row=k + 1, col=2, **style)
+        shown.add(label)
+    fig.add_scatter(x=xyz[:, 0, 0], y=xyz[:, 0, 1], mode="markers", marker=dict(size=6, color="black"),
+                    name="start", row=1, col=1)
+    fig.update_xaxes(title_text=f"{axes[0]} (a.u.)", row=1, col=1)
+    fig.update_yaxes(title_text=f"{axes[1]} (a.u.)", row=1, col=1)
+    for k in range(3):
+        fig.update_yaxes(title_text=f"{axes[k]} (a.u.)", row=k + 1, col=2)
+    fig.update_xaxes(title_text="time (s)", row=3, col=2)
+    fig.update_layout(title=title, height=560, legend=dict(orientation="h", yanchor="top", y=-0.12))
     return fig
 
 
 # ----------------------------------------------------------------------------- model outputs
 
-def compare_rates(inferred: xr.DataArray, ds: xr.Dataset, trial, neurons=None) -> go.Figure:
+def compare_rates(inferred: xr.DataArray, ds: xr.Dataset, trial, neurons=None,
+                  baseline: xr.DataArray | None = None, baseline_name: str = "smoothed spikes") -> go.Figure:
     """Inferred vs true rates (Hz) of one trial, one subplot per neuron.
 
     ``inferred``: (trial, time, neuron) rates in Hz on the time bins of ``ds``, which must
     hold ``rates_true``. ``neurons``: neuron ids (default: the first ``DEFAULT_NEURONS``).
+    ``baseline``: optional rates of the same shape (e.g. smoothed spikes) drawn as a third,
+    dashed trace named ``baseline_name``, so the comparison shows what the model is measured against.
     """
     if not isinstance(inferred, xr.DataArray):
         raise DataError(f"'inferred' must be a DataArray of rates (trial, time, neuron), "
@@ -186,6 +226,9 @@ def compare_rates(inferred: xr.DataArray, ds: xr.Dataset, trial, neurons=None) -
         neurons = ds["neuron"].values[:DEFAULT_NEURONS].tolist()
     true = select_ids(true, "neuron", neurons, "ds")
     mine = select_ids(mine, "neuron", neurons, "inferred")
+    if baseline is not None:
+        base = select_ids(select_ids(baseline, "trial", trial, "baseline"), "neuron", neurons, "baseline")
+        _same_time(base, true, ("baseline", "rates_true"))
     fig = make_subplots(rows=len(neurons), cols=1, shared_xaxes=True, vertical_spacing=0.06,
                         subplot_titles=[f"neuron {n}" for n in neurons])
     for row, neuron in enumerate(neurons, start=1):
@@ -196,11 +239,44 @@ def compare_rates(inferred: xr.DataArray, ds: xr.Dataset, trial, neurons=None) -
         fig.add_trace(go.Scatter(x=mine["time"].values, y=mine.sel(neuron=neuron).values, mode="lines",
                                  line=dict(color=PALETTE[0]), name="inferred", legendgroup="inferred",
                                  showlegend=first), row=row, col=1)
+        if baseline is not None:
+            fig.add_trace(go.Scatter(x=base["time"].values, y=base.sel(neuron=neuron).values, mode="lines",
+                                     line=dict(color=PALETTE[2], dash="dash"), name=baseline_name,
+                                     legendgroup="baseline", showlegend=first), row=row, col=1)
         fig.update_yaxes(title_text="rate (Hz)", row=row, col=1)
     fig.update_xaxes(title_text="time (s)", row=len(neurons), col=1)
     fig.update_layout(title=f"Inferred vs true rates, {_trial_caption(ds, trial)}",
                       height=max(300, ROW_HEIGHT * len(neurons)))
     return fig
+
+
+def inputs_and_echo(inferred: xr.Dataset, ds: xr.Dataset, trial, echo: xr.DataArray, *,
+                    marker_time: float | None = None, echo_max: float | None = None, title: str = "") -> go.Figure:
+    """Look inside an LFADS model with a controller: one trial's population spike count (top
+    left) and inferred inputs (bottom left, one line per input), and the spike echo by lag
+    (right; ``lfads_nb.search.spike_echo``). ``inferred``: ``lfads_nb.infer``'s Dataset with
+    ``inputs``; ``ds``: the data with ``spikes``; ``marker_time``: a time (s) marked dashed on
+    the left, e.g. a true input pulse; ``echo_max``: the echo axis' top, to compare models on
+    one scale."""
+    spikes = select_ids(_variable(ds, "spikes"), "trial", trial, "ds").sum("neuron")
+    inputs = select_ids(_variable(inferred, "inputs"), "trial", trial, "inferred")
+    fig = make_subplots(rows=2, cols=2, specs=[[{}, {"rowspan": 2}], [{}, None]], shared_xaxes=True,
+                        column_widths=[0.65, 0.35],
+                        subplot_titles=["spikes (all neurons)", "spike echo", "inferred inputs"])
+    fig.add_bar(x=spikes["time"].values, y=spikes.values, name="spikes", showlegend=False, row=1, col=1)
+    input_dim = _feature_dim(inputs.expand_dims(trial=[trial]), "inputs")
+    for k in inputs[input_dim].values:
+        fig.add_scatter(x=inputs["time"].values, y=inputs.sel({input_dim: k}).values, name=f"input u{k}",
+                        mode="lines", row=2, col=1)
+    fig.add_bar(x=echo["lag"].values, y=echo.values, name="echo", showlegend=False, row=1, col=2)
+    if marker_time is not None:
+        for row in (1, 2):
+            fig.add_vline(x=marker_time, line_dash="dash", row=row, col=1)
+    fig.update_xaxes(title_text="time (s)", row=2, col=1).update_xaxes(title_text="lag (bins)", row=1, col=2)
+    fig.update_yaxes(title_text="count", row=1, col=1).update_yaxes(title_text="u (a.u.)", row=2, col=1)
+    fig.update_yaxes(title_text="slope (rate error per spike)", row=1, col=2,
+                     range=[-0.01, echo_max] if echo_max is not None else None)
+    return fig.update_layout(title=title, height=500, legend=dict(orientation="h", y=-0.15))
 
 
 def decoding(behavior_true: xr.DataArray, behavior_pred: xr.DataArray, trial) -> go.Figure:
@@ -239,13 +315,32 @@ def decoding(behavior_true: xr.DataArray, behavior_pred: xr.DataArray, trial) ->
 
 # ----------------------------------------------------------------------------- training and search
 
+# One style per metric of a training history, shared by every figure that draws it (the live
+# dashboard, its static copy and ``history``): row key -> (readable label, colour, dash).
+# Reconstruction terms are NLL per observed entry; KL per trial and L2 are drawn before weighting.
+METRIC_STYLES = {
+    "train_loss": ("training objective (recon + weighted KL and L2)", "#7f7f7f", "dot"),
+    "train_recon": ("training reconstruction NLL", "#1f77b4", "solid"),
+    "valid_recon": ("validation reconstruction NLL", "#d62728", "solid"),
+    "valid_recon_smoothed": ("validation NLL, smoothed (drives the lr schedule)", "#ff9896", "dot"),
+    "valid_sv_nll": ("sample-validation NLL", "#9467bd", "solid"),
+    "valid_truth_nll": ("true rates' NLL on validation (reference)", "#000000", "dot"),
+    "kl_ic": ("KL, initial condition", "#2ca02c", "solid"),
+    "kl_co": ("KL, inferred inputs", "#17becf", "solid"),
+    "l2": ("L2 of recurrent weights", "#8c564b", "solid"),
+    "kl_ramp": ("KL weight ramp", "#2ca02c", "dot"),  # dotted: the L2 ramp often lies on top of it
+    "l2_ramp": ("L2 weight ramp", "#8c564b", "dash"),
+    "lr": ("learning rate", "#ff7f0e", "solid"),
+    "epoch_seconds": ("seconds per epoch", "#bcbd22", "solid"),
+}
+
 # Panels of the history figure: (title, y-axis label, which columns belong), first match wins.
 # Units follow lfads_nb.training: reconstruction NLL per observed entry, KL per trial.
 HISTORY_PANELS = (
-    ("training objective", "loss", lambda c: c.endswith("loss")),
-    ("reconstruction", "NLL per entry (nats)", lambda c: "recon" in c or "nll" in c),
-    ("KL divergence", "KL per trial (nats)", lambda c: c.startswith("kl") and not c.endswith("_ramp")),
-    ("L2 penalty", "L2", lambda c: c.startswith("l2") and not c.endswith("_ramp")),
+    ("reconstruction (and the objective)", "NLL per entry (nats)",
+     lambda c: c.endswith("loss") or "recon" in c or "nll" in c),
+    ("KL divergence (before weighting)", "KL per trial (nats)", lambda c: c.startswith("kl") and not c.endswith("_ramp")),
+    ("L2 penalty (before weighting)", "L2", lambda c: c.startswith("l2") and not c.endswith("_ramp")),
     ("learning rate", "learning rate", lambda c: c == "lr" or c.startswith("lr_") or "learning_rate" in c),
     ("regulariser ramps", "ramp weight (0-1)", lambda c: c.endswith("_ramp")),
     ("time per epoch", "seconds", lambda c: c.endswith("seconds")),
@@ -253,13 +348,19 @@ HISTORY_PANELS = (
 )
 
 
+def metric_style(column: str, index: int = 0) -> tuple[str, str, str]:
+    """(label, colour, dash) of a history column: ``METRIC_STYLES``, else its name and a palette colour."""
+    return METRIC_STYLES.get(column, (column, PALETTE[index % len(PALETTE)], "solid"))
+
+
 def history(history_df: pd.DataFrame) -> go.Figure:
     """Training curves from a tidy DataFrame: an ``epoch`` column plus one column per metric.
 
-    Columns are grouped into panels by name (``HISTORY_PANELS``: objective, reconstruction,
-    KL, L2, learning rate, ramps, time, others); whatever numeric columns exist are drawn. A panel uses a log y axis when all
-    its values are positive and span more than a factor of 10. NaN entries (metrics logged
-    only on some epochs) are skipped.
+    Columns are grouped into panels by unit (``HISTORY_PANELS``: reconstruction NLL with the
+    objective, KL, L2, learning rate, ramps, time, others); whatever numeric columns exist are
+    drawn, in ``METRIC_STYLES``' colours and labels. A panel uses a log y axis (ticks as powers of
+    ten) when all its values are positive and span more than a factor of 10. NaN entries (metrics
+    logged only on some epochs) are skipped.
     """
     if not isinstance(history_df, pd.DataFrame):
         raise DataError(f"history_df must be a pandas DataFrame, got {type(history_df).__name__}.")
@@ -285,16 +386,17 @@ def history(history_df: pd.DataFrame) -> go.Figure:
         for column in mine:
             keep = history_df[column].notna()
             values.append(history_df.loc[keep, column].to_numpy(dtype=float))
+            name, colour, dash = metric_style(str(column), n_traces)
             fig.add_trace(go.Scatter(x=history_df.loc[keep, "epoch"], y=values[-1], mode="lines",
-                                     name=str(column), line=dict(color=PALETTE[n_traces % len(PALETTE)])),
-                          row=row, col=1)
+                                     name=name, line=dict(color=colour, dash=dash)), row=row, col=1)
             n_traces += 1
         values = np.concatenate(values)
         log = values.size > 0 and values.min() > 0 and values.max() > 10 * values.min()
         fig.update_yaxes(title_text=label + (" (log)" if log else ""), type="log" if log else "linear",
-                         row=row, col=1)
+                         exponentformat="power", dtick=1 if log else None, row=row, col=1)
     fig.update_xaxes(title_text="epoch", row=len(panels), col=1)
-    fig.update_layout(title="Training history", height=max(300, ROW_HEIGHT * len(panels)))
+    fig.update_layout(title="Training history", height=max(300, ROW_HEIGHT * len(panels)),
+                      legend=dict(orientation="h", yanchor="top", y=-0.08 / max(1, len(panels) / 4)))
     return fig
 
 
@@ -341,6 +443,17 @@ def _pbt_space(history: xr.Dataset) -> dict:
     return {name: hp for name, hp in json.loads(history.attrs["space"]).items() if name in history}
 
 
+FITNESS_METRICS = {"valid_recon": "validation NLL", "valid_sv_nll": "sample-validation NLL"}
+
+
+def fitness_label(history: xr.Dataset) -> str:
+    """What a PBT run's fitness is, from its settings: e.g. 'sample-validation NLL (smoothed)'."""
+    import json
+
+    metric = json.loads(history.attrs.get("pbt_config", "{}")).get("metric")
+    return f"{FITNESS_METRICS.get(metric, 'validation NLL')} (smoothed)" if metric else "fitness (smoothed NLL)"
+
+
 def _member_colour(member: int) -> str:
     return PALETTE[member % len(PALETTE)]
 
@@ -369,7 +482,7 @@ def pbt_hyperparameters(history: xr.Dataset) -> go.Figure:
                 hovertemplate=f"member {member}<br>generation %{{x}}<br>{name} %{{y:.3g}}<extra></extra>"),
                 row=row, col=1)
         if hp["log"]:
-            fig.update_yaxes(type="log", range=[np.log10(hp["low"]), np.log10(hp["high"])],
+            fig.update_yaxes(type="log", exponentformat="power", range=[np.log10(hp["low"]), np.log10(hp["high"])],
                              title_text=f"{name} (log)", row=row, col=1)
         else:
             fig.update_yaxes(range=[hp["low"], hp["high"]], title_text=name, row=row, col=1)
@@ -380,8 +493,8 @@ def pbt_hyperparameters(history: xr.Dataset) -> go.Figure:
 
 
 def pbt_fitness(history: xr.Dataset) -> go.Figure:
-    """Fitness (smoothed validation NLL at each generation's end; lower is better) of every
-    member of a PBT run, with the best so far in black."""
+    """Fitness (the run's metric, smoothed over epochs, at each generation's end; lower is better)
+    of every member of a PBT run, with the best so far in black. The y axis names the metric."""
     history = _pbt_history(history)
     generations = history["generation"].values
     fitness = history["fitness"].values
@@ -394,14 +507,16 @@ def pbt_fitness(history: xr.Dataset) -> go.Figure:
     fig.add_trace(go.Scatter(x=generations, y=best, mode="lines", name="best so far",
                              line=dict(color="black", width=3)))
     units = history["fitness"].attrs.get("units", "")
+    label = fitness_label(history)
     fig.update_layout(title=f"Fitness of {history.sizes['member']} PBT members per generation (lower is better)",
-                      xaxis_title="generation (0 = burn-in)",
-                      yaxis_title=f"smoothed validation NLL ({units})" if units else "smoothed validation NLL")
+                      xaxis_title="generation (0 = burn-in)", height=460,
+                      yaxis_title=f"{label} ({units})" if units else label)
     return fig
 
 
 def pbt_lineage(history: xr.Dataset) -> go.Figure:
-    """Who copied whom: one dot per member and generation (coloured by fitness), a line from
+    """Who copied whom: one dot per member and generation (coloured by its fitness rank within the
+    generation, 1 = best, so every generation shows its own leaders), a line from
     the member each one started the generation from (grey: kept its own weights; red: copied a
     better member), and the ancestry of the best member drawn thick."""
     history = _pbt_history(history)
@@ -429,13 +544,15 @@ def pbt_lineage(history: xr.Dataset) -> go.Figure:
         fig.add_trace(go.Scatter(x=[generations[g] for g, _ in path], y=[members[i] for _, i in path],
                                  mode="lines", line=dict(color="black", width=4), name="ancestry of the best"))
     gg, mm = np.meshgrid(generations, members, indexing="ij")
+    rank = pd.DataFrame(fitness).rank(axis=1, method="min", na_option="bottom").to_numpy()  # 1 = best
     fig.add_trace(go.Scatter(
         x=gg.ravel(), y=mm.ravel(), mode="markers", name="member", showlegend=False,
-        marker=dict(size=9, color=fitness.ravel(), colorscale="Viridis_r",
-                    colorbar=dict(title="fitness", x=1.02, y=0.4, len=0.8), line=dict(width=0.5, color="black")),
-        customdata=np.stack([parent.ravel(), fitness.ravel()], axis=1),
+        marker=dict(size=9, color=rank.ravel(), colorscale="Viridis_r", cmin=1, cmax=len(members),
+                    colorbar=dict(title="rank in<br>generation", x=1.02, y=0.4, len=0.8),
+                    line=dict(width=0.5, color="black")),
+        customdata=np.stack([parent.ravel(), fitness.ravel(), rank.ravel()], axis=1),
         hovertemplate="generation %{x}, member %{y}<br>started from member %{customdata[0]}"
-                      "<br>fitness %{customdata[1]:.5f}<extra></extra>"))
+                      "<br>fitness %{customdata[1]:.5f} (rank %{customdata[2]})<extra></extra>"))
     fig.update_layout(title="PBT lineage: whom each member copied at each generation's start",
                       xaxis_title="generation (0 = burn-in)", yaxis_title="member",
                       yaxis=dict(tickmode="array", tickvals=members.tolist()),

@@ -131,11 +131,55 @@ def test_text_finish_makes_a_static_figure_of_the_history():
     fig = progress.figure
     assert type(fig) is go.Figure  # static: no widget
     by_name = {trace.name: trace for trace in fig.data}
-    np.testing.assert_allclose(by_name["valid recon"].y, history["valid_recon"])
+    np.testing.assert_allclose(by_name["validation reconstruction NLL"].y, history["valid_recon"])
     np.testing.assert_allclose(by_name["learning rate"].y, history["lr"])
-    np.testing.assert_array_equal(by_name["train total"].x, np.arange(1, 13))  # epochs completed
-    assert len(by_name["valid SV NLL"].x) == 0 and not by_name["valid SV NLL"].showlegend  # absent key
-    assert fig.layout.yaxis.type == "log"
+    np.testing.assert_array_equal(by_name["training objective (recon + weighted KL and L2)"].x, np.arange(1, 13))  # epochs completed
+    assert len(by_name["sample-validation NLL"].x) == 0 and not by_name["sample-validation NLL"].showlegend  # absent key
+    # panels by unit: NLL per entry (linear), KL per trial (log, powers of ten) and L2 (linear), unweighted
+    assert fig.layout.yaxis.type in (None, "linear") and fig.layout.yaxis2.type == "log" and fig.layout.yaxis3.type in (None, "linear")
+    assert by_name["KL, initial condition"].yaxis == "y2" and by_name["L2 of recurrent weights"].yaxis == "y3"
+
+
+def test_truth_nll_is_a_dotted_reference_in_every_history_figure():
+    from lfads_nb import plots
+
+    history = pd.DataFrame([{**row, "valid_truth_nll": 0.45} for row in rows(5)])
+    label, colour, dash = plots.METRIC_STYLES["valid_truth_nll"]
+    for fig in (dashboard.history_figure(history), plots.history(history)):
+        truth = [t for t in fig.data if t.name == label][0]
+        assert truth.line.dash == "dot" and truth.line.color == colour
+        np.testing.assert_allclose(truth.y, 0.45)
+        valid = [t for t in fig.data if t.name == plots.METRIC_STYLES["valid_recon"][0]][0]
+        assert valid.yaxis == truth.yaxis and valid.line.color == plots.METRIC_STYLES["valid_recon"][1]
+
+
+def test_live_dashboard_leaves_static_figures_in_place_of_its_widgets(monkeypatch):
+    """A saved notebook keeps no widget state: the dashboard's output must become static figures."""
+    class Handle:
+        updates = []
+
+        def update(self, obj, raw=False):
+            self.updates.append(obj)
+
+    shown = []
+
+    def fake_display(obj, raw=False, display_id=None):
+        shown.append(obj)
+        return Handle() if display_id else None
+
+    monkeypatch.setattr(dashboard, "_kernel", lambda: object())
+    monkeypatch.setattr("IPython.display.display", fake_display)
+    live = LiveDashboard()
+    live.start(3)
+    assert shown == [live.widget]
+    for row in rows(3):
+        live.update(row, example())
+    live.finish(pd.DataFrame(rows(3)), "stopped: max_epochs; best epoch 3")
+    assert "stopped: max_epochs" in Handle.updates[-1]["text/plain"]  # the widget's output, replaced
+    figures = shown[1:]
+    assert len(figures) == 2 and all("application/vnd.plotly.v1+json" in b for b in figures)
+    assert all("image/png" in b or "text/html" in b for b in figures)  # each with a static copy
+    assert live.widget.comm is None and live.curves.comm is None  # widgets closed
 
 
 def test_text_finish_displays_the_figure_in_a_kernel(monkeypatch):
@@ -164,11 +208,11 @@ def test_live_update_appends_points_one_message_per_epoch():
     history = rows(4)
     for k, row in enumerate(history, 1):
         live.update(row, None)
-        assert len(trace(live.curves, "train recon").x) == k
+        assert len(trace(live.curves, "training reconstruction NLL").x) == k
         assert len([m for m in messages if m is not None]) == k  # one batch_update per epoch
-    np.testing.assert_allclose(trace(live.curves, "valid recon").y, [r["valid_recon"] for r in history])
-    np.testing.assert_allclose(trace(live.curves, "KL ramp").y, [0, 0.25, 0.5, 0.75])
-    assert len(trace(live.curves, "valid SV NLL").x) == 0  # never reported
+    np.testing.assert_allclose(trace(live.curves, "validation reconstruction NLL").y, [r["valid_recon"] for r in history])
+    np.testing.assert_allclose(trace(live.curves, "KL weight ramp").y, [0, 0.25, 0.5, 0.75])
+    assert len(trace(live.curves, "sample-validation NLL").x) == 0  # never reported
     assert "epoch 4/50" in live.status.value and "best valid 0.695 (epoch 4)" in live.status.value
 
 
@@ -177,7 +221,7 @@ def test_live_traces_stay_bounded():
     live.start(1000)
     for row in rows(301):
         live.update(row, None)
-    x = trace(live.curves, "valid recon").x
+    x = trace(live.curves, "validation reconstruction NLL").x
     assert 40 <= len(x) <= 50 and x[0] == 1 and x[-1] == 301  # thinned evenly, last epoch kept
 
 
@@ -210,7 +254,7 @@ def test_button_click_sets_stop_requested():
     live.button.click()
     assert live.stop_requested and live.button.disabled
     live.finish(pd.DataFrame(rows(2)), "stopped: stop_button; best epoch 1")
-    assert len(trace(live.curves, "train recon").x) == 2  # finish redraws the whole history
+    assert len(trace(live.curves, "training reconstruction NLL").x) == 2  # finish redraws the whole history
     assert "stopped: stop_button" in live.status.value and live.button.description == "Stopped"
 
 

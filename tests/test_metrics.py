@@ -1,6 +1,7 @@
 """lfads_nb.metrics against hand-computed values and closed forms (each test says which), and against
 nlb_tools.evaluation itself on random inputs (skipped where nlb-tools is not installed)."""
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -297,7 +298,9 @@ def test_choose_smoothing_sigma_against_true_rates():
     rates = 100 + 80 * np.sin(2 * np.pi * 1.5 * t)[None, :, None] * np.ones((20, 1, 3))
     spikes = arr(rng.poisson(rates * bw))
     sigmas = [0.005, 0.02, 0.05, 0.5]
-    best, scores = metrics.choose_smoothing_sigma(spikes, bw, sigmas, rates_true=arr(rates))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # an inside optimum: no edge warning
+        best, scores = metrics.choose_smoothing_sigma(spikes, bw, sigmas, rates_true=arr(rates))
     expected = [metrics.rate_r2(metrics.smooth_spikes(spikes, bw, s), arr(rates)) for s in sigmas]
     np.testing.assert_allclose(scores.values, expected)
     assert best == sigmas[int(np.argmax(expected))]
@@ -309,7 +312,8 @@ def test_choose_smoothing_sigma_leave_one_bin_out():
     # so held-out bits per spike grows with sigma and the widest sigma wins.
     rng = np.random.default_rng(4)
     spikes = arr(rng.poisson(0.2, (20, 100, 3)))
-    best, scores = metrics.choose_smoothing_sigma(spikes, 0.01, [0.01, 0.03, 0.1])
+    with pytest.warns(UserWarning, match="edge of the grid"):  # the optimum is beyond the widest
+        best, scores = metrics.choose_smoothing_sigma(spikes, 0.01, [0.01, 0.03, 0.1])
     assert best == 0.1
     assert np.all(np.diff(scores.values) > 0)
     with pytest.raises(ConfigError, match="half a bin"):
@@ -537,3 +541,17 @@ def test_latent_r2_is_the_decoding_direction():
     assert metrics.latent_r2(proj, true_da) == pytest.approx(1 / 3, abs=0.02)
     with pytest.raises(DataError, match="entries along 'trial'"):
         metrics.latent_r2(inferred_da.isel(trial=[0]), true_da)
+
+
+def test_nll_per_entry_is_the_poisson_log_pmf_mean_over_observed_entries():
+    """Against scipy.stats.poisson.logpmf (closed form), NaN spikes left out."""
+    from scipy.stats import poisson
+
+    rng = np.random.default_rng(1)
+    rates = rng.uniform(1, 40, (3, 5, 2))
+    spikes = rng.poisson(rates * 0.02).astype(float)
+    spikes[0, 0, 0] = np.nan
+    dims = ("trial", "time", "neuron")
+    got = metrics.nll_per_entry(xr.DataArray(rates, dims=dims), xr.DataArray(spikes, dims=dims), 0.02)
+    seen = ~np.isnan(spikes)
+    np.testing.assert_allclose(got, -poisson.logpmf(spikes[seen], rates[seen] * 0.02).mean())

@@ -8,7 +8,7 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-CONDA_TO_PIP = {"pytorch": "torch", "ray-tune": "ray"}  # conda-forge names that differ from PyPI's
+CONDA_TO_PIP = {"pytorch": "torch", "ray-tune": "ray", "python-kaleido": "kaleido"}  # conda-forge names that differ from PyPI's
 CONDA_ONLY = {"python", "pip"}
 
 

@@ -1,5 +1,6 @@
 """lfads_nb.plots: each figure builds from a small dataset with the expected traces and labels."""
 import numpy as np
+import xarray as xr
 import pandas as pd
 import plotly.graph_objects as go
 import pytest
@@ -83,6 +84,33 @@ def test_latents_3d_projects_onto_principal_components(ds):
     assert kept <= total and kept > 0.5 * total
 
 
+def test_inputs_and_echo(ds):
+    inputs = xr.DataArray(np.random.default_rng(0).normal(size=(ds.sizes["trial"], ds.sizes["time"], 2)),
+                          dims=("trial", "time", "inferred_input"),
+                          coords={"trial": ds.trial, "time": ds.time, "inferred_input": [0, 1]})
+    echo = xr.DataArray([0.0, 0.4, 0.1], dims=("lag",), coords={"lag": [-1, 0, 1]})
+    fig = plots.inputs_and_echo(xr.Dataset({"inputs": inputs}), ds, 102, echo, marker_time=0.05, echo_max=0.5)
+    spikes, u0, u1, bars = fig.data
+    np.testing.assert_allclose(np.asarray(spikes.y), ds.spikes.sel(trial=102).sum("neuron"))
+    np.testing.assert_allclose(np.asarray(u1.y), inputs.sel(trial=102, inferred_input=1))
+    assert [u0.name, u1.name] == ["input u0", "input u1"] and list(bars.x) == [-1, 0, 1]
+    assert len(fig.layout.shapes) == 2 and fig.layout.yaxis2.range == (-0.01, 0.5)
+
+
+def test_latents_2d_small_multiples_match_the_3d_projection(ds):
+    """The 2-D figure draws the same PC scores as the 3-D one: PC1-PC2 plane, then PCs over time."""
+    flat, scene = plots.latents_2d(ds, trials=[101, 102]), plots.latents_3d(ds, trials=[101, 102])
+    lines3d = [t for t in scene.data if t.mode == "lines"]
+    plane = [t for t in flat.data if t.mode == "lines" and t.xaxis == "x"]
+    assert len(plane) == 2 and sum(t.mode == "lines" for t in flat.data) == 2 * 4
+    np.testing.assert_allclose(np.asarray(plane[1].y), np.asarray(lines3d[1].y), rtol=1e-6)
+    over_time = [t for t in flat.data if t.mode == "lines" and t.xaxis != "x"][:3]  # trial 101: PC1, PC2, PC3
+    np.testing.assert_allclose(np.asarray(over_time[2].y), np.asarray(lines3d[0].z), rtol=1e-6)
+    np.testing.assert_allclose(np.asarray(over_time[0].x), ds.time.values)
+    assert flat.layout.xaxis.title.text == "PC1 (a.u.)" and flat.layout.height >= 500
+    assert "principal components" in flat.layout.title.text
+
+
 def test_latents_3d_three_dims_and_trial_selection(ds):
     three = ds.drop_dims("latent").assign(latents_true=ds["latents_true"].isel(latent=slice(0, 3)))
     fig = plots.latents_3d(three, trials=[104, 105], color_by="split")
@@ -118,6 +146,11 @@ def test_compare_rates(ds):
         plots.compare_rates(inferred, ds, 102, neurons=[9])
     with pytest.raises(DataError, match="different time bins"):
         plots.compare_rates(inferred.isel(time=slice(0, 10)), ds, 102)
+    # the baseline as a third, dashed trace per neuron
+    with_base = plots.compare_rates(inferred * 2, ds, 102, neurons=[1, 3], baseline=inferred)
+    bases = [t for t in with_base.data if t.name == "smoothed spikes"]
+    assert len(bases) == 2 and bases[0].line.dash == "dash" and [t.showlegend for t in bases] == [True, False]
+    np.testing.assert_allclose(np.asarray(bases[1].y), inferred.sel(trial=102, neuron=3))
 
 
 def test_decoding(ds):
@@ -149,16 +182,18 @@ def test_history_groups_and_log_axes():
     })
     fig = plots.history(df)
     assert [a.text for a in fig.layout.annotations] == [
-        "training objective", "reconstruction", "KL divergence", "L2 penalty", "learning rate",
-        "regulariser ramps", "time per epoch", "other metrics"]
-    assert [t.name for t in fig.data] == ["train_loss", "train_recon", "valid_recon", "kl_ic", "kl_co", "l2",
-                                          "lr", "kl_ramp", "l2_ramp", "epoch_seconds", "valid_rate_r2"]
+        "reconstruction (and the objective)", "KL divergence (before weighting)", "L2 penalty (before weighting)",
+        "learning rate", "regulariser ramps", "time per epoch", "other metrics"]
+    names = ["train_loss", "train_recon", "valid_recon", "kl_ic", "kl_co", "l2", "lr", "kl_ramp", "l2_ramp",
+             "epoch_seconds"]
+    assert [t.name for t in fig.data] == [plots.METRIC_STYLES[n][0] for n in names] + ["valid_rate_r2"]
+    assert [t.line.color for t in fig.data[:-1]] == [plots.METRIC_STYLES[n][1] for n in names]  # shared colours
     assert len(fig.data[2].x) == 4  # NaN epochs skipped
-    types = [getattr(fig.layout, f"yaxis{i if i > 1 else ''}").type for i in range(1, 9)]
-    assert types == ["linear", "log", "linear", "linear", "log", "linear", "linear", "linear"]
-    assert fig.layout.yaxis2.title.text == "NLL per entry (nats) (log)"
-    assert fig.layout.yaxis3.title.text == "KL per trial (nats)"
-    assert fig.layout.xaxis8.title.text == "epoch"
+    types = [getattr(fig.layout, f"yaxis{i if i > 1 else ''}").type for i in range(1, 8)]
+    assert types == ["log", "linear", "linear", "log", "linear", "linear", "linear"]
+    assert fig.layout.yaxis.title.text == "NLL per entry (nats) (log)" and fig.layout.yaxis.exponentformat == "power"
+    assert fig.layout.yaxis2.title.text == "KL per trial (nats)"
+    assert fig.layout.xaxis7.title.text == "epoch"
     with pytest.raises(DataError, match="reset_index"):
         plots.history(df.set_index("epoch"))
     with pytest.raises(DataError, match="no numeric metric"):
@@ -244,7 +279,9 @@ def test_pbt_lineage_copies_and_ancestry_of_the_best():
     assert (1, 1, 2, 1) not in segments(kept)  # member 1 did not keep its weights at generation 2
     assert list(ancestry.x) == [0, 1, 2, 3] and list(ancestry.y) == [0, 0, 3, 0]
     assert len(dots.x) == 16
-    np.testing.assert_allclose(np.asarray(dots.marker.color, dtype=float)[:4], [1.0, 1.1, 0.9, 1.2])
+    # coloured by rank within the generation (generation 0's fitness 1.0, 1.1, 0.9, 1.2), 1 = best
+    np.testing.assert_allclose(np.asarray(dots.marker.color, dtype=float)[:4], [2, 3, 1, 4])
+    assert np.asarray(dots.marker.color, dtype=float)[15] == 4  # a diverged (NaN) member ranks last
 
 
 def test_pbt_plots_reject_what_is_not_a_history():

@@ -224,7 +224,7 @@ def test_progress_prints_one_line_per_model(ds, capsys):
     space = SearchSpace([Hyperparameter("lr", 1e-3, 5e-3)])
     result = random_search(ds, 2, space=space, model_sizes=TINY, train_config=FAST, seed=0)
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 2 and lines[0].startswith("model 1/2: lr ") and "R2" in lines[1]
+    assert len(lines) == 2 and lines[0].startswith("model 0 (1 of 2): lr ") and "R2" in lines[1]
     assert list(result.table.data_vars)[0] == "lr"
 
 

@@ -79,6 +79,10 @@ def test_history_is_a_tidy_table_and_loss_falls():
     assert h["valid_recon"].iloc[-1] < h["valid_recon"].iloc[0]
     assert h["kl_ramp"].iloc[0] < 1 and h["kl_ramp"].iloc[-1] == 1
     assert result.best_epoch == int(h["valid_recon"].idxmin())
+    # the truth's NLL on the validation trials, the curves' reference line, is the same every epoch
+    valid = lfads_nb.split(ds, "valid")
+    expected = lfads_nb.metrics.nll_per_entry(valid.rates_true, valid.spikes, 0.01)
+    np.testing.assert_allclose(h["valid_truth_nll"], expected)
 
 
 def test_same_seed_reproduces_and_resume_after_kill_equals_uninterrupted(tmp_path):

@@ -1,7 +1,9 @@
 """Every tutorial runs under papermill with small CI parameters, stays stripped, and is a batch job.
 
+The standard these tests enforce (and the parts they cannot) is written down in tutorials/STANDARD.md.
+
 The executed copies land in ``test-artifacts/tutorials/<name>/`` so a failing run can be read.
-Cells marked ``# NBVAL_CHECK_OUTPUT`` must reproduce their output when nbval (lax) re-runs the
+Cells tagged ``nbval-check-output`` must reproduce their output when nbval (lax) re-runs the
 executed notebook: the outputs that should be stable (shapes, seeded statistics) really are.
 """
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -111,6 +114,57 @@ def test_reads_like_a_lecture(notebook):
             assert len(lines) <= SCREEN_LINES, f"{notebook.name}: a {len(lines)}-line cell belongs in the library"
 
 
+PLOTLY_JSON = "application/vnd.plotly.v1+json"
+
+
+def figures_in_export(executed: Path) -> tuple[int, int]:
+    """(plotly figures the executed notebook holds, figures its nbconvert HTML export shows).
+
+    An export shows a figure as a PNG ``<img>`` or as a plotly.js ``plotly-graph-div``; a figure
+    stored as plotly JSON alone leaves nothing in the export, nor on GitHub.
+    """
+    import nbconvert
+    import nbformat
+
+    nb = nbformat.read(executed, as_version=4)
+    held = sum(PLOTLY_JSON in o.get("data", {}) for c in nb.cells for o in c.get("outputs", []))
+    body, _ = nbconvert.HTMLExporter().from_notebook_node(nb)
+    shown = body.count('src="data:image/png;base64') + body.count('class="plotly-graph-div"')
+    return held, shown
+
+
+def _markdown(cells) -> str:
+    return "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "markdown")
+
+
+def exercises_without_solution(cells) -> list[int]:
+    """Numbers of the exercises (numbered items of the '## Exercises' cell, before its first
+    <details>) that no '<summary>Solution to N' (or 'Solutions to N and M') answers."""
+    text = next("".join(c["source"]) for c in cells if "## Exercises" in "".join(c["source"]))
+    listed = text.split("## Exercises", 1)[1].split("<details>", 1)[0]
+    numbers = [int(n) for n in re.findall(r"^(\d+)\. ", listed, flags=re.M)]
+    solved = {int(n) for names in re.findall(r"<summary>Solutions? to ([\d ,and]+)", _markdown(cells))
+              for n in re.findall(r"\d+", names)}
+    return [n for n in numbers if n not in solved]
+
+
+@pytest.mark.parametrize("notebook", TUTORIALS, ids=lambda p: p.name)
+def test_meets_the_standard(notebook):
+    """The parts of tutorials/STANDARD.md a test can check in the source (the rest is review)."""
+    cells = _cells(notebook)
+    opening, markdown = "".join(cells[0]["source"]), _markdown(cells)
+    assert "**Time.**" in opening, "say in the first cell how long reading, running and the exercises take"
+    assert "<summary>Key terms" in markdown, "define terms where first used in a collapsed 'Key terms' box"
+    assert re.search(r"\*\*Predict", markdown) and "<summary>Answer" in markdown, \
+        "ask a predict-then-reveal question at a key figure, the answer collapsed right below"
+    assert exercises_without_solution(cells) == [], "every exercise needs a collapsed '<summary>Solution to N'"
+    assert "## References" in markdown and re.search(r"\]\(https?://", markdown), "references with links"
+    code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+    assert "NBVAL_" not in code, "test markers go in cell tags (nbval-check-output), not in the learner's code"
+    assert "renderers.default" not in code and "renderer=" not in code, \
+        "leave plotly's renderer to lfads_nb (static copies of figures)"
+
+
 @pytest.mark.parametrize("notebook", TUTORIALS, ids=lambda p: p.name)
 def test_runs_under_papermill(notebook, monkeypatch):
     monkeypatch.setenv("LFADS_NB_LIVE", "0")
@@ -121,6 +175,12 @@ def test_runs_under_papermill(notebook, monkeypatch):
     errors = [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
     assert "widgets" not in nb.get("metadata", {}), "papermill runs must not store widget state"
+    warned = [o["text"] for c in nb["cells"] for o in c.get("outputs", [])
+              if o.get("output_type") == "stream" and o.get("name") == "stderr" and "Warning" in o["text"]]
+    assert not warned, f"catch the warnings you expect and explain them in the text: {warned[0][:300]}"
+    held, shown = figures_in_export(executed)
+    assert held > 0, "a tutorial without a figure?"
+    assert shown >= held, f"the HTML export shows {shown} of {held} figures: show figures with plotly (import lfads_nb)"
     if notebook.name in NBVAL_CHECKED:
         env = dict(os.environ, LFADS_NB_LIVE="0")
         result = subprocess.run(

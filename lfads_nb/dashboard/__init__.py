@@ -14,7 +14,7 @@ The training loop talks to a :class:`Progress`::
 ``row`` holds ``'epoch'`` (the 0-based epoch index; everything shown counts from 1, so the
 row with ``'epoch': 11`` is "epoch 12/100") and that epoch's metrics (``train_loss``,
 ``train_recon``, ``valid_recon``, ``valid_recon_smoothed``, ``valid_sv_nll``, ``kl_ic``,
-``kl_co``, ``l2``, ``kl_ramp``, ``l2_ramp``, ``lr``; absent keys are simply not shown, NaN is
+``kl_co``, ``l2``, ``kl_ramp``, ``l2_ramp``, ``lr``, ``valid_truth_nll``; absent keys are simply not shown, NaN is
 allowed). ``example`` is None or one trial's rates (see :meth:`Progress.update`). ``history``
 is the tidy table of all rows, one per epoch.
 
@@ -22,7 +22,8 @@ Two implementations, chosen by :func:`make_progress`:
 
 - :class:`LiveDashboard`: ipywidgets and plotly ``FigureWidget``s updated while the cell runs
   (loss curves, ramps and learning rate, one trial's inferred vs true rates, a status line and
-  a Stop button).
+  a Stop button). When training ends the widgets are closed and replaced, in the same output, by
+  static figures, so a saved notebook shows the run instead of "Error displaying widget".
 - :class:`TextProgress`: one flushed line every few epochs and a static plotly figure of the
   history at the end; no widgets, so notebooks executed by papermill or CI store no widget state.
 
@@ -88,24 +89,14 @@ from plotly.subplots import make_subplots
 
 from ..errors import ConfigError, DataError
 
-# (row key, legend label, colour, dash) of the loss panel (log y) ...
-LOSS_TRACES = (
-    ("train_loss", "train total", "#7f7f7f", "dot"),
-    ("train_recon", "train recon", "#1f77b4", "solid"),
-    ("valid_recon", "valid recon", "#d62728", "solid"),
-    ("valid_recon_smoothed", "valid recon (smoothed)", "#d62728", "dot"),
-    ("valid_sv_nll", "valid SV NLL", "#9467bd", "solid"),
-    ("kl_ic", "KL ic", "#2ca02c", "solid"),
-    ("kl_co", "KL co", "#17becf", "solid"),
-    ("l2", "L2", "#8c564b", "solid"),
+# (row key, panel) of the curves figure, panels by unit: reconstruction NLL per entry (1), KL per
+# trial before weighting (2), L2 before weighting (3), ramps (4, left) and learning rate (4, right,
+# log). Labels and colours are lfads_nb.plots.METRIC_STYLES, the same in every figure.
+CURVE_PANELS = (
+    ("valid_truth_nll", 1), ("train_loss", 1), ("train_recon", 1), ("valid_recon", 1),
+    ("valid_recon_smoothed", 1), ("valid_sv_nll", 1),
+    ("kl_ic", 2), ("kl_co", 2), ("l2", 3), ("kl_ramp", 4), ("l2_ramp", 4), ("lr", 4),
 )
-# ... and of the schedule panel: ramps on the left axis (0..1), learning rate on the right (log).
-SCHEDULE_TRACES = (
-    ("kl_ramp", "KL ramp", "#2ca02c", "dash"),
-    ("l2_ramp", "L2 ramp", "#8c564b", "dash"),
-    ("lr", "learning rate", "#ff7f0e", "solid"),
-)
-CURVE_TRACES = LOSS_TRACES + SCHEDULE_TRACES
 # (label, row key) of the one-line summary, in order.
 SUMMARY_FIELDS = (("train", "train_recon"), ("valid", "valid_recon"), ("sv", "valid_sv_nll"))
 
@@ -184,24 +175,35 @@ def _clock(seconds: float) -> str:
 # ---------------------------------------------------------------------------------------------
 
 def curves_figure(widget: bool = False) -> go.Figure:
-    """Empty figure of the training curves: losses (log y) above, ramps and lr below.
+    """Empty figure of the training curves, one panel per unit (see ``CURVE_PANELS``).
 
-    Traces follow ``CURVE_TRACES`` in order; :func:`set_curves` fills them. ``widget`` gives a
+    Reconstruction NLLs share a linear axis, so a gap between training and validation shows, and
+    the true rates' NLL (where the data have truth) is a dotted black reference: a validation NLL
+    below it means the model fits noise. KL and L2 are drawn before their weights and ramps.
+    Traces follow ``CURVE_PANELS`` in order; :func:`set_curves` fills them. ``widget`` gives a
     ``go.FigureWidget`` that updates in place.
     """
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.72, 0.28], vertical_spacing=0.06,
-                        specs=[[{}], [{"secondary_y": True}]])
-    for key, label, colour, dash in LOSS_TRACES:
-        fig.add_scatter(name=label, x=[], y=[], mode="lines", line=dict(color=colour, dash=dash),
-                        showlegend=False, row=1, col=1)
-    for key, label, colour, dash in SCHEDULE_TRACES:
-        fig.add_scatter(name=label, x=[], y=[], mode="lines", line=dict(color=colour, dash=dash),
-                        showlegend=False, row=2, col=1, secondary_y=key == "lr")
-    fig.update_yaxes(type="log", title_text="loss", row=1, col=1)
-    fig.update_yaxes(range=[0, 1.05], title_text="ramp", row=2, col=1, secondary_y=False)
-    fig.update_yaxes(type="log", title_text="lr", tickformat=".0e", showgrid=False, row=2, col=1, secondary_y=True)
-    fig.update_xaxes(title_text="epoch", row=2, col=1)
-    fig.update_layout(height=460, margin=dict(l=60, r=60, t=30, b=40), template="plotly_white")
+    from ..plots import metric_style
+
+    titles = ("reconstruction: NLL per observed entry (nats)", "KL per trial (nats, before weighting)",
+              "L2 of recurrent weights (before weighting)", "weight ramps and learning rate")
+    fig = make_subplots(rows=4, cols=1, shared_xaxes=True, row_heights=[0.4, 0.2, 0.2, 0.2],
+                        vertical_spacing=0.07, subplot_titles=titles,
+                        specs=[[{}], [{}], [{}], [{"secondary_y": True}]])
+    for key, panel in CURVE_PANELS:
+        label, colour, dash = metric_style(key)
+        fig.add_scatter(name=label, x=[], y=[], mode="lines", line=dict(color=colour, dash=dash, width=2.5),
+                        showlegend=False, row=panel, col=1, secondary_y=key == "lr")
+    decades = dict(type="log", exponentformat="power", dtick=1)  # ticks at powers of ten only
+    fig.update_yaxes(title_text="nats", row=1, col=1)
+    fig.update_yaxes(title_text="nats", row=2, col=1, **decades)
+    fig.update_yaxes(title_text="L2", row=3, col=1)
+    fig.update_yaxes(range=[0, 1.05], title_text="ramp", row=4, col=1, secondary_y=False)
+    fig.update_yaxes(title_text="learning rate", showgrid=False, row=4, col=1, secondary_y=True, **decades)
+    fig.update_xaxes(title_text="epochs completed", row=4, col=1)
+    fig.update_layout(height=760, margin=dict(l=60, r=60, t=40, b=40), template="plotly_white",
+                      title=dict(text="training curves", font=dict(size=13)),
+                      legend=dict(orientation="h", yanchor="top", y=-0.07, xanchor="left", x=0))
     return go.FigureWidget(fig) if widget else fig
 
 
@@ -214,7 +216,7 @@ def set_curves(fig: go.Figure, columns: Mapping[str, np.ndarray], max_points: in
     """
     epochs = np.asarray(columns.get("epoch", []), dtype=float) + 1
     keep = _thin(len(epochs), max_points)
-    for trace, (key, *_) in zip(fig.data, CURVE_TRACES):
+    for trace, (key, _) in zip(fig.data, CURVE_PANELS):
         if key in columns:
             trace.update(x=epochs[keep], y=np.asarray(columns[key], dtype=float)[keep], showlegend=True)
 
@@ -358,6 +360,7 @@ class _StopButton:
         self.button.on_click(self._on_stop)
         self._stop = False
         self._last_poll = -math.inf
+        self._handle = None  # the dashboard's display, replaced by static copies at the end
 
     def _on_stop(self, _button) -> None:
         self._stop = True
@@ -375,6 +378,34 @@ class _StopButton:
     def _finish_button(self) -> None:
         self.button.disabled = True
         self.button.description = "Stopped" if self._stop else "Done"
+
+    def _show(self) -> None:
+        """Display ``self.widget`` in the running cell (widgets render only in a kernel)."""
+        self._handle = None
+        if _kernel() is not None:
+            from IPython.display import display
+
+            self._handle = display(self.widget, display_id=True)
+
+    def _leave_static(self, status: str, *figures: go.Figure) -> None:
+        """Put static figures where the widgets were and close the widgets.
+
+        A saved notebook keeps no widget state, so a widget left in a cell reads "Error displaying
+        widget: model not found" when reopened. The first figure replaces the dashboard's output
+        in place (same display id), the others follow it, with the status line as text; each
+        carries a static copy (lfads_nb.display).
+        """
+        from ..display import StaticCopyRenderer
+
+        if self._handle is not None:
+            from IPython.display import display
+
+            bundles = [StaticCopyRenderer().to_mimebundle(fig.to_dict()) for fig in figures]
+            self._handle.update({"text/plain": status}, raw=True)
+            for bundle in bundles:
+                display(bundle, raw=True)
+        for widget in self._widgets():
+            widget.close()
 
 
 class LiveDashboard(_StopButton, Progress):
@@ -403,14 +434,11 @@ class LiveDashboard(_StopButton, Progress):
         self.widget = widgets.VBox([widgets.HBox([self.button, self.status]), self.curves, self.example])
 
     def start(self, max_epochs: int) -> None:
-        from IPython.display import display
-
         super().start(max_epochs)
         self._stop = False
         self.button.disabled, self.button.description = False, "Stop"
         self.status.value = f"training: up to {self.max_epochs} epochs"
-        if _kernel() is not None:  # widgets render only in a kernel; elsewhere display would print a repr
-            display(self.widget)
+        self._show()
 
     def update(self, row: dict[str, float], example: dict | None) -> None:
         super().update(row, example)
@@ -428,6 +456,7 @@ class LiveDashboard(_StopButton, Progress):
         return f"<code>{html.escape(text)}</code>"
 
     def finish(self, history, message: str) -> None:
+        """Draw the whole run, then replace the widgets with static copies (see ``_leave_static``)."""
         if len(history):  # the whole run, including epochs from before a resume
             with self.curves.batch_update():
                 set_curves(self.curves, {k: history[k].to_numpy(dtype=float) for k in history.columns},
@@ -435,6 +464,12 @@ class LiveDashboard(_StopButton, Progress):
         last = f"{self.summary(self.rows[-1], sep=' · ')} · " if self.rows else ""
         self.status.value = self._status_html(f"{last}{message}")
         self._finish_button()
+        best = self.best_valid()
+        status = f"{last}{message}" + (f" · best valid {best[0]:.4g} (epoch {best[1] + 1})" if best else "")
+        self._leave_static(status, go.Figure(self.curves), go.Figure(self.example))
+
+    def _widgets(self):
+        return (self.button, self.status, self.curves, self.example, *self.widget.children, self.widget)
 
 
 def _columns(rows: Sequence[Mapping[str, float]]) -> dict[str, np.ndarray]:
@@ -560,8 +595,8 @@ class PBTProgress:
 
     def epoch(self, generation: int, epoch: int, metrics: Mapping[str, np.ndarray]) -> None:
         """Epoch ``epoch`` of generation ``generation`` ended. ``metrics``: name -> (P,) values per
-        member: ``valid_recon``, ``valid_sv_nll``, ``train_loss`` and ``fitness`` (smoothed
-        validation NLL, what members are judged by; NaN for a diverged member)."""
+        member: ``valid_recon``, ``valid_sv_nll``, ``train_loss`` and ``fitness`` (the run's metric,
+        smoothed over epochs, what members are judged by; NaN for a diverged member)."""
         if self.started is None:
             self.started = time.monotonic()
 
@@ -646,7 +681,7 @@ class PBTLiveDashboard(_StopButton, PBTProgress):
                                "the best member so far is returned")
         self.fitness = go.FigureWidget(layout=dict(
             height=320, margin=dict(l=60, r=20, t=40, b=40), template="plotly_white",
-            title=dict(text="fitness per member (smoothed validation NLL, lower is better)", font=dict(size=13)),
+            title=dict(text="fitness per member (lower is better)", font=dict(size=13)),
             xaxis_title="epoch", yaxis_title="fitness"))
         self.generations = widgets.VBox([])  # hyperparameters and lineage, replaced every generation
         self.widget = widgets.VBox([widgets.HBox([self.button, self.status]), self.fitness, self.generations])
@@ -654,10 +689,8 @@ class PBTLiveDashboard(_StopButton, PBTProgress):
         self.values: list[np.ndarray] = []  # fitness per member, one array per epoch
 
     def epoch(self, generation: int, epoch: int, metrics: Mapping[str, np.ndarray]) -> None:
-        if self.started is None and _kernel() is not None:  # widgets render only in a kernel
-            from IPython.display import display
-
-            display(self.widget)
+        if self.started is None:
+            self._show()
         super().epoch(generation, epoch, metrics)
         fitness = np.asarray(metrics["fitness"], dtype=float)
         self.epochs.append(int(epoch))
@@ -677,8 +710,10 @@ class PBTLiveDashboard(_StopButton, PBTProgress):
         return f"<code>{html.escape(f'{text} · elapsed {_clock(self.elapsed())}')}</code>"
 
     def generation(self, history) -> None:
-        from ..plots import pbt_hyperparameters, pbt_lineage
+        from ..plots import fitness_label, pbt_hyperparameters, pbt_lineage
 
+        self.fitness.layout.title.text = f"fitness per member: {fitness_label(history)}, lower is better"
+        self.fitness.layout.yaxis.title.text = fitness_label(history)
         self.fitness.add_vline(x=int(history["end_epoch"].values[-1]), line=dict(color="#999999", dash="dot", width=1))
         for old in self.generations.children:
             old.close()
@@ -687,8 +722,17 @@ class PBTLiveDashboard(_StopButton, PBTProgress):
         self.status.value = self._status_html(_best_line(history))
 
     def finish(self, history, message: str) -> None:
+        """The status, then the fitness figure as a static copy in place of the widgets."""
+        from ..plots import pbt_fitness
+
         self.status.value = self._status_html(message)
         self._finish_button()
+        figures = [pbt_fitness(history)] if history.sizes.get("generation", 0) else []
+        self._leave_static(f"{message} · elapsed {_clock(self.elapsed())}", *figures)
+
+    def _widgets(self):
+        return (self.button, self.status, self.fitness, *self.generations.children, self.generations,
+                *self.widget.children, self.widget)
 
 
 def _choose_live(live: bool | None) -> bool:

@@ -51,6 +51,7 @@ import xarray as xr
 from ..data.kinds import kind_of
 from ..data.schema import encoder_bins, heldin_mask, observed_variable, validate
 from ..errors import CheckpointError, ConfigError, DataError, TrainingDiverged
+from ..metrics import nll_per_entry
 from ..models.lfads import LFADS, LFADSConfig
 from ..models.ndt import NDT, NDTConfig
 from ..transforms import (Batch, coordinated_dropout, forward_prediction, make_batch, rounded_normal_shifts,
@@ -432,6 +433,7 @@ def train(
     progress = progress or make_progress(live)
     progress.start(config.max_epochs)
     example = _example_picker(ds, valid_idx)
+    truth = _truth_nll(ds, valid_idx)
     steps_per_epoch = math.ceil(len(train_idx) / config.batch_size)
     stop_reason = "max_epochs"
 
@@ -463,7 +465,7 @@ def train(
         row = {"epoch": state.epoch}
         row.update({k: v / steps_per_epoch for k, v in sums.items()})
         row.update(_validation_metrics(model, tensors, valid_idx, config, max(config.batch_size, 256)))
-        row.update(kl_ramp=kl_ramp, l2_ramp=l2_ramp, lr=state.lr, epoch_seconds=time.perf_counter() - t0)
+        row.update(kl_ramp=kl_ramp, l2_ramp=l2_ramp, lr=state.lr, epoch_seconds=time.perf_counter() - t0, **truth)
         if not math.isfinite(row["valid_recon"]):
             raise _diverged(model, best_state, state, progress, ckpt_dir, config, steps_per_epoch)
         improved = _end_of_epoch(state, row, config)
@@ -530,6 +532,18 @@ def _diverged(model, best_state, state, progress, ckpt_dir, config, step):
     return err
 
 
+def _truth_nll(ds: xr.Dataset, valid_idx: torch.Tensor) -> dict[str, float]:
+    """``{'valid_truth_nll': NLL per entry of the true rates on the validation trials}`` for spike
+    data with ``rates_true`` (the reference line of the training curves); empty otherwise."""
+    if kind_of(ds).name != "spikes" or "rates_true" not in ds:
+        return {}
+    valid = ds.isel(trial=valid_idx.cpu().numpy())
+    try:
+        return {"valid_truth_nll": nll_per_entry(valid["rates_true"], valid["spikes"], float(ds.attrs["bin_width"]))}
+    except DataError:  # truth with NaN or negative rates: no reference line rather than no training
+        return {}
+
+
 def _example_picker(ds: xr.Dataset, valid_idx: torch.Tensor, n_neurons: int = 3):
     """A function giving one validation trial's inferred vs true observation mean (rates in Hz
     for spikes; the kind's output and units otherwise) for the dashboard."""
@@ -588,10 +602,12 @@ def infer(model: LFADS, ds: xr.Dataset, *, n_samples: int = 0, batch_size: int =
     parts = {}
     for start in range(0, ds.sizes["trial"], batch_size):
         batch = _recorded_batch(tensors, slice(start, start + batch_size))
-        draws = [model.infer_batch(batch, sample=True) for _ in range(n_samples)] or [
-            model.infer_batch(batch, sample=False)]
-        for name in draws[0]:
-            parts.setdefault(name, []).append(torch.stack([d[name] for d in draws]).mean(0).cpu().numpy())
+        total = None  # running sums over the draws: one draw in memory at a time, not n_samples
+        for _ in range(max(n_samples, 1)):
+            draw = model.infer_batch(batch, sample=n_samples > 0)
+            total = draw if total is None else {name: total[name] + value for name, value in draw.items()}
+        for name, value in total.items():
+            parts.setdefault(name, []).append((value / max(n_samples, 1)).cpu().numpy())
     torch.set_rng_state(generator_state)
     model.train(was_training)
     joined = {k: np.concatenate(v) for k, v in parts.items()}

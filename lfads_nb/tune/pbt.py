@@ -448,7 +448,8 @@ def _history(state: _RunState, space: SearchSpace, settings: dict) -> xr.Dataset
                            **{k: json.dumps(v) for k, v in settings.items()}})
     for name in space:
         ds[name].attrs["description"] = "hyperparameter during the generation"
-    ds["fitness"].attrs.update(units="nats per entry", description="smoothed validation NLL at the generation's end")
+    metric = settings.get("pbt_config", {}).get("metric", "the metric")  # valid_recon: validation NLL; valid_sv_nll: sample-validation NLL
+    ds["fitness"].attrs.update(units="nats per entry", description=f"{metric}, smoothed over epochs, at the generation's end")
     ds["parent"].attrs["description"] = "member whose weights, optimiser state and hyperparameters it started from"
     ds["seconds"].attrs["units"] = "s"
     return ds

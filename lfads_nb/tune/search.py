@@ -348,9 +348,9 @@ def random_search(
 def _progress_line(i: int, n: int, point: Mapping[str, float], row: Mapping[str, float]) -> str:
     hps = " ".join(f"{k} {v:.3g}" for k, v in point.items())
     if row["best_epoch"] < 0:
-        return f"model {i + 1}/{n}: {hps} -> diverged in its first epoch"
+        return f"model {i} ({i + 1} of {n}): {hps} -> diverged in its first epoch"
     sv = f" sv {row['sv_nll']:.4f}" if math.isfinite(row["sv_nll"]) else ""
     r2 = f" R2 {row['rate_r2']:.3f}" if math.isfinite(row["rate_r2"]) else ""
     stop = ", diverged" if row["stop_reason"] == "diverged" else ""
-    return (f"model {i + 1}/{n}: {hps} -> valid {row['valid_nll']:.4f}{sv}{r2} "
+    return (f"model {i} ({i + 1} of {n}): {hps} -> valid {row['valid_nll']:.4f}{sv}{r2} "
             f"(best epoch {row['best_epoch'] + 1}/{row['epochs']}{stop}, {row['train_seconds']:.0f} s)")

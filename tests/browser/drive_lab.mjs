@@ -157,7 +157,6 @@ try {
   const stop = page.locator('.jp-OutputArea .jupyter-widgets button', { hasText: config.stopLabel }).first();
   await waitFor(page, 'the Stop button', config.timeouts.dashboard, async () => (await stop.count()) > 0,
     { whileRunning: true });
-  await stop.scrollIntoViewIfNeeded();
 
   enter(`wait for the '${config.traceName}' curve to draw points`);
   // One look at the figures (kept in result.samples, without the SVG paths) and at the prompts;
@@ -190,14 +189,11 @@ try {
   await stop.click();
   result.stopClickedAt = elapsed();
 
-  // The dashboard disables the button at once ('Stopping') and relabels it when training has ended.
-  enter('wait for the dashboard to report the end of training');
-  const buttonState = () => stop.evaluate((b) => ({ text: b.textContent.trim(), disabled: b.disabled }));
-  result.stopButton = await waitFor(page, 'the Stop button to leave its Stopping state', config.timeouts.stop,
-    async () => {
-      const state = await buttonState();
-      return state.disabled && state.text !== 'Stopping' ? state : null;
-    });
+  // The dashboard disables the button at once ('Stopping'); when training has ended it replaces its
+  // widgets (button included) with static copies of its figures, so a saved notebook shows them.
+  enter('wait for the dashboard to leave static figures');
+  result.stopButton = await waitFor(page, 'the dashboard to be replaced by static figures', config.timeouts.stop,
+    async () => ((await stop.count()) === 0 ? { replaced: true } : null));
   result.stoppedAt = elapsed();
 
   enter('wait for the notebook to halt');
@@ -206,7 +202,6 @@ try {
   await sample();
   result.prompts = await probe(page, 'prompts');
   result.outputs = await probe(page, 'outputs');
-  await stop.scrollIntoViewIfNeeded();
   await screenshot(page, 'dashboard_stopped.png');
   enter('done');
 } catch (err) {
