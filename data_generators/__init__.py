@@ -2,11 +2,14 @@
 
 - ``chaotic_rnn``: the original LFADS chaotic RNN set (and its input-pulse, tanh-rate and
   partially observed variants); ``chaotic_rnn_benchmark``: the gain 2.5 peer-benchmark preset.
+- ``calcium_2p``: two-photon calcium events of Lorenz-driven neurons, sampled at staggered sub-frame
+  times (RADICaL); ``lfads_nb.calcium.frame_binned`` gives its frame-binned view.
 - ``lorenz``: Poisson neurons driven by the Lorenz attractor (defaults: the Lorenz-29 shape).
 - ``velocity_readout``: the fixed linear "hand velocity" map of the latents both use.
 
 Every generator is deterministic for a given ``seed`` and records its settings in ``ds.attrs``.
 """
+from .calcium import calcium_2p
 from .behavior import VELOCITY_DIMS, velocity_readout
 from .chaotic_rnn import chaotic_rnn, chaotic_rnn_benchmark
 from .common import stratified_split
@@ -14,6 +17,7 @@ from .lorenz import integrate_lorenz, lorenz, lorenz_derivative
 
 __all__ = [
     "VELOCITY_DIMS",
+    "calcium_2p",
     "chaotic_rnn",
     "chaotic_rnn_benchmark",
     "integrate_lorenz",
