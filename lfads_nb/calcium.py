@@ -261,3 +261,85 @@ def frame_binned(ds: xr.Dataset) -> xr.Dataset:
     coords["time"] = ("time", (np.arange(n_frames) + 0.5) * frame_s, {"units": "s"})
     out = xr.Dataset(data_vars, coords=coords, attrs={**ds.attrs, "bin_width": frame_s, "sub_bins": 1})
     return validate(out)
+
+
+# ----------------------------------------------------------------------------- scoring against truth
+
+METHODS = ("smoothing", "lfads_frame", "radical")
+
+
+def on_subframe_time(estimate: xr.DataArray, ds: xr.Dataset) -> xr.DataArray:
+    """``estimate`` (trial, time, ...) at any time resolution, linearly interpolated to the
+    sub-frame bins of ``ds`` (held constant beyond the first and last estimate): how a
+    frame-resolution estimate is compared with sub-frame truth."""
+    if estimate.sizes["time"] == ds.sizes["time"] and np.allclose(estimate["time"], ds["time"]):
+        return estimate
+    source, target = estimate["time"].values.astype(float), ds["time"].values.astype(float)
+    position = np.interp(target, source, np.arange(len(source)))  # fractional source index, clamped at the ends
+    low = np.floor(position).astype(int)
+    high = np.minimum(low + 1, len(source) - 1)
+    weight = xr.DataArray(position - low, dims="time")
+    values = estimate.isel(time=low).drop_vars("time") * (1 - weight) + estimate.isel(time=high).drop_vars("time") * weight
+    return values.assign_coords(time=ds["time"]).transpose(*estimate.dims)
+
+
+def _affine_r2_heldout(pred: np.ndarray, truth: np.ndarray, train: np.ndarray, test: np.ndarray) -> float:
+    """Per column, R^2 on ``test`` rows of an affine map pred -> truth fit on ``train`` rows; averaged."""
+    scores = []
+    for p, t in zip(pred.T, truth.T):
+        design = np.column_stack([p[train], np.ones(train.sum())])
+        coef, *_ = np.linalg.lstsq(design, t[train], rcond=None)
+        fitted = coef[0] * p[test] + coef[1]
+        scores.append(1 - np.sum((t[test] - fitted) ** 2) / np.sum((t[test] - t[test].mean()) ** 2))
+    return float(np.mean(scores))
+
+
+def truth_scores(estimate: xr.DataArray, ds: xr.Dataset) -> dict[str, float]:
+    """How well a per-neuron estimate (trial, time, neuron) recovers the truth of ``ds``, on its
+    'valid' trials, after maps fit on its 'train' trials, at ``ds``'s sub-frame bins
+    (``on_subframe_time``):
+
+    - ``state_r2``: ridge from all neurons' estimates to the true Lorenz state
+      (``metrics.velocity_r2``: alpha by 5-fold CV on train trials), R^2 averaged over x, y, z;
+    - ``rate_r2``: per neuron, an affine map from its estimate to its true rate (events are not
+      in Hz), R^2 averaged over neurons.
+
+    NaN where ``ds`` has no ``latents_true`` / ``rates_true``.
+    """
+    estimate = on_subframe_time(estimate, ds).transpose("trial", "time", "neuron")
+    scores = {"state_r2": np.nan, "rate_r2": np.nan}
+    splits = ds["split"].values.astype(str)
+    if "latents_true" in ds:
+        from .metrics import velocity_r2
+
+        scores["state_r2"] = velocity_r2(estimate, ds["latents_true"], train_trials="train", test_trials="valid",
+                                         bin_width=float(ds.attrs["bin_width"]))
+    if "rates_true" in ds:
+        rows = np.repeat(splits, ds.sizes["time"])
+        flat = estimate.values.reshape(-1, ds.sizes["neuron"]).astype(float)
+        truth = ds["rates_true"].values.reshape(-1, ds.sizes["neuron"]).astype(float)
+        scores["rate_r2"] = _affine_r2_heldout(flat, truth, rows == "train", rows == "valid")
+    return scores
+
+
+def smoothed_events(ds: xr.Dataset, sigmas=(0.01, 0.02, 0.04, 0.08)) -> xr.DataArray:
+    """The smoothing baseline: frame-binned events smoothed in time by a Gaussian, in events per
+    second, with its width chosen among ``sigmas`` (seconds) by how well it predicts the true
+    state on half of the training trials after a map fit on the other half (the validation
+    trials are not used). Without ``latents_true`` the middle width is used. Returns
+    (trial, frame time, neuron) at frame resolution; ``attrs['sigma']`` holds the width."""
+    from .metrics import smooth_spikes, velocity_r2
+
+    frames = frame_binned(ds)
+    candidates = {s: smooth_spikes(frames["events"], float(frames.attrs["bin_width"]), s) for s in sigmas}
+    if "latents_true" not in ds:
+        return candidates[sigmas[len(sigmas) // 2]]
+    train = ds["trial"].values[ds["split"].values.astype(str) == "train"]
+    fit, check = train[::2], train[1::2]
+
+    def inner_r2(sigma):
+        est = on_subframe_time(candidates[sigma], ds)
+        return velocity_r2(est, ds["latents_true"], train_trials=fit, test_trials=check,
+                           bin_width=float(ds.attrs["bin_width"]))
+
+    return candidates[max(sigmas, key=inner_r2)]

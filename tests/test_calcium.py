@@ -236,3 +236,51 @@ def test_calcium_dataset_bad_input():
     high = ds.assign_attrs(s_min=0.5)
     with pytest.raises(DataError, match="s_min'\\] is 0.5 but the smallest event.*Set ds.attrs\\['s_min'\\] to at most"):
         lfads_nb.validate(high)
+
+
+# ---------------------------------------------------------------------------------- scoring and plots
+
+def test_truth_scores_reward_the_truth_and_penalise_blur():
+    """The true rates score rate_r2 = 1 (any per-neuron affine map of them too); a frame-averaged
+    copy, interpolated back to sub-frame bins, scores lower on both measures at a fast latent."""
+    from lfads_nb.calcium import on_subframe_time, truth_scores
+
+    ds = calcium_2p(0, lorenz_hz=12, n_neurons=30, n_conditions=8, trials_per_condition=5, n_frames=10)
+    exact = truth_scores(3 * ds["rates_true"] + 1, ds)
+    assert exact["rate_r2"] == pytest.approx(1.0)
+    assert exact["state_r2"] > 0.8
+    frames = frame_binned(ds)["rates_true"]
+    back = on_subframe_time(frames, ds)
+    assert back.sizes["time"] == ds.sizes["time"] and np.isfinite(back.values).all()
+    np.testing.assert_allclose(back.isel(time=slice(1, None, 3)).values, frames.values, rtol=1e-5)  # frame centres
+    blurred = truth_scores(frames, ds)
+    assert blurred["rate_r2"] < exact["rate_r2"] - 0.05 and blurred["state_r2"] < exact["state_r2"]
+    no_truth = truth_scores(ds["rates_true"], ds.drop_vars(["rates_true", "latents_true"]))
+    assert np.isnan(no_truth["state_r2"]) and np.isnan(no_truth["rate_r2"])
+
+
+def test_smoothed_events_picks_a_width_on_training_trials_only():
+    from lfads_nb.calcium import smoothed_events
+
+    ds = calcium_2p(0, n_neurons=20, n_conditions=4, trials_per_condition=5, n_frames=10)
+    chosen = smoothed_events(ds, sigmas=(0.01, 0.03))
+    assert chosen.attrs["sigma"] in (0.01, 0.03) and chosen.sizes["time"] == 10
+    valid = ds["split"].values == "valid"
+    poisoned = ds.copy(deep=True)
+    poisoned["latents_true"][valid] = 0.0  # changing validation truth must not change the choice
+    assert smoothed_events(poisoned, sigmas=(0.01, 0.03)).attrs["sigma"] == chosen.attrs["sigma"]
+
+
+def test_calcium_plots():
+    from lfads_nb import plots
+
+    ds = calcium_2p(0, **SMALL)
+    fig = plots.calcium_sampling(ds, trial=0)
+    assert len({t.name for t in fig.data}) == 4 and "Staggered" in fig.layout.title.text
+    scores = xr.Dataset({"state_r2": (("method", "lorenz_hz"), [[0.2, 0.1], [0.5, 0.3], [0.6, 0.5]])},
+                        coords={"method": ["smoothing", "lfads_frame", "radical"], "lorenz_hz": [5.0, 10.0]})
+    fig = plots.method_scores(scores)
+    assert [t.name for t in fig.data] == ["smoothing", "lfads_frame", "radical"]
+    assert list(fig.data[2].y) == [0.6, 0.5]
+    with pytest.raises(DataError, match="needs a sub-frame calcium Dataset"):
+        plots.calcium_sampling(ds.drop_vars("fluorescence"), trial=0)
