@@ -11,7 +11,7 @@ import sys as _sys
 from . import metrics, plots, tune
 from .data import KINDS, DataKind, kind_of, make_dataset, split, validate
 from .errors import CheckpointError, ConfigError, DataError, TrainingDiverged
-from .io import export_lfads_h5, load, save
+from .io import export_lfads_h5, load, save, save_scores
 from .models import LFADS, LFADSConfig
 from .tune.pbt import PBTConfig, PBTResult
 from .tune.search import DEFAULT_SPACE, Hyperparameter, SearchSpace, random_search
@@ -57,6 +57,7 @@ __all__ = [
     "plots",
     "random_search",
     "save",
+    "save_scores",
     "split",
     "train",
     "validate",

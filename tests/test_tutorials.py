@@ -42,6 +42,10 @@ CI_PARAMETERS = {
                                "generation_epochs": 1, "max_generations": 1, "batch_size": 8, "ic_enc_dim": 6,
                                "ic_dim": 4, "gen_dim": 8, "fac_dim": 3, "co_dim": 1, "ci_enc_dim": 4, "con_dim": 4,
                                "n_posterior_samples": 2, "output_path": "pbt_ci.nc"},
+    "06_calcium_radical.ipynb": {"n_neurons": 12, "n_conditions": 4, "trials_per_condition": 5, "n_frames": 6,
+                                 "sweep_hz": [4.0], "gen_dim": 8, "ic_enc_dim": 8, "ic_dim": 4, "fac_dim": 3,
+                                 "max_epochs": 2, "batch_size": 8, "output_path": "radical_ci.nc",
+                                 "scores_path": "radical_scores_ci.nc"},
 }
 
 NBVAL_CHECKED = {"01_synthetic_data.ipynb"}

@@ -156,6 +156,15 @@ def save(ds: xr.Dataset, path) -> Path:
     return _atomic_write(path, write)
 
 
+def save_scores(scores: xr.Dataset, path) -> Path:
+    """Write a score table (any Dataset, e.g. a tutorial's ``scores_path`` table with dim ``method``)
+    atomically to netCDF-4; unlike :func:`save` it is not held to the (trial, time, neuron) data model."""
+    if not isinstance(scores, xr.Dataset):
+        raise DataError(f"scores must be an xarray.Dataset, got {type(scores).__name__}.")
+    _check_serializable(scores)
+    return _atomic_write(path, lambda tmp: scores.to_netcdf(tmp, engine="h5netcdf"))
+
+
 def _as_unicode(var: xr.DataArray) -> xr.DataArray:
     """A string variable as numpy unicode: bytes decoded as UTF-8, objects through ``str``."""
     values = var.values
