@@ -69,13 +69,16 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(1)
-    rows = [run(n, args.epochs, args.seed) for n in args.observed]
-    print(f"{'observed':>8} {'rate R^2':>9} {'anchor':>7} {'diff':>7} {'epochs':>7} {'best':>5} {'cpu s':>7} {'wall s':>7}")
-    for row in rows:
+    print(f"{'observed':>8} {'rate R^2':>9} {'anchor':>7} {'diff':>7} {'epochs':>7} {'best':>5} {'cpu s':>7} {'wall s':>7}",
+          flush=True)
+    rows = []
+    for n in args.observed:  # each row as soon as it is done: a long run shows progress
+        row = run(n, args.epochs, args.seed)
+        rows.append(row)
         anchor = ANCHOR.get(row["observed"])
         diff = f"{row['rate_r2'] - anchor:+.3f}" if anchor is not None else "-"
         print(f"{row['observed']:>8} {row['rate_r2']:>9.3f} {anchor if anchor else '-':>7} {diff:>7} "
-              f"{row['epochs']:>7} {row['best_epoch'] + 1:>5} {row['cpu_s']:>7.0f} {row['wall_s']:>7.0f}")
+              f"{row['epochs']:>7} {row['best_epoch'] + 1:>5} {row['cpu_s']:>7.0f} {row['wall_s']:>7.0f}", flush=True)
     print(json.dumps({
         "rate_r2_by_observed": {str(r["observed"]): round(r["rate_r2"], 4) for r in rows},
         "anchor": {str(r["observed"]): ANCHOR.get(r["observed"]) for r in rows},

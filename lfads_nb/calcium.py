@@ -38,7 +38,9 @@ def oasis_ar1(traces: np.ndarray, g: float, *, lam: float = 0.0, s_min: float = 
     s < 0, or s < ``s_min``), the two merge into one with the least-squares start value. With
     ``s_min = 0`` this is the exact solution of the convex problem; with ``s_min > 0`` it is
     OASIS's greedy rule that makes every event 0 or >= s_min (``oasisAR1(y, g, lam, s_min)``
-    of the reference implementation).
+    of the reference implementation); it is the best solution over all event supports on
+    traces that start with calcium, while from a zero start (the first pool held at 0) small
+    early events merge into the zero run.
 
     ``traces``: (..., T) fluorescence in spike-amplitude units (baseline 0). ``g``: the AR
     coefficient per sample, exp(-sample interval / decay time constant), in (0, 1).
@@ -52,7 +54,7 @@ def oasis_ar1(traces: np.ndarray, g: float, *, lam: float = 0.0, s_min: float = 
     if not np.isfinite(y).all():
         raise DataError("The traces hold NaN or infinite values; OASIS needs every sample of a trace. "
                         "Deconvolve each neuron's sampled frames only (see deconvolve_staggered).")
-    for name, value, low in (("g", g, None), ("lam", lam, 0.0), ("s_min", s_min, 0.0)):
+    for name, value in (("g", g), ("lam", lam), ("s_min", s_min)):
         if isinstance(value, bool) or not isinstance(value, numbers.Real) or not np.isfinite(value):
             raise ConfigError(f"oasis_ar1: {name} must be a finite number, got {value!r}.")
     if not 0 < g < 1:
@@ -69,7 +71,7 @@ OASIS_BLOCK = 8192  # traces deconvolved together: bounds the memory of the pool
 
 
 def _oasis_block(y: np.ndarray, g: float, lam: float, s_min: float) -> tuple[np.ndarray, np.ndarray]:
-    """oasis_ar1 on (n, T) traces, checked."""
+    """oasis_ar1 on (n, T) traces whose inputs are already checked."""
     n, T = y.shape
     # The L1 penalty is linear in c: lam * sum_t s_t = lam * ((1 - g) sum_{t<T-1} c_t + c_{T-1}),
     # so it shifts the data: 1/2||c - y||^2 + lam a.c = 1/2||c - (y - lam a)||^2 + const.
