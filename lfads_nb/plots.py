@@ -653,3 +653,80 @@ def state_fit(latents_true: xr.DataArray, inferred: dict, trial, n_dims: int = 3
                             f"trial {trial}",
                       height=max(300, ROW_HEIGHT * n_dims))
     return fig
+
+
+# ----------------------------------------------------------------------------- calcium (RADICaL, tutorial 06)
+
+def calcium_sampling(ds: xr.Dataset, trial, neurons=None) -> go.Figure:
+    """How staggered two-photon sampling sees a few neurons in one trial of a sub-frame calcium
+    Dataset (``data_generators.calcium_2p``): per neuron, the true rate (Hz, right axis), the
+    spikes, the fluorescence read once per frame at the neuron's scan phase, and the
+    deconvolved events at the same sub-frame bins. Grey bands mark the frames.
+    ``neurons``: ids, default the first three with different scan phases."""
+    for name in ("events", "fluorescence", "scan_phase"):
+        if name not in ds.variables:
+            raise DataError(f"ds has no '{name}'; calcium_sampling needs a sub-frame calcium Dataset "
+                            "such as data_generators.calcium_2p().")
+    if neurons is None:
+        phases = ds["scan_phase"].values
+        neurons = [ds["neuron"].values[np.flatnonzero(phases == p)[0]].item() for p in np.unique(phases)][:3]
+    one = select_ids(select_ids(ds, "trial", trial, "ds"), "neuron", neurons, "ds")
+    time = one["time"].values
+    frame_s = float(ds.attrs["frame_s"])
+    fig = make_subplots(rows=len(neurons), cols=1, shared_xaxes=True, vertical_spacing=0.07,
+                        specs=[[{"secondary_y": True}]] * len(neurons),
+                        subplot_titles=[f"neuron {n}, scan phase {int(one['scan_phase'].sel(neuron=n))}"
+                                        for n in neurons])
+    for row, neuron in enumerate(neurons, start=1):
+        first = row == 1
+        n = one.sel(neuron=neuron)
+        for k in range(0, int(round(time[-1] / frame_s)) + 1, 2):
+            fig.add_vrect(x0=k * frame_s, x1=(k + 1) * frame_s, fillcolor="lightgrey", opacity=0.3,
+                          line_width=0, row=row, col=1)
+        read = ~np.isnan(n["fluorescence"].values)
+        fig.add_trace(go.Scatter(x=time[read], y=n["fluorescence"].values[read], mode="lines+markers",
+                                 line=dict(color=PALETTE[2]), name="fluorescence (one read per frame)",
+                                 legendgroup="f", showlegend=first), row=row, col=1)
+        fig.add_trace(go.Bar(x=time[read], y=n["events"].values[read], width=0.6 * float(ds.attrs["bin_width"]),
+                             marker_color=PALETTE[1], name="deconvolved events", legendgroup="e",
+                             showlegend=first), row=row, col=1)
+        if "spikes_true" in one:
+            spikes = n["spikes_true"].values
+            fig.add_trace(go.Scatter(x=time[spikes > 0], y=-0.3 * np.ones((spikes > 0).sum()), mode="markers",
+                                     marker=dict(symbol="line-ns-open", size=10, color="black"),
+                                     name="true spikes", legendgroup="s", showlegend=first), row=row, col=1)
+        if "rates_true" in one:
+            fig.add_trace(go.Scatter(x=time, y=n["rates_true"].values, mode="lines",
+                                     line=dict(color="grey", dash="dot"), name="true rate (Hz, right axis)",
+                                     legendgroup="r", showlegend=first), row=row, col=1, secondary_y=True)
+        fig.update_yaxes(title_text="spike amplitudes", row=row, col=1, secondary_y=False)
+        fig.update_yaxes(title_text="Hz", row=row, col=1, secondary_y=True)
+    fig.update_xaxes(title_text="time (s)", row=len(neurons), col=1)
+    fig.update_layout(title=f"Staggered 2-photon sampling, {_trial_caption(ds, trial)} "
+                            f"(frames of {frame_s * 1e3:g} ms, shaded every other)",
+                      height=max(320, ROW_HEIGHT * len(neurons)), barmode="overlay")
+    return fig
+
+
+def method_scores(scores: xr.Dataset, variable: str = "state_r2", along: str = "lorenz_hz") -> go.Figure:
+    """Scores of methods, one line per method against ``along`` (e.g. latent speed in Hz).
+
+    ``scores``: a Dataset with dims (``method``, ``along``) holding ``variable`` (e.g. the
+    tutorial 06 scores of several runs concatenated along ``lorenz_hz``); a Dataset with only
+    ``method`` gives one point per method.
+    """
+    if variable not in scores:
+        raise DataError(f"scores has no {variable!r}; variables: {sorted(scores.data_vars)}.")
+    da = scores[variable]
+    if "method" not in da.dims:
+        raise DataError(f"'{variable}' has dims {da.dims}; it needs a 'method' dim.")
+    if along not in da.dims:
+        da = da.expand_dims({along: [scores.attrs.get(along, 0)]})
+    fig = go.Figure()
+    for i, method in enumerate(da["method"].values):
+        line = da.sel({"method": method}).sortby(along)  # not sel(method=...): that is sel's own argument
+        fig.add_trace(go.Scatter(x=line[along].values, y=line.values, mode="lines+markers",
+                                 name=str(method), line=dict(color=PALETTE[i % len(PALETTE)])))
+    fig.update_layout(title=f"{variable} by method against {along} (held-out trials)",
+                      xaxis_title=along, yaxis_title=variable)
+    return fig
