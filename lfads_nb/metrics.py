@@ -456,6 +456,29 @@ def smooth_spikes(spikes: xr.DataArray, bin_width: float, sigma: float) -> xr.Da
     return out
 
 
+def _neighbour_kernel(bin_width: float, sigma: float) -> np.ndarray:
+    """The Gaussian kernel of std ``sigma`` (s) with its centre removed, so that smoothing
+    predicts each bin from its neighbours only (leave-one-bin-out; ``_smooth`` renormalises)."""
+    if sigma < 0.5 * bin_width:
+        raise ConfigError(
+            f"sigma {sigma} s is under half a bin ({bin_width} s): leaving the centre bin out "
+            "would leave almost no weight on the neighbours. Use sigmas >= bin_width / 2."
+        )
+    kernel = gaussian_kernel(bin_width, sigma).values.copy()
+    kernel[kernel.size // 2] = 0.0
+    return kernel
+
+
+def _warn_at_grid_edge(sigmas: np.ndarray, best: float, what: str) -> None:
+    """Warn when the chosen width ``best`` is the smallest or largest of ``sigmas`` (s): the
+    optimum may lie outside the grid, and a baseline tuned there is not a fair one."""
+    if sigmas.size > 1 and best in (sigmas.min(), sigmas.max()):
+        end = "low" if best == sigmas.min() else "high"
+        warnings.warn(f"The best {what}, {best:g} s, is at the {end} end of the grid ({sigmas.min():g}-"
+                      f"{sigmas.max():g} s); at an edge of the grid the optimum may lie beyond it. "
+                      "Widen the grid in that direction.", UserWarning, stacklevel=3)
+
+
 def choose_smoothing_sigma(spikes: xr.DataArray, bin_width: float, sigmas: Sequence[float],
                            rates_true: xr.DataArray | None = None) -> tuple[float, xr.DataArray]:
     """Pick the smoothing width for ``smooth_spikes`` from candidate ``sigmas`` (seconds).
@@ -478,22 +501,13 @@ def choose_smoothing_sigma(spikes: xr.DataArray, bin_width: float, sigmas: Seque
         if rates_true is not None:
             scores.append(rate_r2(smooth_spikes(spikes, bin_width, sigma), rates_true))
             continue
-        if sigma < 0.5 * bin_width:
-            raise ConfigError(
-                f"sigma {sigma} s is under half a bin ({bin_width} s): leaving the centre bin out "
-                "would leave almost no weight on the neighbours. Use sigmas >= bin_width / 2."
-            )
-        kernel = gaussian_kernel(bin_width, sigma).values.copy()
-        kernel[kernel.size // 2] = 0.0
+        kernel = _neighbour_kernel(bin_width, sigma)
         rates = spikes.copy(data=_smooth(spikes.values.astype(float), kernel, axis=1) / bin_width)
         scores.append(bits_per_spike(rates, spikes, bin_width))
     scores = xr.DataArray(np.asarray(scores), dims=("sigma",), coords={"sigma": sigmas},
                           name="rate_r2" if rates_true is not None else "loo_bits_per_spike")
     best = float(sigmas[int(np.argmax(scores.values))])
-    if sigmas.size > 1 and best in (sigmas.min(), sigmas.max()):
-        warnings.warn(f"The best smoothing width, {best:g} s, is at the edge of the grid "
-                      f"({sigmas.min():g}-{sigmas.max():g} s): the optimum may lie outside it. "
-                      "Widen the grid in that direction.", UserWarning, stacklevel=2)
+    _warn_at_grid_edge(sigmas, best, "smoothing width")
     return best, scores
 
 
@@ -635,21 +649,13 @@ def choose_emg_smoothing(emg: xr.DataArray, bin_width: float, sigmas: Sequence[f
     sigmas = np.asarray(list(sigmas), dtype=float)
     if sigmas.size < 2:
         raise ConfigError("Give at least two candidate widths (seconds) to choose the low-pass from.")
-    if sigmas.min() < 0.5 * bin_width:
-        raise ConfigError(f"sigma {sigmas.min()} s is under half a bin ({bin_width} s): leaving the centre bin out would "
-                          "leave almost no weight on the neighbours. Use sigmas >= bin_width / 2.")
+    kernels = [_neighbour_kernel(bin_width, sigma) for sigma in sigmas]  # checks every width first
     values = _as_array(emg, "emg", DIMS).values.astype(float)
-    scores = []
-    for sigma in sigmas:
-        kernel = gaussian_kernel(bin_width, sigma).values.copy()
-        kernel[kernel.size // 2] = 0.0
-        scores.append(np.nanmean((_smooth(values, kernel, axis=1) - values) ** 2))
+    scores = [np.nanmean((_smooth(values, kernel, axis=1) - values) ** 2) for kernel in kernels]
     scores = xr.DataArray(np.asarray(scores), dims=("sigma",), coords={"sigma": sigmas}, name="loo_mse")
-    best = int(np.argmin(scores.values))
-    if best in (0, sigmas.size - 1):
-        warnings.warn(f"The best low-pass width, {sigmas[best]:g} s, is at the {'low' if best == 0 else 'high'} end of the "
-                      "grid; the optimum may lie beyond it. Extend the grid of sigmas.", UserWarning, stacklevel=2)
-    return float(sigmas[best]), scores
+    best = float(sigmas[int(np.argmin(scores.values))])
+    _warn_at_grid_edge(sigmas, best, "low-pass width")
+    return best, scores
 
 
 def artifact_free(artifact: xr.DataArray, margin: int) -> xr.DataArray:
