@@ -661,9 +661,11 @@ def calcium_sampling(ds: xr.Dataset, trial, neurons=None) -> go.Figure:
     """How staggered two-photon sampling sees a few neurons in one trial of a sub-frame calcium
     Dataset (``data_generators.calcium_2p``): per neuron, the true rate (Hz, right axis), the
     spikes, the fluorescence read once per frame at the neuron's scan phase, and the
-    deconvolved events at the same sub-frame bins. Grey bands mark the frames.
+    deconvolved events at the same sub-frame bins (the bins a neuron was read are those where its
+    events are not NaN). Grey bands mark the frames. Truth and fluorescence are drawn where ``ds``
+    holds them: a recording of events alone shows its events and sampling pattern.
     ``neurons``: ids, default the first three with different scan phases."""
-    for name in ("events", "fluorescence", "scan_phase"):
+    for name in ("events", "scan_phase"):
         if name not in ds.variables:
             raise DataError(f"ds has no '{name}'; calcium_sampling needs a sub-frame calcium Dataset "
                             "such as data_generators.calcium_2p().")
@@ -683,10 +685,11 @@ def calcium_sampling(ds: xr.Dataset, trial, neurons=None) -> go.Figure:
         for k in range(0, int(round(time[-1] / frame_s)) + 1, 2):
             fig.add_vrect(x0=k * frame_s, x1=(k + 1) * frame_s, fillcolor="lightgrey", opacity=0.3,
                           line_width=0, row=row, col=1)
-        read = ~np.isnan(n["fluorescence"].values)
-        fig.add_trace(go.Scatter(x=time[read], y=n["fluorescence"].values[read], mode="lines+markers",
-                                 line=dict(color=PALETTE[2]), name="fluorescence (one read per frame)",
-                                 legendgroup="f", showlegend=first), row=row, col=1)
+        read = ~np.isnan(n["events"].values)
+        if "fluorescence" in one:
+            fig.add_trace(go.Scatter(x=time[read], y=n["fluorescence"].values[read], mode="lines+markers",
+                                     line=dict(color=PALETTE[2]), name="fluorescence (one read per frame)",
+                                     legendgroup="f", showlegend=first), row=row, col=1)
         fig.add_trace(go.Bar(x=time[read], y=n["events"].values[read], width=0.6 * float(ds.attrs["bin_width"]),
                              marker_color=PALETTE[1], name="deconvolved events", legendgroup="e",
                              showlegend=first), row=row, col=1)

@@ -282,5 +282,8 @@ def test_calcium_plots():
     fig = plots.method_scores(scores)
     assert [t.name for t in fig.data] == ["smoothing", "lfads_frame", "radical"]
     assert list(fig.data[2].y) == [0.6, 0.5]
+    # A recording of events alone (no truth, no fluorescence): its events and sampling pattern
+    events_only = ds.drop_vars(["fluorescence", "spikes_true", "rates_true", "latents_true"])
+    assert {t.name for t in plots.calcium_sampling(events_only, trial=0).data} == {"deconvolved events"}
     with pytest.raises(DataError, match="needs a sub-frame calcium Dataset"):
-        plots.calcium_sampling(ds.drop_vars("fluorescence"), trial=0)
+        plots.calcium_sampling(ds.drop_vars("scan_phase"), trial=0)

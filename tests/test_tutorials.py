@@ -249,3 +249,27 @@ def test_emg_tutorial_as_batch_job_on_an_emg_file_without_truth(tmp_path, monkey
     scores = xr.load_dataset(tmp_path / "run" / "scores.nc")
     assert list(scores["method"].values) == ["lowpass", "lfads", "lfads_shift", "autolfads"]
     assert scores["activation_r2"].isnull().all() and scores["artifact_leakage"].isnull().all()
+
+
+def test_calcium_tutorial_as_batch_job_on_events_without_truth_or_fluorescence(tmp_path, monkeypatch):
+    """`papermill 06_calcium_radical.ipynb out.ipynb -p data_path events.nc` on a recording of
+    sub-frame events alone (no truth, no fluorescence): events_mean for every trial and sub-frame
+    bin, and a score table of NaN with every method."""
+    from data_generators import calcium_2p
+
+    monkeypatch.setenv("LFADS_NB_LIVE", "0")
+    recording = calcium_2p(3, n_neurons=12, n_conditions=4, trials_per_condition=5, n_frames=6)
+    recording = recording.drop_vars(["rates_true", "latents_true", "spikes_true", "fluorescence"])
+    data = lfads_nb.save(recording, tmp_path / "events.nc")
+    params = {k: v for k, v in CI_PARAMETERS["06_calcium_radical.ipynb"].items()
+              if k not in ("n_neurons", "n_conditions", "trials_per_condition", "n_frames")}
+    params.update(data_path=str(data), output_path="events_mean.nc", scores_path="scores.nc")
+    executed = execute(ROOT / "tutorials" / "06_calcium_radical.ipynb", tmp_path / "run", params)
+    nb = json.loads(executed.read_text())
+    assert not [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    out = lfads_nb.load(tmp_path / "run" / "events_mean.nc")
+    assert list(out.trial.values) == list(recording.trial.values)
+    assert out.events_mean.shape == recording.events.shape and bool((out.events_mean > 0).all())
+    scores = xr.load_dataset(tmp_path / "run" / "scores.nc")
+    assert list(scores["method"].values) == ["smoothing", "lfads_frame", "radical"]
+    assert scores["state_r2"].isnull().all() and scores["rate_r2"].isnull().all()
