@@ -131,7 +131,7 @@ def test_loss_over_sessions_is_the_mean_over_all_their_counted_entries():
     out, params = model.run_sessions(batches, sample=False)
     _, parts = model.objective(out, batches, weights, params)
     sums = sum(model.for_session(name).validation_sums(b) for name, b in batches.items())
-    assert float(parts["train_recon"].detach()) == pytest.approx(float(sums[0] / sums[1]), rel=1e-12)
+    assert float(parts["train_recon"].detach()) == pytest.approx(float((sums[0] / sums[1]).detach()), rel=1e-12)
 
 
 def test_training_with_sessions_checkpoints_and_resumes_exactly(tmp_path):
@@ -215,3 +215,138 @@ def test_dashboard_example_names_the_session():
     lfads_nb.train(lfads_nb.build_model(tree, seed=0, **SIZES), tree, config(max_epochs=1), progress=progress)
     assert str(progress.example["trial"]).endswith("of session0")
     assert progress.example["rates"].shape == (12, 3) and np.isfinite(progress.rows[0]["valid_truth_nll"])
+
+
+def test_session_decoding_r2_against_sklearn_and_shared_versus_private_spaces():
+    """Reference: sklearn's PCA and LinearRegression on the same rows. Factors that are one
+    affine map of the truth in every session decode across sessions as well as within; a
+    different map per session decodes within but not across."""
+    from sklearn.decomposition import PCA
+    from sklearn.linear_model import LinearRegression
+    from sklearn.metrics import r2_score
+
+    rng = np.random.default_rng(1)
+    split = np.array(["train"] * 8 + ["valid"] * 4)
+
+    def da(values, dim):
+        return xr.DataArray(values, dims=("trial", "time", dim), coords={"split": ("trial", split)})
+
+    truth = {f"s{i}": rng.standard_normal((12, 7, 6)) for i in range(3)}
+    shared_map = rng.standard_normal((6, 8))
+    shared = {n: da(t @ shared_map + 0.1 * rng.standard_normal((12, 7, 8)), "factor") for n, t in truth.items()}
+    truth = {n: da(t, "latent") for n, t in truth.items()}
+    scores = lfads_nb.metrics.session_decoding_r2(shared, truth, n_components=3)
+    rows = lambda d, label: d.values[split == label].reshape(-1, d.shape[-1])  # noqa: E731
+    pca = PCA(3).fit(np.concatenate([rows(t, "train") for t in truth.values()]))
+    fit = LinearRegression().fit(np.concatenate([rows(shared[n], "train") for n in ("s1", "s2")]),
+                                 pca.transform(np.concatenate([rows(truth[n], "train") for n in ("s1", "s2")])))
+    expected = r2_score(pca.transform(rows(truth["s0"], "valid")), fit.predict(rows(shared["s0"], "valid")))
+    assert float(scores.across_r2.sel(session="s0")) == pytest.approx(expected, rel=1e-8)
+    assert abs(float(scores.across_r2.mean() - scores.within_r2.mean())) < 0.05
+    private = {n: da(truth[n].values @ rng.standard_normal((6, 8)), "factor") for n in truth}
+    apart = lfads_nb.metrics.session_decoding_r2(private, truth, n_components=3)
+    assert float(apart.within_r2.min()) > 0.99 and float(apart.across_r2.max()) < 0.5
+    with pytest.raises(DataError, match="two or more sessions"):
+        lfads_nb.metrics.session_decoding_r2({"s0": shared["s0"]}, {"s0": truth["s0"]})
+
+
+def test_read_in_psths_agree_across_sessions_after_pcr_and_plot():
+    """PCR maps every session's PSTHs near the same global scores: the sessions' read-in curves
+    are closer to each other than to those of a random read-in (lfads-torch's random, frozen
+    projection)."""
+    from lfads_nb.models.multisession import read_in_psths
+
+    tree = small_tree(units_per_session=[12, 12, 12], shared_units=0, trials_per_condition=5)
+    model = lfads_nb.build_model(tree, seed=0, encod_dim=3, **SIZES)
+    curves = read_in_psths(model, tree, range(6))
+    assert curves.dims == ("session", "condition", "time", "component") and curves.shape == (3, 6, 12, 3)
+    spread = float(curves.std("session").mean() / curves.std(("condition", "time")).mean())
+    for ends in model.sessions.values():
+        torch.nn.init.normal_(ends.read_in.weight, std=0.3)
+    random = read_in_psths(model, tree, range(6))
+    assert spread < 0.5 * float(random.std("session").mean() / random.std(("condition", "time")).mean())
+    fig = lfads_nb.plots.session_alignment(curves)
+    assert len(fig.data) == 3 * 6 * 3 and fig.layout.height >= 500
+    with pytest.raises(DataError, match="missing"):
+        lfads_nb.plots.session_alignment(curves.rename(component="pc"))
+
+
+def test_population_of_stitched_members_equals_separate_stitched_models_float64():
+    """PBT's engine on several sessions: a population of 2 stitched members (vmap over stacked
+    weights, the fused kernels' vmap rules) against 2 separate StitchedLFADS stepped with their
+    own loss, clip_grad_norm_ and torch Adam on the same random numbers, in float64. Frozen
+    read-ins stay frozen in the population."""
+
+    tree = small_tree()
+    members = [lfads_nb.build_model(tree, seed=s, **{**SIZES, "co_dim": 1, "ci_enc_dim": 4, "con_dim": 4}).double()
+               for s in (1, 2)]
+    torch.set_default_dtype(torch.float64)  # as tests/test_population.py: every tensor made on the way in float64
+    try:
+        _population_against_references(tree, members)
+    finally:
+        torch.set_default_dtype(torch.float32)
+
+
+def _population_against_references(tree, members):
+    import copy
+    import dataclasses
+
+    from lfads_nb.training.loop import _to_tensors, loss_weights, training_batch
+    from lfads_nb.training.sessions import mixed_step
+    from lfads_nb.tune.population import Population, draw_sessions_step_noise
+
+    references = [copy.deepcopy(m).train() for m in members]
+    hps = {"lr": [1e-2, 3e-3], "cd_rate": [0.3, 0.0], "dropout": [0.1, 0.0], "kl_ic_scale": [1e-3, 0.1]}
+    shared = lfads_nb.TrainConfig()
+    pop = Population(members, shared, hps, dtype=torch.float64)
+    configs = [dataclasses.replace(shared, **{k: v[i] for k, v in hps.items() if k != "dropout"}) for i in range(2)]
+    optims = [torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=c.lr) for m, c in zip(references, configs)]
+    names = list(tree.children)
+    tensors = {n: _to_tensors(tree[n].to_dataset(), shared) for n in names}
+    tensors = {n: dataclasses.replace(t, data=t.data.double()) for n, t in tensors.items()}
+    orders = {n: torch.arange(t.data.shape[0]) for n, t in tensors.items()}
+    gen = torch.Generator().manual_seed(0)
+    for step in range(3):
+        idx = mixed_step(orders, step, 4)
+        sizes = {n: (len(i), tensors[n].data.shape[-1]) for n, i in idx.items()}
+        noise = draw_sessions_step_noise(pop.model_config, 2, sizes, 12, gen, torch.float64)
+        got = pop.train_step(tensors, idx, 0.5, 0.5, noise=noise)
+        for i, (model, cfg) in enumerate(zip(references, configs)):
+            batches = {n: training_batch(tensors[n], idx[n], 0.0, cfg.cd_rate, noise.cd[n][i]) for n in idx}
+            member_noise = type(noise.model)(*(None if v is None else v[i] for v in noise.model))
+            loss, _ = model.loss(batches, loss_weights(cfg, 0.5, 0.5), noise=member_noise, dropout=hps["dropout"][i])
+            optims[i].zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optims[i].step()
+            torch.testing.assert_close(got["train_loss"][i], loss.detach(), rtol=1e-10, atol=1e-12)
+    for i, model in enumerate(references):
+        mine = pop.model.member_state_dict(i)
+        for k, v in model.state_dict().items():
+            torch.testing.assert_close(mine[k], v, rtol=1e-9, atol=1e-11, msg=f"member {i} {k}")
+        for n in names:
+            torch.testing.assert_close(mine[f"sessions.{n}.read_in.weight"], members[i].sessions[n].read_in.weight)
+    valid = {n: torch.arange(t.data.shape[0])[-4:] for n, t in tensors.items()}
+    metrics = pop.validate(tensors, valid, batch_size=3)
+    for i, model in enumerate(references):
+        model.eval()
+        sums = sum(model.for_session(n).validation_sums(b) for n in names
+                   for b in lfads_nb.training.loop.validation_batches(tensors[n], valid[n], 0.0, 3))
+        assert metrics["valid_recon"][i].item() == pytest.approx(float((sums[0] / sums[1]).detach()), rel=1e-10)
+    assert isinstance(pop.member_model(1), StitchedLFADS)
+
+
+def test_pbt_on_sessions_returns_a_stitched_model_and_a_loadable_best_checkpoint(tmp_path):
+    from lfads_nb.tune.pbt import pbt
+
+    tree = small_tree()
+    result = pbt(tree, pbt_config=lfads_nb.PBTConfig(population=2, burn_in_epochs=1, generation_epochs=1,
+                                                    max_generations=1),
+                 train_config=config(), model_sizes=SIZES, checkpoint_dir=tmp_path, progress=None, live=False)
+    assert isinstance(result.model, StitchedLFADS) and list(result.model.sessions) == list(tree.children)
+    best = lfads_nb.load_model(tmp_path / "best.pt")
+    for key, value in result.model.state_dict().items():
+        torch.testing.assert_close(best.state_dict()[key], value, rtol=0, atol=0)
+    out = lfads_nb.infer(best, tree)
+    assert out["session2"].to_dataset().rates.shape == tree["session2"].to_dataset().spikes.shape
+    assert np.isfinite(result.history["fitness"].values).all()

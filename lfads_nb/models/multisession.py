@@ -283,3 +283,22 @@ class SessionModel(nn.Module):
 
     def check_training(self, train_config) -> None:
         self.stitched.check_training(train_config)
+
+
+@torch.no_grad()
+def read_in_psths(model: StitchedLFADS, tree: xr.DataTree, conditions, smooth_bins: float = 1.0) -> xr.DataArray:
+    """Each session's condition-averaged PSTHs (``condition_psths``) through its own read-in:
+    (session, condition, time, component). PCR makes the sessions' curves agree, since each
+    read-in maps its own neurons onto the same global components."""
+    curves = {}
+    for name, ends in model.sessions.items():
+        ds = tree[name].to_dataset()
+        psths = torch.as_tensor(condition_psths(ds, conditions, smooth_bins), dtype=ends.read_in.weight.dtype)
+        # the read-in takes all N neurons and picks its held-in ones: put the PSTHs at those places
+        full = psths.new_zeros(*psths.shape[:2], ds.sizes["neuron"])
+        full[..., ends.read_in.index] = psths
+        curves[name] = ends.read_in(full).cpu().numpy()
+    return xr.DataArray(np.stack(list(curves.values())), dims=("session", "condition", "time", "component"),
+                        coords={"session": list(curves), "condition": list(conditions),
+                                "time": tree[next(iter(curves))]["time"].values},
+                        name="read_in_psths")

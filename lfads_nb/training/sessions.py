@@ -39,7 +39,7 @@ def build_stitched_model(tree: xr.DataTree, train_config: TrainConfig | None = N
     """A ``StitchedLFADS`` for the sessions of ``tree``: its read-ins PCR-initialised (``pcr_read_in``
     with ``smooth_bins``), frozen unless ``train_read_in``; each observation model started at its
     session's mean rates on the 'train' trials (as ``build_model``). ``sizes``: ``LFADSConfig``
-    fields; ``encod_dim`` is the read-in width, by default the fewest held-in neurons of any
+    fields; ``encod_dim`` is the read-in width, by default (or None) the fewest held-in neurons of any
     session (a session's read-in has no more independent directions than it has neurons).
     """
     validate_sessions(tree)
@@ -55,7 +55,8 @@ def build_stitched_model(tree: xr.DataTree, train_config: TrainConfig | None = N
             raise DataError(f"Session '{name}': every neuron is marked held out, so its read-in would see nothing. "
                             "Mark only the neurons to predict as held out.")
     heldin = {name: heldin_mask(ds).tolist() for name, ds in datasets.items()}
-    sizes.setdefault("encod_dim", min(sum(flags) for flags in heldin.values()))
+    if sizes.get("encod_dim") is None:
+        sizes["encod_dim"] = min(sum(flags) for flags in heldin.values())
     first = next(iter(datasets.values()))
     sizes.setdefault("observation", kind_of(first).default_observation(first))
     fit_on = {name: training_data(ds, train_config) for name, ds in datasets.items()}
@@ -71,6 +72,18 @@ def build_stitched_model(tree: xr.DataTree, train_config: TrainConfig | None = N
         ends.observation.init_from_data(torch.as_tensor(fit_on[name]))
     model.pcr_explained_variance = explained  # fraction of the PSTHs' variance in the read-in space
     return model
+
+
+def mixed_step(orders: dict, step: int, steps: int) -> dict:
+    """The trials of step ``step`` of ``steps``: from each session's shuffled trials ``orders[s]``
+    (n_s of them) its share [step n_s / steps, (step + 1) n_s / steps); sessions whose share
+    is empty this step are left out."""
+    chosen = {}
+    for name, order in orders.items():
+        low, high = step * len(order) // steps, (step + 1) * len(order) // steps
+        if high > low:
+            chosen[name] = order[low:high]
+    return chosen
 
 
 class SessionsFeed:
@@ -101,15 +114,9 @@ class SessionsFeed:
             part.shuffle(generator)
 
     def step_batch(self, step: int) -> dict:
-        """This step's trials of every session: session s gives its shuffled trials
-        [step n_s / S, (step + 1) n_s / S) of n_s, S = steps per epoch."""
-        batches = {}
-        for name, part in self.parts.items():
-            n = len(part.order)
-            low, high = step * n // self.steps_per_epoch, (step + 1) * n // self.steps_per_epoch
-            if high > low:
-                batches[name] = _training_step_batch(part.tensors, part.order[low:high], self.config)
-        return batches
+        """This step's trials of every session (``mixed_step``) as training batches."""
+        chosen = mixed_step({name: part.order for name, part in self.parts.items()}, step, self.steps_per_epoch)
+        return {name: _training_step_batch(self.parts[name].tensors, idx, self.config) for name, idx in chosen.items()}
 
     @torch.no_grad()
     def validation(self, model) -> dict[str, float]:
