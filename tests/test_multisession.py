@@ -82,7 +82,8 @@ def test_sessions_with_different_bin_widths_or_time_bins_are_refused():
     shorter = second.isel(time=slice(0, 10))
     for other, what in [(slower, "bin width"), (shorter, "number of time bins")]:
         mixed = xr.DataTree.from_dict({"a": first, "b": other})
-        with pytest.raises(DataError, match=f"Session 'b' has {what}.*same kind, bin width and trial length"):
+        with pytest.raises(DataError, match=f"Session 'b' has {what}.*same kind, bin width and trial length. Bring "
+                                            "them to one grid"):
             lfads_nb.build_model(mixed, **SIZES)
 
 
@@ -350,3 +351,9 @@ def test_pbt_on_sessions_returns_a_stitched_model_and_a_loadable_best_checkpoint
     out = lfads_nb.infer(best, tree)
     assert out["session2"].to_dataset().rates.shape == tree["session2"].to_dataset().spikes.shape
     assert np.isfinite(result.history["fitness"].values).all()
+
+
+def test_tools_for_one_session_name_the_fix_for_a_tree():
+    tree = small_tree()
+    with pytest.raises(DataError, match=r"got a DataTree of sessions.*to_dataset\(\).*pbt take the whole tree"):
+        lfads_nb.random_search(tree, n_models=1)
