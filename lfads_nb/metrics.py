@@ -22,6 +22,8 @@ metric               definition
                      over inferred dims (Sedler et al. 2023: superfluous inferred dims lower it)
 ``latent_r2``        least-squares affine map inferred latents (factors) -> true latents, R^2
                      averaged over true dims (decoding: extra inferred dims never lower it)
+``session_decoding_  affine decoder from each session's factors to the true state's top PCs,
+r2``                 fit within a session or on the other sessions, R^2 on valid trials
 ===================  ==========================================================================
 
 ``smooth_spikes`` is the Gaussian-smoothing baseline; ``choose_smoothing_sigma`` picks its width.
@@ -739,3 +741,72 @@ def emg_scores(ds: xr.Dataset, estimates: dict, *, train_trials="train", test_tr
     out.attrs = {"test_trials": str(test_trials), "clean_margin_bins": margin,
                  "description": "EMG estimates against the truth on held-out trials; NaN where the data lack it"}
     return out
+
+
+# ----------------------------------------------------------------------------- decoding across sessions
+
+def _split_rows(da: xr.DataArray, label: str, session: str) -> np.ndarray:
+    """(points, feature) rows of ``da``'s trials whose ``split`` coord is ``label``."""
+    if "split" not in da.coords:
+        raise DataError(f"Session '{session}' has no 'split' coord; the decoders are fit on 'train' trials and "
+                        "scored on 'valid' ones. Pass DataArrays that keep the Dataset's coords.")
+    rows = da.sel(trial=da["split"].values.astype(str) == label)
+    if rows.sizes["trial"] == 0:
+        raise DataError(f"Session '{session}' has no '{label}' trials to {'fit' if label == 'train' else 'score'} "
+                        "the decoder on; label some of its trials so.")
+    values = rows.values.reshape(-1, rows.shape[-1]).astype(float)
+    _finite(values, f"session '{session}'")
+    return values
+
+
+def session_decoding_r2(inferred: dict, truth: dict, *, n_components: int = 10) -> xr.Dataset:
+    """How well one affine decoder reads a shared latent state out of each session's inferred
+    latents, within a session and across sessions (lfads-torch's multisession evaluation, with
+    the true state in place of behaviour).
+
+    ``inferred`` and ``truth``: ``{session: DataArray (trial, time, <feature>)}`` with a ``split``
+    coord, e.g. a stitched model's ``factors`` and the data's ``latents_true``. The target is the
+    truth's top ``n_components`` principal components (fitted on every session's 'train' trials
+    together, so the target is one space for all sessions). For each session s:
+
+    - ``within_r2``: decoder fitted on s's 'train' trials, scored on s's 'valid' trials;
+    - ``across_r2``: decoder fitted on every OTHER session's 'train' trials, scored on s's 'valid'
+      trials (needs two or more sessions): it works only if the inferred latents of different
+      sessions share one space.
+
+    R^2 per component on the 'valid' points, averaged over components. Returns a Dataset over
+    ``session`` with both.
+    """
+    if not isinstance(inferred, dict) or set(inferred) != set(truth) or len(inferred) < 2:
+        raise DataError("session_decoding_r2 needs {session: DataArray} for two or more sessions, the same sessions "
+                        f"in inferred and truth; got {list(inferred)} and {list(truth)}.")
+    names = list(inferred)
+    for name in names:
+        for what, da in (("inferred", inferred[name]), ("truth", truth[name])):
+            if not isinstance(da, xr.DataArray) or da.dims[:2] != ("trial", "time") or da.ndim != 3:
+                raise DataError(f"{what}['{name}'] must be a DataArray (trial, time, <feature>).")
+        _same_index(inferred[name], truth[name], ("inferred", "truth"), ("trial", "time"))
+    count, total, products = 0, 0.0, 0.0  # the truth's PCA from sums, one session in memory at a time
+    for name in names:
+        rows_truth = _split_rows(truth[name], "train", name)
+        count, total, products = count + len(rows_truth), total + rows_truth.sum(0), products + rows_truth.T @ rows_truth
+    if not 1 <= n_components <= min(count, len(total)):
+        raise ConfigError(f"n_components must be between 1 and {min(count, len(total))}, got {n_components}.")
+    centre = total / count
+    eigenvalues, vectors = np.linalg.eigh(products / count - np.outer(centre, centre))
+    components = vectors[:, np.argsort(eigenvalues)[::-1][:n_components]]
+
+    def rows(name, label):
+        x = _split_rows(inferred[name], label, name)
+        return np.hstack([x, np.ones((len(x), 1))]), (_split_rows(truth[name], label, name) - centre) @ components
+
+    def score(fit_on, name):
+        design, target = (np.concatenate(parts) for parts in zip(*(rows(n, "train") for n in fit_on)))
+        weights, *_ = np.linalg.lstsq(design, target, rcond=None)
+        test_design, test_target = rows(name, "valid")
+        return float(_r2_columns(test_design @ weights, test_target, "components", np.arange(n_components)).mean())
+
+    within = [score([name], name) for name in names]
+    across = [score([n for n in names if n != name], name) for name in names]
+    return xr.Dataset({"within_r2": ("session", within), "across_r2": ("session", across)},
+                      coords={"session": names}, attrs={"n_components": n_components})

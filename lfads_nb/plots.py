@@ -733,3 +733,25 @@ def method_scores(scores: xr.Dataset, variable: str = "state_r2", along: str = "
     fig.update_layout(title=f"{variable} by method against {along} (held-out trials)",
                       xaxis_title=along, yaxis_title=variable)
     return fig
+
+
+def session_alignment(curves: xr.DataArray, n_components: int = 3) -> go.Figure:
+    """Each session's read-in of its PSTHs (``models.multisession.read_in_psths``: (session,
+    condition, time, component)): one panel per component, one colour per session, one line per
+    condition. Curves that overlap mean the sessions are mapped into one shared space."""
+    missing = {"session", "condition", "time", "component"} - set(curves.dims)
+    if missing:
+        raise DataError(f"curves needs dims (session, condition, time, component); missing {sorted(missing)}.")
+    k = min(n_components, curves.sizes["component"])
+    fig = make_subplots(rows=k, cols=1, shared_xaxes=True, subplot_titles=[f"component {i}" for i in range(k)])
+    for s, session in enumerate(curves["session"].values):
+        for c, condition in enumerate(curves["condition"].values):
+            for i in range(k):
+                fig.add_trace(go.Scatter(
+                    x=curves["time"].values, y=curves.sel(session=session, condition=condition).values[:, i],
+                    mode="lines", line=dict(color=PALETTE[s % len(PALETTE)], width=1.5), name=str(session),
+                    legendgroup=str(session), showlegend=(c == 0 and i == 0)), row=i + 1, col=1)
+    fig.update_xaxes(title_text="time (s)", row=k, col=1)
+    fig.update_layout(title="Each session's PSTHs through its own read-in (one line per condition)",
+                      height=max(500, 220 * k), legend=dict(orientation="h", y=-0.12))
+    return fig

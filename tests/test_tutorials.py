@@ -54,6 +54,10 @@ CI_PARAMETERS = {
                                  "sweep_hz": [4.0], "gen_dim": 8, "ic_enc_dim": 8, "ic_dim": 4, "fac_dim": 3,
                                  "max_epochs": 2, "batch_size": 8, "output_path": "radical_ci.nc",
                                  "scores_path": "radical_scores_ci.nc"},
+    "07_multisession.ipynb": {"n_sessions": 3, "units_per_session": 8, "n_conditions": 6, "trials_per_condition": 5,
+                              "poor_trials_per_condition": 3, "n_bins": 20, "gen_dim": 8, "ic_enc_dim": 8, "ic_dim": 4,
+                              "fac_dim": 4, "max_epochs": 2, "batch_size": 16, "n_components": 3,
+                              "output_path": "stitched_ci.nc", "scores_path": "multisession_scores_ci.nc"},
     "08_expressive_dynamics.ipynb": {"n_trials": 40, "attractor_epochs": 2, "large_dim": 6, "n_conditions": 4,
                                      "lfads_epochs": 2, "ndt_epochs": 2, "ndt_d_model": 8, "ndt_layers": 1,
                                      "latency_repeats": 3, "output_path": "ndt_ci.nc",
@@ -273,3 +277,35 @@ def test_calcium_tutorial_as_batch_job_on_events_without_truth_or_fluorescence(t
     scores = xr.load_dataset(tmp_path / "run" / "scores.nc")
     assert list(scores["method"].values) == ["smoothing", "lfads_frame", "radical"]
     assert scores["state_r2"].isnull().all() and scores["rate_r2"].isnull().all()
+
+
+def test_multisession_tutorial_as_batch_job_on_a_sessions_file_without_truth(tmp_path, monkeypatch):
+    """`papermill 07_multisession.ipynb out.ipynb -p data_path sessions.nc` on a saved DataTree of
+    sessions (netCDF groups, 20 ms bins) with conditions but no truth: each session's inference,
+    aligned to its trials, and a score table of NaN with both methods and every session."""
+    from data_generators import chaotic_rnn_multisession
+
+    monkeypatch.setenv("LFADS_NB_LIVE", "0")
+    tree = chaotic_rnn_multisession(2, n_sessions=2, units_per_session=[6, 9], n_conditions=4,
+                                    trials_per_condition=[5, 3], n_bins=15, bin_width=0.02)
+    no_truth = lfads_nb.data.make_sessions({name: node.to_dataset().drop_vars(["rates_true", "latents_true", "behavior"])
+                                            for name, node in tree.children.items()})
+    data = lfads_nb.save(no_truth, tmp_path / "sessions.nc")
+    params = {k: v for k, v in CI_PARAMETERS["07_multisession.ipynb"].items()
+              if k not in ("n_sessions", "units_per_session", "n_conditions", "trials_per_condition",
+                           "poor_trials_per_condition", "n_bins")}
+    params.update(data_path=str(data), output_path="stitched.nc", scores_path="scores.nc")
+    executed = execute(ROOT / "tutorials" / "07_multisession.ipynb", tmp_path / "run", params)
+    nb = json.loads(executed.read_text())
+    assert not [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    out = lfads_nb.load(tmp_path / "run" / "stitched.nc")
+    assert list(out.children) == ["session0", "session1"]
+    for name, node in no_truth.children.items():
+        inferred = out[name].to_dataset()
+        assert list(inferred.trial.values) == list(node.trial.values) and inferred.attrs["bin_width"] == 0.02
+        assert inferred.rates.shape == node.spikes.shape and bool((inferred.rates > 0).all())
+    scores = xr.load_dataset(tmp_path / "run" / "scores.nc")
+    assert list(scores["method"].values) == ["separate", "stitched"]
+    assert list(scores["session"].values) == ["session0", "session1"]
+    assert scores["rate_r2"].isnull().all()
+    assert np.isnan(scores["within_session_r2"]) and np.isnan(scores["across_session_r2"])

@@ -172,6 +172,9 @@ def validate(ds: xr.Dataset, *, require_train: bool = False) -> xr.Dataset:
     refuses data without the recorded variable (an ``infer`` output) or without training trials.
     Raises :class:`DataError` naming the problem and the fix.
     """
+    if isinstance(ds, xr.DataTree):
+        raise DataError("Expected one session (an xarray.Dataset), got a DataTree of sessions. Pass one session, "
+                        "tree['name'].to_dataset(); build_model, train, infer and pbt take the whole tree (stitching).")
     if not isinstance(ds, xr.Dataset):
         raise DataError(
             f"Expected an xarray.Dataset, got {type(ds).__name__}. "

@@ -58,7 +58,9 @@ def validate_sessions(tree: xr.DataTree, *, require_train: bool = False) -> xr.D
             first_name, first = firsts.setdefault(what, (name, value))
             if not np.isclose(value, first, rtol=1e-9, atol=0) if isinstance(value, float) else value != first:
                 raise DataError(f"Session '{name}' has {what} {value!r} but session '{first_name}' has {first!r}; "
-                                "sessions of one model need the same kind, bin width and trial length.")
+                                "sessions of one model need the same kind, bin width and trial length. Bring "
+                                "them to one grid first: rebin to a common bin width, and crop trials to the "
+                                "same bins (e.g. ds.isel(time=slice(0, n_bins))).")
     return tree
 
 

@@ -377,8 +377,8 @@ class HeldInReadIn(nn.Module):
 class SessionEnds(nn.Module):
     """One session's ends around the shared LFADS core (lfads-torch's read-in / read-out):
     ``read_in`` maps the session's N channels to the core's encod_dim inputs, ``observation``
-    maps the core's factors to the session's observation parameters and likelihood. One session
-    today; multisession stitching gives each recording its own."""
+    maps the core's factors to the session's observation parameters and likelihood. ``LFADS`` has
+    one; ``lfads_nb.models.multisession.StitchedLFADS`` gives each recording its own."""
 
     def __init__(self, read_in: nn.Module, observation: ObservationModel):
         super().__init__()
@@ -597,6 +597,12 @@ class LFADS(nn.Module):
         self.ic_to_g0 = _fan_in_linear(c.ic_dim, c.gen_dim)
         self.generator = make_generator(c)
         self.factor_readout = FactorReadout(c.gen_dim, c.fac_dim)
+        self.add_session_ends(heldin)
+
+    def add_session_ends(self, heldin: Tensor | None) -> None:
+        """The one session's ends: the read-in of the held-in channels and the observation model
+        (``StitchedLFADS`` gives each of several sessions its own instead)."""
+        c = self.config
         if heldin is None:
             heldin = torch.arange(c.n_neurons) < c.encod_dim
         if tuple(torch.as_tensor(heldin).shape) != (c.n_neurons,) or int(torch.as_tensor(heldin).sum()) != c.encod_dim:
@@ -750,6 +756,13 @@ class LFADS(nn.Module):
         ``noise``: the random numbers to use (``draw_noise``); drawn from torch's global
         generator when None.
         """
+        out = self.core(encoder_input, ext_input, sample=sample, noise=noise, dropout=dropout)
+        return out._replace(obs_params=self.observation(out.factors))
+
+    def core(self, encoder_input: Tensor, ext_input: Tensor | None = None, *, sample: bool = True,
+             noise: Noise | None = None, dropout: float | Tensor | None = None) -> LFADSOutput:
+        """``forward`` up to the factors, shared by every session: ``obs_params`` is None (each
+        session's observation model reads the factors out; ``StitchedLFADS`` splits them by session)."""
         self._check_inputs(encoder_input, ext_input)
         c = self.config
         B, T, _ = encoder_input.shape
@@ -782,9 +795,7 @@ class LFADS(nn.Module):
             kl_co = self.co_prior.kl_sample(co_mean, co_std, u)
         else:
             kl_co = self.co_prior.kl_expected(co_mean, co_std)
-        return LFADSOutput(
-            self.observation(factors), factors, states, u, ic_mean, ic_std, co_mean, co_std, kl_ic, kl_co
-        )
+        return LFADSOutput(None, factors, states, u, ic_mean, ic_std, co_mean, co_std, kl_ic, kl_co)
 
     # ---- objective --------------------------------------------------------------------------
 

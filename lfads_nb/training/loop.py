@@ -53,6 +53,7 @@ from ..data.schema import encoder_bins, heldin_mask, observed_variable, validate
 from ..errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from ..metrics import nll_per_entry
 from ..models.lfads import LFADS, LFADSConfig
+from ..models.multisession import StitchedConfig, StitchedLFADS
 from ..models.ndt import NDT, NDTConfig
 from ..transforms import (Batch, coordinated_dropout, forward_prediction, make_batch, rounded_normal_shifts,
                           sample_validation, sbtt, temporal_shift)
@@ -184,7 +185,7 @@ def _to_tensors(ds: xr.Dataset, config: TrainConfig) -> _Tensors:
 
 
 # The model families ``build_model`` and ``load_model`` know: name -> (model class, config class).
-MODELS = {"lfads": (LFADS, LFADSConfig), "ndt": (NDT, NDTConfig)}
+MODELS = {"lfads": (LFADS, LFADSConfig), "ndt": (NDT, NDTConfig), "stitchedlfads": (StitchedLFADS, StitchedConfig)}
 
 
 def _data_sizes(ds: xr.Dataset, family: str) -> dict[str, int]:
@@ -210,7 +211,16 @@ def build_model(ds: xr.Dataset, train_config: TrainConfig | None = None, *, seed
     mean rates (on the chaotic RNN benchmark, valid rate R^2 0.51 instead of 0.26 at epoch 10).
     Pass the ``train_config`` you will train with when it uses sample validation: the entries it
     holds out are then left out of this start too, so they never influence the model.
+
+    ``ds`` may be a DataTree of sessions: the model is then a ``StitchedLFADS`` (one core, each
+    session its own PCR read-in and observation model; ``training.sessions.build_stitched_model``).
     """
+    if isinstance(ds, xr.DataTree):
+        from .sessions import build_stitched_model
+
+        if model != "lfads":
+            raise ConfigError(f"Several sessions are stitched around an LFADS core; model={model!r} takes one Dataset.")
+        return build_stitched_model(ds, train_config, seed=seed, **sizes)
     validate(ds)
     if model not in MODELS:
         raise ConfigError(f"Unknown model family {model!r}; use one of {sorted(MODELS)}.")
@@ -233,6 +243,14 @@ def build_model(ds: xr.Dataset, train_config: TrainConfig | None = None, *, seed
             built = model_class(config, heldin=heldin)
     if model == "ndt":
         built.check_data(ds)
+    built.observation.init_from_data(torch.as_tensor(training_data(ds, train_config)))
+    return built
+
+
+def training_data(ds: xr.Dataset, train_config: TrainConfig | None) -> np.ndarray:
+    """The observed values (trial, time, neuron) a model may start from: the 'train' trials (all
+    if none is labelled 'train'), NaN where sample validation holds entries out. Raises DataError
+    for neurons with nothing observed there."""
     spikes = ds[observed_variable(ds)].values.astype(np.float64)
     if train_config is not None and train_config.sv_fraction > 0:
         spikes[~_sv_keep_mask(ds, train_config.sv_fraction, train_config.sv_seed)] = np.nan  # NaN: not used
@@ -243,8 +261,7 @@ def build_model(ds: xr.Dataset, train_config: TrainConfig | None = None, *, seed
         raise DataError(f"Neurons {ds['neuron'].values[unseen].tolist()} have no observed (non-NaN) entries in the "
                         "training trials, so the model cannot learn them. Drop them, e.g. "
                         "ds.drop_sel(neuron=[...]), or move trials where they were recorded into 'train'.")
-    built.observation.init_from_data(torch.as_tensor(fit_on))
-    return built
+    return fit_on
 
 
 def train_valid_indices(ds: xr.Dataset, needed_for: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -320,6 +337,11 @@ def validation_metrics(model, tensors: _Tensors, idx, sv_fraction: float, batch_
     model.eval()
     sums = sum(model.validation_sums(b) for b in validation_batches(tensors, idx, sv_fraction, batch_size))
     model.train()
+    return metrics_from_sums(sums, sv_fraction)
+
+
+def metrics_from_sums(sums: torch.Tensor, sv_fraction: float) -> dict[str, torch.Tensor]:
+    """``valid_recon`` (and with sample validation ``valid_sv_nll``) from ``validation_sums`` added up."""
     metrics = {"valid_recon": sums[..., 0] / sums[..., 1].clamp(min=1)}
     if sv_fraction > 0:
         metrics["valid_sv_nll"] = sums[..., 2] / sums[..., 3].clamp(min=1)
@@ -329,6 +351,38 @@ def validation_metrics(model, tensors: _Tensors, idx, sv_fraction: float, batch_
 def _validation_metrics(model, tensors, idx, config, batch_size) -> dict[str, float]:
     """``validation_metrics`` of one model, as numbers for the epoch's history row."""
     return {k: float(v) for k, v in validation_metrics(model, tensors, idx, config.sv_fraction, batch_size).items()}
+
+
+class _SessionFeed:
+    """The trials of one Dataset as ``train`` uses them: checked, as tensors, split into train and
+    valid, shuffled each epoch into batches of ``batch_size`` (``training.sessions.SessionsFeed`` is
+    the same for several sessions)."""
+
+    def __init__(self, model, ds: xr.Dataset, config: TrainConfig):
+        validate(ds, require_train=True)
+        if config.shift_std > 0:
+            check_shift(config.shift_max, ds.sizes["time"])
+        model.check_data(ds)
+        self.train_idx, self.valid_idx = train_valid_indices(
+            ds, "training needs them for the learning-rate schedule, early stopping and model selection")
+        self.config = config
+        self.tensors = _to_tensors(ds, config)
+        self.steps_per_epoch = math.ceil(len(self.train_idx) / config.batch_size)
+        self.truth = _truth_nll(ds, self.valid_idx)
+        self._example = _example_picker(ds, self.valid_idx)
+
+    def shuffle(self, generator: torch.Generator) -> None:
+        self.order = self.train_idx[torch.randperm(len(self.train_idx), generator=generator)]
+
+    def step_batch(self, step: int) -> Batch:
+        size = self.config.batch_size
+        return _training_step_batch(self.tensors, self.order[step * size:(step + 1) * size], self.config)
+
+    def validation(self, model) -> dict[str, float]:
+        return _validation_metrics(model, self.tensors, self.valid_idx, self.config, max(self.config.batch_size, 256))
+
+    def example(self, model) -> dict:
+        return self._example(model, self.tensors)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -398,23 +452,21 @@ def train(
     elsewhere (``live`` forces either). Returns a :class:`TrainResult` whose model holds the best
     checkpoint's weights. A NaN or infinite loss raises :class:`TrainingDiverged` after restoring
     the best weights so far (``err.result`` holds them).
+
+    ``ds`` may be a DataTree of sessions (``lfads_nb.data.make_sessions``) for a model built on it
+    (a ``StitchedLFADS``); every step then mixes the sessions (``training.sessions.SessionsFeed``).
     """
     from ..dashboard import make_progress
+    from .sessions import SessionsFeed
 
     config = config or TrainConfig()
     check_device(config.device)
-    validate(ds, require_train=True)
-    if config.shift_std > 0:
-        check_shift(config.shift_max, ds.sizes["time"])
-    model.check_data(ds)
+    feed = (SessionsFeed if isinstance(ds, xr.DataTree) else _SessionFeed)(model, ds, config)
     model.check_training(config)
-    train_idx, valid_idx = train_valid_indices(
-        ds, "training needs them for the learning-rate schedule, early stopping and model selection")
 
     torch.manual_seed(config.seed)
     device = torch.device(config.device)
     model.to(device).train()
-    tensors = _to_tensors(ds, config)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     shuffle = torch.Generator().manual_seed(config.seed)
     state = _RunState(config)
@@ -432,22 +484,19 @@ def train(
 
     progress = progress or make_progress(live)
     progress.start(config.max_epochs)
-    example = _example_picker(ds, valid_idx)
-    truth = _truth_nll(ds, valid_idx)
-    steps_per_epoch = math.ceil(len(train_idx) / config.batch_size)
+    steps_per_epoch = feed.steps_per_epoch
     stop_reason = "max_epochs"
 
     while state.epoch < config.max_epochs:
         t0 = time.perf_counter()
         for group in optimizer.param_groups:
             group["lr"] = state.lr
-        order = train_idx[torch.randperm(len(train_idx), generator=shuffle)]
+        feed.shuffle(shuffle)
         sums = {}
         for step in range(steps_per_epoch):
-            idx = order[step * config.batch_size:(step + 1) * config.batch_size]
             position = state.epoch + step / steps_per_epoch
             kl_ramp, l2_ramp = _ramp(position, config.kl_ramp_epochs), _ramp(position, config.l2_ramp_epochs)
-            loss, parts = model.loss(_training_step_batch(tensors, idx, config), loss_weights(config, kl_ramp, l2_ramp))
+            loss, parts = model.loss(feed.step_batch(step), loss_weights(config, kl_ramp, l2_ramp))
             if not torch.isfinite(loss):
                 raise _diverged(model, best_state, state, progress, ckpt_dir, config, step)
             optimizer.zero_grad(set_to_none=True)
@@ -464,8 +513,8 @@ def train(
 
         row = {"epoch": state.epoch}
         row.update({k: v / steps_per_epoch for k, v in sums.items()})
-        row.update(_validation_metrics(model, tensors, valid_idx, config, max(config.batch_size, 256)))
-        row.update(kl_ramp=kl_ramp, l2_ramp=l2_ramp, lr=state.lr, epoch_seconds=time.perf_counter() - t0, **truth)
+        row.update(feed.validation(model))
+        row.update(kl_ramp=kl_ramp, l2_ramp=l2_ramp, lr=state.lr, epoch_seconds=time.perf_counter() - t0, **feed.truth)
         if not math.isfinite(row["valid_recon"]):
             raise _diverged(model, best_state, state, progress, ckpt_dir, config, steps_per_epoch)
         improved = _end_of_epoch(state, row, config)
@@ -477,7 +526,7 @@ def train(
             if improved:
                 save_checkpoint(training_checkpoint(model, optimizer, shuffle, state, config, best_state), ckpt_dir / "best.pt")
             save_checkpoint(training_checkpoint(model, optimizer, shuffle, state, config), ckpt_dir / "last.pt")
-        progress.update(row, example(model, tensors))
+        progress.update(row, feed.example(model))
         if stop_reason == "stop_button":
             break
         if _ramps_done(state.epoch, config) and state.epochs_since_best >= config.early_stop_patience:
@@ -585,7 +634,14 @@ def infer(model: LFADS, ds: xr.Dataset, *, n_samples: int = 0, batch_size: int =
     ``split``, ``condition``, ``time``, ``neuron``) with the observation mean named by the data's
     kind (``rates`` in Hz, ``emg_mean`` or ``events_mean`` in the data's units), ``factors``,
     ``inputs`` (inferred u_t), ``ic_mean`` (posterior mean of g0) and ``generator_states``.
+
+    ``ds`` may be a DataTree of sessions for a ``StitchedLFADS``: the result is then a DataTree
+    with each session's inference, aligned to that session's Dataset, under its name.
     """
+    if isinstance(ds, xr.DataTree):
+        from .sessions import infer_sessions
+
+        return infer_sessions(model, ds, n_samples=n_samples, batch_size=batch_size, seed=seed)
     validate(ds)
     model.check_data(ds)
     if n_samples < 0:

@@ -42,12 +42,15 @@ import xarray as xr
 
 from ..data.schema import validate
 from ..errors import ConfigError, TrainingDiverged
+from ..data.sessions import session_names, validate_sessions
 from ..models.lfads import LFADS, LFADSConfig
+from ..models.multisession import StitchedConfig, StitchedLFADS
 from ..training.checkpoint import (RunState, ema, model_checkpoint, population_checkpoint, restore_population,
                                    save_checkpoint)
 from ..training.loop import (TrainConfig, _ramp, _to_tensors, build_model, check_device, check_shift,
                              train_valid_indices)
 from .hyperparameters import HYPERPARAMETERS, PER_MEMBER, by_owner
+from ..training.sessions import mixed_step
 from .population import Population
 from .search import DEFAULT_SPACE, SearchSpace
 
@@ -273,6 +276,10 @@ def pbt(
 ) -> PBTResult:
     """Population-based training of LFADS on the 'train' trials of ``ds``, judged on its 'valid' trials.
 
+    ``ds`` may be a DataTree of sessions: the members are then stitched models
+    (``build_model(tree)``), each step mixes the sessions as ``train`` does, and the fitness is
+    the validation NLL over all sessions' entries.
+
     ``train_config`` gives the shared settings (batch size, ramps, sample validation, device,
     and the value of any per-member hyperparameter not in ``space``); its ``max_epochs``,
     ``lr_decay`` schedule and early stopping are not used (PBT explores lr instead).
@@ -297,19 +304,24 @@ def pbt(
     check_device(tc.device)
     space = _space_for_population(space)
     model_sizes = dict(model_sizes or {})
-    validate(ds, require_train=True)
+    sessions = isinstance(ds, xr.DataTree)  # several sessions: stitched members, mixed steps
+    datasets = {name: ds[name].to_dataset() for name in session_names(validate_sessions(ds, require_train=True))} \
+        if sessions else {None: validate(ds, require_train=True)}
+    n_time = next(iter(datasets.values())).sizes["time"]
     if tc.shift_std > 0 or "shift_std" in space:
-        check_shift(tc.shift_max, ds.sizes["time"])
+        check_shift(tc.shift_max, n_time)
     if pc.metric == "valid_sv_nll" and tc.sv_fraction == 0:
         raise ConfigError("PBTConfig.metric='valid_sv_nll' needs sample validation: set TrainConfig.sv_fraction > 0.")
-    train_idx, valid_idx = train_valid_indices(ds, PBT_NEEDS_VALIDATION)
+    indices = {name: train_valid_indices(d, PBT_NEEDS_VALIDATION) for name, d in datasets.items()}
+    train_idx, valid_idx = ({n: i[0] for n, i in indices.items()}, {n: i[1] for n, i in indices.items()}) \
+        if sessions else indices[None]
     P = pc.population
     members = build_members(ds, tc, model_sizes, [_member_seed(pc.seed, i) for i in range(P)])
     model_config = members[0].config
-    check_population_fits(model_config, P, tc.batch_size, ds.sizes["time"], tc.device)
+    check_population_fits(model_config, P, tc.batch_size, n_time, tc.device)
     hparams = _initial_hparams(space, P, pc.seed)
     population = Population(members, tc, hparams, noise_seed=pc.seed, device=tc.device)
-    tensors = _to_tensors(ds, tc)
+    tensors = {n: _to_tensors(d, tc) for n, d in datasets.items()} if sessions else _to_tensors(ds, tc)
     decisions = torch.Generator().manual_seed(pc.seed)  # batch order, exploit pairs, explore draws
     state = _RunState(P)
     settings = {"pbt_config": dataclasses.asdict(pc), "train_config": dataclasses.asdict(tc),
@@ -350,24 +362,40 @@ def pbt(
         progress.finish(history, f"stopped: {state.stop_reason}; best fitness {state.best_fitness:.5f} "
                                  f"at generation {state.best_generation}")
     best = state.best_member
-    model = LFADS(LFADSConfig(**best["config"]))
+    model = _member_class(best["config"])
     model.load_state_dict(best["state"])
     return PBTResult(model.eval(), dict(best["hparams"]), history, state.best_generation, state.stop_reason)
 
 
-def train_epoch(population: Population, tensors, train_idx: torch.Tensor, valid_idx: torch.Tensor, tc: TrainConfig,
+def _member_class(config: dict) -> LFADS:
+    """An untrained model of a member's architecture (``config`` as a dict): a ``StitchedLFADS``
+    for members stitched over sessions, else an ``LFADS``."""
+    return StitchedLFADS(StitchedConfig(**config)) if "sessions" in config else LFADS(LFADSConfig(**config))
+
+
+def train_epoch(population: Population, tensors, train_idx, valid_idx, tc: TrainConfig,
                 epoch: int, decisions: torch.Generator, stop=lambda: False) -> tuple[dict[str, np.ndarray], bool]:
     """One epoch of every member (the trials in an order drawn from ``decisions``), then validation.
 
     ``epoch``: epochs done before this one (it sets the ramps). ``stop()`` is asked after every
-    step; True ends the epoch early. Returns (name -> (P,) float64 metrics, stopped).
+    step; True ends the epoch early. Returns (name -> (P,) float64 metrics, stopped). Several
+    sessions (``tensors``, ``train_idx``, ``valid_idx`` per session): every step mixes them as
+    ``train`` does (``training.sessions.mixed_step``).
     """
-    steps_per_epoch = math.ceil(len(train_idx) / tc.batch_size)
-    order = train_idx[torch.randperm(len(train_idx), generator=decisions)]
+    sessions = isinstance(train_idx, dict)
+    n_train = sum(len(i) for i in train_idx.values()) if sessions else len(train_idx)
+    steps_per_epoch = math.ceil(n_train / tc.batch_size)
+    if sessions:
+        orders = {n: i[torch.randperm(len(i), generator=decisions)] for n, i in train_idx.items()}
+    else:
+        order = train_idx[torch.randperm(len(train_idx), generator=decisions)]
     sums = torch.zeros(population.size, dtype=torch.float64)
     stopped = False
     for step in range(steps_per_epoch):
-        idx = order[step * tc.batch_size:(step + 1) * tc.batch_size].to(population.device)
+        if sessions:
+            idx = {n: i.to(population.device) for n, i in mixed_step(orders, step, steps_per_epoch).items()}
+        else:
+            idx = order[step * tc.batch_size:(step + 1) * tc.batch_size].to(population.device)
         position = epoch + step / steps_per_epoch
         out = population.train_step(tensors, idx, _ramp(position, tc.kl_ramp_epochs), _ramp(position, tc.l2_ramp_epochs))
         sums += out["train_loss"].double().cpu()
@@ -458,7 +486,8 @@ def _history(state: _RunState, space: SearchSpace, settings: dict) -> xr.Dataset
 def _best_checkpoint(state: _RunState, settings: dict) -> dict:
     best = state.best_member
     train_config = {**settings["train_config"], **by_owner(best["hparams"], "train")}
-    return model_checkpoint(best["config"], best["state"], train_config, pbt_generation=state.best_generation)
+    return model_checkpoint(best["config"], best["state"], train_config, pbt_generation=state.best_generation,
+                            model_family="stitchedlfads" if "sessions" in best["config"] else "lfads")
 
 
 __all__ = ["PBTConfig", "PBTResult", "check_population_fits", "explore", "exploit", "pbt"]

@@ -38,14 +38,16 @@ from torch.func import functional_call, vmap
 
 from ..errors import ConfigError, DataError
 from ..models.lfads import LFADS, LFADSConfig, LFADSOutput, Noise, draw_noise
-from ..training.loop import LOSS_WEIGHTS, TrainConfig, _Tensors, training_batch, validation_metrics
+from ..training.loop import (LOSS_WEIGHTS, TrainConfig, _Tensors, metrics_from_sums, training_batch, validation_batches,
+                             validation_metrics)
 from ..transforms import Batch, rounded_normal_shifts
 from .hyperparameters import HYPERPARAMETERS, PER_MEMBER, by_owner
 
 
-# The one buffer the members share by construction (the held-in neurons of the data).
-_SHARED_READ_IN = "session.read_in.index"
-
+def _shared_read_in(name: str) -> bool:
+    """The buffers the members share by construction: the held-in neurons of the data (one per
+    session of a ``StitchedLFADS``)."""
+    return name.endswith("read_in.index")
 
 
 def _member_batch_dims(batch: Batch) -> Batch:
@@ -75,6 +77,23 @@ def draw_step_noise(config: LFADSConfig, P: int, B: int, T: int, generator: torc
     model = draw_noise(config, B, T, members=P, generator=generator, dtype=dtype, device=device)
     normals = (torch.randn((2, P, B, config.n_neurons), generator=generator, dtype=dtype, device=device)
                if shift else None)
+    return StepNoise(cd, model, normals)
+
+
+def draw_sessions_step_noise(config: LFADSConfig, P: int, sizes: Mapping[str, tuple[int, int]], T: int,
+                             generator: torch.Generator, dtype: torch.dtype = torch.float32, device=None, *,
+                             shift: bool = False) -> StepNoise:
+    """``draw_step_noise`` for a step of stitched members over several sessions: ``sizes`` maps
+    each session of the step to its (trials B_s, channels N_s). ``cd`` (and ``shift``) become
+    ``{session: (P, B_s, T, N_s)}`` (``{session: (2, P, B_s, N_s)}``); the model's noise covers
+    all the step's trials, in session order. Drawn in that order: CD per session, the model's
+    noise, the shift normals per session."""
+    cd = {name: torch.rand((P, B, T, N), generator=generator, dtype=dtype, device=device)
+          for name, (B, N) in sizes.items()}
+    model = draw_noise(config, sum(B for B, _ in sizes.values()), T, members=P, generator=generator, dtype=dtype,
+                       device=device)
+    normals = ({name: torch.randn((2, P, B, N), generator=generator, dtype=dtype, device=device)
+                for name, (B, N) in sizes.items()} if shift else None)
     return StepNoise(cd, model, normals)
 
 
@@ -120,7 +139,8 @@ class PopulationLFADS(nn.Module):
         configs = {repr(dataclasses.asdict(m.config)) for m in members}
         if len(configs) > 1:
             raise ConfigError("Population members must share one LFADSConfig; build every member with the same sizes.")
-        if len({tuple(m.get_buffer(_SHARED_READ_IN).tolist()) for m in members}) > 1:
+        shared = [name for name, _ in members[0].named_buffers() if _shared_read_in(name)]
+        if len({tuple(tuple(m.get_buffer(name).tolist()) for name in shared) for m in members}) > 1:
             raise ConfigError("Population members must read in the same held-in neurons; build every member from the "
                               "same Dataset with lfads_nb.build_model.")
         self.config, self.population = members[0].config, len(members)
@@ -129,7 +149,8 @@ class PopulationLFADS(nn.Module):
             for key in list(module._parameters):
                 full = f"{name}.{key}" if name else key
                 stacked = torch.stack([m.get_parameter(full).detach() for m in members])
-                module._parameters[key] = nn.Parameter(stacked)
+                # frozen weights (a stitched model's read-ins) stay frozen
+                module._parameters[key] = nn.Parameter(stacked, requires_grad=module._parameters[key].requires_grad)
             for key in list(module._buffers):
                 full = f"{name}.{key}" if name else key
                 module._buffers[key] = torch.stack([m.get_buffer(full) for m in members])
@@ -142,7 +163,7 @@ class PopulationLFADS(nn.Module):
         state = {f"module.{k}": v for k, v in self.weights.named_parameters()}
         # The read-in is the data's, the same for every member: the template's own, not mapped
         # (a mapped index would turn every read-in into a per-member gather).
-        state.update({f"module.{k}": v for k, v in self.weights.named_buffers() if k != _SHARED_READ_IN})
+        state.update({f"module.{k}": v for k, v in self.weights.named_buffers() if not _shared_read_in(k)})
         call = _Call(template, fn)
         return vmap(lambda s, *a: functional_call(call, s, a), in_dims=(0, *in_dims))(state, *args)
 
@@ -169,14 +190,19 @@ class PopulationLFADS(nn.Module):
     def loss(self, batch: Batch, weights: Mapping[str, Tensor], noise: Noise, dropout: Tensor):
         """``LFADS.loss`` of every member on a training batch whose masks have a leading P
         (``training.loop.training_batch`` with per-member CD rates): (P,) loss and parts."""
-        self._check_members(batch.encoder_mask.shape[0], dropout)
+        sessions = isinstance(batch, Mapping)  # a StitchedLFADS's {session: Batch}
+        self._check_members(next(iter(batch.values())).encoder_mask.shape[0] if sessions else batch.encoder_mask.shape[0],
+                            dropout)
+        dims = {k: _member_batch_dims(b) for k, b in batch.items()} if sessions else _member_batch_dims(batch)
         return self._each_member(lambda m, b, w, eps, rate: m.loss(b, w, noise=eps, dropout=rate),
-                                 batch, dict(weights), noise, dropout,
-                                 in_dims=(_member_batch_dims(batch), 0, _mapped(noise), 0))
+                                 batch, dict(weights), noise, dropout, in_dims=(dims, 0, _mapped(noise), 0))
 
-    def validation_sums(self, batch: Batch) -> Tensor:
-        """``LFADS.validation_sums`` of every member on one shared validation batch: (P, 4)."""
-        return self._each_member(lambda m, b: m.validation_sums(b), batch, in_dims=(None,))
+    def validation_sums(self, batch: Batch, session: str | None = None) -> Tensor:
+        """``LFADS.validation_sums`` of every member on one shared validation batch: (P, 4);
+        of one ``session`` of stitched members."""
+        if session is None:
+            return self._each_member(lambda m, b: m.validation_sums(b), batch, in_dims=(None,))
+        return self._each_member(lambda m, b: m.for_session(session).validation_sums(b), batch, in_dims=(None,))
 
     def l2_penalties(self) -> dict[str, Tensor]:
         """``LFADS.l2_penalties`` of every member: each value (P,)."""
@@ -321,18 +347,28 @@ class Population:
         """
         P, dtype = self.size, self.hps["lr"].dtype
         shifting = bool((self.hps["shift_std"] > 0).any())
-        if noise is None:
+        sessions = isinstance(tensors, Mapping)  # stitched members: {session: _Tensors}, {session: trials}
+        if noise is None and sessions:
+            sizes = {name: (len(i), tensors[name].data.shape[-1]) for name, i in idx.items()}
+            noise = draw_sessions_step_noise(self.model_config, P, sizes, next(iter(tensors.values())).data.shape[1],
+                                             self.generator, dtype, self.device, shift=shifting)
+        elif noise is None:
             noise = draw_step_noise(self.model_config, P, len(idx), tensors.data.shape[1], self.generator, dtype,
                                     self.device, shift=shifting)
-        shifts = None
-        if shifting:
-            if noise.shift is None:
-                raise ConfigError("Members have shift_std > 0 but this step's noise has no temporal-shift normals; "
-                                  "draw it with draw_step_noise(..., shift=True).")
-            shifts = tuple(rounded_normal_shifts(noise.shift, self.hps["shift_std"].view(P, 1, 1),
-                                                 self.train_config.shift_max))
-        batch = training_batch(tensors, idx, self.train_config.sv_fraction, self.hps["cd_rate"].view(P, 1, 1, 1),
-                               noise.cd, shifts)
+        if shifting and noise.shift is None:
+            raise ConfigError("Members have shift_std > 0 but this step's noise has no temporal-shift normals; "
+                              "draw it with draw_step_noise(..., shift=True).")
+
+        def batch_of(t: _Tensors, i: Tensor, cd: Tensor, normals: Tensor | None) -> Batch:
+            shifts = None if not shifting else tuple(
+                rounded_normal_shifts(normals, self.hps["shift_std"].view(P, 1, 1), self.train_config.shift_max))
+            return training_batch(t, i, self.train_config.sv_fraction, self.hps["cd_rate"].view(P, 1, 1, 1), cd, shifts)
+
+        if sessions:
+            batch = {name: batch_of(tensors[name], i, noise.cd[name], noise.shift[name] if shifting else None)
+                     for name, i in idx.items()}
+        else:
+            batch = batch_of(tensors, idx, noise.cd, noise.shift)
         weights = {name: self.hps[name] for name in LOSS_WEIGHTS}
         weights.update(kl_ramp=torch.full_like(self.hps["lr"], kl_ramp), l2_ramp=torch.full_like(self.hps["lr"], l2_ramp))
         loss, parts = self.model.loss(batch, weights, noise.model, self.hps["dropout"])
@@ -345,8 +381,16 @@ class Population:
     @torch.no_grad()
     def validate(self, tensors: _Tensors, idx: Tensor, batch_size: int = 256) -> dict[str, Tensor]:
         """Per-member validation NLL per entry, (P,) each: ``valid_recon`` on the visible entries
-        and, with sample validation, ``valid_sv_nll`` on the held-out ones (as ``training``)."""
-        return validation_metrics(self.model, tensors, idx, self.train_config.sv_fraction, batch_size)
+        and, with sample validation, ``valid_sv_nll`` on the held-out ones (as ``training``).
+        Stitched members: ``tensors`` and ``idx`` per session, the NLL over all sessions' entries."""
+        sv = self.train_config.sv_fraction
+        if not isinstance(tensors, Mapping):
+            return validation_metrics(self.model, tensors, idx, sv, batch_size)
+        self.model.eval()
+        sums = sum(self.model.validation_sums(b, session=name)
+                   for name in tensors for b in validation_batches(tensors[name], idx[name], sv, batch_size))
+        self.model.train()
+        return metrics_from_sums(sums, sv)
 
     @torch.no_grad()
     def copy_members(self, dst: Sequence[int], src: Sequence[int]) -> None:
@@ -367,7 +411,7 @@ class Population:
 
     def member_model(self, i: int) -> LFADS:
         """Member i as an ordinary ``LFADS`` (on the CPU, float32, eval mode), ready for ``infer``."""
-        model = LFADS(self.member_config(i))
+        model = type(self.model._template)(self.member_config(i))
         model.load_state_dict({k: v.float().cpu() for k, v in self.model.member_state_dict(i).items()})
         return model.eval()
 
@@ -390,4 +434,4 @@ class Population:
 
 
 __all__ = ["Population", "PopulationAdam", "PopulationLFADS", "StepNoise", "clip_grad_norms_",
-           "draw_step_noise"]
+           "draw_sessions_step_noise", "draw_step_noise"]
