@@ -429,3 +429,22 @@ def test_pbt_fitness_that_skips_artifacts(tmp_path):
     history = result.history
     assert np.isfinite(history["valid_recon_artifact_free"]).all()
     assert not np.allclose(history["valid_recon_artifact_free"], history["valid_recon"])
+    assert history["fitness"].attrs["description"].startswith("valid_recon_artifact_free")
+
+
+def test_gamma_lfads_trains_on_masked_emg_and_fills_the_flagged_entries(tmp_path):
+    """Flagged entries are not observed: training and inference run through them and emg_mean
+    is finite and positive there too, with the same trials and bins as the data."""
+    from lfads_nb.artifacts import mask_artifacts
+
+    ds = emg(2, n_trials=30, n_bins=40, n_channels=6, artifact_rate=5.0)
+    masked = mask_artifacts(ds)
+    flags = masked["artifact_flag"].values
+    assert flags.any()
+    config = TrainConfig(max_epochs=2, batch_size=10, cd_rate=0.0, shift_std=1.5, shift_max=3, kl_ramp_epochs=1,
+                         l2_ramp_epochs=1)
+    result = lfads_nb.train(lfads_nb.build_model(masked, config, seed=0, **TINY), masked, config,
+                            checkpoint_dir=tmp_path, live=False)
+    assert np.isfinite(result.history["valid_recon"]).all()
+    mean = lfads_nb.infer(result.model, masked)["emg_mean"]
+    assert mean.shape == ds["emg"].shape and np.isfinite(mean.values[flags]).all() and (mean.values > 0).all()

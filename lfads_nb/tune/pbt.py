@@ -502,6 +502,8 @@ def _history(state: _RunState, space: SearchSpace, settings: dict) -> xr.Dataset
     for name in space:
         ds[name].attrs["description"] = "hyperparameter during the generation"
     metric = settings.get("pbt_config", {}).get("metric", "the metric")  # valid_recon: validation NLL; valid_sv_nll: sample-validation NLL
+    if settings.get("pbt_config", {}).get("fitness_skips_artifacts"):
+        metric += "_artifact_free"
     ds["fitness"].attrs.update(units="nats per entry", description=f"{metric}, smoothed over epochs, at the generation's end")
     ds["parent"].attrs["description"] = "member whose weights, optimiser state and hyperparameters it started from"
     ds["seconds"].attrs["units"] = "s"
