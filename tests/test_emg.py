@@ -430,6 +430,11 @@ def test_pbt_fitness_that_skips_artifacts(tmp_path):
     assert np.isfinite(history["valid_recon_artifact_free"]).all()
     assert not np.allclose(history["valid_recon_artifact_free"], history["valid_recon"])
     assert history["fitness"].attrs["description"].startswith("valid_recon_artifact_free")
+    pytest.importorskip("ray")
+    from lfads_nb.tune.ray_backend import ray_pbt
+
+    with pytest.raises(ConfigError, match="fitness_skips_artifacts is not available with ray_pbt"):
+        ray_pbt(ds, pbt_config=config, train_config=tc, model_sizes=TINY)  # refused before Ray starts
 
 
 def test_gamma_lfads_trains_on_masked_emg_and_fills_the_flagged_entries(tmp_path):
