@@ -327,3 +327,129 @@ def test_save_scores_round_trip(tmp_path):
     assert list(back["method"].values) == ["lowpass", "lfads"] and np.isnan(back["activation_r2"].values[1])
     with pytest.raises(DataError, match="xarray.Dataset"):
         lfads_nb.save_scores(table["activation_r2"], tmp_path / "x.nc")
+
+
+# ----------------------------------------------------------------------------- artifacts found without truth
+
+def test_detector_finds_the_injected_artifacts_and_little_else():
+    """Against the generator's own artifact truth: most of the injected amplitude is flagged,
+    most flags are on artifacts, and data without artifacts are hardly flagged at all."""
+    from lfads_nb.artifacts import detect_artifacts, mask_artifacts
+
+    ds = emg(3, n_trials=60, n_bins=100, n_channels=12, artifact_rate=2.0)
+    flags = detect_artifacts(ds["emg"]).values
+    artifact = ds["artifact_true"].values
+    assert artifact[flags].sum() / artifact.sum() > 0.8
+    assert (artifact[flags] > 0).mean() > 0.8
+    clean = emg(3, n_trials=60, n_bins=100, n_channels=12, artifact_rate=0)
+    assert detect_artifacts(clean["emg"]).values.mean() < 0.005
+    # in other units and with NaN (not observed) entries: the same flags, NaN never flagged
+    scaled = ds["emg"] * 1e3
+    scaled[0, :5, 0] = np.nan
+    flags_scaled = detect_artifacts(scaled).values
+    assert not flags_scaled[0, :5, 0].any()
+    assert (flags_scaled[1:] == flags[1:]).all()
+    masked = mask_artifacts(ds)
+    assert np.isnan(masked["emg"].values[flags]).all() and not np.isnan(masked["emg"].values[~flags]).any()
+    assert "emg_mean_true" in masked and masked["artifact_flag"].dtype == bool
+
+
+def test_detector_bad_input():
+    from lfads_nb.artifacts import detect_artifacts
+
+    ds = emg(0, n_trials=4, n_bins=20, n_channels=3)
+    with pytest.raises(DataError, match="rectified"):
+        detect_artifacts(ds["emg"] - 1.0)
+    with pytest.raises(DataError, match="dims"):
+        detect_artifacts(ds["emg"].transpose("neuron", "time", "trial"))
+    with pytest.raises(ConfigError, match="odd"):
+        detect_artifacts(ds["emg"], window=4)
+    with pytest.raises(ConfigError, match="min_channels"):
+        detect_artifacts(ds["emg"], min_channels=5)
+
+
+def test_artifact_free_fitness_prefers_the_model_that_ignores_artifacts():
+    """Controlled case with the real Gamma NLL and the fitness's own mask (``_artifact_flags``):
+    two estimates of the same data, one the truth, one that reproduces every artifact exactly and,
+    as an over-coupled controller does, carries each event on through the shared dynamics (a
+    perturbation of every channel decaying over 5 bins, 10 % of the event's mean amplitude). The NLL
+    over all entries prefers the artifact copier; the artifact-free fitness prefers the truth."""
+    from lfads_nb.tune.pbt import ARTIFACT_TRIM, _artifact_flags
+
+    ds = emg(5, n_trials=80, n_bins=100, n_channels=12, samples_per_bin=4, artifact_rate=3.0)
+    truth, artifact = (torch.as_tensor(ds[v].values, dtype=torch.float64) for v in ("emg_mean_true", "artifact_true"))
+    event = artifact.mean(-1, keepdim=True)  # (trial, time, 1): the event's size, felt by every channel
+    carried = sum(0.1 * math.exp(-k / 5) * torch.nn.functional.pad(event, (0, 0, k, 0))[:, :-k] for k in range(1, 30))
+    copier = truth + artifact + carried
+    data = torch.as_tensor(ds["emg"].values, dtype=torch.float64)
+    shape = 4.0  # a Gamma's shape for 4 rectified samples per bin: CV 0.38 ~ 1 / sqrt(shape)
+
+    def nll(mean):  # Gamma(shape, shape / mean) through the model's own NLL
+        params = torch.stack([torch.full_like(mean, math.log(shape)), math.log(shape) - mean.log()], -1)
+        return Gamma(12).nll(params, data)
+
+    def fitness(mean):  # as _artifact_free_nll: unflagged entries, the largest ARTIFACT_TRIM left out
+        values = nll(mean)[clean].sort().values
+        return values[:math.ceil((1 - ARTIFACT_TRIM) * len(values))].mean()
+
+    clean = ~_artifact_flags(ds, "cpu")
+    assert 0.5 < clean.double().mean() < 0.95
+    assert nll(copier).mean() < nll(truth).mean()
+    # skipping the flagged bins alone is not enough: the few artifacts the detector missed still pay
+    assert nll(copier)[clean].mean() < nll(truth)[clean].mean()
+    assert fitness(truth) < fitness(copier)
+
+
+def test_pbt_fitness_that_skips_artifacts(tmp_path):
+    """The artifact-free fitness is the validation NLL over the unflagged entries: with no entry
+    flagged and no trimming it equals the population's own ``valid_recon`` (the reference path);
+    in a run it is recorded and drives the fitness."""
+    from lfads_nb.tune import pbt as pbt_module
+    from lfads_nb.tune.population import Population
+
+    ds = emg(0, n_trials=30, n_bins=30, n_channels=4, artifact_rate=4.0)
+    tc = TrainConfig(batch_size=10, cd_rate=0.0, kl_ramp_epochs=1, l2_ramp_epochs=1)
+    members = pbt_module.build_members(ds, tc, TINY, [1, 2])
+    population = Population(members, tc, pbt_module._initial_hparams(lfads_nb.EMG_SPACE, 2, 0), noise_seed=0)
+    tensors = _to_tensors(ds, tc)
+    valid = torch.as_tensor(np.flatnonzero(ds["split"].values == "valid"))
+    none = torch.zeros(ds["emg"].shape, dtype=torch.bool)
+    reference = population.validate(tensors, valid, tc.batch_size)["valid_recon"].double().numpy()
+    np.testing.assert_allclose(pbt_module._artifact_free_nll(population, tensors, valid, none, tc, "valid_recon", trim=0.0),
+                               reference, rtol=1e-6)
+    flags = pbt_module._artifact_flags(ds, "cpu")
+    assert flags[valid].any()
+    skipped = pbt_module._artifact_free_nll(population, tensors, valid, flags, tc, "valid_recon")
+    assert np.isfinite(skipped).all() and not np.allclose(skipped, reference)
+
+    config = lfads_nb.PBTConfig(population=2, generation_epochs=1, burn_in_epochs=1, max_generations=1,
+                                fitness_skips_artifacts=True)
+    result = lfads_nb.pbt.pbt(ds, space=lfads_nb.EMG_SPACE, pbt_config=config, train_config=tc, model_sizes=TINY,
+                              checkpoint_dir=tmp_path, live=False)
+    history = result.history
+    assert np.isfinite(history["valid_recon_artifact_free"]).all()
+    assert not np.allclose(history["valid_recon_artifact_free"], history["valid_recon"])
+    assert history["fitness"].attrs["description"].startswith("valid_recon_artifact_free")
+    pytest.importorskip("ray")
+    from lfads_nb.tune.ray_backend import ray_pbt
+
+    with pytest.raises(ConfigError, match="fitness_skips_artifacts is not available with ray_pbt"):
+        ray_pbt(ds, pbt_config=config, train_config=tc, model_sizes=TINY)  # refused before Ray starts
+
+
+def test_gamma_lfads_trains_on_masked_emg_and_fills_the_flagged_entries(tmp_path):
+    """Flagged entries are not observed: training and inference run through them and emg_mean
+    is finite and positive there too, with the same trials and bins as the data."""
+    from lfads_nb.artifacts import mask_artifacts
+
+    ds = emg(2, n_trials=30, n_bins=40, n_channels=6, artifact_rate=5.0)
+    masked = mask_artifacts(ds)
+    flags = masked["artifact_flag"].values
+    assert flags.any()
+    config = TrainConfig(max_epochs=2, batch_size=10, cd_rate=0.0, shift_std=1.5, shift_max=3, kl_ramp_epochs=1,
+                         l2_ramp_epochs=1)
+    result = lfads_nb.train(lfads_nb.build_model(masked, config, seed=0, **TINY), masked, config,
+                            checkpoint_dir=tmp_path, live=False)
+    assert np.isfinite(result.history["valid_recon"]).all()
+    mean = lfads_nb.infer(result.model, masked)["emg_mean"]
+    assert mean.shape == ds["emg"].shape and np.isfinite(mean.values[flags]).all() and (mean.values > 0).all()

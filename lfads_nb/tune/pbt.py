@@ -9,7 +9,11 @@ The pieces, in the order a run uses them:
 2. ``pbt(ds, ...)``: trains a :class:`lfads_nb.tune.population.Population` (all members in one
    batched model) synchronously: a burn-in (generation 0, covering the KL / L2 ramps), then
    generations of ``generation_epochs``. At the end of each generation every member's fitness
-   is its smoothed validation NLL (smth = 0.3 prev + 0.7 current, per epoch); members with NaN
+   is its smoothed validation NLL (smth = 0.3 prev + 0.7 current, per epoch; with
+   ``fitness_skips_artifacts`` only over the bins farther than 2 bins from any entry that
+   ``lfads_nb.artifacts.detect_artifacts`` flags, less the largest 1 % of entry NLLs (the
+   artifacts it missed), while the encoder still reads them as recorded: reproducing an artifact earns
+   nothing, and spreading it to other bins or channels costs); members with NaN
    or infinite fitness are always replaced; the others are exploited by binary tournament
    (random pairs, the loser copies the winner) or truncation (the bottom fraction copies the
    top fraction), copying weights, Adam state and hyperparameters together; every member that
@@ -40,15 +44,16 @@ import numpy as np
 import torch
 import xarray as xr
 
-from ..data.schema import validate
+from ..data.schema import observed_variable, validate
 from ..errors import ConfigError, TrainingDiverged
 from ..data.sessions import session_names, validate_sessions
 from ..models.lfads import LFADS, LFADSConfig
 from ..models.multisession import StitchedConfig, StitchedLFADS
+from ..transforms import encoder_input
 from ..training.checkpoint import (RunState, ema, model_checkpoint, population_checkpoint, restore_population,
                                    save_checkpoint)
 from ..training.loop import (TrainConfig, _ramp, _to_tensors, build_model, check_device, check_shift,
-                             train_valid_indices)
+                             train_valid_indices, validation_batches)
 from .hyperparameters import HYPERPARAMETERS, PER_MEMBER, by_owner
 from ..training.sessions import mixed_step
 from .population import Population
@@ -56,6 +61,7 @@ from .search import DEFAULT_SPACE, SearchSpace
 
 
 PBT_NEEDS_VALIDATION = "PBT judges members by their validation loss"
+ARTIFACT_TRIM = 0.01  # fitness_skips_artifacts: share of the largest entry NLLs left out besides the flagged bins
 
 
 @dataclass
@@ -71,6 +77,7 @@ class PBTConfig:
     stop_improvement: float = 5e-4         # stop when the best fitness improves by less than 0.05 % ...
     stop_patience: int = 4                 # ... over this many generations
     metric: str = "valid_recon"            # or "valid_sv_nll" (needs TrainConfig.sv_fraction > 0)
+    fitness_skips_artifacts: bool = False  # EMG: the fitness skips bins near what detect_artifacts flags
     seed: int = 0
 
     def __post_init__(self):
@@ -321,7 +328,11 @@ def pbt(
     check_population_fits(model_config, P, tc.batch_size, n_time, tc.device)
     hparams = _initial_hparams(space, P, pc.seed)
     population = Population(members, tc, hparams, noise_seed=pc.seed, device=tc.device)
+    if sessions and pc.fitness_skips_artifacts:
+        raise ConfigError("PBTConfig.fitness_skips_artifacts works on one recording: run PBT on each session, "
+                          "or set fitness_skips_artifacts=False for stitched sessions.")
     tensors = {n: _to_tensors(d, tc) for n, d in datasets.items()} if sessions else _to_tensors(ds, tc)
+    flags = _artifact_flags(ds, tc.device) if pc.fitness_skips_artifacts else None
     decisions = torch.Generator().manual_seed(pc.seed)  # batch order, exploit pairs, explore draws
     state = _RunState(P)
     settings = {"pbt_config": dataclasses.asdict(pc), "train_config": dataclasses.asdict(tc),
@@ -347,7 +358,10 @@ def pbt(
         for _ in range(length):
             metrics, stopped = train_epoch(population, tensors, train_idx, valid_idx, tc, state.epoch, decisions,
                                            lambda: bool(getattr(progress, "stop_requested", False)))
-            current = metrics[pc.metric]
+            if flags is not None:
+                metrics[pc.metric + "_artifact_free"] = _artifact_free_nll(population, tensors, valid_idx, flags, tc,
+                                                                          pc.metric)
+            current = metrics[pc.metric + ("_artifact_free" if flags is not None else "")]
             state.smoothed = [ema(s, c) for s, c in zip(state.smoothed, current)]
             state.epoch += 1
             progress.epoch(state.generation, state.epoch, {**metrics, "fitness": np.array(state.smoothed)})
@@ -405,6 +419,48 @@ def train_epoch(population: Population, tensors, train_idx, valid_idx, tc: Train
     metrics = {k: v.double().cpu().numpy() for k, v in population.validate(tensors, valid_idx, tc.batch_size).items()}
     metrics["train_loss"] = (sums / (step + 1)).numpy()
     return metrics, stopped
+
+
+def _artifact_flags(ds: xr.Dataset, device: str, margin: int = 2) -> torch.Tensor:
+    """(trial, time, neuron) bool: every entry of a bin within ``margin`` bins of an entry that
+    ``detect_artifacts`` flags (found without truth): the margin and the whole bin take in the
+    channels and tail bins of an event that the detector missed."""
+    from ..artifacts import detect_artifacts
+
+    flagged = torch.as_tensor(detect_artifacts(ds[observed_variable(ds)]).values.any(-1), dtype=torch.float32)
+    near = torch.nn.functional.max_pool1d(flagged[:, None], 2 * margin + 1, stride=1, padding=margin)[:, 0] > 0
+    return near[..., None].expand(ds[observed_variable(ds)].shape).to(device)
+
+
+def _artifact_free_nll(population: Population, tensors, valid_idx: torch.Tensor, flags: torch.Tensor, tc: TrainConfig,
+                       metric: str, trim: float = ARTIFACT_TRIM) -> np.ndarray:
+    """(P,) validation NLL per entry like ``metric``, over the entries not in ``flags``, trimmed:
+    the encoder reads the validation trials as recorded; each member's mean leaves out the flagged
+    entries and then its largest ``trim`` share of entry NLLs (the artifacts the detector missed:
+    one of them costs a Gamma model tens of nats, more than the rest of its trial)."""
+    model = population.model
+    model.eval()
+    kept = []
+    with torch.no_grad():
+        for start, batch in zip(range(0, len(valid_idx), tc.batch_size),
+                                validation_batches(tensors, valid_idx, tc.sv_fraction, tc.batch_size)):
+            counted = (batch.loss_mask if metric == "valid_recon" else batch.heldout) & ~flags[
+                valid_idx[start:start + tc.batch_size]]
+            nll = model._each_member(_entry_nll, batch, in_dims=(None,))  # (P, B, T, N)
+            kept.append(torch.where(counted, nll, torch.nan).flatten(1))
+    model.train()
+    kept = torch.cat(kept, dim=1).double()
+    out = []
+    for member in kept:
+        values = member[~member.isnan()].sort().values
+        out.append(values[:max(1, math.ceil((1 - trim) * len(values)))].mean() if len(values) else torch.tensor(math.nan))
+    return torch.stack(out).cpu().numpy()
+
+
+def _entry_nll(model: LFADS, batch) -> torch.Tensor:
+    """(B, T, N) NLL of every entry of a validation batch under one model (posterior means)."""
+    out = model(model.session.read_in(encoder_input(batch)), batch.ext, sample=False)
+    return model.observation.nll(out.obs_params, batch.target)
 
 
 def _end_generation(state, population, space, pc, decisions, metrics, ckpt_dir, settings, seconds, stopped) -> None:
@@ -477,6 +533,8 @@ def _history(state: _RunState, space: SearchSpace, settings: dict) -> xr.Dataset
     for name in space:
         ds[name].attrs["description"] = "hyperparameter during the generation"
     metric = settings.get("pbt_config", {}).get("metric", "the metric")  # valid_recon: validation NLL; valid_sv_nll: sample-validation NLL
+    if settings.get("pbt_config", {}).get("fitness_skips_artifacts"):
+        metric += "_artifact_free"
     ds["fitness"].attrs.update(units="nats per entry", description=f"{metric}, smoothed over epochs, at the generation's end")
     ds["parent"].attrs["description"] = "member whose weights, optimiser state and hyperparameters it started from"
     ds["seconds"].attrs["units"] = "s"

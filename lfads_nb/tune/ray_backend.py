@@ -201,6 +201,9 @@ def ray_pbt(
         raise ConfigError(f"{n_trials} trial: PBT needs at least 2 trials to exploit; lower members_per_trial.")
     if pc.metric == "valid_sv_nll" and tc.sv_fraction == 0:
         raise ConfigError("PBTConfig.metric='valid_sv_nll' needs sample validation: set TrainConfig.sv_fraction > 0.")
+    if pc.fitness_skips_artifacts:
+        raise ConfigError("PBTConfig.fitness_skips_artifacts is not available with ray_pbt; run lfads_nb.pbt.pbt, "
+                          "or mask the artifacts in the data first (lfads_nb.artifacts.mask_artifacts).")
     train_valid_indices(ds, PBT_NEEDS_VALIDATION)
     if storage_path is not None and "://" in str(storage_path):
         raise ConfigError(f"storage_path={storage_path!r}: give a folder on a file system every node shares; "
