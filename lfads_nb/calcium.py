@@ -324,18 +324,27 @@ def truth_scores(estimate: xr.DataArray, ds: xr.Dataset) -> dict[str, float]:
     return scores
 
 
-def smoothed_events(ds: xr.Dataset, sigmas=(0.01, 0.02, 0.04, 0.08)) -> xr.DataArray:
+def smoothed_events(ds: xr.Dataset, sigmas=(0.0, 0.015, 0.03, 0.06, 0.12)) -> xr.DataArray:
     """The smoothing baseline: frame-binned events smoothed in time by a Gaussian, in events per
-    second, with its width chosen among ``sigmas`` (seconds) by how well it predicts the true
-    state on half of the training trials after a map fit on the other half (the validation
-    trials are not used). Without ``latents_true`` the middle width is used. Returns
-    (trial, frame time, neuron) at frame resolution; ``attrs['sigma']`` holds the width."""
-    from .metrics import smooth_spikes, velocity_r2
+    second, with its width chosen among ``sigmas`` (seconds; 0 = no smoothing, the frame-binned
+    events as they are) by how well it predicts the true state on half of the training trials
+    after a map fit on the other half (the validation trials are not used). Without
+    ``latents_true`` the middle width is used. Warns when the choice is the widest candidate, or
+    the narrowest when that is not 0 (``metrics._warn_at_grid_edge``): the optimum may lie
+    beyond the grid. Returns (trial, frame time, neuron) at frame resolution; ``attrs['sigma']``
+    holds the width."""
+    from .metrics import _warn_at_grid_edge, smooth_spikes, velocity_r2
 
+    grid = np.asarray(list(sigmas), dtype=float)
+    if grid.size == 0 or not np.all(np.isfinite(grid)) or np.any(grid < 0):
+        raise ConfigError(f"sigmas must be smoothing widths >= 0 s (0 = no smoothing), e.g. (0, 0.03, 0.06); "
+                          f"got {sigmas!r}.")
     frames = frame_binned(ds)
-    candidates = {s: smooth_spikes(frames["events"], float(frames.attrs["bin_width"]), s) for s in sigmas}
+    frame_s = float(frames.attrs["bin_width"])
+    unsmoothed = (frames["events"] / frame_s).assign_attrs(units="events / s", sigma=0.0)
+    candidates = {s: smooth_spikes(frames["events"], frame_s, s) if s > 0 else unsmoothed for s in grid.tolist()}
     if "latents_true" not in ds:
-        return candidates[sigmas[len(sigmas) // 2]]
+        return candidates[grid[len(grid) // 2]]
     train = ds["trial"].values[ds["split"].values.astype(str) == "train"]
     fit, check = train[::2], train[1::2]
 
@@ -344,4 +353,7 @@ def smoothed_events(ds: xr.Dataset, sigmas=(0.01, 0.02, 0.04, 0.08)) -> xr.DataA
         return velocity_r2(est, ds["latents_true"], train_trials=fit, test_trials=check,
                            bin_width=float(ds.attrs["bin_width"]))
 
-    return candidates[max(sigmas, key=inner_r2)]
+    best = max(candidates, key=inner_r2)
+    if best > 0:  # no smoothing is the true floor of the grid: nothing lies below it
+        _warn_at_grid_edge(grid, best, "smoothing width")
+    return candidates[best]

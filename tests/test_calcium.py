@@ -263,12 +263,12 @@ def test_smoothed_events_picks_a_width_on_training_trials_only():
     from lfads_nb.calcium import smoothed_events
 
     ds = calcium_2p(0, n_neurons=20, n_conditions=4, trials_per_condition=5, n_frames=10)
-    chosen = smoothed_events(ds, sigmas=(0.01, 0.03))
-    assert chosen.attrs["sigma"] in (0.01, 0.03) and chosen.sizes["time"] == 10
+    chosen = smoothed_events(ds, sigmas=(0.0, 0.01, 0.03))
+    assert chosen.attrs["sigma"] in (0.0, 0.01, 0.03) and chosen.sizes["time"] == 10
     valid = ds["split"].values == "valid"
     poisoned = ds.copy(deep=True)
     poisoned["latents_true"][valid] = 0.0  # changing validation truth must not change the choice
-    assert smoothed_events(poisoned, sigmas=(0.01, 0.03)).attrs["sigma"] == chosen.attrs["sigma"]
+    assert smoothed_events(poisoned, sigmas=(0.0, 0.01, 0.03)).attrs["sigma"] == chosen.attrs["sigma"]
 
 
 def test_calcium_plots():
@@ -287,3 +287,30 @@ def test_calcium_plots():
     assert {t.name for t in plots.calcium_sampling(events_only, trial=0).data} == {"deconvolved events"}
     with pytest.raises(DataError, match="needs a sub-frame calcium Dataset"):
         plots.calcium_sampling(ds.drop_vars("scan_phase"), trial=0)
+
+
+
+def test_smoothed_events_counts_no_smoothing_and_warns_at_an_edge_of_its_grid(monkeypatch):
+    """The smoothing grid may start at 0, the frame-binned events in events/s: nothing lies below
+    it, so choosing it does not warn. A positive narrowest or the widest width warns, as
+    ``metrics._warn_at_grid_edge`` does for the other smoothing choosers (before, a 10-80 ms grid
+    picked its 10 ms edge silently at every tutorial setting)."""
+    import warnings
+
+    from lfads_nb import metrics
+    from lfads_nb.calcium import smoothed_events
+
+    ds = calcium_2p(0, n_neurons=20, n_conditions=4, trials_per_condition=5, n_frames=10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        none = smoothed_events(ds, sigmas=(0.0, 0.5))
+    assert none.attrs["sigma"] == 0.0
+    np.testing.assert_allclose(none.values, frame_binned(ds)["events"].values / ds.attrs["frame_s"])
+    with pytest.warns(UserWarning, match="low end of the grid"):
+        assert smoothed_events(ds, sigmas=(0.015, 0.03)).attrs["sigma"] == 0.015
+    # a score that prefers smoother estimates: the widest width wins and is flagged
+    monkeypatch.setattr(metrics, "velocity_r2", lambda est, *args, **kw: -float(est.diff("time").var()))
+    with pytest.warns(UserWarning, match="high end of the grid"):
+        assert smoothed_events(ds, sigmas=(0.0, 0.03, 0.06)).attrs["sigma"] == 0.06
+    with pytest.raises(ConfigError, match="sigmas must be smoothing widths >= 0 s"):
+        smoothed_events(ds, sigmas=(-0.01, 0.03))

@@ -248,6 +248,19 @@ def test_lorenz_options_shape():
     assert ds.attrs["base_rate"] == 10.0
 
 
+
+def test_lorenz_gain_scales_the_log_rate_modulation():
+    """log(rate / base_rate) = gain W z (closed form): gain 2 doubles every log-rate deviation of
+    gain 1 at the same seed (same latents and weights); the default gain 1 is the old set."""
+    small = dict(n_neurons=7, n_conditions=4, trials_per_condition=3, n_bins=30)
+    plain, doubled = lorenz(seed=1, **small), lorenz(seed=1, gain=2.0, base_rate=3.0, **small)
+    np.testing.assert_allclose(np.log(doubled["rates_true"].values / 3.0),
+                               2 * np.log(plain["rates_true"].values / 5.0), rtol=1e-4, atol=1e-4)
+    np.testing.assert_array_equal(lorenz(seed=1, gain=1.0, **small)["spikes"].values, plain["spikes"].values)
+    assert doubled.attrs["gain"] == 2.0
+    with pytest.raises(ConfigError, match="gain must be a finite number > 0"):
+        lorenz(seed=1, gain=0.0, **small)
+
 # ----------------------------------------------------------------------------- shared
 @pytest.mark.parametrize(
     "make",

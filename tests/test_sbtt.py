@@ -89,6 +89,57 @@ def test_coordinated_dropout_composes_with_sbtt():
     torch.testing.assert_close(encoder_input(batch), data.nan_to_num(0.0) * kept / 0.7)
 
 
+def test_training_step_with_sample_validation_and_coordinated_dropout_counts_only_observed_entries():
+    """The training loop's batch (``training_batch``: sbtt -> sample validation -> coordinated
+    dropout) on spikes with 3 of 9 neurons observed per bin, through a model with a controller
+    and dropout in train mode, on both decoder paths (fused kernels and the step loop).
+
+    Reference: the masks written out from their definitions (extensions reference section 3: the
+    gradient mask is observed AND sample-validation-kept AND CD-dropped; the encoder sees observed,
+    kept, CD-shown entries rescaled by 1 / ((1 - sv) (1 - cd)); held-out entries are observed ones
+    only), and the recon against a float64 Poisson NLL averaged over that mask. Catches a NaN
+    zero-filled and then fitted as an observed zero, sample validation or coordinated dropout
+    counting or scoring unobserved entries, and a path that leaks gradient into them."""
+    from lfads_nb.models.lfads import draw_noise
+
+    _, ds = spikes_with_missing(3)
+    config = lfads_nb.TrainConfig(sv_fraction=0.2, cd_rate=0.3, sv_seed=1)
+    tensors = training._to_tensors(ds, config)
+    idx = torch.arange(8)
+    uniforms = torch.rand((8, *tensors.data.shape[1:]), generator=torch.Generator().manual_seed(2))
+    batch = training.training_batch(tensors, idx, config.sv_fraction, config.cd_rate, uniforms)
+    data = tensors.data[idx]
+    observed, sv_kept, cd_shown = ~torch.isnan(data), tensors.sv_keep[idx], uniforms >= config.cd_rate
+    assert observed.float().mean() == pytest.approx(3 / 9) and (~sv_kept).any() and (~cd_shown).any()
+    assert torch.equal(batch.loss_mask, observed & sv_kept & ~cd_shown)
+    assert torch.equal(batch.heldout, observed & ~sv_kept)
+    expected_input = data.nan_to_num(0.0) * (observed & sv_kept & cd_shown) / ((1 - 0.2) * (1 - 0.3))
+    torch.testing.assert_close(encoder_input(batch), expected_input)
+
+    model = lfads_nb.build_model(ds, seed=0, **{**TINY, "co_dim": 2, "dropout": 0.2}).train()
+    noise = draw_noise(model.config, 8, data.shape[1], generator=torch.Generator().manual_seed(3))
+    results = []
+    for fused in (True, False):
+        model.fused = fused
+        model.zero_grad()
+        out = model(model.session.read_in(encoder_input(batch)), batch.ext, sample=True, noise=noise)
+        out.obs_params.retain_grad()
+        _, parts = model.objective(out, batch, WEIGHTS)
+        parts["train_recon"].backward()
+        log_rate, x = out.obs_params[..., 0].detach().double(), data.double().nan_to_num(0.0)
+        nll = torch.exp(log_rate) - x * log_rate + torch.lgamma(x + 1)
+        assert parts["train_recon"].item() == pytest.approx(nll[batch.loss_mask].mean().item(), rel=1e-5)
+        grad = out.obs_params.grad[..., 0]
+        assert (grad[~batch.loss_mask] == 0).all() and (grad[batch.loss_mask] != 0).all()
+        grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+        results.append((parts["train_recon"].detach(), grads))
+    (fused_recon, fused_grads), (plain_recon, plain_grads) = results
+    torch.testing.assert_close(fused_recon, plain_recon)
+    assert fused_grads.keys() == plain_grads.keys() and "generator.weight_hh" in fused_grads
+    for name in fused_grads:
+        torch.testing.assert_close(fused_grads[name], plain_grads[name], rtol=1e-4, atol=1e-6)
+
+
 def test_sbtt_training_on_spikes_infers_rates_everywhere():
     full, ds = spikes_with_missing(3)
     config = lfads_nb.TrainConfig(max_epochs=2, batch_size=8, cd_rate=0.0, kl_ramp_epochs=1, l2_ramp_epochs=1)
