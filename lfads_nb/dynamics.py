@@ -334,3 +334,53 @@ def _add_arrows(fig: go.Figure, u, v, du, dv, extent, n_grid: int, col: int, sho
                     legendgroup="flow", showlegend=showlegend, hoverinfo="skip", row=1, col=col)
     fig.add_scatter(x=tip_u, y=tip_v, mode="markers", marker=dict(size=3, color="#1f77b4"), showlegend=False,
                     hoverinfo="skip", row=1, col=col)
+
+
+# ----------------------------------------------------------------------------- comparison with a known system
+
+def to_latent_space(points: np.ndarray, states: xr.DataArray, latents: xr.DataArray) -> np.ndarray:
+    """Map model states ``points`` (P, D) into the true latent space by the affine map
+    latent = [g, 1] A fitted by least squares from ``states`` (trial, time, D) to ``latents``
+    (trial, time, L) over the same trials and bins (pass the training trials): (P, L)."""
+    x, y = _points(states, "states"), _points(latents, "latents")
+    if len(x) != len(y):
+        raise DataError(f"states and latents must cover the same trials and bins ({len(x)} vs {len(y)} rows).")
+    weights = np.linalg.lstsq(np.c_[x, np.ones(len(x))], y, rcond=None)[0]
+    points = np.asarray(points, dtype=np.float64).reshape(-1, x.shape[1])
+    return np.c_[points, np.ones(len(points))] @ weights
+
+
+def nearest_distances(true_points: np.ndarray, found: np.ndarray) -> np.ndarray:
+    """For each true fixed point (P, L), the distance to the nearest found one (F, L); inf where none was found."""
+    true_points = np.asarray(true_points, dtype=np.float64)
+    if len(found) == 0:
+        return np.full(len(true_points), np.inf)
+    return np.linalg.norm(true_points[:, None] - np.asarray(found)[None], axis=-1).min(axis=1)
+
+
+def plot_true_space(latents: xr.DataArray, true_points: np.ndarray, found: dict, *, max_trials: int = 30,
+                    title: str = "Fixed points mapped into the true latent space") -> go.Figure:
+    """Found fixed points (``found``: model name -> (P, 3) mapped points) against the true ones
+    (black circles) over true trajectories (grey), as 2-D small multiples x-y and x-z."""
+    paths = np.asarray(latents.transpose("trial", "time", ...).values[:max_trials], dtype=np.float64)
+    names = [str(v) for v in latents[latents.dims[-1]].values]
+    planes = ((0, 1), (0, 2))
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1,
+                        subplot_titles=[f"{names[a]} vs {names[b]}" for a, b in planes])
+    symbols = ("x", "diamond", "square", "triangle-up")
+    for col, (a, b) in enumerate(planes, start=1):
+        for k, path in enumerate(paths):
+            fig.add_scatter(x=path[:, a], y=path[:, b], mode="lines", line=dict(color="rgba(120,120,120,0.3)", width=1),
+                            name="true trajectories", legendgroup="traj", showlegend=col == 1 and k == 0, row=1, col=col)
+        fig.add_scatter(x=true_points[:, a], y=true_points[:, b], mode="markers", name="true fixed points",
+                        marker=dict(size=16, color="rgba(0,0,0,0)", line=dict(width=2.5, color="black")),
+                        legendgroup="true", showlegend=col == 1, row=1, col=col)
+        for m, (model, points) in enumerate(found.items()):
+            points = np.asarray(points).reshape(-1, len(names))
+            fig.add_scatter(x=points[:, a], y=points[:, b], mode="markers", name=f"found by {model}",
+                            marker=dict(size=10, symbol=symbols[m % len(symbols)]), legendgroup=model,
+                            showlegend=col == 1, row=1, col=col)
+        fig.update_xaxes(title_text=f"{names[a]} (z-scored)", row=1, col=col)
+        fig.update_yaxes(title_text=f"{names[b]} (z-scored)", row=1, col=col)
+    fig.update_layout(title=title, height=520, legend=dict(orientation="h", yanchor="top", y=-0.15))
+    return fig

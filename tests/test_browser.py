@@ -216,50 +216,55 @@ def lab(tmp_path):
         server.stop()
 
 
+def run_driver(driver: Path, config: dict, tmp_path: Path, artifacts: Path, limit: int) -> dict:
+    """Run the node script ``driver`` with ``config`` (plus ``artifactsDir`` and ``resultPath``), at
+    most ``limit`` seconds; return the result it wrote, with its log, also saved in ``artifacts``."""
+    artifacts.mkdir(parents=True, exist_ok=True)
+    for old in artifacts.glob("*.png"):
+        old.unlink()
+    result_path = tmp_path / f"{driver.stem}-result.json"
+    config = {**config, "artifactsDir": str(artifacts), "resultPath": str(result_path)}
+    config_path = tmp_path / f"{driver.stem}-config.json"
+    config_path.write_text(json.dumps(config))
+    home = tmp_path / "browser-home"  # Chromium's crash reports and caches stay out of the user's home
+    env = dict(os.environ, HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"), XDG_CACHE_HOME=str(home / ".cache"))
+    proc = subprocess.Popen(
+        [NODE, str(driver), str(config_path)], cwd=driver.parent, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent,
+    )
+    try:
+        log, _ = proc.communicate(timeout=limit)
+    except subprocess.TimeoutExpired:
+        _wait_or_signal(proc, [(5, signal.SIGTERM), (5, signal.SIGKILL)])  # node closes its Chromium on TERM
+        log, _ = proc.communicate()
+        pytest.fail(f"The browser driver {driver.name} ran past {limit} s:\n{log.decode(errors='replace')}")
+    finally:
+        if proc.poll() is None:
+            _wait_or_signal(proc, [(0, signal.SIGKILL)])
+    log = log.decode(errors="replace")
+    if not result_path.exists():
+        pytest.fail(f"The browser driver {driver.name} wrote no result (exit {proc.returncode}):\n{log}")
+    result = json.loads(result_path.read_text())
+    result["log"] = log
+    (artifacts / "result.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
 def drive(lab: Lab, notebook: str, tmp_path: Path) -> dict:
     """Run tests/browser/drive_lab.mjs against ``lab``; return what it saw (see the script)."""
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    for old in ARTIFACTS.glob("*.png"):
-        old.unlink()
-    result_path = tmp_path / "browser-result.json"
     config = {
         "baseUrl": lab.url,
         "token": lab.token,
         "notebook": notebook,
         "chromium": CHROMIUM,
         "userDataDir": str(tmp_path / "chromium-profile"),
-        "artifactsDir": str(ARTIFACTS),
-        "resultPath": str(result_path),
         "traceName": "training objective (recon + weighted KL and L2)",
         "minGain": 2,
         "minSeconds": 1.5,
         "stopLabel": "Stop",
         "timeouts": TIMEOUTS,
     }
-    config_path = tmp_path / "browser-config.json"
-    config_path.write_text(json.dumps(config))
-    home = tmp_path / "browser-home"  # Chromium's crash reports and caches stay out of the user's home
-    env = dict(os.environ, HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"), XDG_CACHE_HOME=str(home / ".cache"))
-    proc = subprocess.Popen(
-        [NODE, str(DRIVER), str(config_path)], cwd=DRIVER.parent, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent,
-    )
-    try:
-        log, _ = proc.communicate(timeout=DRIVER_LIMIT)
-    except subprocess.TimeoutExpired:
-        _wait_or_signal(proc, [(5, signal.SIGTERM), (5, signal.SIGKILL)])  # node closes its Chromium on TERM
-        log, _ = proc.communicate()
-        pytest.fail(f"The browser driver ran past {DRIVER_LIMIT} s:\n{log.decode(errors='replace')}")
-    finally:
-        if proc.poll() is None:
-            _wait_or_signal(proc, [(0, signal.SIGKILL)])
-    log = log.decode(errors="replace")
-    if not result_path.exists():
-        pytest.fail(f"The browser driver wrote no result (exit {proc.returncode}):\n{log}")
-    result = json.loads(result_path.read_text())
-    result["log"] = log
-    (ARTIFACTS / "result.json").write_text(json.dumps(result, indent=2))
-    return result
+    return run_driver(DRIVER, config, tmp_path, ARTIFACTS, DRIVER_LIMIT)
 
 
 # ---------------------------------------------------------------------------------------------

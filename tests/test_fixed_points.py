@@ -184,3 +184,22 @@ def test_bad_input_names_the_problem():
     with pytest.raises(ConfigError, match="n_starts"):
         dynamics.fixed_points(model, out.generator_states, n_starts=0)
     assert isinstance(out.generator_states, xr.DataArray)
+
+
+def test_affine_map_recovers_points_in_true_space():
+    """States that are an exact affine image of the latents map back exactly (closed form); the
+    nearest distances are the distances to the closest point, inf where nothing was found."""
+    rng = np.random.default_rng(1)
+    latents = xr.DataArray(rng.standard_normal((6, 20, 3)), dims=("trial", "time", "latent"),
+                           coords={"latent": ["x", "y", "z"]})
+    mix, shift = rng.standard_normal((3, 5)), rng.standard_normal(5)
+    states = xr.DataArray(latents.values @ mix + shift, dims=("trial", "time", "generator"))
+    true = np.array([[0.0, 0.0, -2.0], [1.0, 1.0, 0.5]])
+    mapped = dynamics.to_latent_space(true @ mix + shift, states, latents)
+    np.testing.assert_allclose(mapped, true, atol=1e-9)
+    np.testing.assert_allclose(dynamics.nearest_distances(true, mapped[:1] + [0.3, 0.0, 0.4]), [0.5, np.sqrt(0.7**2 + 1.0**2 + 2.1**2)])
+    assert np.isinf(dynamics.nearest_distances(true, np.zeros((0, 3)))).all()
+    fig = dynamics.plot_true_space(latents, true, {"node_3": mapped})
+    assert {"true fixed points", "found by node_3"} <= {t.name for t in fig.data}
+    with pytest.raises(DataError, match="same trials"):
+        dynamics.to_latent_space(mapped, states[:2], latents)
