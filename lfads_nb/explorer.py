@@ -4,7 +4,9 @@
 
 - the latent trajectories (factors, NDT latents or generator states) of all trials projected on
   their first three principal components (``lfads_nb.dynamics.pca``, the space the fixed-point
-  figure uses), the selected trial highlighted and a marker at the selected time;
+  figure uses), drawn as the PC1-PC2 and PC1-PC3 planes (2-D small multiples: readable as static
+  images, unlike a 3-D scene, and drawn without WebGL), the selected trial highlighted and a marker
+  at the selected time;
 - that trial's recorded data (spikes, EMG or calcium events, as a heatmap over channels and time),
   the model's inferred output for a few channels (rates, EMG or event means) with the truth dotted
   where the data hold it, and its inferred inputs (for a model with a controller);
@@ -29,6 +31,8 @@ from .errors import DataError
 
 LATENT_VARIABLES = ("factors", "latents", "generator_states")  # the first present is drawn
 SELECTED, OTHERS, MARKER = "#d62728", "rgba(140,140,140,0.35)", "black"
+PLANES = ((0, 1), (0, 2))  # the PC planes drawn: 2-D small multiples read as static images (and need no WebGL)
+WIDGET_WIDTHS = (560, 580)  # pixels of the trajectories and the trial figure, side by side in the live view
 
 
 def explore(out: xr.Dataset, ds: xr.Dataset, live: bool | None = None, *, trial=None, variable: str | None = None,
@@ -48,7 +52,7 @@ def explore(out: xr.Dataset, ds: xr.Dataset, live: bool | None = None, *, trial=
 
 class Explorer:
     """Linked views of one trial. :meth:`select` picks a trial, :meth:`set_time` a time bin; both update
-    ``trajectories`` (3-D PCA figure) and ``trial_figure`` (data, output, inputs) and, when live, the
+    ``trajectories`` (PCA planes) and ``trial_figure`` (data, output, inputs) and, when live, the
     widgets. ``widget`` is the ipywidgets view (None when static); :meth:`figures` the static copies."""
 
     def __init__(self, out: xr.Dataset, ds: xr.Dataset, *, live: bool, trial, variable, n_channels: int,
@@ -79,8 +83,11 @@ class Explorer:
         self._trajectory_title = f"Latent trajectories ({self.variable}, PCA)"
         inputs = "inferred inputs" if self.has_inputs else "no inferred inputs (autonomous model)"
         self._trial_title = f"Data, inferred {self.kind.output}, {inputs}"
-        self.trajectories = self._trajectory_figure(go.FigureWidget if live else go.Figure)
-        self.trial_figure = self._trial_figure_for(self.trial, go.FigureWidget if live else go.Figure)
+        self.trajectories = self._trajectory_figure()
+        self.trial_figure = self._trial_figure_for(self.trial)
+        if live:  # sized side by side before they become widgets: no updates reach a widget not yet shown
+            self.trajectories.layout.width, self.trial_figure.layout.width = WIDGET_WIDTHS
+            self.trajectories, self.trial_figure = go.FigureWidget(self.trajectories), go.FigureWidget(self.trial_figure)
         self.widget = self._widgets() if live else None
 
     # ---- state --------------------------------------------------------------------------------
@@ -90,8 +97,10 @@ class Explorer:
         self.trial = _known_trial(trial, self.trials)
         path = self.paths[self._row()]
         with self.trajectories.batch_update():
-            self.trajectories.update_traces(x=path[:, 0], y=path[:, 1], z=path[:, 2], selector=dict(name="selected trial"))
-        fresh = self._trial_figure_for(self.trial, go.Figure)
+            for col, (a, b) in enumerate(PLANES, start=1):
+                self.trajectories.update_traces(x=path[:, a], y=path[:, b], selector=dict(name="selected trial"),
+                                                row=1, col=col)
+        fresh = self._trial_figure_for(self.trial)
         with self.trial_figure.batch_update():
             for old, new in zip(self.trial_figure.data, fresh.data):
                 old.update(new.to_plotly_json())
@@ -106,7 +115,9 @@ class Explorer:
         self.time_index = int(index)
         point = self.paths[self._row(), self.time_index]
         with self.trajectories.batch_update():
-            self.trajectories.update_traces(x=[point[0]], y=[point[1]], z=[point[2]], selector=dict(name="time marker"))
+            for col, (a, b) in enumerate(PLANES, start=1):
+                self.trajectories.update_traces(x=[point[a]], y=[point[b]], selector=dict(name="time marker"),
+                                                row=1, col=col)
             self.trajectories.layout.title.text = self._title(self._trajectory_title)
         t = float(self.time[self.time_index])
         with self.trial_figure.batch_update():
@@ -127,25 +138,30 @@ class Explorer:
 
     # ---- figures ------------------------------------------------------------------------------
 
-    def _trajectory_figure(self, figure_class) -> go.Figure:
-        fig = figure_class()
+    def _trajectory_figure(self) -> go.Figure:
+        fig = make_subplots(rows=1, cols=len(PLANES), horizontal_spacing=0.14,
+                            subplot_titles=[f"PC{a + 1} vs PC{b + 1}" for a, b in PLANES])
         rows = [int(np.flatnonzero(self.trials == t)[0]) for t in self.background]
-        xyz = [np.concatenate([self.paths[r, :, k], [np.nan]]) for k in range(3) for r in rows]
-        n = len(rows)
-        fig.add_scatter3d(x=np.concatenate(xyz[:n]), y=np.concatenate(xyz[n:2 * n]), z=np.concatenate(xyz[2 * n:]),
-                          mode="lines", line=dict(color=OTHERS, width=2), name=f"other trials ({n})", hoverinfo="skip")
         path, point = self.paths[self._row()], self.paths[self._row(), self.time_index]
-        fig.add_scatter3d(x=path[:, 0], y=path[:, 1], z=path[:, 2], mode="lines", line=dict(color=SELECTED, width=6),
-                          name="selected trial")
-        fig.add_scatter3d(x=[point[0]], y=[point[1]], z=[point[2]], mode="markers",
-                          marker=dict(size=7, color=MARKER), name="time marker")
-        axes = {f"{a}axis_title": f"PC{k + 1} ({100 * self.basis.explained[k]:.0f} % var.)" for k, a in enumerate("xyz")}
-        fig.update_layout(title=self._title(self._trajectory_title), height=520,
-                          scene=dict(**axes), legend=dict(orientation="h", yanchor="top", y=-0.02),
-                          margin=dict(l=0, r=0, t=50, b=0))
+        gaps = np.full((len(rows), 1), np.nan)  # one trace for all background trials, split by NaN
+        for col, (a, b) in enumerate(PLANES, start=1):
+            first = col == 1
+            fig.add_scatter(x=np.hstack([self.paths[rows, :, a], gaps]).ravel(),
+                            y=np.hstack([self.paths[rows, :, b], gaps]).ravel(), mode="lines",
+                            line=dict(color=OTHERS, width=1), name=f"other trials ({len(rows)})", legendgroup="others",
+                            showlegend=first, hoverinfo="skip", row=1, col=col)
+            fig.add_scatter(x=path[:, a], y=path[:, b], mode="lines", line=dict(color=SELECTED, width=3),
+                            name="selected trial", legendgroup="selected", showlegend=first, row=1, col=col)
+            fig.add_scatter(x=[point[a]], y=[point[b]], mode="markers", marker=dict(size=11, color=MARKER),
+                            name="time marker", legendgroup="marker", showlegend=first, row=1, col=col)
+            for axis, k in (("x", a), ("y", b)):
+                getattr(fig, f"update_{axis}axes")(title_text=f"PC{k + 1} ({100 * self.basis.explained[k]:.0f} % var.)",
+                                                   row=1, col=col)
+        fig.update_layout(title=self._title(self._trajectory_title), height=560,
+                          legend=dict(orientation="h", yanchor="top", y=-0.15))
         return fig
 
-    def _trial_figure_for(self, trial, figure_class) -> go.Figure:
+    def _trial_figure_for(self, trial) -> go.Figure:
         one_out = self.out.sel(trial=trial)
         observed = self.ds[self.kind.variable].sel(trial=trial).transpose("time", self.channel_dim)
         output = one_out[self.kind.output].transpose("time", ...)
@@ -154,7 +170,6 @@ class Explorer:
                   + (" (dotted: true)" if self.truth is not None else ""), "inferred inputs"][:rows]
         fig = make_subplots(rows=rows, cols=1, shared_xaxes=True, vertical_spacing=0.08, subplot_titles=titles,
                             row_heights=[0.4, 0.35, 0.25][:rows])
-        fig = figure_class(fig)
         fig.add_heatmap(x=self.time, y=observed[self.channel_dim].values, z=observed.values.T.astype(np.float32),
                         colorscale="Greys", showscale=False, name=self.kind.variable, row=1, col=1)
         units = output.attrs.get("units", "")
@@ -209,9 +224,7 @@ class Explorer:
         self._trial_picker.observe(lambda change: change["new"] is not None and self.select(change["new"]), names="value")
         self._slider.observe(lambda change: self.set_time(change["new"]), names="value")
         controls = widgets.HBox([self._condition_picker, self._trial_picker, self._slider, self._time_label])
-        views = widgets.HBox([self.trajectories, self.trial_figure],
-                             layout=widgets.Layout(width="100%"))
-        self.trajectories.layout.width, self.trial_figure.layout.width = 520, 620
+        views = widgets.HBox([self.trajectories, self.trial_figure], layout=widgets.Layout(width="100%"))
         return widgets.VBox([controls, views])
 
     def _ipython_display_(self) -> None:

@@ -63,12 +63,14 @@ def test_static_explorer_shows_the_selected_trial_in_every_part(make, family, si
     assert explorer.widget is None and explorer.variable == variable
     explorer.set_time(7)
     expected = _pca_paths(out[variable])[5]
-    selected = _trace(explorer.trajectories, "selected trial")
-    # PCs are defined up to sign: compare |projection| per axis
-    for k, axis in enumerate("xyz"):
-        np.testing.assert_allclose(np.abs(getattr(selected, axis)), np.abs(expected[:, k]), atol=1e-5)
-    marker = _trace(explorer.trajectories, "time marker")
-    np.testing.assert_allclose(np.abs([marker.x[0], marker.y[0], marker.z[0]]), np.abs(expected[7]), atol=1e-5)
+    # one panel per PC plane (PC1-PC2, PC1-PC3); PCs are defined up to sign: compare |projection|
+    selected = [t for t in explorer.trajectories.data if t.name == "selected trial"]
+    markers = [t for t in explorer.trajectories.data if t.name == "time marker"]
+    assert len(selected) == len(markers) == 2
+    for (a, b), path, marker in zip(((0, 1), (0, 2)), selected, markers):
+        np.testing.assert_allclose(np.abs(path.x), np.abs(expected[:, a]), atol=1e-5)
+        np.testing.assert_allclose(np.abs(path.y), np.abs(expected[:, b]), atol=1e-5)
+        np.testing.assert_allclose(np.abs([marker.x[0], marker.y[0]]), np.abs(expected[7, [a, b]]), atol=1e-5)
     t = float(ds.time.values[7])
     shapes = explorer.trial_figure.layout.shapes
     assert len(shapes) == (3 if out.sizes.get("inferred_input", 0) else 2)
@@ -108,7 +110,8 @@ def test_live_explorer_links_the_widgets_to_every_part():
     explorer._slider.value = 9
     assert explorer.time_index == 9 and explorer._time_label.value == f"t = {ds.time.values[9]:.3f} s"
     row = int(np.flatnonzero(explorer.trials == chosen[1])[0])
-    assert _trace(explorer.trajectories, "time marker").x[0] == pytest.approx(explorer.paths[row, 9, 0])
+    markers = [t for t in explorer.trajectories.data if t.name == "time marker"]
+    assert [m.y[0] for m in markers] == pytest.approx(explorer.paths[row, 9, 1:3])
     assert all(s.x0 == pytest.approx(ds.time.values[9]) for s in explorer.trial_figure.layout.shapes)
 
 

@@ -56,12 +56,12 @@ try {
   enter('wait for the explorer');
   const dropdowns = page.locator('.jp-OutputArea .widget-dropdown select');
   await waitFor(page, 'the condition and trial dropdowns', config.timeouts.explorer, async () => (await dropdowns.count()) >= 2);
+  await dropdowns.first().scrollIntoViewIfNeeded(); // as a user would, so plotly lays the figures out on screen
   await waitFor(page, 'both figures drawn', config.timeouts.explorer, async () => {
     const seen = await figures(page);
     return seen.length >= 2 && seen.every((f) => f.traces.length > 0);
   });
   await waitFor(page, 'the notebook to halt', config.timeouts.load, () => probe(page, 'halted'));
-  await dropdowns.first().scrollIntoViewIfNeeded();
   await sleep(500);
   result.stages.initial = await figures(page);
   await screenshot(page, config, result, 'explorer_initial.png');
@@ -96,7 +96,10 @@ try {
   result.error = `${step}: ${err.message}`;
   log(`FAILED: ${result.error}`);
   if (page) {
-    try { await screenshot(page, config, result, 'explorer_failure.png'); } catch (inner) { log(`no failure screenshot: ${inner.message}`); }
+    try {
+      result.lastFigures = await figures(page);
+      await screenshot(page, config, result, 'explorer_failure.png');
+    } catch (inner) { log(`no failure screenshot: ${inner.message}`); }
   }
 } finally {
   await context?.close();
