@@ -48,8 +48,9 @@ def autonomous(model) -> Dynamics:
     """The dynamics of ``model``'s generator with zero inputs, in float64 (a copy; ``model`` is untouched).
 
     ``model``: an ``LFADS`` (its ``generator`` is used), or any module with ``vector_field(g, inputs)``
-    (a continuous field) or ``step(g, inputs)`` (a discrete map), with ``g`` (B, D). The width of
-    ``inputs`` is the last dim of the module's ``weight_ih``, 0 without one.
+    (a continuous field) or ``step(g, inputs)`` (a discrete map), with ``g`` (B, D). D is the last dim
+    of the module's ``weight_hh`` (its ``dim`` attribute without one); the width of ``inputs`` is the
+    last dim of its ``weight_ih``, 0 without one.
     """
     generator = getattr(model, "generator", model)
     if not isinstance(generator, torch.nn.Module) or not (hasattr(generator, "vector_field") or hasattr(generator, "step")):
