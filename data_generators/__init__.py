@@ -15,7 +15,7 @@
 
 Every generator is deterministic for a given ``seed`` and records its settings in ``ds.attrs``.
 """
-from .attractors import attractor
+from .attractors import attractor, true_fixed_points
 from .behavior import VELOCITY_DIMS, velocity_readout
 from .calcium import calcium_2p
 from .chaotic_rnn import chaotic_rnn, chaotic_rnn_benchmark
@@ -38,5 +38,6 @@ __all__ = [
     "lorenz_derivative",
     "observe_random_neurons",
     "stratified_split",
+    "true_fixed_points",
     "velocity_readout",
 ]

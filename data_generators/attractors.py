@@ -63,6 +63,27 @@ SYSTEMS = {
 DEFAULT_PTS_PER_PERIOD = {"lorenz": 100, "rossler": 35, "arneodo": 35}
 
 
+def true_fixed_points(ds: xr.Dataset) -> np.ndarray:
+    """The fixed points of the system that made ``ds`` (an ``attractor`` Dataset), in the units of its
+    ``latents_true`` (z-scored state): (P, 3). Closed forms, parameters as in the vector fields above:
+    Lorenz (0, 0, 0) and (+-sqrt(beta (rho - 1)), +-sqrt(beta (rho - 1)), rho - 1); Rossler
+    x = (c +- sqrt(c^2 - 4 a b)) / 2, y = -x / a, z = x / a; Arneodo (0, 0, 0) and (+-sqrt(a / d), 0, 0)."""
+    if ds.attrs.get("generator") != "attractor" or "state_mean" not in ds.attrs:
+        raise ValueError("true_fixed_points needs a Dataset made by data_generators.attractor (it reads the "
+                         "system and the z-scoring from ds.attrs).")
+    system = ds.attrs["system"]
+    if system == "lorenz":
+        r = np.sqrt(8.0 / 3.0 * 27.0)
+        points = [(0.0, 0.0, 0.0), (r, r, 27.0), (-r, -r, 27.0)]
+    elif system == "rossler":
+        a, b, c = 0.2, 0.2, 5.7
+        points = [(x, -x / a, x / a) for x in ((c - np.sqrt(c * c - 4 * a * b)) / 2, (c + np.sqrt(c * c - 4 * a * b)) / 2)]
+    else:
+        x = np.sqrt(-5.5 / -1.0)
+        points = [(0.0, 0.0, 0.0), (x, 0.0, 0.0), (-x, 0.0, 0.0)]
+    return (np.asarray(points) - np.asarray(ds.attrs["state_mean"])) / np.asarray(ds.attrs["state_std"])
+
+
 def integrate(derivative, initial_states: np.ndarray, n_samples: int, interval: float) -> np.ndarray:
     """RK4 of ``derivative`` from ``initial_states`` (n, 3): (n, n_samples, 3), sampled every
     ``interval`` time units (steps of at most ``MAX_STEP``; ``common.rk4``)."""
@@ -101,7 +122,8 @@ def attractor(
     -------
     Dataset with dims trial, time (n_bins), neuron; ``spikes`` (int32), ``rates_true`` (Hz),
     ``latents_true`` (trial, time, latent=['x', 'y', 'z']): the system's state, each variable
-    z-scored over the dataset. ``attrs`` record the system and every setting.
+    z-scored over the dataset (``attrs['state_mean']`` and ``attrs['state_std']`` undo it).
+    ``attrs`` record the system and every setting.
     """
     system = check_choice("system", system, tuple(SYSTEMS))
     n_neurons = check_count("n_neurons", n_neurons)
@@ -118,7 +140,8 @@ def attractor(
     starts = np.asarray(centre) + spread * rng["starts"].standard_normal((n_trials, 3))
     on_attractor = integrate(derivative, starts, 2, BURN_IN_PERIODS * period)[:, -1]
     states = integrate(derivative, on_attractor, n_bins, period / pts_per_period)  # (trial, time, 3)
-    latents = (states - states.mean(axis=(0, 1))) / states.std(axis=(0, 1))
+    state_mean, state_std = states.mean(axis=(0, 1)), states.std(axis=(0, 1))
+    latents = (states - state_mean) / state_std
 
     readout = rng["neurons"].uniform(-0.5, 0.5, (3, n_neurons))
     readout = readout[:, np.argsort(readout[0])]  # the paper sorts the neurons by their first weight
@@ -144,6 +167,9 @@ def attractor(
             "system_period": period,
             "train_fraction": train_fraction,
             "base_rate": base_rate,
+            # latents_true = (state - state_mean) / state_std, per variable (x, y, z)
+            "state_mean": state_mean.tolist(),
+            "state_std": state_std.tolist(),
         },
         descriptions={"latents_true": f"{system} state, each variable z-scored over the dataset"},
         rates_true=rates,

@@ -9,8 +9,9 @@ carry a static copy beside the interactive one (``lfads_nb.display``).
 """
 import sys as _sys
 
-from . import display, metrics, plots, tune
+from . import display, dynamics, metrics, plots, tune
 from .data import KINDS, DataKind, kind_of, make_dataset, split, validate
+from .explorer import explore
 from .errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from .io import export_lfads_h5, load, save, save_scores
 from .models import LFADS, LFADSConfig
@@ -51,6 +52,8 @@ __all__ = [
     "TrainResult",
     "TrainingDiverged",
     "build_model",
+    "dynamics",
+    "explore",
     "export_lfads_h5",
     "infer",
     "kind_of",

@@ -1,4 +1,4 @@
-"""The live training dashboard in a real JupyterLab, driven by headless Chromium.
+"""The live training dashboard and the explorer in a real JupyterLab, driven by headless Chromium.
 
 A JupyterLab server runs on 127.0.0.1 (a free port, a token, a temporary root and temporary
 config, data, settings and runtime dirs so no user setting leaks in). The notebook is a copy of
@@ -7,7 +7,8 @@ tutorial 02 with tiny parameters and a run that only Stop can end. tests/browser
 from the Run menu, reads the loss curve's points at two moments while training runs, clicks the
 dashboard's Stop button, and waits for the notebook to halt. This test asserts on what the browser
 saw and on the files the notebook left behind (checkpoints, saved inference). Screenshots and the
-driver's record go to test-artifacts/browser/.
+driver's record go to test-artifacts/browser/. The explorer's test (at the end) drives
+tests/browser/drive_explorer.mjs in the same way; its artifacts go to test-artifacts/browser-explorer/.
 
 Needs /usr/bin/chromium (or $LFADS_NB_CHROMIUM) and `npm ci` in tests/browser; .ci/run installs both.
 """
@@ -216,50 +217,55 @@ def lab(tmp_path):
         server.stop()
 
 
+def run_driver(driver: Path, config: dict, tmp_path: Path, artifacts: Path, limit: int) -> dict:
+    """Run the node script ``driver`` with ``config`` (plus ``artifactsDir`` and ``resultPath``), at
+    most ``limit`` seconds; return the result it wrote, with its log, also saved in ``artifacts``."""
+    artifacts.mkdir(parents=True, exist_ok=True)
+    for old in artifacts.glob("*.png"):
+        old.unlink()
+    result_path = tmp_path / f"{driver.stem}-result.json"
+    config = {**config, "artifactsDir": str(artifacts), "resultPath": str(result_path)}
+    config_path = tmp_path / f"{driver.stem}-config.json"
+    config_path.write_text(json.dumps(config))
+    home = tmp_path / "browser-home"  # Chromium's crash reports and caches stay out of the user's home
+    env = dict(os.environ, HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"), XDG_CACHE_HOME=str(home / ".cache"))
+    proc = subprocess.Popen(
+        [NODE, str(driver), str(config_path)], cwd=driver.parent, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent,
+    )
+    try:
+        log, _ = proc.communicate(timeout=limit)
+    except subprocess.TimeoutExpired:
+        _wait_or_signal(proc, [(5, signal.SIGTERM), (5, signal.SIGKILL)])  # node closes its Chromium on TERM
+        log, _ = proc.communicate()
+        pytest.fail(f"The browser driver {driver.name} ran past {limit} s:\n{log.decode(errors='replace')}")
+    finally:
+        if proc.poll() is None:
+            _wait_or_signal(proc, [(0, signal.SIGKILL)])
+    log = log.decode(errors="replace")
+    if not result_path.exists():
+        pytest.fail(f"The browser driver {driver.name} wrote no result (exit {proc.returncode}):\n{log}")
+    result = json.loads(result_path.read_text())
+    result["log"] = log
+    (artifacts / "result.json").write_text(json.dumps(result, indent=2))
+    return result
+
+
 def drive(lab: Lab, notebook: str, tmp_path: Path) -> dict:
     """Run tests/browser/drive_lab.mjs against ``lab``; return what it saw (see the script)."""
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    for old in ARTIFACTS.glob("*.png"):
-        old.unlink()
-    result_path = tmp_path / "browser-result.json"
     config = {
         "baseUrl": lab.url,
         "token": lab.token,
         "notebook": notebook,
         "chromium": CHROMIUM,
         "userDataDir": str(tmp_path / "chromium-profile"),
-        "artifactsDir": str(ARTIFACTS),
-        "resultPath": str(result_path),
         "traceName": "training objective (recon + weighted KL and L2)",
         "minGain": 2,
         "minSeconds": 1.5,
         "stopLabel": "Stop",
         "timeouts": TIMEOUTS,
     }
-    config_path = tmp_path / "browser-config.json"
-    config_path.write_text(json.dumps(config))
-    home = tmp_path / "browser-home"  # Chromium's crash reports and caches stay out of the user's home
-    env = dict(os.environ, HOME=str(home), XDG_CONFIG_HOME=str(home / ".config"), XDG_CACHE_HOME=str(home / ".cache"))
-    proc = subprocess.Popen(
-        [NODE, str(DRIVER), str(config_path)], cwd=DRIVER.parent, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=_die_with_parent,
-    )
-    try:
-        log, _ = proc.communicate(timeout=DRIVER_LIMIT)
-    except subprocess.TimeoutExpired:
-        _wait_or_signal(proc, [(5, signal.SIGTERM), (5, signal.SIGKILL)])  # node closes its Chromium on TERM
-        log, _ = proc.communicate()
-        pytest.fail(f"The browser driver ran past {DRIVER_LIMIT} s:\n{log.decode(errors='replace')}")
-    finally:
-        if proc.poll() is None:
-            _wait_or_signal(proc, [(0, signal.SIGKILL)])
-    log = log.decode(errors="replace")
-    if not result_path.exists():
-        pytest.fail(f"The browser driver wrote no result (exit {proc.returncode}):\n{log}")
-    result = json.loads(result_path.read_text())
-    result["log"] = log
-    (ARTIFACTS / "result.json").write_text(json.dumps(result, indent=2))
-    return result
+    return run_driver(DRIVER, config, tmp_path, ARTIFACTS, DRIVER_LIMIT)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -370,3 +376,103 @@ def test_live_dashboard_trains_and_stops_in_jupyterlab(lab, tmp_path):
     inferred = lfads_nb.load(lab.root / PARAMETERS["output_path"])
     n_trials = PARAMETERS["n_conditions"] * PARAMETERS["trials_per_condition"]
     assert inferred.sizes["trial"] == n_trials and bool(np.isfinite(inferred["rates"]).all()), report
+
+# ---------------------------------------------------------------------------------------------
+# The explorer (lfads_nb.explore)
+# ---------------------------------------------------------------------------------------------
+# The notebook builds a small chaotic-RNN dataset and an LFADS model with a controller (untrained: the
+# links, not the fit, are under test), infers, and shows ``lfads_nb.explore(out, ds)``; the kernel
+# is one jupyter_server started, so the explorer chooses its live widgets by itself.
+# tests/browser/drive_explorer.mjs runs all cells, reads what plotly drew, picks another trial in the
+# trial dropdown, clicks the time slider's track, and reads the figures after each step. This test
+# checks what the browser showed against the same explorer built here from the same seeded data:
+# the highlighted path is the picked trial's, the time marker is that trial's state at the bin the
+# slider reads, and the panels' time lines moved to that bin's time. Screenshots and the driver's
+# record go to test-artifacts/browser-explorer/.
+
+EXPLORER_DRIVER = REPO / "tests" / "browser" / "drive_explorer.mjs"
+EXPLORER_ARTIFACTS = REPO / "test-artifacts" / "browser-explorer"
+# Seconds; every wait is bounded. A passing run takes 60-100 s on 2 busy cores (the widgets' first
+# render waits for plotly's code); EXPLORER_DRIVER_LIMIT caps the sum.
+EXPLORER_TIMEOUTS = {"action": 10, "load": 25, "explorer": 90, "update": 20}
+EXPLORER_DRIVER_LIMIT = 200
+TRIAL_INDEX = 7  # the trial dropdown's option picked (the explorer starts at option 0)
+SLIDER_FRACTION = 0.75
+
+EXPLORER_SETUP = (
+    "import lfads_nb\n"
+    "from data_generators import chaotic_rnn\n"
+    "ds = chaotic_rnn(seed=0, n_conditions=3, trials_per_condition=4, n_units=10, n_bins=30)\n"
+    "model = lfads_nb.build_model(ds, seed=0, co_dim=2, ic_enc_dim=6, ci_enc_dim=5, con_dim=5, ic_dim=4,\n"
+    "                             gen_dim=6, fac_dim=4)\n"
+    "out = lfads_nb.infer(model, ds)"
+)
+
+
+def _explorer_setup() -> dict:
+    namespace: dict = {}
+    exec(EXPLORER_SETUP, namespace)  # the notebook's own code, so both sides see the same data and model
+    return namespace
+
+
+def _explorer_notebook(path) -> None:
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(EXPLORER_SETUP), nbformat.v4.new_code_cell("lfads_nb.explore(out, ds)")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"}
+    nbformat.write(nb, path)
+
+
+def _drive_explorer(lab, tmp_path) -> dict:
+    config = {
+        "baseUrl": lab.url, "token": lab.token, "notebook": "explorer.ipynb", "chromium": CHROMIUM,
+        "userDataDir": str(tmp_path / "chromium-profile"), "trialIndex": TRIAL_INDEX,
+        "sliderFraction": SLIDER_FRACTION, "timeouts": EXPLORER_TIMEOUTS,
+    }
+    return run_driver(EXPLORER_DRIVER, config, tmp_path, EXPLORER_ARTIFACTS, EXPLORER_DRIVER_LIMIT)
+
+
+def _trace(stage, name):
+    return next(t for f in stage for t in f["traces"] if t["name"] == name)
+
+
+def _figure_with(stage, name):
+    return next(f for f in stage if any(t["name"] == name for t in f["traces"]))
+
+
+def test_explorer_follows_trial_picker_and_time_slider_in_jupyterlab(lab, tmp_path):
+    _explorer_notebook(lab.root / "explorer.ipynb")
+    result = _drive_explorer(lab, tmp_path)
+    report = f"{result.get('error', '')}\n{result['log']}\nJupyterLab log:\n{lab.log()}"
+    assert "error" not in result, report
+    assert not result["pageErrors"] and all(o["stderr"] == 0 for o in result["outputs"]), report
+
+    # The same explorer, built here from the same seeded data and model.
+    ns = _explorer_setup()
+    reference = lfads_nb.explore(ns["out"], ns["ds"], live=False)
+    trials = reference.trials
+    initial, picked, moved = (result["stages"][k] for k in ("initial", "trial", "time"))
+
+    # Both figures are there, at the first trial and bin 0.
+    assert len(initial) == 2, report
+    np.testing.assert_allclose(_trace(initial, "selected trial")["x"], reference.paths[0, :3, 0], rtol=1e-5, atol=1e-6)
+    assert f"trial {trials[0]}," in _figure_with(initial, "selected trial")["title"], report
+
+    # Picking another trial: the highlighted path and the data heatmap are the new trial's.
+    trial = trials[TRIAL_INDEX]
+    assert result["pickedLabel"] == str(trial), report
+    np.testing.assert_allclose(_trace(picked, "selected trial")["x"], reference.paths[TRIAL_INDEX, :3, 0],
+                               rtol=1e-5, atol=1e-6)
+    assert _trace(picked, "spikes")["checksum"] == pytest.approx(float(ns["ds"].spikes.sel(trial=trial).sum()))
+    assert _trace(picked, "spikes")["checksum"] != _trace(initial, "spikes")["checksum"], report
+    assert all(f"trial {trial}," in f["title"] for f in picked), report
+
+    # Moving the slider: the marker and the time lines of every panel go to the bin it reads.
+    index = int(result["sliderReadout"])
+    assert index > 0, report
+    t = float(ns["ds"].time.values[index])
+    marker = _trace(moved, "time marker")["x"][0]
+    assert marker == pytest.approx(reference.paths[TRIAL_INDEX, index, 0], rel=1e-5, abs=1e-6), report
+    panels = _figure_with(moved, "spikes")["shapes"]
+    assert len(panels) == 3 and all(x == pytest.approx(t) for x in panels), report
+    assert all(f"t = {t:.3f} s" in f["title"] for f in moved), report
+    assert len(result["screenshots"]) == 3 and all(os.path.getsize(p) > 10_000 for p in result["screenshots"])

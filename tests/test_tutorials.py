@@ -62,6 +62,9 @@ CI_PARAMETERS = {
                                      "lfads_epochs": 2, "ndt_epochs": 2, "ndt_d_model": 8, "ndt_layers": 1,
                                      "latency_repeats": 3, "output_path": "ndt_ci.nc",
                                      "scores_path": "scores_ci.nc"},
+    "09_explore_dynamics.ipynb": {"n_trials": 40, "node_epochs": 2, "gru_epochs": 2, "large_dim": 6,
+                                  "fixed_point_starts": 16, "fixed_point_steps": 100,
+                                  "output_path": "explore_ci.nc", "scores_path": "explore_scores_ci.nc"},
 }
 
 NBVAL_CHECKED = {"01_synthetic_data.ipynb"}
@@ -309,3 +312,24 @@ def test_multisession_tutorial_as_batch_job_on_a_sessions_file_without_truth(tmp
     assert list(scores["session"].values) == ["session0", "session1"]
     assert scores["rate_r2"].isnull().all()
     assert np.isnan(scores["within_session_r2"]) and np.isnan(scores["across_session_r2"])
+
+
+def test_explore_tutorial_as_batch_job_on_a_file_without_latents(tmp_path, monkeypatch):
+    """`papermill 09_explore_dynamics.ipynb out.ipynb -p data_path spikes.nc` on attractor spikes saved
+    without their truth: the models train, the fixed points are searched, the inference is saved for
+    every trial, and the score table has both models with fixed-point counts and NaN errors."""
+    from data_generators import attractor
+
+    monkeypatch.setenv("LFADS_NB_LIVE", "0")
+    recording = attractor("lorenz", seed=2, n_trials=30, n_bins=20).drop_vars(["rates_true", "latents_true"])
+    data = lfads_nb.save(recording, tmp_path / "spikes.nc")
+    params = {k: v for k, v in CI_PARAMETERS["09_explore_dynamics.ipynb"].items() if k != "n_trials"}
+    params.update(data_path=str(data), output_path="rates.nc", scores_path="scores.nc")
+    executed = execute(ROOT / "tutorials" / "09_explore_dynamics.ipynb", tmp_path / "run", params)
+    nb = json.loads(executed.read_text())
+    assert not [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    out = lfads_nb.load(tmp_path / "run" / "rates.nc")
+    assert list(out.trial.values) == list(recording.trial.values) and bool((out.rates > 0).all())
+    scores = xr.load_dataset(tmp_path / "run" / "scores.nc")
+    assert list(scores["model"].values) == ["node_3", "gru_large"]
+    assert scores["fixed_point_error"].isnull().all() and (scores["n_fixed_points"] >= 0).all()

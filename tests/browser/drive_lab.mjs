@@ -15,14 +15,12 @@
 // decides pass or fail. Every wait is bounded; on any error the result holds `error` (naming the
 // step that failed) and a screenshot is taken. The browser is closed whatever happens.
 import { readFileSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
-import { chromium } from 'playwright-core';
+import { launch, openAndRunAll, probe, screenshot, sleep, waitFor } from './lab.mjs';
 
 const config = JSON.parse(readFileSync(process.argv[2], 'utf8'));
 const t0 = Date.now();
 const elapsed = () => (Date.now() - t0) / 1000;
 const log = (msg) => process.stderr.write(`[drive_lab ${elapsed().toFixed(1)}s] ${msg}\n`);
-const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 const result = {
   steps: [], samples: [], consoleErrors: [], pageErrors: [], blockedRequests: [], screenshots: [],
@@ -34,123 +32,11 @@ const enter = (name) => {
   log(name);
 };
 
-// Read-only probes of the JupyterLab DOM, installed in every page as `window.labProbe`.
-function installProbes() {
-  const panel = () => document.querySelector('.jp-NotebookPanel');
-  const codePrompts = () => [...(panel()?.querySelectorAll('.jp-CodeCell .jp-InputPrompt') ?? [])];
-  window.labProbe = {
-    // True once the notebook's kernel is connected and idle. The toolbar's execution indicator
-    // alone also says 'idle' before any kernel is attached, so the kernel name must be there too.
-    kernelIdle() {
-      const status = panel()?.querySelector('.jp-Notebook-ExecutionIndicator')?.getAttribute('data-status');
-      const kernel = panel()?.querySelector('.jp-KernelName')?.textContent.trim() ?? '';
-      return status === 'idle' && kernel !== '' && kernel !== 'No Kernel';
-    },
-    // The code cells' execution prompts ('[*]:' while queued or running, '[n]:' when done).
-    prompts() {
-      return codePrompts().map((p) => p.textContent.trim());
-    },
-    // True once no cell is queued or running and the kernel is idle (also after an error).
-    halted() {
-      return this.kernelIdle() && !this.prompts().some((p) => p.startsWith('[*]'));
-    },
-    // Per plotly figure in the outputs: its title, and per trace its name, the number of points
-    // plotly holds for it (`_fullData[i]._length`, set on every redraw), and what the SVG shows:
-    // `drawn`, the line vertices plus markers (plotly drops near-collinear line vertices, so this
-    // is at most `length`), and `path`, the line's outline (plotly binds each trace's SVG group to
-    // its calcdata, which names the trace).
-    figures() {
-      return [...(panel()?.querySelectorAll('.jp-OutputArea .js-plotly-plot') ?? [])].map((gd) => {
-        const svg = new Map();
-        for (const g of gd.querySelectorAll('.scatterlayer > .trace')) {
-          const path = [...g.querySelectorAll('path.js-line')].map((p) => p.getAttribute('d') ?? '').join('');
-          const drawn = (path.match(/[ML]/g) ?? []).length + g.querySelectorAll('path.point').length;
-          svg.set(g.__data__?.[0]?.trace?.index, { drawn, path });
-        }
-        return {
-          title: gd.querySelector('.gtitle')?.textContent ?? '',
-          traces: (gd._fullData ?? []).map((trace) => ({
-            name: trace.name ?? '',
-            length: trace._length ?? null,
-            ...(svg.get(trace.index) ?? { drawn: 0, path: '' }),
-          })),
-        };
-      });
-    },
-    // Every cell's prompt and output text, and how many stderr outputs it shows.
-    outputs() {
-      return [...(panel()?.querySelectorAll('.jp-Cell') ?? [])].map((cell, index) => ({
-        index,
-        kind: cell.classList.contains('jp-CodeCell') ? 'code' : 'other',
-        prompt: cell.querySelector('.jp-InputPrompt')?.textContent.trim() ?? '',
-        // textContent, not innerText: cells scrolled out of view are not rendered (JupyterLab's
-        // content-visibility windowing) and their innerText is empty.
-        text: [...cell.querySelectorAll('.jp-OutputArea-output')].map((o) => o.textContent).join('\n'),
-        stderr: cell.querySelectorAll('.jp-OutputArea-output[data-mime-type="application/vnd.jupyter.stderr"]').length,
-      }));
-    },
-  };
-}
-
-const probe = (page, name) => page.evaluate((n) => window.labProbe[n](), name);
-
-// Polls probe() until it returns something truthy and returns that. Gives up after `seconds`, or
-// as soon as the notebook has halted (kernel idle, nothing queued) when `whileRunning` says the
-// awaited thing can only happen while cells run: e.g. a cell raised and run-all stopped.
-async function waitFor(page, what, seconds, probe, { intervalMs = 250, whileRunning = false } = {}) {
-  const deadline = Date.now() + seconds * 1000;
-  for (;;) {
-    const value = await probe();
-    if (value) return value;
-    if (whileRunning && (await page.evaluate(() => window.labProbe.halted()))) {
-      throw new Error(`the notebook stopped running before ${what} (see the cells' outputs)`);
-    }
-    if (Date.now() > deadline) throw new Error(`timed out after ${seconds} s waiting for ${what}`);
-    await sleep(intervalMs);
-  }
-}
-
-async function screenshot(page, name) {
-  const path = join(config.artifactsDir, name);
-  await page.screenshot({ path, fullPage: false });
-  result.screenshots.push(path);
-}
-
-const context = await chromium.launchPersistentContext(config.userDataDir, {
-  executablePath: config.chromium,
-  headless: true,
-  viewport: { width: 1400, height: 1000 },
-  args: [
-    '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-dev-shm-usage',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync',
-  ],
-});
+let context;
 let page;
 try {
-  const { hostname } = new URL(config.baseUrl);
-  await context.route(
-    (url) => url.hostname !== hostname,
-    (route) => { result.blockedRequests.push(route.request().url()); return route.abort(); },
-  );
-  await context.addInitScript(installProbes);
-  page = context.pages()[0] ?? (await context.newPage());
-  page.setDefaultTimeout(config.timeouts.action * 1000);
-  page.on('console', (m) => { if (m.type() === 'error') result.consoleErrors.push(m.text()); });
-  page.on('pageerror', (e) => result.pageErrors.push(String(e)));
-
-  enter('log in with the token');
-  const next = `/lab/tree/${config.notebook.split('/').map(encodeURIComponent).join('/')}`;
-  await page.goto(`${config.baseUrl}/login?next=${encodeURIComponent(next)}`);
-  await page.fill('#password_input', config.token);
-  await page.click('#login_submit');
-
-  enter('open the notebook and wait for its kernel');
-  await page.waitForSelector('.jp-NotebookPanel .jp-Notebook', { timeout: config.timeouts.load * 1000 });
-  await waitFor(page, 'the kernel to be idle', config.timeouts.load, () => probe(page, 'kernelIdle'));
-
-  enter('run all cells from the Run menu');
-  await page.locator('.lm-MenuBar-item', { hasText: /^Run$/ }).click();
-  await page.getByRole('menuitem', { name: 'Run All Cells', exact: true }).click();
+  ({ context, page } = await launch(config, result, { width: 1400, height: 1000 }));
+  await openAndRunAll(page, config, enter);
 
   // As a user would: scroll to the dashboard once it appears, so that plotly lays it out on screen.
   enter('wait for the dashboard and scroll to it');
@@ -183,7 +69,7 @@ try {
     return trace && trace.length >= first.length + config.minGain && trace.t >= first.t + config.minSeconds
       ? trace : null;
   }, { intervalMs: 200, whileRunning: true }));
-  await screenshot(page, 'dashboard_training.png');
+  await screenshot(page, config, result, 'dashboard_training.png');
 
   enter('click Stop');
   await stop.click();
@@ -202,7 +88,7 @@ try {
   await sample();
   result.prompts = await probe(page, 'prompts');
   result.outputs = await probe(page, 'outputs');
-  await screenshot(page, 'dashboard_stopped.png');
+  await screenshot(page, config, result, 'dashboard_stopped.png');
   enter('done');
 } catch (err) {
   result.error = `${step}: ${err.message}`;
@@ -211,13 +97,13 @@ try {
     try {
       result.prompts = await probe(page, 'prompts');
       result.outputs = await probe(page, 'outputs');
-      await screenshot(page, 'failure.png');
+      await screenshot(page, config, result, 'failure.png');
     } catch (inner) {
       log(`could not record the failure: ${inner.message}`);
     }
   }
 } finally {
-  await context.close();
+  await context?.close();
   writeFileSync(config.resultPath, JSON.stringify(result, null, 2));
   log(`wrote ${config.resultPath}`);
 }
