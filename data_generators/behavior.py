@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 VELOCITY_DIMS = ("vx", "vy")
+VELOCITY_DESCRIPTION = "fixed random linear map of latents_true (hand velocity, latent units)"
 
 
 def velocity_readout(

@@ -20,7 +20,7 @@ import xarray as xr
 
 from lfads_nb import ConfigError
 
-from .behavior import VELOCITY_DIMS, velocity_readout
+from .behavior import VELOCITY_DESCRIPTION, VELOCITY_DIMS, velocity_readout
 from .common import (
     assemble,
     check_choice,
@@ -189,7 +189,7 @@ def chaotic_rnn(
     coords = {"latent": np.arange(n_units), "behavior_dim": list(VELOCITY_DIMS)}
     descriptions = {
         "latents_true": "network state x of all units (unitless)",
-        "behavior": "fixed random linear map of latents_true (hand velocity, latent units)",
+        "behavior": VELOCITY_DESCRIPTION,
     }
     if input_pulses:
         truth["inputs_true"] = pulses[:, :, None].astype(np.float32)  # one row per trial

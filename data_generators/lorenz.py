@@ -17,7 +17,7 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from .behavior import VELOCITY_DIMS, velocity_readout
+from .behavior import VELOCITY_DESCRIPTION, VELOCITY_DIMS, velocity_readout
 from .common import (
     assemble,
     check_count,
@@ -152,7 +152,7 @@ def lorenz(
         },
         descriptions={
             "latents_true": "Lorenz state, each variable centred and divided by its max |value|",
-            "behavior": "fixed random linear map of latents_true (hand velocity, latent units)",
+            "behavior": VELOCITY_DESCRIPTION,
         },
         rates_true=rates,
         latents_true=latents.astype(np.float32)[condition],

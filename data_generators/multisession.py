@@ -23,7 +23,7 @@ import xarray as xr
 from lfads_nb import ConfigError
 from lfads_nb.data import make_sessions
 
-from .behavior import VELOCITY_DIMS, velocity_readout
+from .behavior import VELOCITY_DESCRIPTION, VELOCITY_DIMS, velocity_readout
 from .chaotic_rnn import RATE_MAPS, check_euler_step, integrate, unit_rates
 from .common import (
     assemble,
@@ -152,7 +152,7 @@ def chaotic_rnn_multisession(
                    "trials_per_condition": repeats[s], **settings},
             descriptions={
                 "latents_true": "network state x of all units (unitless), shared by every session",
-                "behavior": "fixed random linear map of latents_true (hand velocity, latent units)",
+                "behavior": VELOCITY_DESCRIPTION,
             },
             rates_true=rates,
             latents_true=states.astype(np.float32)[condition],

@@ -213,6 +213,14 @@ def _own_recording(path):
             f["train_data"], f["valid_data"] = spikes[:24], spikes[24:]
 
 
+def run_as_batch_job(notebook: str, run_dir: Path, params: dict) -> None:
+    """Run tutorials/``notebook`` under papermill in ``run_dir`` with ``params``, as a batch job
+    would, and fail on any cell that raised."""
+    executed = execute(ROOT / "tutorials" / notebook, run_dir, params)
+    nb = json.loads(executed.read_text())
+    assert not [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
+
+
 @pytest.mark.parametrize("notebook, kind", [("02_train_lfads.ipynb", ".nc"), ("02_train_lfads.ipynb", ".h5"),
                                              ("04_autolfads_pbt.ipynb", ".nc"), ("08_expressive_dynamics.ipynb", ".nc")])
 def test_tutorial_as_batch_job_on_own_data(notebook, kind, tmp_path, monkeypatch):
@@ -223,9 +231,7 @@ def test_tutorial_as_batch_job_on_own_data(notebook, kind, tmp_path, monkeypatch
     _own_recording(data)
     params = {k: v for k, v in CI_PARAMETERS[notebook].items() if k not in ("n_conditions", "trials_per_condition")}
     params.update(data_path=str(data), output_path="rates.nc")
-    executed = execute(ROOT / "tutorials" / notebook, tmp_path / "run", params)
-    nb = json.loads(executed.read_text())
-    assert not [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    run_as_batch_job(notebook, tmp_path / "run", params)
     out = lfads_nb.load(tmp_path / "run" / "rates.nc")
     bin_width = 0.02 if kind == ".nc" else 0.01
     recording = lfads_nb.load(data, bin_width=bin_width)
@@ -246,9 +252,7 @@ def test_emg_tutorial_as_batch_job_on_an_emg_file_without_truth(tmp_path, monkey
     data = lfads_nb.export_lfads_h5(recording.drop_vars(["emg_mean_true"]), tmp_path / "emg.h5")
     params = {k: v for k, v in CI_PARAMETERS["05_emg_autolfads.ipynb"].items() if k != "n_trials"}
     params.update(data_path=str(data), output_path="emg_mean.nc", scores_path="scores.nc")
-    executed = execute(ROOT / "tutorials" / "05_emg_autolfads.ipynb", tmp_path / "run", params)
-    nb = json.loads(executed.read_text())
-    assert not [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    run_as_batch_job("05_emg_autolfads.ipynb", tmp_path / "run", params)
     out = lfads_nb.load(tmp_path / "run" / "emg_mean.nc")
     stored = lfads_nb.load(data, kind="emg")
     assert out.attrs["bin_width"] == 0.02 and list(out.trial.values) == list(stored.trial.values)
@@ -271,9 +275,7 @@ def test_calcium_tutorial_as_batch_job_on_events_without_truth_or_fluorescence(t
     params = {k: v for k, v in CI_PARAMETERS["06_calcium_radical.ipynb"].items()
               if k not in ("n_neurons", "n_conditions", "trials_per_condition", "n_frames")}
     params.update(data_path=str(data), output_path="events_mean.nc", scores_path="scores.nc")
-    executed = execute(ROOT / "tutorials" / "06_calcium_radical.ipynb", tmp_path / "run", params)
-    nb = json.loads(executed.read_text())
-    assert not [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    run_as_batch_job("06_calcium_radical.ipynb", tmp_path / "run", params)
     out = lfads_nb.load(tmp_path / "run" / "events_mean.nc")
     assert list(out.trial.values) == list(recording.trial.values)
     assert out.events_mean.shape == recording.events.shape and bool((out.events_mean > 0).all())
@@ -298,9 +300,7 @@ def test_multisession_tutorial_as_batch_job_on_a_sessions_file_without_truth(tmp
               if k not in ("n_sessions", "units_per_session", "n_conditions", "trials_per_condition",
                            "poor_trials_per_condition", "n_bins")}
     params.update(data_path=str(data), output_path="stitched.nc", scores_path="scores.nc")
-    executed = execute(ROOT / "tutorials" / "07_multisession.ipynb", tmp_path / "run", params)
-    nb = json.loads(executed.read_text())
-    assert not [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    run_as_batch_job("07_multisession.ipynb", tmp_path / "run", params)
     out = lfads_nb.load(tmp_path / "run" / "stitched.nc")
     assert list(out.children) == ["session0", "session1"]
     for name, node in no_truth.children.items():
@@ -325,9 +325,7 @@ def test_explore_tutorial_as_batch_job_on_a_file_without_latents(tmp_path, monke
     data = lfads_nb.save(recording, tmp_path / "spikes.nc")
     params = {k: v for k, v in CI_PARAMETERS["09_explore_dynamics.ipynb"].items() if k != "n_trials"}
     params.update(data_path=str(data), output_path="rates.nc", scores_path="scores.nc")
-    executed = execute(ROOT / "tutorials" / "09_explore_dynamics.ipynb", tmp_path / "run", params)
-    nb = json.loads(executed.read_text())
-    assert not [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    run_as_batch_job("09_explore_dynamics.ipynb", tmp_path / "run", params)
     out = lfads_nb.load(tmp_path / "run" / "rates.nc")
     assert list(out.trial.values) == list(recording.trial.values) and bool((out.rates > 0).all())
     scores = xr.load_dataset(tmp_path / "run" / "scores.nc")
