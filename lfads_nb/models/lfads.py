@@ -547,6 +547,12 @@ def _keep(uniforms: Tensor, rate) -> Tensor:
 # --------------------------------------------------------------------------------------------
 
 
+def validation_nll_sums(nll: Tensor, seen: Tensor, held: Tensor) -> Tensor:
+    """(4,) = [NLL over ``seen``, its entry count, NLL over ``held``, its entry count]: what every
+    model's ``validation_sums`` returns, from its (B, T, N) entry NLLs and two (B, T, N) bool masks."""
+    return torch.stack([(nll * seen).sum(), seen.sum().to(nll.dtype), (nll * held).sum(), held.sum().to(nll.dtype)])
+
+
 class LFADS(nn.Module):
     """Sequential VAE: encoders infer g0 (and inputs u_t), a generator produces the factors.
 
@@ -843,13 +849,15 @@ class LFADS(nn.Module):
         out = self(self.session.read_in(encoder_input(batch)), batch.ext, sample=True, noise=noise, dropout=dropout)
         return self.objective(out, batch, weights)
 
+    def entry_nll(self, batch: Batch) -> Tensor:
+        """(B, T, N) NLL of every entry of ``batch.target`` under the posterior means (nats)."""
+        out = self(self.session.read_in(encoder_input(batch)), batch.ext, sample=False)
+        return self.observation.nll(out.obs_params, batch.target)
+
     def validation_sums(self, batch: Batch) -> Tensor:
         """NLL sums of a validation batch (posterior means): (4,) = [NLL over ``loss_mask``, its
         entry count, NLL over ``heldout`` (sample validation), its entry count]."""
-        out = self(self.session.read_in(encoder_input(batch)), batch.ext, sample=False)
-        nll = self.observation.nll(out.obs_params, batch.target)
-        seen, held = batch.loss_mask, batch.heldout
-        return torch.stack([(nll * seen).sum(), seen.sum().to(nll.dtype), (nll * held).sum(), held.sum().to(nll.dtype)])
+        return validation_nll_sums(self.entry_nll(batch), batch.loss_mask, batch.heldout)
 
     def infer_batch(self, batch: Batch, *, sample: bool) -> dict[str, Tensor]:
         """What ``infer`` returns for a batch: ``mean``, the observation mean per bin (B, T, N)

@@ -36,7 +36,7 @@ from torch import Tensor, nn
 from ..data.schema import heldin_mask, observed_variable
 from ..errors import ConfigError, DataError
 from ..transforms import Batch, encoder_input
-from .lfads import LFADS, LFADSConfig, LFADSOutput, Noise, SessionEnds
+from .lfads import LFADS, LFADSConfig, LFADSOutput, Noise, SessionEnds, validation_nll_sums
 from .observations import make_observation
 
 
@@ -262,9 +262,8 @@ class SessionModel(nn.Module):
     def validation_sums(self, batch: Batch) -> Tensor:
         """As ``LFADS.validation_sums``, with this session's ends."""
         _, params = self.stitched.run_sessions({self.name: batch}, sample=False)
-        nll = self.observation.nll(params[self.name], batch.target)
-        seen, held = batch.loss_mask, batch.heldout
-        return torch.stack([(nll * seen).sum(), seen.sum().to(nll.dtype), (nll * held).sum(), held.sum().to(nll.dtype)])
+        return validation_nll_sums(self.observation.nll(params[self.name], batch.target), batch.loss_mask,
+                                   batch.heldout)
 
     def infer_batch(self, batch: Batch, *, sample: bool) -> dict[str, Tensor]:
         out, params = self.stitched.run_sessions({self.name: batch}, sample=sample)

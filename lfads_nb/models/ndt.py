@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from ..data.schema import heldin_mask
 from ..errors import ConfigError, DataError
 from ..transforms import Batch, encoder_input, masked_mean
-from .lfads import HeldInReadIn, SessionEnds
+from .lfads import HeldInReadIn, SessionEnds, validation_nll_sums
 from .observations import ObservationModel, make_observation, observation_spec
 
 
@@ -189,9 +189,8 @@ class NDT(nn.Module):
             masked = (torch.arange(T, device=batch.target.device) % K == k).expand(batch.target.shape[0], T)
             params, _ = self(self._masked_input(batch, masked))
             nll = self.observation.nll(params, batch.target)
-            seen, held = batch.loss_mask & masked[..., None], batch.heldout & masked[..., None]
-            sums = sums + torch.stack([(nll * seen).sum(), seen.sum().to(nll.dtype), (nll * held).sum(),
-                                       held.sum().to(nll.dtype)])
+            predicted = masked[..., None]
+            sums = sums + validation_nll_sums(nll, batch.loss_mask & predicted, batch.heldout & predicted)
         return sums
 
     def infer_batch(self, batch: Batch, *, sample: bool = False) -> dict[str, Tensor]:

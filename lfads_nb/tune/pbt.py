@@ -49,7 +49,6 @@ from ..errors import ConfigError, TrainingDiverged
 from ..data.sessions import session_names, validate_sessions
 from ..models.lfads import LFADS, LFADSConfig
 from ..models.multisession import StitchedConfig, StitchedLFADS
-from ..transforms import encoder_input
 from ..training.checkpoint import (RunState, ema, model_checkpoint, population_checkpoint, restore_population,
                                    save_checkpoint)
 from ..training.loop import (TrainConfig, _ramp, _to_tensors, build_model, check_device, check_shift,
@@ -446,7 +445,7 @@ def _artifact_free_nll(population: Population, tensors, valid_idx: torch.Tensor,
                                 validation_batches(tensors, valid_idx, tc.sv_fraction, tc.batch_size)):
             counted = (batch.loss_mask if metric == "valid_recon" else batch.heldout) & ~flags[
                 valid_idx[start:start + tc.batch_size]]
-            nll = model._each_member(_entry_nll, batch, in_dims=(None,))  # (P, B, T, N)
+            nll = model._each_member(LFADS.entry_nll, batch, in_dims=(None,))  # (P, B, T, N)
             kept.append(torch.where(counted, nll, torch.nan).flatten(1))
     model.train()
     kept = torch.cat(kept, dim=1).double()
@@ -455,12 +454,6 @@ def _artifact_free_nll(population: Population, tensors, valid_idx: torch.Tensor,
         values = member[~member.isnan()].sort().values
         out.append(values[:max(1, math.ceil((1 - trim) * len(values)))].mean() if len(values) else torch.tensor(math.nan))
     return torch.stack(out).cpu().numpy()
-
-
-def _entry_nll(model: LFADS, batch) -> torch.Tensor:
-    """(B, T, N) NLL of every entry of a validation batch under one model (posterior means)."""
-    out = model(model.session.read_in(encoder_input(batch)), batch.ext, sample=False)
-    return model.observation.nll(out.obs_params, batch.target)
 
 
 def _end_generation(state, population, space, pc, decisions, metrics, ckpt_dir, settings, seconds, stopped) -> None:
