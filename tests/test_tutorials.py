@@ -25,7 +25,7 @@ import xarray as xr
 
 import lfads_nb
 
-from lfads_nb._run_notebooks import execute, tutorial_paths
+from lfads_nb._run_notebooks import check_claims, declared_claims, execute, tutorial_paths
 
 ROOT = Path(__file__).resolve().parents[1]
 TUTORIALS = tutorial_paths(ROOT / "tutorials")
@@ -189,6 +189,10 @@ def test_runs_under_papermill(notebook, monkeypatch):
     warned = [o["text"] for c in nb["cells"] for o in c.get("outputs", [])
               if o.get("output_type") == "stream" and o.get("name") == "stderr" and "Warning" in o["text"]]
     assert not warned, f"catch the warnings you expect and explain them in the text: {warned[0][:300]}"
+    claims = declared_claims(notebook)
+    if claims:  # at CI sizes a claim proves nothing, but every check must evaluate to one bool
+        with xr.open_dataset(out_dir / CI_PARAMETERS[notebook.name]["scores_path"], engine="h5netcdf") as scores:
+            check_claims(claims, scores.load())
     held, shown = figures_in_export(executed)
     assert held > 0, "a tutorial without a figure?"
     assert shown >= held, f"the HTML export shows {shown} of {held} figures: show figures with plotly (import lfads_nb)"
