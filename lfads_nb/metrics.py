@@ -314,6 +314,17 @@ def _trial_ids(spec, da: xr.DataArray, name: str) -> np.ndarray:
     return ids
 
 
+def _disjoint_trials(train_trials, test_trials, da: xr.DataArray) -> tuple[np.ndarray, np.ndarray]:
+    """The trial ids of ``train_trials`` and ``test_trials`` (see ``_trial_ids``), which must not overlap."""
+    train = _trial_ids(train_trials, da, "train_trials")
+    test = _trial_ids(test_trials, da, "test_trials")
+    overlap = sorted(set(train.tolist()) & set(test.tolist()))
+    if overlap:
+        raise DataError(f"train_trials and test_trials share trials {overlap[:8]}; "
+                        "the decoder must be scored on trials it was not fit on.")
+    return train, test
+
+
 def _lag_bins(lag: float, bin_width: float, n_time: int) -> int:
     bins = round(lag / bin_width)
     if not math.isclose(bins * bin_width, lag, rel_tol=1e-6, abs_tol=1e-9):
@@ -391,12 +402,7 @@ def velocity_r2(rates: xr.DataArray, behavior: xr.DataArray, *, train_trials, te
     together). Area2_Bump's nlb score averages separate decoders for active and passive
     trials: call this once per group and average.
     """
-    train = _trial_ids(train_trials, behavior, "train_trials")
-    test = _trial_ids(test_trials, behavior, "test_trials")
-    overlap = sorted(set(train.tolist()) & set(test.tolist()))
-    if overlap:
-        raise DataError(f"train_trials and test_trials share trials {overlap[:8]}; "
-                        "the decoder must be scored on trials it was not fit on.")
+    train, test = _disjoint_trials(train_trials, test_trials, behavior)
     pred = decode_behavior(rates, behavior, train_trials=train, bin_width=bin_width, lag=lag)
     dim = pred.dims[-1]
     true = behavior.transpose("trial", "time", dim).sel(trial=test).values.reshape(-1, pred.sizes[dim])
@@ -598,16 +604,36 @@ def state_r2(latents_inferred: xr.DataArray, latents_true: xr.DataArray) -> floa
     return _affine_r2(latents_true, latents_inferred, ("latents_true", "latents_inferred"))
 
 
-def latent_r2(latents_inferred: xr.DataArray, latents_true: xr.DataArray) -> float:
-    """Latent R^2 (decoding direction): how much of the TRUE latent state the INFERRED one explains.
+def latent_r2(latents_inferred: xr.DataArray, latents_true: xr.DataArray, *, train_trials="train",
+               test_trials="valid") -> float:
+    """Latent R^2 (decoding direction, held out): how much of the TRUE latent state the INFERRED one
+    predicts on trials the decoder was not fit on.
 
-    An affine map FROM the inferred latents (e.g. ``factors``) TO the true latents, fitted by
-    least squares over all (trial, time) points; R^2 per true dim, averaged over true dims.
-    Extra inferred dims can only help the fit, so a large model that contains the true state
-    somewhere scores high here even when ``state_r2`` (true -> inferred) is low. In-sample,
-    between 0 and 1.
+    Both (trial, time, <latent dim>) on the same trials and bins; the dims may differ in name and
+    size. A ridge map FROM the inferred latents (e.g. ``factors``, or 100 per-neuron estimates) TO
+    the true latents is fit on ``train_trials`` (alpha by 5-fold cross-validation over
+    ``RIDGE_ALPHAS``, the nlb_tools decoder of :func:`velocity_r2`) and scored on ``test_trials``
+    (split names, looked up in the 'split' coordinate, or lists of trial ids; disjoint): R^2 per
+    true dim over the test (trial, time) points, averaged over true dims. Extra inferred dims can
+    only help the fit, so a large model that contains the true state somewhere scores high here
+    even when ``state_r2`` (true -> inferred) is low. At most 1; negative when the decoder
+    predicts the held-out trials worse than their mean.
     """
-    return _affine_r2(latents_inferred, latents_true, ("latents_inferred", "latents_true"))
+    source_dim, target_dim = _feature_dim(latents_inferred, "latents_inferred"), _feature_dim(latents_true, "latents_true")
+    x = latents_inferred.transpose("trial", "time", source_dim)
+    y = latents_true.transpose("trial", "time", target_dim)
+    _same_index(x, y, ("latents_inferred", "latents_true"), ("trial", "time"))
+    where = y if "split" in y.coords else x
+    train, test = _disjoint_trials(train_trials, test_trials, where)
+    def flat(da, ids, name):
+        values = da.sel(trial=ids).values.reshape(-1, da.shape[-1]).astype(float)
+        _finite(values, name)
+        return values
+    search = GridSearchCV(Ridge(), {"alpha": RIDGE_ALPHAS}, cv=CV_FOLDS).fit(
+        flat(x, train, "latents_inferred"), flat(y, train, "latents_true"))
+    pred = search.predict(flat(x, test, "latents_inferred"))
+    return float(_r2_columns(pred, flat(y, test, "latents_true"), f"latents_true '{target_dim}'",
+                             _labels(y, target_dim)).mean())
 
 
 # ----------------------------------------------------------------------------- EMG

@@ -524,23 +524,37 @@ def test_velocity_r2_matches_nlb_tools(nlb, lag_bins):
     assert 0.1 < got < 0.99
 
 
-def test_latent_r2_is_the_decoding_direction():
+def test_latent_r2_is_the_decoding_direction_held_out():
     # Truth 3-D; inferred = the truth plus 5 dims of pure noise (a large model that contains the
-    # true state). Decoding truth from it is perfect (latent_r2 1), but 5 of 8 inferred dims are
-    # unexplained by the truth, so state_r2 is about 3/8. Reference: hand computation.
+    # true state). Decoding truth from it is perfect on held-out trials (latent_r2 1), but 5 of 8
+    # inferred dims are unexplained by the truth, so state_r2 is about 3/8. Reference: hand computation.
     rng = np.random.default_rng(10)
     true = rng.normal(size=(20, 30, 3))
     inferred = np.concatenate([true @ rng.normal(size=(3, 3)), rng.normal(size=(20, 30, 5))], axis=-1)
-    true_da = arr(true, dims=("trial", "time", "latent"))
+    split = np.where(np.arange(20) % 4 == 0, "valid", "train")
+    true_da = arr(true, dims=("trial", "time", "latent")).assign_coords(split=("trial", split))
     inferred_da = arr(inferred, dims=("trial", "time", "factor"))
-    assert metrics.latent_r2(inferred_da, true_da) == pytest.approx(1.0)
+    assert metrics.latent_r2(inferred_da, true_da) == pytest.approx(1.0, abs=1e-3)
     assert metrics.state_r2(inferred_da, true_da) == pytest.approx(3 / 8, abs=0.02)
     # A 1-D projection of the truth: fully explained by it, but explains only part of it.
     proj = arr(true @ [[1.0], [0.0], [0.0]], dims=("trial", "time", "factor"))
     assert metrics.state_r2(proj, true_da) == pytest.approx(1.0)
-    assert metrics.latent_r2(proj, true_da) == pytest.approx(1 / 3, abs=0.02)
+    assert metrics.latent_r2(proj, true_da) == pytest.approx(1 / 3, abs=0.03)
     with pytest.raises(DataError, match="entries along 'trial'"):
         metrics.latent_r2(inferred_da.isel(trial=[0]), true_da)
+
+
+def test_latent_r2_is_scored_on_trials_the_decoder_did_not_see():
+    # Pure noise "inferred" dims: in sample a 40-D least-squares fit explains some of the truth by
+    # chance; held out, the ridge decoder cannot (R^2 near 0 or below). Trial ids work as splits.
+    rng = np.random.default_rng(3)
+    true_da = arr(rng.normal(size=(12, 10, 2)), dims=("trial", "time", "latent"))
+    noise_da = arr(rng.normal(size=(12, 10, 40)), dims=("trial", "time", "factor"))
+    assert metrics.latent_r2(noise_da, true_da, train_trials=range(8), test_trials=range(8, 12)) < 0.05
+    with pytest.raises(DataError, match="share trials"):
+        metrics.latent_r2(noise_da, true_da, train_trials=range(8), test_trials=range(6, 12))
+    with pytest.raises(DataError, match="no 'split' coordinate"):
+        metrics.latent_r2(noise_da, true_da)
 
 
 def test_nll_per_entry_is_the_poisson_log_pmf_mean_over_observed_entries():
