@@ -31,7 +31,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = ROOT / "docs"
 REPOSITORY = "https://github.com/lfads-nb/lfads_nb"
-NOTEBOOK = re.compile(r"^\d\d_.+\.ipynb$")
 
 # The README's sections published as guides: (page, the README heading).
 GUIDES = [
@@ -129,8 +128,9 @@ def read_tutorial(source: Path, executed_dir: Path) -> Tutorial:
 
 
 def tutorials(executed_dir: Path) -> list[Tutorial]:
-    sources = sorted(p for p in (ROOT / "tutorials").iterdir() if NOTEBOOK.match(p.name))
-    return [read_tutorial(p, executed_dir) for p in sources]
+    from lfads_nb._run_notebooks import tutorial_paths
+
+    return [read_tutorial(p, executed_dir) for p in tutorial_paths(ROOT / "tutorials")]
 
 
 # --- staging ------------------------------------------------------------------------------------

@@ -27,7 +27,6 @@ extensions = ["myst_nb", "sphinx.ext.autodoc", "sphinx.ext.napoleon"]
 myst_enable_extensions = ["dollarmath", "amsmath", "colon_fence", "html_image"]
 myst_heading_anchors = 3
 smartquotes = False  # the authors' quotes as written: code, 'train' and file names stay exact
-suppress_warnings = ["myst.header"]  # notebooks may step down more than one heading level
 
 # The notebooks arrive executed (make tutorials, papermill, CI): shown as they are.
 nb_execution_mode = "off"
