@@ -1,7 +1,7 @@
 """The fused kernels under LFADS: whole GRU recurrences in one autograd node, hand-written backprop.
 
 ``lfads_nb.models.lfads`` reads like the paper and runs a step loop (``gru_step``, ``LFADS.decode``);
-these are the same computations, several times faster, chosen there by ``LFADSConfig.fused``.
+these are the same computations, several times faster, chosen there by ``LFADS(fused=...)``.
 Two paths, tested against the loop in value and gradient (float64) and by gradcheck:
 
 - ``clipped_gru_scan``: D independent GRUs whose inputs are known in advance (encoders, a
@@ -9,7 +9,9 @@ Two paths, tested against the loop in value and gradient (float64) and by gradch
 - ``controlled_decode``: controller and generator coupled step by step through u_t and f_t.
 
 Both run without recording a graph, in place in preallocated buffers (``_GRUBuffers``), and
-turn the weight gradients into a few large matmuls over all steps. Both carry a ``vmap`` rule
+turn the weight gradients into a few large matmuls over all steps. On one CPU thread a step
+costs about as much in per-call overhead as in arithmetic, so each step is a handful of
+in-place kernels on views made once per call, with no autograd bookkeeping (``_bare_steps``). Both carry a ``vmap`` rule
 that folds a mapped axis (population members) into their D axis, so ``torch.func.vmap`` of one
 ``LFADS`` runs a whole population through one kernel call.
 """
@@ -116,6 +118,13 @@ def _gru_step_(s: _GRUSteps, t: int, w_rz_t: Tensor, w_n2_t: Tensor, clip: float
     torch.clamp(pre, -clip, clip, out=s.h[t + 1])
 
 
+def _bare_steps():
+    """The step loops run in inference mode: no autograd bookkeeping on each in-place operation
+    (about 5 % of a loop). Every buffer is made outside it, so they stay ordinary tensors that
+    backward can save."""
+    return torch.inference_mode()
+
+
 def _gru_local_grads(b: _GRUBuffers) -> tuple[Tensor, Tensor]:
     """Local derivatives of all T steps of a ``_gru_step_`` recurrence, vectorised.
 
@@ -128,16 +137,17 @@ def _gru_local_grads(b: _GRUBuffers) -> tuple[Tensor, Tensor]:
     tensor (fresh multi-MB temporaries cost page faults).
     """
     h_prev, n = b.hs[:, :-1], b.n
-    H = n.shape[-1]
+    D, T, B, H = n.shape
     r, z = b.rz[..., :H], b.rz[..., H:]
-    coef = n.new_empty(*n.shape[:-1], 3, H)
-    c_r, c_z, c_n = coef.unbind(-2)
+    blocks = n.new_empty(3, T, D, B, H)  # one contiguous block per gate, step first like n and pre
+    c_r, c_z, c_n = (c.transpose(0, 1) for c in blocks.unbind(0))
     m = torch.eq(b.pre, b.hs[:, 1:], out=c_n)  # 1.0 / 0.0: the clamp left pre as it was, i.e. |pre| <= clip
     mz = m * z
     c_n.sub_(mz)  # m (1 - z)
     torch.sub(h_prev, n, out=c_z).mul_(z).mul_(c_n)
     c_n.mul_(torch.addcmul(n.new_ones(()), n, n, value=-1, out=c_r))  # 1 - n^2, c_r as scratch
-    torch.addcmul(r, r, r, value=-1, out=c_r).mul_(h_prev)  # (r - r^2) h
+    torch.sub(r, torch.mul(r, r, out=c_r), out=c_r).mul_(h_prev)  # (r - r^2) h
+    coef = blocks.permute(2, 1, 3, 0, 4)
     return coef, mz
 
 
@@ -234,8 +244,9 @@ class _ClippedGRUScan(torch.autograd.Function):
         T, D, B, H3 = xp.shape
         b = _GRUBuffers.start(xp, h0)
         steps, weights, minus_one = _GRUSteps.of(b), _step_weights(w_hh, H3 // 3), xp.new_full((), -1.0)
-        for t in range(T):
-            _gru_step_(steps, t, *weights, clip, minus_one)
+        with _bare_steps():
+            for t in range(T):
+                _gru_step_(steps, t, *weights, clip, minus_one)
         return b.hs[:, 1:].transpose(0, 1), b.hs[:, T].clone(), *b  # buffers: outputs for setup_context to save
 
     @staticmethod
@@ -267,8 +278,9 @@ class _ClippedGRUScan(torch.autograd.Function):
             dh.now.copy_(d_last)
         if d_states is not None:
             dh.now.add_(d_out[T - 1])
-        for t in range(T - 1, -1, -1):
-            dh.step_back(g, t, w_rz, w_n, d_out[t - 1] if t > 0 else None)
+        with _bare_steps():
+            for t in range(T - 1, -1, -1):
+                dh.step_back(g, t, w_rz, w_n, d_out[t - 1] if t > 0 else None)
         d_w = _gru_weight_grad(d_xp, b) if ctx.needs_input_grad[2] else None
         return d_xp.transpose(0, 1), dh.now, d_w, None
 
@@ -330,21 +342,22 @@ class _ControlledDecoder(torch.autograd.Function):
         minus_one = ci.new_full((), -1.0)
         fs_, f_in_, mo_, m_, half_l_, s_, u_ = (x.unbind(1) for x in (fs, f_in, mo, mo[..., :K], mo[..., K:], s, u))
         fm_, gm_, eps_ = (x.unbind(0) if x is not None else None for x in (fm, gm, eps))
-        for t in range(T):
-            if fm is not None:
-                torch.mul(fs_[t], fm_[t], out=f_in_[t])
-            con_.rz[t].baddbmm_(f_in_[t], w_cf_t[0])
-            con_.n[t].baddbmm_(f_in_[t], w_cf_t[1])
-            _gru_step_(con_, t, *w_con_t, clip, minus_one)
-            torch.baddbmm(b_co_, con_.h[t + 1], w_co_t, out=mo_[t])
-            torch.exp(half_l_[t], out=s_[t])
-            if eps is not None:
-                torch.addcmul(m_[t], s_[t], eps_[t], out=u_[t])
-            gen_.rz[t].baddbmm_(u_[t], w_gu_t[0])
-            gen_.n[t].baddbmm_(u_[t], w_gu_t[1])
-            _gru_step_(gen_, t, *w_gen_t, clip, minus_one)
-            read = gen_.h[t + 1] if gm is None else torch.mul(gen_.h[t + 1], gm_[t], out=g_read)
-            torch.bmm(read, w_fac_t, out=fs_[t + 1])
+        with _bare_steps():
+            for t in range(T):
+                if fm is not None:
+                    torch.mul(fs_[t], fm_[t], out=f_in_[t])
+                con_.rz[t].baddbmm_(f_in_[t], w_cf_t[0])
+                con_.n[t].baddbmm_(f_in_[t], w_cf_t[1])
+                _gru_step_(con_, t, *w_con_t, clip, minus_one)
+                torch.baddbmm(b_co_, con_.h[t + 1], w_co_t, out=mo_[t])
+                torch.exp(half_l_[t], out=s_[t])
+                if eps is not None:
+                    torch.addcmul(m_[t], s_[t], eps_[t], out=u_[t])
+                gen_.rz[t].baddbmm_(u_[t], w_gu_t[0])
+                gen_.n[t].baddbmm_(u_[t], w_gu_t[1])
+                _gru_step_(gen_, t, *w_gen_t, clip, minus_one)
+                read = gen_.h[t + 1] if gm is None else torch.mul(gen_.h[t + 1], gm_[t], out=g_read)
+                torch.bmm(read, w_fac_t, out=fs_[t + 1])
         if eps is None:
             u = u.clone()  # an output of its own, not a view of m
         outputs = (gen.hs[:, 1:], fs[:, 1:], u, mo[..., :K], s)
@@ -390,38 +403,39 @@ class _ControlledDecoder(torch.autograd.Function):
             x.unbind(1) for x in (d_a, d_b, d_f_all, d_mo[..., :K], d_mo[..., K:], d_mo, s_half))
         d_g_, d_u_, d_m_, d_s_, fm_, gm_, eps_ = (
             x.unbind(0) if x is not None else None for x in (d_g, d_u, d_m, d_s, fm, gm, eps))
-        for t in range(T - 1, -1, -1):
-            if t < T - 1:  # the controller read f_t at step t + 1
-                if fm is not None:
-                    d_f_all_[t].addcmul_(torch.bmm(d_a_[t + 1], w_cf, out=d_f_con), fm_[t + 1])
+        with _bare_steps():
+            for t in range(T - 1, -1, -1):
+                if t < T - 1:  # the controller read f_t at step t + 1
+                    if fm is not None:
+                        d_f_all_[t].addcmul_(torch.bmm(d_a_[t + 1], w_cf, out=d_f_con), fm_[t + 1])
+                    else:
+                        d_f_all_[t].baddbmm_(d_a_[t + 1], w_cf)
+                if d_g is not None:
+                    dg.now.add_(d_g_[t])
+                if gm is not None:  # through f_t = (g_t gm_t) W_fac^T
+                    dg.now.addcmul_(torch.bmm(d_f_all_[t], w_fac, out=d_read), gm_[t])
                 else:
-                    d_f_all_[t].baddbmm_(d_a_[t + 1], w_cf)
-            if d_g is not None:
-                dg.now.add_(d_g_[t])
-            if gm is not None:  # through f_t = (g_t gm_t) W_fac^T
-                dg.now.addcmul_(torch.bmm(d_f_all_[t], w_fac, out=d_read), gm_[t])
-            else:
-                dg.now.baddbmm_(d_f_all_[t], w_fac)
-            dg.step_back(gen_g, t, w_gen_rz, w_gen_n)
-            dm, dl = dm_[t], dl_[t]
-            if d_u is not None:  # du, in dm's place until d_m is added
-                torch.baddbmm(d_u_[t], d_b_[t], w_gu, out=dm)
-            else:
-                torch.bmm(d_b_[t], w_gu, out=dm)
-            if eps is not None:
-                if d_s is not None:
-                    torch.addcmul(d_s_[t], dm, eps_[t], out=dl)
+                    dg.now.baddbmm_(d_f_all_[t], w_fac)
+                dg.step_back(gen_g, t, w_gen_rz, w_gen_n)
+                dm, dl = dm_[t], dl_[t]
+                if d_u is not None:  # du, in dm's place until d_m is added
+                    torch.baddbmm(d_u_[t], d_b_[t], w_gu, out=dm)
                 else:
-                    torch.mul(dm, eps_[t], out=dl)
-            elif d_s is not None:
-                dl.copy_(d_s_[t])
-            else:
-                dl.zero_()
-            dl.mul_(s_half_[t])
-            if d_m is not None:
-                dm.add_(d_m_[t])
-            dh.now.baddbmm_(d_mo_[t], w_co)
-            dh.step_back(con_g, t, w_con_rz, w_con_n)
+                    torch.bmm(d_b_[t], w_gu, out=dm)
+                if eps is not None:
+                    if d_s is not None:
+                        torch.addcmul(d_s_[t], dm, eps_[t], out=dl)
+                    else:
+                        torch.mul(dm, eps_[t], out=dl)
+                elif d_s is not None:
+                    dl.copy_(d_s_[t])
+                else:
+                    dl.zero_()
+                dl.mul_(s_half_[t])
+                if d_m is not None:
+                    dm.add_(d_m_[t])
+                dh.now.baddbmm_(d_mo_[t], w_co)
+                dh.step_back(con_g, t, w_con_rz, w_con_n)
         d_f0 = torch.bmm(d_a_[0], w_cf)
         if fm is not None:
             d_f0.mul_(fm[0])
