@@ -42,7 +42,8 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch  # noqa: E402
 
 from data_generators import attractor, chaotic_rnn, chaotic_rnn_benchmark  # noqa: E402
-from lfads_nb.training.loop import TrainConfig, _to_tensors, _training_step_batch, build_model, loss_weights  # noqa: E402
+from lfads_nb.training.loop import (TrainConfig, _to_tensors, _training_step_batch, build_model,  # noqa: E402
+                                    loss_weights)
 
 PEER = dict(ic_enc_dim=64, ci_enc_dim=64, con_dim=64, gen_dim=100, fac_dim=20, ic_dim=64, dropout=0.05)
 

@@ -390,7 +390,8 @@ class _ControlledDecoder(torch.autograd.Function):
         G, K, F = gen.n.shape[-1], u.shape[-1], w_fac.shape[1]
         d_a, d_b = u.new_empty(D, T, B, 3 * C), u.new_empty(D, T, B, 3 * G)  # gate pre-activation grads
         con_g, gen_g = _GRUGradSteps.of(d_a, con), _GRUGradSteps.of(d_b, gen)
-        w_con_rz, w_con_n, w_gen_rz, w_gen_n = w_con[:, : 2 * C], w_con[:, 2 * C :], w_gen[:, : 2 * G], w_gen[:, 2 * G :]
+        w_con_rz, w_con_n = w_con[:, : 2 * C], w_con[:, 2 * C :]
+        w_gen_rz, w_gen_n = w_gen[:, : 2 * G], w_gen[:, 2 * G :]
         d_mo = u.new_empty(D, T, B, 2 * K)
         # dL/df_t in total: from the output, plus (in the loop) from the controller input at t + 1
         d_f_all = u.new_zeros(D, T, B, F)

@@ -569,7 +569,8 @@ def draw_noise(config: LFADSConfig, B: int, T: int, *, members: int | None = Non
 def _keep(uniforms: Tensor, rate) -> Tensor:
     """Dropout multipliers: 1 / (1 - rate) where the uniform is >= rate, else 0, in the uniforms'
     dtype (one pass: a division of the bool mask would first convert it)."""
-    return torch.where(uniforms >= rate, 1 / (1 - rate if isinstance(rate, Tensor) else uniforms.new_tensor(1 - rate)), 0.0)
+    scale = 1 / (1 - rate if isinstance(rate, Tensor) else uniforms.new_tensor(1 - rate))
+    return torch.where(uniforms >= rate, scale, 0.0)
 
 
 # --------------------------------------------------------------------------------------------
