@@ -563,11 +563,13 @@ def structure_table(rows: dict) -> xr.Dataset:
     return xr.Dataset(variables, coords={"model": models})
 
 
-def plot_true_space(latents: xr.DataArray, true_points: np.ndarray, found: dict, *, max_trials: int = 30,
-                    title: str = "Fixed points mapped into the true latent space") -> go.Figure:
+def plot_true_space(latents: xr.DataArray, true_points: np.ndarray, found: dict, *, labels: dict | None = None,
+                    max_trials: int = 30, title: str = "Fixed points mapped into the true latent space") -> go.Figure:
     """Found fixed points (``found``: model name -> (P, 3) mapped points) against the true ones
     (black circles) over true trajectories (grey), as 2-D small multiples x-y and x-z. Each model
-    keeps one colour and symbol in both panels (``MODEL_COLOURS`` in the order of ``found``)."""
+    keeps one colour and symbol in both panels (``MODEL_COLOURS`` in the order of ``found``);
+    ``labels`` (model name -> P strings, e.g. the numbers of unstable directions) are written
+    beside its markers."""
     paths = np.asarray(latents.transpose("trial", "time", ...).values[:max_trials], dtype=np.float64)
     names = [str(v) for v in latents[latents.dims[-1]].values]
     planes = ((0, 1), (0, 2))
@@ -583,10 +585,12 @@ def plot_true_space(latents: xr.DataArray, true_points: np.ndarray, found: dict,
                         legendgroup="true", showlegend=col == 1, row=1, col=col)
         for m, (model, points) in enumerate(found.items()):
             points = np.asarray(points).reshape(-1, len(names))
-            fig.add_scatter(x=points[:, a], y=points[:, b], mode="markers", name=f"found by {model}",
-                            marker=dict(size=10, symbol=symbols[m % len(symbols)],
-                                        color=MODEL_COLOURS[m % len(MODEL_COLOURS)]), legendgroup=model,
-                            showlegend=col == 1, row=1, col=col)
+            colour = MODEL_COLOURS[m % len(MODEL_COLOURS)]
+            text = (labels or {}).get(model)
+            fig.add_scatter(x=points[:, a], y=points[:, b], mode="markers+text" if text is not None else "markers",
+                            name=f"found by {model}", text=text, textposition="top right",
+                            textfont=dict(color=colour), legendgroup=model, showlegend=col == 1, row=1, col=col,
+                            marker=dict(size=10, symbol=symbols[m % len(symbols)], color=colour))
         fig.update_xaxes(title_text=f"{names[a]} (z-scored)", row=1, col=col)
         fig.update_yaxes(title_text=f"{names[b]} (z-scored)", row=1, col=col)
     fig.update_layout(title=title, height=520, legend=dict(orientation="h", yanchor="top", y=-0.15))

@@ -36,7 +36,8 @@ def test_true_space_gives_each_model_one_colour_in_both_panels():
     latents = xr.DataArray(rng.normal(size=(4, 10, 3)), dims=("trial", "time", "latent"),
                            coords={"latent": ["x", "y", "z"]})
     true = np.array([[0.0, 0.0, -2.0], [1.0, 1.0, 0.5]])
-    fig = dynamics.plot_true_space(latents, true, {"node_3": true + 0.1, "gru_large": true[:1]})
+    fig = dynamics.plot_true_space(latents, true, {"node_3": true + 0.1, "gru_large": true[:1]},
+                                   labels={"node_3": ["1", "2"]})
     markers = {}
     for trace in fig.data:
         if trace.name and trace.name.startswith("found by"):
@@ -44,5 +45,6 @@ def test_true_space_gives_each_model_one_colour_in_both_panels():
     assert set(markers) == {"found by node_3", "found by gru_large"}
     assert all(len(styles) == 1 for styles in markers.values())  # one style across both panels
     assert markers["found by node_3"] != markers["found by gru_large"]
+    assert [list(t.text) for t in fig.data if t.name == "found by node_3"] == [["1", "2"]] * 2
     truth = [t for t in fig.data if t.name == "true fixed points"]
     assert len(truth) == 2 and list(truth[1].y) == [-2.0, 0.5]  # the x-z panel plots z
