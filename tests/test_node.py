@@ -243,3 +243,37 @@ def test_population_vmap_of_node_members_equals_separate_models():
     got = pop(x)
     for i, member in enumerate(members):
         torch.testing.assert_close(got.obs_params[i], member(x[i], sample=False).obs_params)
+
+
+def test_ic_posterior_starts_at_its_initial_variance():
+    """ic_post_var_init sets the start of the IC posterior's log-variance (its bias) and nothing
+    else: the same seed gives the same weights otherwise, and the default (1) is the old start."""
+    torch.manual_seed(0)
+    default = LFADS(LFADSConfig(n_neurons=5, **SMALL))
+    torch.manual_seed(0)
+    narrow = LFADS(LFADSConfig(n_neurons=5, ic_post_var_init=0.01, **SMALL))
+    ic_dim = SMALL["ic_dim"]
+    assert torch.equal(default.ic_linear.bias, torch.zeros(2 * ic_dim))
+    torch.testing.assert_close(narrow.ic_linear.bias[ic_dim:], torch.full((ic_dim,), float(np.log(0.01))))
+    for (name, a), b in zip(default.state_dict().items(), narrow.state_dict().values()):
+        if name != "ic_linear.bias":
+            assert torch.equal(a, b), name
+    with pytest.raises(ConfigError, match="ic_post_var_init"):
+        LFADSConfig(n_neurons=5, ic_post_var_init=0.0)
+
+
+def test_attractor_recipe_builds_the_models_of_tutorials_08_and_09():
+    from data_generators import attractor
+    from lfads_nb.recipes import ATTRACTOR_SIZES, attractor_model, attractor_training
+
+    ds = attractor("lorenz", seed=0, n_trials=20, n_bins=12)
+    node = attractor_model(ds, "node", 3, seed=0)
+    gru = attractor_model(ds, "gru", 6, seed=0, ic_enc_dim=8)
+    assert isinstance(node.generator, NeuralODEGenerator) and node.config.co_dim == 0
+    assert (node.config.gen_dim, node.config.ic_dim, node.config.fac_dim) == (3, 3, 3)
+    assert gru.config.gen_dim == 6 and gru.config.ic_enc_dim == 8
+    assert node.config.ic_post_var_init == ATTRACTOR_SIZES["ic_post_var_init"]
+    config = attractor_training(max_epochs=3, seed=2)
+    assert (config.max_epochs, config.seed, config.lr_decay) == (3, 2, 1.0) and config.curriculum_bins > 0
+    result = lfads_nb.train(node, ds, config, progress=_Quiet())
+    assert result.history["train_bins"].tolist() == [5, 5, 5]

@@ -99,6 +99,7 @@ class LFADSConfig:
     dropout: float = 0.05
     cell_clip: float = 5.0
     ic_post_var_min: float = 1e-4
+    ic_post_var_init: float = 1.0  # the IC posterior's variance at initialisation (the bias of its log-variance)
     ic_prior_var: float = 0.1
     co_prior_tau: float = 10.0
     co_prior_var: float = 0.1
@@ -129,15 +130,16 @@ class LFADSConfig:
                 raise ConfigError(f"LFADSConfig.{name} must be > 0{hint}, got {value}.")
             if value < 0:
                 raise ConfigError(f"LFADSConfig.{name} must be >= 0, got {value}.")
-        for name in ["dropout", "cell_clip", "ic_post_var_min", "ic_prior_var", "co_prior_tau", "co_prior_var",
-                     "node_step"]:
+        for name in ["dropout", "cell_clip", "ic_post_var_min", "ic_post_var_init", "ic_prior_var", "co_prior_tau",
+                     "co_prior_var", "node_step"]:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
                 raise ConfigError(f"LFADSConfig.{name} must be a finite number, got {value!r}.")
             setattr(self, name, float(value))
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"LFADSConfig.dropout is a drop probability in [0, 1), got {self.dropout}.")
-        for name in ["cell_clip", "ic_post_var_min", "ic_prior_var", "co_prior_tau", "co_prior_var", "node_step"]:
+        for name in ["cell_clip", "ic_post_var_min", "ic_post_var_init", "ic_prior_var", "co_prior_tau", "co_prior_var",
+                     "node_step"]:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"LFADSConfig.{name} must be > 0, got {getattr(self, name)}.")
         if self.generator not in GENERATORS:
@@ -619,6 +621,8 @@ class LFADS(nn.Module):
         self.fused = bool(fused)
         self.ic_encoder = BidirectionalEncoder(c.encod_dim, c.ic_enc_dim, c.cell_clip)
         self.ic_linear = _fan_in_linear(2 * c.ic_enc_dim, 2 * c.ic_dim)
+        with torch.no_grad():  # log-variance half: a wide start rewards dynamics that forget g0 (contraction)
+            self.ic_linear.bias[c.ic_dim :] = math.log(c.ic_post_var_init)
         self.ic_prior = GaussianPrior(c.ic_dim, c.ic_prior_var)
         if c.co_dim:
             self.ci_encoder = BidirectionalEncoder(c.encod_dim, c.ci_enc_dim, c.cell_clip)
