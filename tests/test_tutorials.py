@@ -321,7 +321,8 @@ def test_multisession_tutorial_as_batch_job_on_a_sessions_file_without_truth(tmp
 def test_explore_tutorial_as_batch_job_on_a_file_without_latents(tmp_path, monkeypatch):
     """`papermill 09_explore_dynamics.ipynb out.ipynb -p data_path spikes.nc` on attractor spikes saved
     without their truth: the models train, the fixed points are searched, the inference is saved for
-    every trial, and the score table has both models with fixed-point counts and NaN errors."""
+    every trial, and the score table has both models with integer fixed-point counts, their unstable
+    directions as text, and NaN for every comparison with the truth."""
     from data_generators import attractor
 
     monkeypatch.setenv("LFADS_NB_LIVE", "0")
@@ -334,4 +335,7 @@ def test_explore_tutorial_as_batch_job_on_a_file_without_latents(tmp_path, monke
     assert list(out.trial.values) == list(recording.trial.values) and bool((out.rates > 0).all())
     scores = xr.load_dataset(tmp_path / "run" / "scores.nc")
     assert list(scores["model"].values) == ["node_3", "gru_large"]
-    assert scores["fixed_point_error"].isnull().all() and (scores["n_fixed_points"] >= 0).all()
+    assert scores["n_fixed_points"].dtype.kind == "i" and (scores["n_fixed_points"] >= 0).all()
+    assert scores["unstable_counts"].dtype.kind in "OU"
+    for name in ("wing_error", "rotation_error", "saddle_growth_error", "saddle_angle", "origin_error"):
+        assert scores[name].isnull().all(), name

@@ -33,11 +33,12 @@ before the candidate matmul, no recurrent bias, state clipped to +-cell_clip), a
 The decoder above is ``LFADS.decode``'s step loop, written as the paper reads; the generator is a
 module with a ``step`` (``GRUGenerator``), the seam where other dynamics plug in: ``LFADSConfig(generator=
 "node")`` makes it a neural ODE (``NeuralODEGenerator``: an MLP vector field integrated by fixed-step
-Euler or RK4, Sedler et al. 2023), which runs on the step loop. Like nanoGPT's
+Euler or RK4, Sedler et al. 2023). Like nanoGPT's
 flash-attention flag, ``LFADS(config, fused=True)`` (the default) runs the same recurrences as
 hand-written fused kernels instead (``lfads_nb.models._fused_gru``: the encoders and an autonomous
-generator as one scan, controller and generator as one coupled recurrence); the tests check
-both paths against each other in value and gradient.
+generator as one scan, controller and generator as one coupled recurrence;
+``lfads_nb.models._fused_node``: an autonomous neural ODE); the tests check both paths against
+each other in value and gradient.
 
 Randomness is an input: every dropout mask and posterior sample of a forward pass is a field of
 a ``Noise`` (``draw_noise``), drawn from torch's global generator when none is passed, so
@@ -66,6 +67,7 @@ from ..data.schema import heldin_mask
 from ..errors import ConfigError, DataError
 from ..transforms import Batch, encoder_input, masked_mean
 from ._fused_gru import DecoderWeights, clipped_gru_scan, controlled_decode
+from ._fused_node import node_scan
 from .observations import ObservationModel, make_observation, observation_spec
 
 # --------------------------------------------------------------------------------------------
@@ -97,6 +99,7 @@ class LFADSConfig:
     dropout: float = 0.05
     cell_clip: float = 5.0
     ic_post_var_min: float = 1e-4
+    ic_post_var_init: float = 1.0  # the IC posterior's variance at initialisation (the bias of its log-variance)
     ic_prior_var: float = 0.1
     co_prior_tau: float = 10.0
     co_prior_var: float = 0.1
@@ -127,15 +130,16 @@ class LFADSConfig:
                 raise ConfigError(f"LFADSConfig.{name} must be > 0{hint}, got {value}.")
             if value < 0:
                 raise ConfigError(f"LFADSConfig.{name} must be >= 0, got {value}.")
-        for name in ["dropout", "cell_clip", "ic_post_var_min", "ic_prior_var", "co_prior_tau", "co_prior_var",
-                     "node_step"]:
+        for name in ["dropout", "cell_clip", "ic_post_var_min", "ic_post_var_init", "ic_prior_var", "co_prior_tau",
+                     "co_prior_var", "node_step"]:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
                 raise ConfigError(f"LFADSConfig.{name} must be a finite number, got {value!r}.")
             setattr(self, name, float(value))
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"LFADSConfig.dropout is a drop probability in [0, 1), got {self.dropout}.")
-        for name in ["cell_clip", "ic_post_var_min", "ic_prior_var", "co_prior_tau", "co_prior_var", "node_step"]:
+        for name in ["cell_clip", "ic_post_var_min", "ic_post_var_init", "ic_prior_var", "co_prior_tau", "co_prior_var",
+                     "node_step"]:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"LFADSConfig.{name} must be > 0, got {getattr(self, name)}.")
         if self.generator not in GENERATORS:
@@ -423,10 +427,12 @@ class GRUGenerator(ClippedGRU):
     """The generator's dynamics, g_t = GRU([u_t, ext_t], g_{t-1}): a ``ClippedGRU`` with a step.
 
     A generator is a module with ``step(g, inputs) -> g`` (g: (B, gen_dim), inputs: (B, co_dim
-    + ext_input_dim)); the decoder's step loop calls it once per bin. ``fusable`` says whether
-    the fused kernels (``lfads_nb.models._fused_gru``) implement its recurrence, so ``LFADS(fused=True)``
-    may run them instead of the loop; another cell (e.g. a neural ODE) sets it False and always
-    runs on the loop.
+    + ext_input_dim)), which the decoder's step loop calls once per bin, and ``scan(g, inputs)``,
+    the same over all bins at once when the inputs are known in advance (no controller), which
+    ``LFADS(fused=True)`` runs instead of the loop. ``fusable`` says whether the fused
+    controller-and-generator kernel (``lfads_nb.models._fused_gru.controlled_decode``) implements
+    its recurrence; another cell (e.g. a neural ODE) sets it False and runs on the step loop when
+    there is a controller.
     """
 
     fusable = True
@@ -436,6 +442,13 @@ class GRUGenerator(ClippedGRU):
 
     def step(self, g: Tensor, inputs: Tensor) -> Tensor:
         return gru_step(F.linear(inputs, self.weight_ih[0], self.bias_ih[0]), g, self.weight_hh[0], self.clip)
+
+    def scan(self, g: Tensor, inputs: Tensor) -> Tensor:
+        """``step`` over all T bins at once (``clipped_gru_scan``), for inputs known in advance:
+        g (B, gen_dim), inputs (B, T, input_size) -> states (B, T, gen_dim)."""
+        xp = _linear(inputs, self.weight_ih[0], self.bias_ih[0]).transpose(0, 1).unsqueeze(1)
+        states, _ = clipped_gru_scan(xp, g[None], self.weight_hh, self.clip)
+        return states[:, 0].transpose(0, 1)
 
 
 def euler_step(field, g: Tensor, h: float) -> Tensor:
@@ -474,9 +487,11 @@ class NeuralODEGenerator(nn.Module):
     the bin's inputs held constant (zero-order hold). Euler with one substep of 0.1 is the
     paper's discrete "Euler-MLP" cell, g_t = g_{t-1} + 0.1 f(g_{t-1}). The vector field is
     bounded (|f| <= |W_out| + |b_out|), so the state cannot blow up in finite time and needs no
-    clip. The same ``step(g, inputs)`` as ``GRUGenerator``; ``fusable`` is False, so ``LFADS``
-    always runs it on the step loop. ``weight_hh`` (hidden, gen_dim) is the state's weight, the
-    one the generator's L2 penalty applies to.
+    clip. The same ``step(g, inputs)`` and ``scan(g, inputs)`` as ``GRUGenerator``: ``scan`` is
+    the fused kernel ``lfads_nb.models._fused_node.node_scan`` (the same integration over all
+    bins with a hand-written backward); ``fusable`` is False, so with a controller ``LFADS``
+    runs it on the step loop. ``weight_hh`` (hidden, gen_dim) is the state's weight, the one the
+    generator's L2 penalty applies to.
     """
 
     fusable = False
@@ -501,6 +516,18 @@ class NeuralODEGenerator(nn.Module):
     def step(self, g: Tensor, inputs: Tensor) -> Tensor:
         return integrate_fixed_step(lambda state: self.vector_field(state, inputs), g, self.duration, self.substeps,
                                     self.solver)
+
+    def scan(self, g: Tensor, inputs: Tensor) -> Tensor:
+        """``step`` over all T bins at once, for inputs known in advance: g (B, gen_dim), inputs
+        (B, T, input_size) -> states (B, T, gen_dim)."""
+        T = inputs.shape[1]
+        if inputs.shape[-1]:
+            xp = F.linear(inputs, self.weight_ih, self.bias).transpose(0, 1).unsqueeze(1)  # (T, 1, B, hidden)
+        else:
+            xp = self.bias[None]  # no inputs: one projection, the bias, for every bin and trial
+        states = node_scan(xp, g[None], self.weight_hh[None], self.weight_out[None], self.bias_out[None],
+                           self.duration / self.substeps, self.substeps, self.solver, T)
+        return states[:, 0].transpose(0, 1)
 
 
 GENERATORS = ("gru", "node")
@@ -603,8 +630,9 @@ class LFADS(nn.Module):
     Data Transformer (``lfads_nb.models.ndt.NDT``) is a second model on this protocol.
 
     ``fused`` (default True) runs the generator's recurrence, and the controller's with it, as
-    the fused kernels of ``lfads_nb.models._fused_gru`` when the generator is ``fusable`` (the
-    GRU; a neural ODE always runs on the loop); ``fused=False`` runs the step loop of
+    the fused kernels of ``lfads_nb.models._fused_gru`` (without a controller: the generator's
+    ``scan``, for a neural ODE ``lfads_nb.models._fused_node``); with a controller, a generator
+    that is not ``fusable`` (a neural ODE) runs on the step loop. ``fused=False`` runs the step loop of
     ``decode``, the same computation in plain autograd (slower; step through it in a debugger).
     The encoders always use the fused scan; ``fused=True`` runs the IC and CI encoders as one
     scan when they have one width.
@@ -625,6 +653,8 @@ class LFADS(nn.Module):
         self.fused = bool(fused)
         self.ic_encoder = BidirectionalEncoder(c.encod_dim, c.ic_enc_dim, c.cell_clip)
         self.ic_linear = _fan_in_linear(2 * c.ic_enc_dim, 2 * c.ic_dim)
+        with torch.no_grad():  # log-variance half: a wide start rewards dynamics that forget g0 (contraction)
+            self.ic_linear.bias[c.ic_dim :] = math.log(c.ic_post_var_init)
         self.ic_prior = GaussianPrior(c.ic_dim, c.ic_prior_var)
         if c.co_dim:
             self.ci_encoder = BidirectionalEncoder(c.encod_dim, c.ci_enc_dim, c.cell_clip)
@@ -712,7 +742,7 @@ class LFADS(nn.Module):
         c = self.config
         B, T = ext.shape[:2]
         w_fac = self.factor_readout.normalized_weight()
-        if self.fused and self.generator.fusable:
+        if self.fused and (self.generator.fusable or not c.co_dim):
             return self._decode_fused(g_init, ci, ext, drop, masks, co_eps, w_fac)
         g = g_init
         outputs = {"states": [], "factors": [], "u": [], "co_mean": [], "co_std": []}
@@ -743,8 +773,8 @@ class LFADS(nn.Module):
         return tuple(torch.stack(v, dim=1) if v else empty for v in outputs.values())
 
     def _decode_fused(self, g_init, ci, ext, drop, masks, co_eps, w_fac):
-        """``decode`` on the fused kernels: ``clipped_gru_scan`` without a controller (the
-        generator's inputs are then known in advance), ``controlled_decode`` with one."""
+        """``decode`` on the fused kernels: the generator's ``scan`` without a controller (its
+        inputs are then known in advance), ``controlled_decode`` with one."""
         c, gen = self.config, self.generator
         B, T = ext.shape[:2]
 
@@ -754,14 +784,13 @@ class LFADS(nn.Module):
         def batch_first(x: Tensor) -> Tensor:  # (T, D=1, B, k) -> (B, T, k), a view
             return x.squeeze(1).transpose(0, 1)
 
-        # Time-first products below (the kernels' layout), so no matmul or gradient copies to reorder.
-        gen_xp_ext = _linear(ext, gen.weight_ih[0, :, c.co_dim :], gen.bias_ih[0])
         if not c.co_dim:
-            states, _ = clipped_gru_scan(steps(gen_xp_ext), g_init[None], gen.weight_hh, c.cell_clip)
-            states = batch_first(states)
-            factors = F.linear(drop(states, "gen_states").transpose(0, 1), w_fac).transpose(0, 1)
+            states = gen.scan(g_init, ext)
+            factors = F.linear(drop(states, "gen_states"), w_fac)
             empty = ext.new_zeros(B, T, 0)
             return states, factors, empty, empty, empty
+        # Time-first products below (the kernels' layout), so no matmul or gradient copies to reorder.
+        gen_xp_ext = _linear(ext, gen.weight_ih[0, :, c.co_dim :], gen.bias_ih[0])
         con, n_ci = self.controller, 2 * c.ci_enc_dim
         con_xp_ci = F.linear(drop(ci, "ci").transpose(0, 1), con.weight_ih[0, :, :n_ci], con.bias_ih[0])
         f_init = F.linear(drop(g_init, "g_init"), w_fac)  # f_{-1}
