@@ -344,3 +344,16 @@ def test_curriculum_trains_on_growing_prefixes_and_validates_whole_trials():
     assert seen == [2] * 3 + [4] * 3 + [6] * 3  # 18 training trials in batches of 8: 3 steps an epoch
     whole_trials = _SessionFeed(result.model, ds, config).validation(result.model)["valid_recon"]
     assert result.history["valid_recon"].iloc[result.best_epoch] == pytest.approx(whole_trials)
+
+
+def test_lr_plateaus_count_only_epochs_on_whole_trials():
+    # During a curriculum the whole-trial validation loss may not improve while the model learns
+    # short trials; the learning rate must not decay for that.
+    from lfads_nb.training.loop import _end_of_epoch, _RunState
+
+    config = TrainConfig(lr=1.0, lr_decay=0.5, lr_patience=2)
+    state = _RunState(config)
+    state.best_smoothed = -1.0  # nothing will improve on it
+    for whole_trials, lr in [(False, 1.0), (False, 1.0), (False, 1.0), (True, 1.0), (True, 0.5), (False, 0.5)]:
+        _end_of_epoch(state, {"valid_recon": 1.0}, config, whole_trials)
+        assert state.lr == lr

@@ -49,7 +49,8 @@ class _NODEScan(torch.autograd.Function):
     projection of each bin (held over the bin), or (D, M) one for every bin and trial (a generator
     without inputs: its bias); g0 (D, B, H), w_hh (D, M, H), w_out (D, H, M), b_out (D, H); h the step
     (bin duration / substeps). Returns states (T, D, B, H) and the buffers backward needs: the
-    stage inputs ys (E, D, B, H) and ss (E, D, B, M), E = T * substeps * stages.
+    stage inputs ys (E + 1, D, B, H) (the last: the final state) and ss (E, D, B, M),
+    E = T * substeps * stages.
 
     tanh is computed as 2 sigmoid(2a) - 1 (on CPU torch's sigmoid is several times faster than
     its tanh), with the 2 and the -1 folded into the weights: the buffers hold s = sigmoid(2a),
@@ -64,30 +65,32 @@ class _NODEScan(torch.autograd.Function):
         D, B, H = g0.shape
         T, M = (xp.shape[0] if xp.dim() == 4 else n_bins), xp.shape[-1]
         E = T * substeps * n_stages
-        ys, ss = g0.new_empty(E, D, B, H), xp.new_empty(E, D, B, M)
-        states = g0.new_empty(T, D, B, H)
+        # ys[e]: the input of stage e; the first stage of each step is the step's start g, so the
+        # next step's start is written straight into its slot (ys has one more: the last state).
+        ys, ss = g0.new_empty(E + 1, D, B, H), xp.new_empty(E, D, B, M)
+        ys[0] = g0
         w_in = w_hh.transpose(1, 2)  # (D, H, M) view: y W_hh^T
         w_k = (2 * w_out).transpose(1, 2)  # (D, M, H) view of a contiguous (D, H, M): a fast matmul layout
         b_k = (b_out - w_out.sum(-1)).unsqueeze(1).expand(D, B, H)
         ys_, ss_ = ys.unbind(0), ss.unbind(0)
-        g, e = g0.clone(), 0
+        x_all = None if xp.dim() == 4 else xp.unsqueeze(1)  # (D, 1, M): the same for every bin and trial
+        e = 0
         for t in range(T):
-            x_t = xp[t] if xp.dim() == 4 else xp.unsqueeze(1)
+            x_t = xp[t] if x_all is None else x_all
             for _ in range(substeps):
-                ks = []
+                g, ks = ys_[e], []
                 for i in range(n_stages):
-                    y = ys_[e]
-                    y.copy_(g)
-                    for a_ij, k_j in zip(rows[i], ks):
-                        if a_ij:
-                            y.add_(k_j, alpha=h * a_ij)
-                    torch.baddbmm(x_t, y, w_in, beta=2.0, alpha=2.0, out=ss_[e]).sigmoid_()
-                    ks.append(torch.baddbmm(b_k, ss_[e], w_k))
-                    e += 1
-                for b_i, k_i in zip(b, ks):
-                    g.add_(k_i, alpha=h * b_i)
-            states[t] = g
-        return states, ys, ss
+                    terms = [(a_ij, k_j) for a_ij, k_j in zip(rows[i], ks) if a_ij]
+                    for n, (a_ij, k_j) in enumerate(terms):  # y_i = g + h sum_j a_ij k_j
+                        torch.add(g if n == 0 else ys_[e + i], k_j, alpha=h * a_ij, out=ys_[e + i])
+                    torch.baddbmm(x_t, ys_[e + i], w_in, beta=2.0, alpha=2.0, out=ss_[e + i]).sigmoid_()
+                    ks.append(torch.baddbmm(b_k, ss_[e + i], w_k))
+                nxt = ys_[e + n_stages]  # g' = g + h sum_i b_i k_i
+                for n, (b_i, k_i) in enumerate(zip(b, ks)):
+                    torch.add(g if n == 0 else nxt, k_i, alpha=h * b_i, out=nxt)
+                e += n_stages
+        per_bin = substeps * n_stages
+        return ys[per_bin::per_bin].clone(), ys, ss
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -111,15 +114,18 @@ class _NODEScan(torch.autograd.Function):
         h, substeps = ctx.h, ctx.substeps
         a, b = TABLEAUS[ctx.solver]
         rows, n_stages = _stage_rows(a), len(b)
-        E, D, B, H = ys.shape
-        T, M = E // (substeps * n_stages), ss.shape[-1]
-        w_u = 4 * w_out  # dk -> W_out^T dk 4, the 4 of tanh' = 4 s (1 - s)
+        E, D, B, M = ss.shape
+        H, T = ys.shape[-1], E // (substeps * n_stages)
+        # One stage (Euler): dk = h dg, so dg itself stands for dk and h scales the sums at the end.
+        # Several: each stage's dk_i = h b_i dg (plus what later stages add) is its own tensor.
+        scale = h * b[0] if n_stages == 1 else 1.0
+        w_u = 4 * scale * w_out  # dk -> 4 W_out^T dk, the 4 of tanh' = 4 s (1 - s)
         w_dy = w_hh.transpose(1, 2).contiguous().transpose(1, 2)  # (D, M, H): a fast matmul layout
         # Weight gradients accumulate per stage and per model: (H, B) x (B, M) products are fast, one
         # product over all stages is not, and a population member then rounds as it would alone.
         d_w_out_s, d_w_hh_t = w_out.new_zeros(D, H, M), w_out.new_zeros(D, H, M)  # sum dk s^T, sum y dpre^T
-        d_b_out = w_out.new_zeros(D, H)
-        d_xp = ss.new_empty(T, D, B, M) if ctx.per_bin else ss.new_zeros(D, M)
+        sum_dk = ys.new_zeros(D, B, H)
+        d_xp = ss.new_empty(T, D, B, M) if ctx.per_bin else ss.new_zeros(D, B, M)
         d_pre = ss.new_empty(D, B, M)
         dg = ys.new_zeros(D, B, H)
         ys_, ss_ = ys.unbind(0), ss.unbind(0)
@@ -127,34 +133,32 @@ class _NODEScan(torch.autograd.Function):
         for t in range(T - 1, -1, -1):
             if d_states is not None:
                 dg.add_(d_states[t])
-            first = True  # the first stage reached in this bin writes d_xp[t], the others add to it
+            first = ctx.per_bin  # the first stage reached in a bin writes d_xp[t], the others add to it
             for _ in range(substeps):
                 e -= n_stages
-                dks = [dg * (h * b_i) for b_i in b]
-                d_g_prev = dg.clone()
-                for i in range(n_stages - 1, -1, -1):
+                dks = [dg] if n_stages == 1 else [dg * (h * b_i) for b_i in b]
+                for i in range(n_stages - 1, -1, -1):  # dg accumulates dL/dg of the step's start
                     s, y, dk = ss_[e + i], ys_[e + i], dks[i]
                     for d in range(D):
                         d_w_out_s[d].addmm_(dk[d].T, s[d])
-                    d_b_out.add_(dk.sum(1))
+                    sum_dk.add_(dk)
                     u = torch.bmm(dk, w_u)
-                    out = d_xp[t] if first and ctx.per_bin else d_pre
+                    out = d_xp[t] if first else d_pre
                     torch.addcmul(s, s, s, value=-1.0, out=out).mul_(u)  # dpre = 4 (W_out^T dk) s (1 - s)
-                    if not ctx.per_bin:
-                        d_xp.add_(d_pre.sum(1))
-                    elif not first:
-                        d_xp[t].add_(d_pre)
+                    if not first:
+                        (d_xp[t] if ctx.per_bin else d_xp).add_(d_pre)
                     for d in range(D):
                         d_w_hh_t[d].addmm_(y[d].T, out[d])
                     dy = torch.bmm(out, w_dy)
-                    d_g_prev.add_(dy)
+                    dg.add_(dy)
                     for j, a_ij in enumerate(rows[i]):
                         if a_ij:
                             dks[j].add_(dy, alpha=h * a_ij)
                     first = False
-                dg = d_g_prev
-        d_w_out = 2 * d_w_out_s - d_b_out.unsqueeze(-1)  # k = 2 W_out s + b_out - W_out 1
-        return d_xp, dg, d_w_hh_t.transpose(1, 2), d_w_out, d_b_out, None, None, None, None
+        d_b_out = sum_dk.sum(1) * scale
+        d_w_out = (2 * scale) * d_w_out_s - d_b_out.unsqueeze(-1)  # k = 2 W_out s + b_out - W_out 1
+        return (d_xp if ctx.per_bin else d_xp.sum(1)), dg, d_w_hh_t.transpose(1, 2), d_w_out, d_b_out, \
+            None, None, None, None
 
 
 def node_scan(xp: Tensor, g0: Tensor, w_hh: Tensor, w_out: Tensor, b_out: Tensor, h: float, substeps: int,

@@ -88,7 +88,8 @@ class TrainConfig:
     curriculum_bins: int = 0        # sequence-length curriculum: the training steps of epoch e use only the first
                                     # min(curriculum_bins * (e // curriculum_epochs + 1), T) bins of each trial
                                     # (Sedler et al. 2023: 5 bins every 150 epochs); 0 uses whole trials. Validation
-                                    # always scores whole trials, and early stopping waits for the curriculum to end
+                                    # always scores whole trials; the lr schedule and early stopping wait for the
+                                    # curriculum to reach whole trials
     curriculum_epochs: int = 150    # epochs between two lengthenings of the curriculum
     sv_seed: int = 0
     select_by: str = "valid_recon"  # or "valid_sv_nll" (needs sv_fraction > 0)
@@ -552,7 +553,8 @@ def train(
                    **feed.truth)
         if not math.isfinite(row["valid_recon"]):
             raise _diverged(model, best_state, state, progress, ckpt_dir, config, steps_per_epoch)
-        improved = _end_of_epoch(state, row, config)
+        whole_trials = bins == feed.n_time  # the lr schedule and early stopping wait for the curriculum's end
+        improved = _end_of_epoch(state, row, config, whole_trials)
         state.history.append(row)
         state.epoch += 1
         if improved:
@@ -564,8 +566,7 @@ def train(
         progress.update(row, feed.example(model))
         if stop_reason == "stop_button":
             break
-        curriculum_done = bins == feed.n_time
-        if _ramps_done(state.epoch, config) and curriculum_done and state.epochs_since_best >= config.early_stop_patience:
+        if _ramps_done(state.epoch, config) and whole_trials and state.epochs_since_best >= config.early_stop_patience:
             stop_reason = "early_stopping"
             break
 
@@ -580,14 +581,16 @@ def _ramps_done(epoch: int, config: TrainConfig) -> bool:
     return epoch >= max(config.kl_ramp_epochs, config.l2_ramp_epochs)
 
 
-def _end_of_epoch(state: _RunState, row: dict, config: TrainConfig) -> bool:
-    """Update the lr schedule and model selection from this epoch's validation; True if a new best."""
+def _end_of_epoch(state: _RunState, row: dict, config: TrainConfig, whole_trials: bool = True) -> bool:
+    """Update the lr schedule and model selection from this epoch's validation; True if a new best.
+    A plateau counts only epochs that trained on whole trials (``whole_trials``): during a
+    curriculum the whole-trial validation loss may stall while the model learns short ones."""
     valid = row["valid_recon"]
     state.smoothed = ema(state.smoothed, valid)
     row["valid_recon_smoothed"] = state.smoothed
     if state.smoothed < state.best_smoothed:
         state.best_smoothed, state.epochs_since_improvement = state.smoothed, 0
-    else:
+    elif whole_trials:
         state.epochs_since_improvement += 1
         if state.epochs_since_improvement >= config.lr_patience:
             state.lr = max(config.lr_min, state.lr * config.lr_decay)
