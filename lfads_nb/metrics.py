@@ -655,9 +655,19 @@ def _needed(da, score: str, fix: str):
 def smooth_emg(emg: xr.DataArray, bin_width: float, sigma: float) -> xr.DataArray:
     """The low-pass baseline for EMG: each channel smoothed in time with a Gaussian of std ``sigma``
     seconds (zero-phase; renormalised at trial edges and around NaN bins, as ``smooth_spikes``).
-    ``emg`` (trial, time, neuron), any units; the result keeps them, named ``emg_mean``."""
+    A bin with no observed bin within the kernel's reach (a long run of NaN, e.g. masked
+    artifacts) takes the Gaussian-weighted mean of the observed bins of its trial and channel
+    (the kernel untruncated), so the gap is filled from both sides; it stays NaN only if the
+    channel has no observed bin in that trial. ``emg`` (trial, time, neuron), any units; the result
+    keeps them, named ``emg_mean``."""
     emg = _as_array(emg, "emg", DIMS)
-    out = emg.copy(data=_smooth(emg.values.astype(float), gaussian_kernel(bin_width, sigma).values, axis=1))
+    values = emg.values.astype(float)
+    smoothed = _smooth(values, gaussian_kernel(bin_width, sigma).values, axis=1)
+    gaps = np.isnan(smoothed) & ~np.isnan(values).all(axis=1, keepdims=True)
+    if gaps.any():
+        offsets = np.arange(-(values.shape[1] - 1), values.shape[1]) * bin_width
+        smoothed[gaps] = _smooth(values, np.exp(-0.5 * (offsets / sigma) ** 2), axis=1)[gaps]
+    out = emg.copy(data=smoothed)
     out.name = "emg_mean"
     out.attrs = {**emg.attrs, "sigma": float(sigma)}
     return out

@@ -9,6 +9,8 @@ unless asked for more.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 import plotly.express as px
@@ -447,11 +449,25 @@ FITNESS_METRICS = {"valid_recon": "validation NLL", "valid_sv_nll": "sample-vali
 
 
 def fitness_label(history: xr.Dataset) -> str:
-    """What a PBT run's fitness is, from its settings: e.g. 'sample-validation NLL (smoothed)'."""
+    """What a PBT run's fitness is, from its settings: e.g. 'sample-validation NLL (smoothed)', or
+    'artifact-free validation NLL (trimmed, smoothed)' with ``PBTConfig(fitness_skips_artifacts=True)``."""
     import json
 
-    metric = json.loads(history.attrs.get("pbt_config", "{}")).get("metric")
-    return f"{FITNESS_METRICS.get(metric, 'validation NLL')} (smoothed)" if metric else "fitness (smoothed NLL)"
+    settings = json.loads(history.attrs.get("pbt_config", "{}"))
+    metric = settings.get("metric")
+    if not metric:
+        return "fitness (smoothed NLL)"
+    if settings.get("fitness_skips_artifacts"):
+        return f"artifact-free {FITNESS_METRICS.get(metric, 'validation NLL')} (trimmed, smoothed)"
+    return f"{FITNESS_METRICS.get(metric, 'validation NLL')} (smoothed)"
+
+
+GENERATION_TITLE = "generation (0 = burn-in)"
+
+
+def _generation_axis(generations: np.ndarray) -> dict:
+    """x-axis ticks for generations: whole numbers only (about ten at most)."""
+    return dict(tickmode="linear", tick0=0, dtick=max(1, math.ceil(len(generations) / 10)))
 
 
 def _member_colour(member: int) -> str:
@@ -486,7 +502,8 @@ def pbt_hyperparameters(history: xr.Dataset) -> go.Figure:
                              title_text=f"{name} (log)", row=row, col=1)
         else:
             fig.update_yaxes(range=[hp["low"], hp["high"]], title_text=name, row=row, col=1)
-    fig.update_xaxes(title_text="generation (0 = burn-in)", row=len(space), col=1)
+    fig.update_xaxes(**_generation_axis(generations))
+    fig.update_xaxes(title_text=GENERATION_TITLE, row=len(space), col=1)
     fig.update_layout(title=f"Hyperparameters of {history.sizes['member']} PBT members over generations",
                       height=max(300, 170 * len(space)))
     return fig
@@ -509,8 +526,8 @@ def pbt_fitness(history: xr.Dataset) -> go.Figure:
     units = history["fitness"].attrs.get("units", "")
     label = fitness_label(history)
     fig.update_layout(title=f"Fitness of {history.sizes['member']} PBT members per generation (lower is better)",
-                      xaxis_title="generation (0 = burn-in)", height=460,
-                      yaxis_title=f"{label} ({units})" if units else label)
+                      height=460, xaxis_title=GENERATION_TITLE, yaxis_title=f"{label} ({units})" if units else label)
+    fig.update_xaxes(**_generation_axis(generations))
     return fig
 
 
@@ -553,8 +570,9 @@ def pbt_lineage(history: xr.Dataset) -> go.Figure:
         customdata=np.stack([parent.ravel(), fitness.ravel(), rank.ravel()], axis=1),
         hovertemplate="generation %{x}, member %{y}<br>started from member %{customdata[0]}"
                       "<br>fitness %{customdata[1]:.5f} (rank %{customdata[2]})<extra></extra>"))
+    fig.update_xaxes(**_generation_axis(generations))
     fig.update_layout(title="PBT lineage: whom each member copied at each generation's start",
-                      xaxis_title="generation (0 = burn-in)", yaxis_title="member",
+                      xaxis_title=GENERATION_TITLE, yaxis_title="member",
                       yaxis=dict(tickmode="array", tickvals=members.tolist()),
                       legend=dict(orientation="h", y=-0.2))
     return fig
