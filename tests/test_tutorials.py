@@ -41,7 +41,7 @@ CI_PARAMETERS = {
     "03_identity_overfitting.ipynb": {"n_models": 2, "max_epochs": 2, "n_conditions": 8, "trials_per_condition": 5,
                                       "n_bins": 12, "ic_enc_dim": 8, "ci_enc_dim": 6, "con_dim": 6, "co_dim": 1,
                                       "ic_dim": 4, "gen_dim": 12, "fac_dim": 4,
-                                      "output_path": "identity_overfitting_ci.nc"},
+                                      "scores_path": "identity_overfitting_scores_ci.nc"},
     "04_autolfads_pbt.ipynb": {"n_conditions": 6, "trials_per_condition": 3, "population": 2, "burn_in_epochs": 1,
                                "generation_epochs": 1, "max_generations": 1, "batch_size": 8, "ic_enc_dim": 6,
                                "ic_dim": 4, "gen_dim": 8, "fac_dim": 3, "co_dim": 1, "ci_enc_dim": 4, "con_dim": 4,
