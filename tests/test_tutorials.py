@@ -284,8 +284,8 @@ def test_calcium_tutorial_as_batch_job_on_events_without_truth_or_fluorescence(t
     assert list(out.trial.values) == list(recording.trial.values)
     assert out.events_mean.shape == recording.events.shape and bool((out.events_mean > 0).all())
     scores = xr.load_dataset(tmp_path / "run" / "scores.nc")
-    assert list(scores["method"].values) == ["smoothing", "lfads_frame", "radical"]
-    assert scores["state_r2"].isnull().all() and scores["rate_r2"].isnull().all()
+    assert list(scores["method"].values) == ["smoothing_frame", "smoothing_subframe", "lfads_frame", "radical"]
+    assert scores["latent_r2"].isnull().all()
 
 
 def test_multisession_tutorial_as_batch_job_on_a_sessions_file_without_truth(tmp_path, monkeypatch):
@@ -315,7 +315,9 @@ def test_multisession_tutorial_as_batch_job_on_a_sessions_file_without_truth(tmp
     assert list(scores["method"].values) == ["separate", "stitched"]
     assert list(scores["session"].values) == ["session0", "session1"]
     assert scores["rate_r2"].isnull().all()
-    assert np.isnan(scores["within_session_r2"]) and np.isnan(scores["across_session_r2"])
+    assert list(scores["decoder"].values) == ["within", "across", "across_aligned"]
+    assert scores["latent_r2"].isnull().all() and scores["latent_r2"].dims == ("method", "decoder", "session")
+    assert (scores["steps"] > 0).all() and (scores["best_epoch"] >= 1).all()
 
 
 def test_explore_tutorial_as_batch_job_on_a_file_without_latents(tmp_path, monkeypatch):
