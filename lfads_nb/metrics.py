@@ -23,7 +23,8 @@ metric               definition
 ``latent_r2``        ridge map inferred latents (factors) -> true latents fit on train trials,
                      R^2 on test trials averaged over true dims (decoding: held out)
 ``session_decoding_  affine decoder from each session's factors to the true state's top PCs,
-r2``                 fit within a session or on the other sessions, R^2 on valid trials
+r2``                 fit within a session or on the other sessions (optionally aligned to the
+                     session first), R^2 on valid trials
 ===================  ==========================================================================
 
 ``smooth_spikes`` is the Gaussian-smoothing baseline; ``choose_smoothing_sigma`` picks its width.
@@ -712,9 +713,19 @@ def _needed(da, score: str, fix: str):
 def smooth_emg(emg: xr.DataArray, bin_width: float, sigma: float) -> xr.DataArray:
     """The low-pass baseline for EMG: each channel smoothed in time with a Gaussian of std ``sigma``
     seconds (zero-phase; renormalised at trial edges and around NaN bins, as ``smooth_spikes``).
-    ``emg`` (trial, time, neuron), any units; the result keeps them, named ``emg_mean``."""
+    A bin with no observed bin within the kernel's reach (a long run of NaN, e.g. masked
+    artifacts) takes the Gaussian-weighted mean of the observed bins of its trial and channel
+    (the kernel untruncated), so the gap is filled from both sides; it stays NaN only if the
+    channel has no observed bin in that trial. ``emg`` (trial, time, neuron), any units; the result
+    keeps them, named ``emg_mean``."""
     emg = _as_array(emg, "emg", DIMS)
-    out = emg.copy(data=_smooth(emg.values.astype(float), gaussian_kernel(bin_width, sigma).values, axis=1))
+    values = emg.values.astype(float)
+    smoothed = _smooth(values, gaussian_kernel(bin_width, sigma).values, axis=1)
+    gaps = np.isnan(smoothed) & ~np.isnan(values).all(axis=1, keepdims=True)
+    if gaps.any():
+        offsets = np.arange(-(values.shape[1] - 1), values.shape[1]) * bin_width
+        smoothed[gaps] = _smooth(values, np.exp(-0.5 * (offsets / sigma) ** 2), axis=1)[gaps]
+    out = emg.copy(data=smoothed)
     out.name = "emg_mean"
     out.attrs = {**emg.attrs, "sigma": float(sigma)}
     return out
@@ -842,7 +853,7 @@ def _split_rows(da: xr.DataArray, label: str, session: str) -> np.ndarray:
     return values
 
 
-def session_decoding_r2(inferred: dict, truth: dict, *, n_components: int = 10) -> xr.Dataset:
+def session_decoding_r2(inferred: dict, truth: dict, *, n_components: int = 10, align: bool = False) -> xr.Dataset:
     """How well one affine decoder reads a shared latent state out of each session's inferred
     latents, within a session and across sessions (lfads-torch's multisession evaluation, with
     the true state in place of behaviour).
@@ -857,8 +868,14 @@ def session_decoding_r2(inferred: dict, truth: dict, *, n_components: int = 10) 
       trials (needs two or more sessions): it works only if the inferred latents of different
       sessions share one space.
 
+    - with ``align``, ``across_aligned_r2``: as ``across_r2``, but each other session's latents first
+      mapped into s's space by an affine map fitted by least squares from its condition-averaged
+      'train' trials to s's (needs a ``condition`` coord; no truth used): separate models aligned
+      after the fact, as a decoder is carried from day to day (Degenhart et al. 2020 align
+      low-dimensional spaces in this spirit).
+
     R^2 per component on the 'valid' points, averaged over components. Returns a Dataset over
-    ``session`` with both.
+    ``session`` with these.
     """
     if not isinstance(inferred, dict) or set(inferred) != set(truth) or len(inferred) < 2:
         raise DataError("session_decoding_r2 needs {session: DataArray} for two or more sessions, the same sessions "
@@ -891,5 +908,37 @@ def session_decoding_r2(inferred: dict, truth: dict, *, n_components: int = 10) 
 
     within = [score([name], name) for name in names]
     across = [score([n for n in names if n != name], name) for name in names]
-    return xr.Dataset({"within_r2": ("session", within), "across_r2": ("session", across)},
-                      coords={"session": names}, attrs={"n_components": n_components})
+    out = xr.Dataset({"within_r2": ("session", within), "across_r2": ("session", across)},
+                     coords={"session": names}, attrs={"n_components": n_components})
+    if align:
+        means = {name: _condition_means(inferred[name], name) for name in names}
+        aligned = []
+        for name in names:
+            design, target = [], []
+            for other in (n for n in names if n != name):
+                shared = sorted(set(means[other]) & set(means[name]), key=str)
+                if not shared:
+                    raise DataError(f"Sessions '{other}' and '{name}' share no condition in their 'train' trials; "
+                                    "the alignment maps one session's condition means onto the other's.")
+                source = np.concatenate([means[other][c] for c in shared])
+                mapping, *_ = np.linalg.lstsq(np.hstack([source, np.ones((len(source), 1))]),
+                                              np.concatenate([means[name][c] for c in shared]), rcond=None)
+                x, y = rows(other, "train")
+                design.append(np.hstack([x @ mapping, np.ones((len(x), 1))]))
+                target.append(y)
+            weights, *_ = np.linalg.lstsq(np.concatenate(design), np.concatenate(target), rcond=None)
+            test_design, test_target = rows(name, "valid")
+            aligned.append(float(_r2_columns(test_design @ weights, test_target, "components",
+                                             np.arange(n_components)).mean()))
+        out["across_aligned_r2"] = ("session", aligned)
+    return out
+
+
+def _condition_means(da: xr.DataArray, session: str) -> dict:
+    """{condition: (time, feature) mean of ``da`` over its 'train' trials of that condition}."""
+    if "condition" not in da.coords:
+        raise DataError(f"Session '{session}' has no 'condition' coord; aligning sessions after the fact maps "
+                        "condition-averaged latents. Pass DataArrays that keep the Dataset's coords.")
+    train = da.sel(trial=da["split"].values.astype(str) == "train")
+    labels = train["condition"].values
+    return {c: train.values[labels == c].mean(axis=0).astype(float) for c in np.unique(labels).tolist()}
