@@ -37,7 +37,7 @@ CI_PARAMETERS = {
     "02_train_lfads.ipynb": {"n_conditions": 12, "trials_per_condition": 5, "max_epochs": 3,
                              "gen_dim": 16, "ic_enc_dim": 16, "ic_dim": 8, "fac_dim": 6,
                              "co_dim": 1, "ci_enc_dim": 8, "con_dim": 8,
-                             "n_posterior_samples": 2, "output_path": "rates_ci.nc"},
+                             "n_posterior_samples": 2, "output_path": "rates_ci.nc", "scores_path": "lfads_scores_ci.nc"},
     "03_identity_overfitting.ipynb": {"n_models": 2, "max_epochs": 2, "n_conditions": 8, "trials_per_condition": 5,
                                       "n_bins": 12, "ic_enc_dim": 8, "ci_enc_dim": 6, "con_dim": 6, "co_dim": 1,
                                       "ic_dim": 4, "gen_dim": 12, "fac_dim": 4,
@@ -243,6 +243,11 @@ def test_tutorial_as_batch_job_on_own_data(notebook, kind, tmp_path, monkeypatch
     assert list(out.trial.values) == list(recording.trial.values)
     assert (out.split.values == recording.split.values).all()
     assert out.rates.dims == ("trial", "time", "neuron") and bool((out.rates > 0).all())
+    if notebook.startswith("02"):  # the comparison table: without truth only bits per spike is a number
+        scores = xr.load_dataset(tmp_path / "run" / params["scores_path"])
+        assert "lfads" in scores["method"]
+        assert scores["rate_r2"].isnull().all() and scores["latent_r2"].isnull().all()
+        assert np.isfinite(scores["bits_per_spike"]).all()
 
 
 def test_emg_tutorial_as_batch_job_on_an_emg_file_without_truth(tmp_path, monkeypatch):
