@@ -331,6 +331,7 @@ METRIC_STYLES = {
     "kl_ramp": ("KL weight ramp", "#2ca02c", "dot"),  # dotted: the L2 ramp often lies on top of it
     "l2_ramp": ("L2 weight ramp", "#8c564b", "dash"),
     "lr": ("learning rate", "#ff7f0e", "solid"),
+    "train_bins": ("bins of each trial trained on (curriculum)", "#e377c2", "solid"),
     "epoch_seconds": ("seconds per epoch", "#bcbd22", "solid"),
 }
 
@@ -343,6 +344,7 @@ HISTORY_PANELS = (
     ("L2 penalty (before weighting)", "L2", lambda c: c.startswith("l2") and not c.endswith("_ramp")),
     ("learning rate", "learning rate", lambda c: c == "lr" or c.startswith("lr_") or "learning_rate" in c),
     ("regulariser ramps", "ramp weight (0-1)", lambda c: c.endswith("_ramp")),
+    ("sequence-length curriculum", "bins", lambda c: c == "train_bins"),
     ("time per epoch", "seconds", lambda c: c.endswith("seconds")),
     ("other metrics", "value", lambda c: True),
 )
@@ -605,6 +607,48 @@ def emg_estimates(ds: xr.Dataset, estimates: dict, trial, channels=None, time_ra
     return fig
 
 
+# ----------------------------------------------------------------------------- speed against accuracy
+
+SCORE_LABELS = {"rate_r2": "rate R² (validation trials)", "bits_per_spike": "bits per spike (validation trials)",
+                "state_r2": "state R² (true → inferred)", "latent_r2": "latent R² (inferred → true, held out)"}
+
+
+def _ticks_1_2_5(low: float, high: float) -> list[float]:
+    """Tick values 1, 2, 5 x 10^k covering [low, high] (both > 0), at least two of them."""
+    ticks = [m * 10.0**k for k in range(int(np.floor(np.log10(low))) - 1, int(np.ceil(np.log10(high))) + 1)
+             for m in (1, 2, 5)]
+    inside = [t for t in ticks if low / 2 <= t <= high * 2]
+    return inside if len(inside) >= 2 else ticks
+
+
+def latency_scores(table: pd.DataFrame, score: str = "rate_r2") -> go.Figure:
+    """One labelled point per model: a score (``score`` column, e.g. ``rate_r2``) against the CPU
+    milliseconds to infer one trial (``latency_ms`` column, log axis with 1-2-5 ticks in ms).
+    ``table``: one row per model, indexed by the model's name."""
+    if not isinstance(table, pd.DataFrame):
+        raise DataError(f"table must be a pandas DataFrame, got {type(table).__name__}.")
+    missing = [c for c in ("latency_ms", score) if c not in table.columns]
+    if missing or table.empty:
+        raise DataError(f"table needs one row per model and the columns 'latency_ms' and {score!r}; "
+                        f"missing {missing or 'rows'}.")
+    latency = table["latency_ms"].to_numpy(dtype=float)
+    if not (np.isfinite(latency).all() and (latency > 0).all()):
+        raise DataError("latency_ms must be positive and finite for every model in the table.")
+    fig = go.Figure()
+    for i, (name, row) in enumerate(table.iterrows()):
+        fig.add_trace(go.Scatter(x=[row["latency_ms"]], y=[row[score]], mode="markers+text", text=[str(name)],
+                                 textposition="top center", marker=dict(size=14, color=PALETTE[i % len(PALETTE)]),
+                                 name=str(name)))
+    ticks = _ticks_1_2_5(latency.min(), latency.max())
+    fig.update_xaxes(type="log", tickvals=ticks, ticktext=[f"{t:g} ms" for t in ticks],
+                     range=[np.log10(latency.min()) - 0.3, np.log10(latency.max()) + 0.3],
+                     title="CPU time to infer one trial (ms, log scale; one thread, posterior means)")
+    fig.update_yaxes(title=SCORE_LABELS.get(score, score))
+    fig.update_layout(title=f"{SCORE_LABELS.get(score, score).split(' (')[0]} against single-trial inference latency",
+                      showlegend=False)
+    return fig
+
+
 # ----------------------------------------------------------------------------- latent-state recovery
 
 def state_fit(latents_true: xr.DataArray, inferred: dict, trial, n_dims: int = 3) -> go.Figure:
@@ -652,6 +696,41 @@ def state_fit(latents_true: xr.DataArray, inferred: dict, trial, n_dims: int = 3
     fig.update_layout(title=f"Inferred state (solid) vs its affine prediction from the true state (dashed), "
                             f"trial {trial}",
                       height=max(300, ROW_HEIGHT * n_dims))
+    return fig
+
+
+def validation_curves(histories: dict) -> go.Figure:
+    """Validation NLL per entry against epoch for several models on the same data, one line each,
+    with the true rates' NLL (dotted) where the histories have it, and the epochs a curriculum
+    trained on fewer bins than whole trials shaded: a curve that is still falling at its last
+    epoch belongs to a model that has not finished learning.
+
+    ``histories``: {model name: ``TrainResult.history``} (columns ``epoch``, ``valid_recon``, and
+    optionally ``valid_truth_nll`` and ``train_bins``).
+    """
+    if not isinstance(histories, dict) or not histories:
+        raise DataError("histories must be a non-empty dict {model name: TrainResult.history}.")
+    for name, h in histories.items():
+        if not isinstance(h, pd.DataFrame) or not {"epoch", "valid_recon"} <= set(h.columns):
+            raise DataError(f"histories[{name!r}] must be a TrainResult.history with 'epoch' and 'valid_recon' columns.")
+    fig = go.Figure()
+    for i, (name, h) in enumerate(histories.items()):
+        fig.add_trace(go.Scatter(x=h["epoch"] + 1, y=h["valid_recon"], mode="lines", name=name,
+                                 line=dict(color=PALETTE[i % len(PALETTE)])))
+    first = next(iter(histories.values()))
+    if "valid_truth_nll" in first:
+        label, colour, dash = METRIC_STYLES["valid_truth_nll"]
+        fig.add_hline(y=float(first["valid_truth_nll"].iloc[0]), line=dict(color=colour, dash=dash),
+                      annotation_text=label, annotation_position="top right")
+    if "train_bins" in first and (first["train_bins"] < first["train_bins"].max()).any():
+        last_short = int(first.loc[first["train_bins"] < first["train_bins"].max(), "epoch"].max()) + 1
+        fig.add_vrect(x0=0.5, x1=last_short + 0.5, fillcolor="#cccccc", opacity=0.3, line_width=0,
+                      annotation_text="curriculum: first bins only", annotation_position="top left")
+    low = min(float(h["valid_recon"].min()) for h in histories.values())
+    top = max(float(h["valid_recon"].quantile(0.9)) for h in histories.values())
+    fig.update_yaxes(title="validation NLL per entry (nats)", range=[low - 0.2 * (top - low), top])
+    fig.update_xaxes(title="epoch")
+    fig.update_layout(title="Validation NLL of each model, whole trials", legend=dict(orientation="h", y=-0.2))
     return fig
 
 
