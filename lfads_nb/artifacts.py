@@ -25,16 +25,28 @@ data) these defaults flag 1 to 5 % of the entries, 87 to 99 % of them on artifac
 ``mask_artifacts`` turns the flags into NaN, which lfads_nb reads as *not observed*: the encoder
 sees zero there and the loss leaves them out (``transforms.sbtt``), so LFADS infers the activation
 through an artifact from the bins around it instead of reproducing it.
+
+``artifact_free_nll`` is a validation NLL that does not reward reproducing artifacts: the mean
+entry NLL over the bins away from the flags (``near_artifacts``), with the largest ``ARTIFACT_TRIM``
+share left out (the artifacts the detector missed). PBT's artifact-free fitness
+(``PBTConfig(fitness_skips_artifacts=True)``) and checkpoint selection by
+``TrainConfig(select_by='valid_recon_artifact_free')`` both compute it here.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
+import torch
 import xarray as xr
 from scipy.ndimage import maximum_filter, median_filter
 
+from .data.schema import observed_variable
 from .errors import ConfigError, DataError
 
 DIMS = ("trial", "time", "neuron")
+ARTIFACT_TRIM = 0.01  # artifact_free_nll: share of the largest entry NLLs left out besides the bins near flags
+NEAR_MARGIN = 2       # near_artifacts: bins either side of a flagged entry that go with it
 
 
 def detect_artifacts(emg: xr.DataArray, *, window: int = 11, shared_ratio: float = 3.0, min_channels: int | None = None,
@@ -97,4 +109,49 @@ def mask_artifacts(ds: xr.Dataset, flags: xr.DataArray | None = None, **detector
     return out
 
 
-__all__ = ["detect_artifacts", "mask_artifacts"]
+def near_artifacts(ds: xr.Dataset, margin: int = NEAR_MARGIN) -> xr.DataArray:
+    """(trial, time, neuron) bool: every entry of a bin within ``margin`` bins of a flagged entry.
+
+    The flags are ``ds['artifact_flag']`` when ``ds`` holds them (data from ``mask_artifacts``),
+    else ``detect_artifacts`` of the recorded EMG (found without truth). The margin and the whole
+    bin (every channel) take in the channels and tail bins of an event the detector missed.
+    """
+    if int(margin) != margin or margin < 0:
+        raise ConfigError(f"margin must be a whole number of bins >= 0, got {margin!r}.")
+    flags = ds["artifact_flag"] if "artifact_flag" in ds else detect_artifacts(ds[observed_variable(ds)])
+    hit = flags.transpose(*DIMS).values.any(-1)
+    near = maximum_filter(hit, size=(1, 2 * int(margin) + 1), mode="constant", cval=False)
+    return flags.copy(data=np.broadcast_to(near[..., None], flags.shape).copy()).rename("near_artifact")
+
+
+def artifact_free_nll(entry_nll, batches, skip: torch.Tensor, *, heldout: bool = False,
+                      trim: float = ARTIFACT_TRIM) -> torch.Tensor:
+    """Validation NLL per entry away from artifacts, trimmed (module docstring).
+
+    ``entry_nll``: batch -> NLL of every entry under the posterior means, (B, T, N) for one model
+    (``LFADS.entry_nll``) or (P, B, T, N) for a population. ``batches``: the validation batches
+    (the encoder reads them as recorded, artifacts included). ``skip``: (V, T, N) bool, True on
+    the entries to leave out (``near_artifacts``) for the V trials of ``batches`` in order.
+    ``heldout``: count the sample-validation held-out entries (``valid_sv_nll``) instead of the
+    visible ones (``valid_recon``). Each model's mean leaves out its largest ``trim`` share of the
+    counted entry NLLs. Returns a 0-d (one model) or (P,) float64 tensor (NaN if nothing counted).
+    Call it under ``torch.no_grad()`` with the model in eval mode.
+    """
+    if not 0 <= trim < 1:
+        raise ConfigError(f"trim must be in [0, 1), got {trim!r}.")
+    kept, start = [], 0
+    for batch in batches:
+        n = batch.target.shape[0]
+        counted = (batch.heldout if heldout else batch.loss_mask) & ~skip[start:start + n]
+        start += n
+        kept.append(torch.where(counted, entry_nll(batch), torch.nan).flatten(-3))
+    kept = torch.cat(kept, dim=-1).double()
+    means = []
+    for row in kept.reshape(-1, kept.shape[-1]):
+        values = row[~row.isnan()].sort().values
+        means.append(values[:max(1, math.ceil((1 - trim) * len(values)))].mean() if len(values)
+                     else torch.tensor(math.nan, dtype=torch.float64, device=row.device))
+    return torch.stack(means).reshape(kept.shape[:-1])
+
+
+__all__ = ["ARTIFACT_TRIM", "artifact_free_nll", "detect_artifacts", "mask_artifacts", "near_artifacts"]

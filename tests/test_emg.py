@@ -369,12 +369,12 @@ def test_detector_bad_input():
 
 
 def test_artifact_free_fitness_prefers_the_model_that_ignores_artifacts():
-    """Controlled case with the real Gamma NLL and the fitness's own mask (``_artifact_flags``):
+    """Controlled case with the real Gamma NLL and the fitness's own mask (``near_artifacts``):
     two estimates of the same data, one the truth, one that reproduces every artifact exactly and,
     as an over-coupled controller does, carries each event on through the shared dynamics (a
     perturbation of every channel decaying over 5 bins, 10 % of the event's mean amplitude). The NLL
     over all entries prefers the artifact copier; the artifact-free fitness prefers the truth."""
-    from lfads_nb.tune.pbt import ARTIFACT_TRIM, _artifact_flags
+    from lfads_nb.artifacts import ARTIFACT_TRIM, near_artifacts
 
     ds = emg(5, n_trials=80, n_bins=100, n_channels=12, samples_per_bin=4, artifact_rate=3.0)
     truth, artifact = (torch.as_tensor(ds[v].values, dtype=torch.float64) for v in ("emg_mean_true", "artifact_true"))
@@ -392,7 +392,7 @@ def test_artifact_free_fitness_prefers_the_model_that_ignores_artifacts():
         values = nll(mean)[clean].sort().values
         return values[:math.ceil((1 - ARTIFACT_TRIM) * len(values))].mean()
 
-    clean = ~_artifact_flags(ds, "cpu")
+    clean = ~torch.as_tensor(near_artifacts(ds).values)
     assert 0.5 < clean.double().mean() < 0.95
     assert nll(copier).mean() < nll(truth).mean()
     # skipping the flagged bins alone is not enough: the few artifacts the detector missed still pay
@@ -404,6 +404,7 @@ def test_pbt_fitness_that_skips_artifacts(tmp_path):
     """The artifact-free fitness is the validation NLL over the unflagged entries: with no entry
     flagged and no trimming it equals the population's own ``valid_recon`` (the reference path);
     in a run it is recorded and drives the fitness."""
+    from lfads_nb.artifacts import near_artifacts
     from lfads_nb.tune import pbt as pbt_module
     from lfads_nb.tune.population import Population
 
@@ -417,7 +418,7 @@ def test_pbt_fitness_that_skips_artifacts(tmp_path):
     reference = population.validate(tensors, valid, tc.batch_size)["valid_recon"].double().numpy()
     np.testing.assert_allclose(pbt_module._artifact_free_nll(population, tensors, valid, none, tc, "valid_recon", trim=0.0),
                                reference, rtol=1e-6)
-    flags = pbt_module._artifact_flags(ds, "cpu")
+    flags = torch.as_tensor(near_artifacts(ds).values)
     assert flags[valid].any()
     skipped = pbt_module._artifact_free_nll(population, tensors, valid, flags, tc, "valid_recon")
     assert np.isfinite(skipped).all() and not np.allclose(skipped, reference)
@@ -430,6 +431,15 @@ def test_pbt_fitness_that_skips_artifacts(tmp_path):
     assert np.isfinite(history["valid_recon_artifact_free"]).all()
     assert not np.allclose(history["valid_recon_artifact_free"], history["valid_recon"])
     assert history["fitness"].attrs["description"].startswith("valid_recon_artifact_free")
+    # the figures name the fitness that was used, and tick generations at whole numbers
+    assert plots.fitness_label(history) == "artifact-free validation NLL (trimmed, smoothed)"
+    assert plots.pbt_fitness(history).layout.yaxis.title.text.startswith("artifact-free validation NLL")
+    for fig in (plots.pbt_fitness(history), plots.pbt_hyperparameters(history), plots.pbt_lineage(history)):
+        assert fig.layout.xaxis.dtick == 1 and fig.layout.xaxis.tick0 == 0
+    plain = history.copy()
+    plain.attrs["pbt_config"] = plain.attrs["pbt_config"].replace('"fitness_skips_artifacts": true',
+                                                                  '"fitness_skips_artifacts": false')
+    assert plots.fitness_label(plain) == "validation NLL (smoothed)"
     pytest.importorskip("ray")
     from lfads_nb.tune.ray_backend import ray_pbt
 
@@ -453,3 +463,108 @@ def test_gamma_lfads_trains_on_masked_emg_and_fills_the_flagged_entries(tmp_path
     assert np.isfinite(result.history["valid_recon"]).all()
     mean = lfads_nb.infer(result.model, masked)["emg_mean"]
     assert mean.shape == ds["emg"].shape and np.isfinite(mean.values[flags]).all() and (mean.values > 0).all()
+
+
+# ----------------------------------------------------------------------------- artifact-free NLL, shared
+
+def test_near_artifacts_spreads_flags_over_whole_bins_and_prefers_the_stored_flags():
+    from lfads_nb.artifacts import detect_artifacts, mask_artifacts, near_artifacts
+
+    ds = emg(0, n_trials=4, n_bins=20, n_channels=3, artifact_rate=0)
+    flags = ds["emg"].copy(data=np.zeros(ds["emg"].shape, bool))
+    flags[1, 10, 2] = True
+    near = near_artifacts(mask_artifacts(ds, flags), margin=2).values  # the stored artifact_flag
+    for channel in range(3):  # the whole bin, every channel, 2 bins either side
+        assert near[1, :, channel].tolist() == [False] * 8 + [True] * 5 + [False] * 7
+    assert not near[[0, 2, 3]].any()
+    noisy = emg(3, n_trials=20, n_bins=60, artifact_rate=3.0)  # no stored flags: detect_artifacts
+    detected = detect_artifacts(noisy["emg"]).values.any(-1)
+    assert detected.any()
+    np.testing.assert_array_equal(near_artifacts(noisy, margin=0).values, np.repeat(detected[..., None], 12, -1))
+    with pytest.raises(ConfigError, match="margin"):
+        near_artifacts(ds, margin=-1)
+
+
+def test_artifact_free_nll_is_a_trimmed_mean_over_the_counted_entries():
+    """Against numpy, for one model (B, T, N) and a population (P, B, T, N): the entries that the
+    loss counts and ``skip`` does not, each model's largest ``trim`` share left out, then the mean."""
+    from lfads_nb.artifacts import artifact_free_nll
+
+    rng = np.random.default_rng(0)
+    V, T, N, P, B = 7, 6, 3, 2, 3
+    nll = torch.as_tensor(rng.normal(size=(P, V, T, N)))
+    data = torch.ones(V, T, N)
+    data[2, 1:3, 0] = float("nan")  # not observed: out of the loss
+    skip = torch.as_tensor(rng.random((V, T, N)) < 0.2)
+    batches = [sbtt(make_batch(data[s:s + B], torch.ones(N, dtype=torch.bool))) for s in range(0, V, B)]
+    counted = (~torch.isnan(data) & ~skip).numpy()
+
+    def entry_nll(population: bool):
+        starts = iter(range(0, V, B))
+        return lambda batch: (lambda s: nll[:, s:s + batch.target.shape[0]] if population
+                              else nll[0, s:s + batch.target.shape[0]])(next(starts))
+
+    for trim in (0.0, 0.1):
+        want = []
+        for p in range(P):
+            values = np.sort(nll[p].numpy()[counted])
+            want.append(values[:math.ceil((1 - trim) * len(values))].mean())
+        got = artifact_free_nll(entry_nll(True), batches, skip, trim=trim)
+        assert got.shape == (P,)
+        np.testing.assert_allclose(got.numpy(), want, rtol=1e-12)
+        one = artifact_free_nll(entry_nll(False), batches, skip, trim=trim)
+        assert one.shape == () and float(one) == pytest.approx(want[0], rel=1e-12)
+    with pytest.raises(ConfigError, match="trim"):
+        artifact_free_nll(entry_nll(False), batches, skip, trim=1.0)
+
+
+def test_checkpoints_chosen_by_the_artifact_free_nll_the_number_pbt_computes(tmp_path):
+    """``select_by='valid_recon_artifact_free'``: the history records the artifact-free NLL, the best
+    epoch is its minimum, the kept model reproduces the recorded value, and a population holding
+    that model twice gives each member the same value (PBT's fitness and the loop share one code)."""
+    from lfads_nb.artifacts import artifact_free_nll, near_artifacts
+    from lfads_nb.tune import pbt as pbt_module
+    from lfads_nb.tune.population import Population
+
+    ds = emg(2, n_trials=30, n_bins=40, n_channels=6, artifact_rate=5.0)
+    config = TrainConfig(max_epochs=4, batch_size=10, cd_rate=0.0, shift_std=1.0, shift_max=2, kl_ramp_epochs=1,
+                         l2_ramp_epochs=1, select_by="valid_recon_artifact_free", early_stop_patience=4)
+    result = lfads_nb.train(lfads_nb.build_model(ds, config, seed=0, **TINY), ds, config, checkpoint_dir=tmp_path,
+                            live=False)
+    history = result.history
+    assert np.isfinite(history["valid_recon_artifact_free"]).all()
+    assert not np.allclose(history["valid_recon_artifact_free"], history["valid_recon"])
+    assert result.best_epoch == int(np.argmin(history["valid_recon_artifact_free"].values))
+    tensors = _to_tensors(ds, config)
+    valid = torch.as_tensor(np.flatnonzero(ds["split"].values == "valid"))
+    skip = torch.as_tensor(near_artifacts(ds).values)
+    with torch.no_grad():
+        again = artifact_free_nll(result.model.entry_nll, validation_batches(tensors, valid, 0.0, 256), skip[valid])
+    assert float(again) == pytest.approx(history["valid_recon_artifact_free"].iloc[result.best_epoch], rel=1e-6)
+    population = Population([result.model, result.model], config,
+                            pbt_module._initial_hparams(lfads_nb.EMG_SPACE, 2, 0), noise_seed=0)
+    members = pbt_module._artifact_free_nll(population, tensors, valid, skip, config, "valid_recon")
+    np.testing.assert_allclose(members, float(again), rtol=1e-5)
+    with pytest.raises(ConfigError, match="select_by"):
+        TrainConfig(select_by="valid_artifacts")
+    ndt = lfads_nb.build_model(ds, model="ndt", seed=0)  # a model without entry_nll: refused, with the fix
+    with pytest.raises(ConfigError, match="needs a model with entry_nll"):
+        lfads_nb.train(ndt, ds, config, live=False)
+
+
+def test_masked_low_pass_renormalises_around_nan_and_fills_long_gaps():
+    """smooth_emg on EMG with a masked stretch longer than the kernel's reach: a constant stays
+    constant everywhere, and a linear ramp is filled at the gap's centre by its own value (the
+    observed bins either side weigh the same)."""
+    values = np.ones((1, 30, 2))
+    values[0, :, 1] = np.arange(30)
+    values[0, 10:19] = np.nan  # bins 10..18 masked: centre 14, observed bins 9 and 19 at 5 bins
+    out = metrics.smooth_emg(_da(values), 0.01, 0.01).values  # sigma 1 bin: reach 4 bins
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(out[0, :, 0], 1.0, rtol=1e-12)
+    assert out[0, 14, 1] == pytest.approx(14.0, rel=1e-9)
+    kernel = np.exp(-0.5 * np.arange(-4, 5) ** 2)  # bin 23: every bin in reach observed
+    assert out[0, 23, 1] == pytest.approx((kernel * np.arange(19, 28)).sum() / kernel.sum(), rel=1e-9)
+    near = np.arange(19, 25)  # bin 20: its reach 16..24 holds observed bins 19..24 only, renormalised
+    weights = np.exp(-0.5 * (near - 20) ** 2)
+    assert out[0, 20, 1] == pytest.approx((weights * near).sum() / weights.sum(), rel=1e-9)

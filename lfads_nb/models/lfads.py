@@ -213,16 +213,6 @@ class ClippedGRU(nn.Module):
         with torch.no_grad():
             self.bias_ih[:, : 2 * H] = 1.0
 
-    def project(self, x: Tensor) -> Tensor:
-        """Input projections of all T steps, one batched matmul for the D GRUs.
-
-        x (T, D, B, in) -> (T, D, B, 3H) = x W_ih^T + b (a transposed view of the matmul output).
-        """
-        T, D, B, _ = x.shape
-        xs = x.transpose(0, 1).reshape(D, T * B, -1)
-        out = torch.baddbmm(self.bias_ih.unsqueeze(1), xs, self.weight_ih.transpose(1, 2))
-        return out.view(D, T, B, -1).transpose(0, 1)
-
 
 class BidirectionalEncoder(nn.Module):
     """Bidirectional clipped GRU over the whole trial, with learnable initial states.
@@ -238,17 +228,50 @@ class BidirectionalEncoder(nn.Module):
         self.h0 = nn.Parameter(torch.zeros(2, 1, hidden_size))
 
     def _scan(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        x = x.transpose(0, 1)  # (T, B, in)
-        xp = self.gru.project(torch.stack([x, x.flip(0)], dim=1))  # backward direction reads time reversed
-        return clipped_gru_scan(xp, self.h0.expand(-1, x.shape[1], -1), self.gru.weight_hh, self.gru.clip)
+        return bidirectional_scans([self], x)[0]
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        states, _ = self._scan(x)  # (T, 2, B, H)
-        return states[:, 0].transpose(0, 1), states[:, 1].flip(0).transpose(0, 1)
+        return self.directions(self._scan(x)[0])
 
     def final_states(self, x: Tensor) -> Tensor:
-        _, last = self._scan(x)  # (2, B, H)
+        return self.summary(self._scan(x)[1])
+
+    @staticmethod
+    def directions(states: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        """(fwd, bwd), each (B, T, H) (views of time-first tensors), from the scan's states of the two
+        directions, each (T, B, H) (bwd's in reversed time)."""
+        fwd, bwd = states
+        return fwd.transpose(0, 1), bwd.flip(0).transpose(0, 1)
+
+    @staticmethod
+    def summary(last: Tensor) -> Tensor:
+        """[fwd[:, -1], bwd[:, 0]] (B, 2H) from the scan's last states (2, B, H)."""
         return torch.cat([last[0], last[1]], dim=-1)
+
+
+def bidirectional_scans(encoders: list[BidirectionalEncoder], x: Tensor) -> list[tuple[tuple[Tensor, Tensor], Tensor]]:
+    """Bidirectional encoders of one width run over the same input x (B, T, in) as one fused scan:
+    each encoder's two directions, and the encoders, side by side (the D axis of
+    ``clipped_gru_scan``), so the per-step kernels run once for all of them. The backward
+    direction reads time reversed. Per encoder: ((forward states, backward states), each
+    (T, B, H), last states (2, B, H)).
+    """
+    x = x.transpose(0, 1)  # (T, B, in)
+    T, B, _ = x.shape
+    k = len(encoders)
+
+    def joined(name: str, module=lambda e: e.gru) -> Tensor:  # (2k, ...): the encoders' weights along D
+        weights = [getattr(module(e), name) for e in encoders]
+        return torch.cat(weights) if k > 1 else weights[0]
+
+    directions = torch.stack([x, x.flip(0)]).reshape(2, T * B, -1)
+    directions = directions.repeat(k, 1, 1) if k > 1 else directions
+    xp = torch.baddbmm(joined("bias_ih").unsqueeze(1), directions, joined("weight_ih").transpose(1, 2))
+    xp = xp.view(2 * k, T, B, -1).transpose(0, 1)  # (T, 2k, B, 3H): every input projection, one matmul
+    states, last = clipped_gru_scan(xp, joined("h0", lambda e: e).expand(-1, B, -1), joined("weight_hh"),
+                                    encoders[0].gru.clip)
+    steps = states.unbind(1)  # unbind's gradient is one stack, where slices would each zero-fill all D
+    return [((steps[2 * i], steps[2 * i + 1]), last[2 * i : 2 * i + 2]) for i in range(k)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -350,6 +373,12 @@ class FactorReadout(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 
+def _linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """F.linear, with the bias alone (broadcast, not materialised) when x has no features: a
+    generator without external inputs then adds its bias with no matmul, copy or gradient pass."""
+    return bias.expand(*x.shape[:-1], -1) if x.shape[-1] == 0 else F.linear(x, weight, bias)
+
+
 def _fan_in_linear(in_features: int, out_features: int) -> nn.Linear:
     layer = nn.Linear(in_features, out_features)
     nn.init.normal_(layer.weight, std=1 / math.sqrt(in_features))
@@ -417,7 +446,7 @@ class GRUGenerator(ClippedGRU):
     def scan(self, g: Tensor, inputs: Tensor) -> Tensor:
         """``step`` over all T bins at once (``clipped_gru_scan``), for inputs known in advance:
         g (B, gen_dim), inputs (B, T, input_size) -> states (B, T, gen_dim)."""
-        xp = F.linear(inputs, self.weight_ih[0], self.bias_ih[0]).transpose(0, 1).unsqueeze(1)
+        xp = _linear(inputs, self.weight_ih[0], self.bias_ih[0]).transpose(0, 1).unsqueeze(1)
         states, _ = clipped_gru_scan(xp, g[None], self.weight_hh, self.clip)
         return states[:, 0].transpose(0, 1)
 
@@ -565,8 +594,10 @@ def draw_noise(config: LFADSConfig, B: int, T: int, *, members: int | None = Non
 
 
 def _keep(uniforms: Tensor, rate) -> Tensor:
-    """Dropout multipliers: 1 / (1 - rate) where the uniform is >= rate, else 0."""
-    return (uniforms >= rate) / (1 - rate)
+    """Dropout multipliers: 1 / (1 - rate) where the uniform is >= rate, else 0, in the uniforms'
+    dtype (one pass: a division of the bool mask would first convert it)."""
+    scale = 1 / (1 - rate if isinstance(rate, Tensor) else uniforms.new_tensor(1 - rate))
+    return torch.where(uniforms >= rate, scale, 0.0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -603,7 +634,8 @@ class LFADS(nn.Module):
     ``scan``, for a neural ODE ``lfads_nb.models._fused_node``); with a controller, a generator
     that is not ``fusable`` (a neural ODE) runs on the step loop. ``fused=False`` runs the step loop of
     ``decode``, the same computation in plain autograd (slower; step through it in a debugger).
-    The encoders always use the fused scan.
+    The encoders always use the fused scan; ``fused=True`` runs the IC and CI encoders as one
+    scan when they have one width.
 
     Initial states: the encoders' and the controller's (``con_h0``) are learnable vectors
     (init 0). The controller's first input uses the factors of the generator's initial
@@ -654,25 +686,47 @@ class LFADS(nn.Module):
     # ---- encoders ---------------------------------------------------------------------------
 
     def encode_ic(self, x: Tensor, drop) -> tuple[Tensor, Tensor]:
-        """Posterior of g0 from the (dropped-out) input x (B, T, E): mean, std, each (B, ic_dim).
+        """Posterior of g0 from the (dropped-out) input x (B, T, E): mean, std, each (B, ic_dim)."""
+        return self._ic_posterior(self.ic_encoder.final_states(x), drop)
+
+    def _ic_posterior(self, final_states: Tensor, drop) -> tuple[Tensor, Tensor]:
+        """mean, std of g0 from the IC encoder's final states (B, 2 ic_enc_dim).
 
         std = sqrt(exp(logvar) + ic_post_var_min): the floor keeps the posterior from collapsing.
         """
-        h = drop(self.ic_encoder.final_states(x), "ic_enc")
-        mean, logvar = self.ic_linear(h).chunk(2, dim=-1)
+        mean, logvar = self.ic_linear(drop(final_states, "ic_enc")).chunk(2, dim=-1)
         return mean, torch.sqrt(torch.exp(logvar) + self.config.ic_post_var_min)
 
     def encode_controller_inputs(self, x: Tensor) -> Tensor:
-        """Controller inputs e (B, T, 2 ci_enc_dim) from the (dropped-out) input x (B, T, E).
+        """Controller inputs e (B, T, 2 ci_enc_dim) from the (dropped-out) input x (B, T, E)."""
+        return self._lagged(*self.ci_encoder(x))
+
+    @staticmethod
+    def _lagged(fwd: Tensor, bwd: Tensor) -> Tensor:
+        """Controller inputs from the CI encoder's states fwd, bwd (B, T, ci_enc_dim).
 
         Lag of one step (as the original LFADS and lfads-torch): e_t = [fwd_{t-1}, bwd_{t+1}],
         zeros past the edges. So e_t summarises x_0..x_{t-1} and x_{t+1}..x_{T-1} but never x_t
-        itself, and u_t cannot copy the spikes it is asked to reconstruct at t.
+        itself, and u_t cannot copy the spikes it is asked to reconstruct at t. Built time first
+        (returned as a (B, T, .) view), the layout the decoder's kernels step through.
         """
-        fwd, bwd = self.ci_encoder(x)
-        fwd = F.pad(fwd, (0, 0, 1, 0))[:, :-1]
-        bwd = F.pad(bwd, (0, 0, 0, 1))[:, 1:]
-        return torch.cat([fwd, bwd], dim=-1)
+        fwd, bwd = fwd.transpose(0, 1), bwd.transpose(0, 1)
+        lagged = torch.cat([F.pad(fwd[:-1], (0, 0, 0, 0, 1, 0)), F.pad(bwd[1:], (0, 0, 0, 0, 0, 1))], dim=-1)
+        return lagged.transpose(0, 1)
+
+    def encode(self, x: Tensor, drop) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Both encoders over the (dropped-out) input x (B, T, E): ic_mean, ic_std (B, ic_dim) and the
+        controller inputs (B, T, 2 ci_enc_dim), or None without a controller. When ``fused`` and the
+        encoders have one width, they run as one scan (``bidirectional_scans``); otherwise
+        ``encode_ic`` and ``encode_controller_inputs`` one after the other (the same numbers)."""
+        c = self.config
+        if not c.co_dim:
+            return *self.encode_ic(x, drop), None
+        if c.ic_enc_dim != c.ci_enc_dim or not self.fused:
+            return *self.encode_ic(x, drop), self.encode_controller_inputs(x)
+        (_, ic_last), (ci_states, _) = bidirectional_scans([self.ic_encoder, self.ci_encoder], x)
+        ic_mean, ic_std = self._ic_posterior(BidirectionalEncoder.summary(ic_last), drop)
+        return ic_mean, ic_std, self._lagged(*BidirectionalEncoder.directions(ci_states))
 
     # ---- decoder (controller + generator) ---------------------------------------------------
 
@@ -727,14 +781,18 @@ class LFADS(nn.Module):
         def steps(x: Tensor | None) -> Tensor | None:  # (B, T, k) -> (T, D=1, B, k)
             return None if x is None else x.transpose(0, 1).unsqueeze(1)
 
+        def batch_first(x: Tensor) -> Tensor:  # (T, D=1, B, k) -> (B, T, k), a view
+            return x.squeeze(1).transpose(0, 1)
+
         if not c.co_dim:
             states = gen.scan(g_init, ext)
             factors = F.linear(drop(states, "gen_states"), w_fac)
             empty = ext.new_zeros(B, T, 0)
             return states, factors, empty, empty, empty
-        gen_xp_ext = F.linear(ext, gen.weight_ih[0, :, c.co_dim :], gen.bias_ih[0])
+        # Time-first products below (the kernels' layout), so no matmul or gradient copies to reorder.
+        gen_xp_ext = _linear(ext, gen.weight_ih[0, :, c.co_dim :], gen.bias_ih[0])
         con, n_ci = self.controller, 2 * c.ci_enc_dim
-        con_xp_ci = F.linear(drop(ci, "ci"), con.weight_ih[0, :, :n_ci], con.bias_ih[0])
+        con_xp_ci = F.linear(drop(ci, "ci").transpose(0, 1), con.weight_ih[0, :, :n_ci], con.bias_ih[0])
         f_init = F.linear(drop(g_init, "g_init"), w_fac)  # f_{-1}
         weights = DecoderWeights(
             controller=con.weight_hh, controller_factors=con.weight_ih[:, :, n_ci:],
@@ -742,10 +800,10 @@ class LFADS(nn.Module):
             generator_inputs=gen.weight_ih[:, :, : c.co_dim], generator=gen.weight_hh, factors=w_fac[None],
         )
         outputs = controlled_decode(
-            steps(con_xp_ci), steps(gen_xp_ext), self.con_h0.expand(1, B, -1), g_init[None], f_init[None], weights,
-            steps(masks("factors_in")), steps(masks("gen_states")), steps(co_eps), c.cell_clip,
+            con_xp_ci.unsqueeze(1), steps(gen_xp_ext), self.con_h0.expand(1, B, -1), g_init[None], f_init[None],
+            weights, steps(masks("factors_in")), steps(masks("gen_states")), steps(co_eps), c.cell_clip,
         )
-        return tuple(o[:, 0].transpose(0, 1) for o in outputs)
+        return tuple(batch_first(o) for o in outputs)
 
     # ---- forward ----------------------------------------------------------------------------
 
@@ -816,12 +874,11 @@ class LFADS(nn.Module):
             return v if m is None else v * m
 
         x = drop(encoder_input, "x")
-        ic_mean, ic_std = self.encode_ic(x, drop)
+        ic_mean, ic_std, ci = self.encode(x, drop)
         g0 = ic_mean + ic_std * noise.ic_eps if sample else ic_mean
         kl_ic = self.ic_prior.kl(ic_mean, ic_std)
         g_init = self.ic_to_g0(g0)
         ext = drop(ext_input, "ext") if c.ext_input_dim else x.new_zeros(B, T, 0)
-        ci = self.encode_controller_inputs(x) if c.co_dim else None
         co_eps = noise.co_eps if sample else None
         states, factors, u, co_mean, co_std = self.decode(g_init, ci, ext, drop, masks, co_eps)
         if not c.co_dim:

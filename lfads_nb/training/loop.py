@@ -48,6 +48,7 @@ import pandas as pd
 import torch
 import xarray as xr
 
+from ..artifacts import artifact_free_nll, near_artifacts
 from ..data.kinds import kind_of
 from ..data.schema import encoder_bins, heldin_mask, observed_variable, validate
 from ..errors import CheckpointError, ConfigError, DataError, TrainingDiverged
@@ -58,6 +59,9 @@ from ..models.ndt import NDT, NDTConfig
 from ..transforms import (Batch, coordinated_dropout, forward_prediction, make_batch, rounded_normal_shifts,
                           sample_validation, sbtt, temporal_shift)
 from .checkpoint import RunState, ema, load_checkpoint, restore_training, save_checkpoint, training_checkpoint
+
+
+SELECT_BY = ("valid_recon", "valid_sv_nll", "valid_recon_artifact_free")
 
 
 @dataclass
@@ -92,7 +96,8 @@ class TrainConfig:
                                     # curriculum to reach whole trials
     curriculum_epochs: int = 150    # epochs between two lengthenings of the curriculum
     sv_seed: int = 0
-    select_by: str = "valid_recon"  # or "valid_sv_nll" (needs sv_fraction > 0)
+    select_by: str = "valid_recon"  # or "valid_sv_nll" (needs sv_fraction > 0), or "valid_recon_artifact_free"
+                                    # (EMG: away from artifacts found without truth, artifacts.artifact_free_nll)
     seed: int = 0
     device: str = "cpu"             # checked when a run starts (check_device), so a GPU config loads anywhere
 
@@ -119,10 +124,8 @@ class TrainConfig:
         for name in ("cd_rate", "sv_fraction"):
             if not 0 <= getattr(self, name) < 1:
                 raise ConfigError(f"TrainConfig.{name} must be in [0, 1), got {getattr(self, name)!r}.")
-        if self.select_by not in ("valid_recon", "valid_sv_nll"):
-            raise ConfigError(
-                f"TrainConfig.select_by must be 'valid_recon' or 'valid_sv_nll', got {self.select_by!r}."
-            )
+        if self.select_by not in SELECT_BY:
+            raise ConfigError(f"TrainConfig.select_by must be one of {SELECT_BY}, got {self.select_by!r}.")
         if self.select_by == "valid_sv_nll" and self.sv_fraction == 0:
             raise ConfigError("select_by='valid_sv_nll' needs sample validation: set sv_fraction > 0.")
 
@@ -382,6 +385,12 @@ class _SessionFeed:
         self.n_time = ds.sizes["time"]
         self.truth = _truth_nll(ds, self.valid_idx)
         self._example = _example_picker(ds, self.valid_idx)
+        self.skip = None  # select_by='valid_recon_artifact_free': the entries near artifacts, left out
+        if config.select_by == "valid_recon_artifact_free":
+            if not hasattr(model, "entry_nll"):
+                raise ConfigError(f"select_by='valid_recon_artifact_free' needs a model with entry_nll (LFADS); "
+                                  f"{type(model).__name__} has none. Use select_by='valid_recon'.")
+            self.skip = torch.as_tensor(near_artifacts(ds).values, device=config.device)[self.valid_idx]
 
     def shuffle(self, generator: torch.Generator) -> None:
         self.order = self.train_idx[torch.randperm(len(self.train_idx), generator=generator)]
@@ -391,7 +400,16 @@ class _SessionFeed:
         return _training_step_batch(self.tensors, self.order[step * size:(step + 1) * size], self.config)
 
     def validation(self, model) -> dict[str, float]:
-        return _validation_metrics(model, self.tensors, self.valid_idx, self.config, max(self.config.batch_size, 256))
+        size = max(self.config.batch_size, 256)
+        row = _validation_metrics(model, self.tensors, self.valid_idx, self.config, size)
+        if self.skip is not None:
+            model.eval()
+            with torch.no_grad():
+                row["valid_recon_artifact_free"] = float(artifact_free_nll(
+                    model.entry_nll, validation_batches(self.tensors, self.valid_idx, self.config.sv_fraction, size),
+                    self.skip))
+            model.train()
+        return row
 
     def example(self, model) -> dict:
         return self._example(model, self.tensors)
@@ -495,6 +513,8 @@ def train(
 
     config = config or TrainConfig()
     check_device(config.device)
+    if isinstance(ds, xr.DataTree) and config.select_by == "valid_recon_artifact_free":
+        raise ConfigError("select_by='valid_recon_artifact_free' works on one recording; use 'valid_recon' for sessions.")
     feed = (SessionsFeed if isinstance(ds, xr.DataTree) else _SessionFeed)(model, ds, config)
     model.check_training(config)
 

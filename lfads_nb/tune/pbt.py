@@ -44,7 +44,8 @@ import numpy as np
 import torch
 import xarray as xr
 
-from ..data.schema import observed_variable, validate
+from ..artifacts import ARTIFACT_TRIM, artifact_free_nll, near_artifacts
+from ..data.schema import validate
 from ..errors import ConfigError, TrainingDiverged
 from ..data.sessions import session_names, validate_sessions
 from ..models.lfads import LFADS, LFADSConfig
@@ -60,7 +61,6 @@ from .search import DEFAULT_SPACE, SearchSpace
 
 
 PBT_NEEDS_VALIDATION = "PBT judges members by their validation loss"
-ARTIFACT_TRIM = 0.01  # fitness_skips_artifacts: share of the largest entry NLLs left out besides the flagged bins
 
 
 @dataclass
@@ -331,7 +331,7 @@ def pbt(
         raise ConfigError("PBTConfig.fitness_skips_artifacts works on one recording: run PBT on each session, "
                           "or set fitness_skips_artifacts=False for stitched sessions.")
     tensors = {n: _to_tensors(d, tc) for n, d in datasets.items()} if sessions else _to_tensors(ds, tc)
-    flags = _artifact_flags(ds, tc.device) if pc.fitness_skips_artifacts else None
+    flags = torch.as_tensor(near_artifacts(ds).values, device=tc.device) if pc.fitness_skips_artifacts else None
     decisions = torch.Generator().manual_seed(pc.seed)  # batch order, exploit pairs, explore draws
     state = _RunState(P)
     settings = {"pbt_config": dataclasses.asdict(pc), "train_config": dataclasses.asdict(tc),
@@ -420,40 +420,19 @@ def train_epoch(population: Population, tensors, train_idx, valid_idx, tc: Train
     return metrics, stopped
 
 
-def _artifact_flags(ds: xr.Dataset, device: str, margin: int = 2) -> torch.Tensor:
-    """(trial, time, neuron) bool: every entry of a bin within ``margin`` bins of an entry that
-    ``detect_artifacts`` flags (found without truth): the margin and the whole bin take in the
-    channels and tail bins of an event that the detector missed."""
-    from ..artifacts import detect_artifacts
-
-    flagged = torch.as_tensor(detect_artifacts(ds[observed_variable(ds)]).values.any(-1), dtype=torch.float32)
-    near = torch.nn.functional.max_pool1d(flagged[:, None], 2 * margin + 1, stride=1, padding=margin)[:, 0] > 0
-    return near[..., None].expand(ds[observed_variable(ds)].shape).to(device)
-
-
-def _artifact_free_nll(population: Population, tensors, valid_idx: torch.Tensor, flags: torch.Tensor, tc: TrainConfig,
+def _artifact_free_nll(population: Population, tensors, valid_idx: torch.Tensor, skip: torch.Tensor, tc: TrainConfig,
                        metric: str, trim: float = ARTIFACT_TRIM) -> np.ndarray:
-    """(P,) validation NLL per entry like ``metric``, over the entries not in ``flags``, trimmed:
-    the encoder reads the validation trials as recorded; each member's mean leaves out the flagged
-    entries and then its largest ``trim`` share of entry NLLs (the artifacts the detector missed:
-    one of them costs a Gamma model tens of nats, more than the rest of its trial)."""
+    """(P,) ``artifacts.artifact_free_nll`` of every member on the validation trials (like ``metric``):
+    the entries in ``skip`` (``near_artifacts``, (trial, time, neuron)) and each member's largest
+    ``trim`` share of entry NLLs left out."""
     model = population.model
     model.eval()
-    kept = []
     with torch.no_grad():
-        for start, batch in zip(range(0, len(valid_idx), tc.batch_size),
-                                validation_batches(tensors, valid_idx, tc.sv_fraction, tc.batch_size)):
-            counted = (batch.loss_mask if metric == "valid_recon" else batch.heldout) & ~flags[
-                valid_idx[start:start + tc.batch_size]]
-            nll = model._each_member(LFADS.entry_nll, batch, in_dims=(None,))  # (P, B, T, N)
-            kept.append(torch.where(counted, nll, torch.nan).flatten(1))
+        nll = artifact_free_nll(lambda batch: model._each_member(LFADS.entry_nll, batch, in_dims=(None,)),
+                                validation_batches(tensors, valid_idx, tc.sv_fraction, tc.batch_size),
+                                skip[valid_idx], heldout=metric == "valid_sv_nll", trim=trim)
     model.train()
-    kept = torch.cat(kept, dim=1).double()
-    out = []
-    for member in kept:
-        values = member[~member.isnan()].sort().values
-        out.append(values[:max(1, math.ceil((1 - trim) * len(values)))].mean() if len(values) else torch.tensor(math.nan))
-    return torch.stack(out).cpu().numpy()
+    return nll.cpu().numpy()
 
 
 def _end_generation(state, population, space, pc, decisions, metrics, ckpt_dir, settings, seconds, stopped) -> None:
