@@ -11,7 +11,7 @@ import sys as _sys
 
 from . import display, dynamics, metrics, plots, tune
 from .data import KINDS, DataKind, kind_of, make_dataset, split, validate
-from .explorer import explore
+from .dashboard import Explorer, explore
 from .errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from .io import export_lfads_h5, load, save, save_scores
 from .models import LFADS, LFADSConfig

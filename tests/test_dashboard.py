@@ -68,7 +68,7 @@ def test_environment_switch_wins_over_detection(no_switch):
     assert type(make_progress()) is LiveDashboard
     no_switch.setenv("LFADS_NB_LIVE", "0")
     no_switch.setenv("JPY_SESSION_NAME", "/tmp/some.ipynb")
-    no_switch.setattr(dashboard, "_kernel", lambda: object())  # "in a Jupyter frontend", switched off
+    no_switch.setattr(dashboard.kernel, "running_kernel", lambda: object())  # "in a Jupyter frontend", switched off
     assert type(make_progress()) is TextProgress
     no_switch.setenv("LFADS_NB_LIVE", "yes")
     with pytest.raises(ConfigError, match="LFADS_NB_LIVE"):
@@ -79,7 +79,7 @@ def test_detection_needs_a_kernel_started_by_a_jupyter_server(no_switch):
     assert type(make_progress()) is TextProgress  # plain Python (pytest): no kernel
     no_switch.setenv("JPY_SESSION_NAME", "/tmp/some.ipynb")
     assert type(make_progress()) is TextProgress  # the variable alone (e.g. a subprocess) is not enough
-    no_switch.setattr(dashboard, "_kernel", lambda: object())
+    no_switch.setattr(dashboard.kernel, "running_kernel", lambda: object())
     assert type(make_progress()) is LiveDashboard
     no_switch.delenv("JPY_SESSION_NAME")  # a kernel without it: papermill, nbclient
     assert type(make_progress()) is TextProgress
@@ -145,7 +145,7 @@ def test_truth_nll_is_a_dotted_reference_in_every_history_figure():
 
     history = pd.DataFrame([{**row, "valid_truth_nll": 0.45} for row in rows(5)])
     label, colour, dash = plots.METRIC_STYLES["valid_truth_nll"]
-    for fig in (dashboard.history_figure(history), plots.history(history)):
+    for fig in (dashboard.figures.history_figure(history), plots.history(history)):
         truth = [t for t in fig.data if t.name == label][0]
         assert truth.line.dash == "dot" and truth.line.color == colour
         np.testing.assert_allclose(truth.y, 0.45)
@@ -167,7 +167,7 @@ def test_live_dashboard_leaves_static_figures_in_place_of_its_widgets(monkeypatc
         shown.append(obj)
         return Handle() if display_id else None
 
-    monkeypatch.setattr(dashboard, "_kernel", lambda: object())
+    monkeypatch.setattr(dashboard.kernel, "running_kernel", lambda: object())
     monkeypatch.setattr("IPython.display.display", fake_display)
     live = LiveDashboard()
     live.start(3)
@@ -184,7 +184,7 @@ def test_live_dashboard_leaves_static_figures_in_place_of_its_widgets(monkeypatc
 
 def test_text_finish_displays_the_figure_in_a_kernel(monkeypatch):
     shown = []
-    monkeypatch.setattr(dashboard, "_kernel", lambda: object())
+    monkeypatch.setattr(dashboard.kernel, "running_kernel", lambda: object())
     monkeypatch.setattr("IPython.display.display", lambda obj: shown.append(obj))
     progress = TextProgress(stream=io.StringIO())
     progress.start(3)
@@ -250,7 +250,7 @@ def test_button_click_sets_stop_requested():
     live.start(10)
     live.update(rows(1)[0], None)
     assert not live.stop_requested
-    assert dashboard.handle_widget_messages() == 0  # no kernel: nothing to read, nothing breaks
+    assert dashboard.kernel.handle_widget_messages() == 0  # no kernel: nothing to read, nothing breaks
     live.button.click()
     assert live.stop_requested and live.button.disabled
     live.finish(pd.DataFrame(rows(2)), "stopped: stop_button; best epoch 1")
@@ -277,12 +277,16 @@ from lfads_nb.dashboard import make_progress
 progress = make_progress()
 print("READY", type(progress).__name__, progress.button.model_id, flush=True)
 progress.start(100)
-t0 = time.monotonic()
-while not progress.stop_requested and time.monotonic() - t0 < 30:
+while not progress.stop_requested:  # only the click ends it (the test's timeouts guard a hang)
     time.sleep(0.01)  # a training step
-first_cell_done = time.monotonic()
+first_cell_done = True
 print("STOPPED", progress.stop_requested, flush=True)
 """
+
+
+# Hang guards, not measurements: a busy machine may take long to start a kernel or run a cell; no
+# assertion depends on how long anything took.
+KERNEL_TIMEOUT = 300
 
 
 def kernel_env(**extra):
@@ -293,7 +297,7 @@ def kernel_env(**extra):
 
 def test_stop_button_click_reaches_a_running_cell_in_a_real_kernel():
     """The browser's click (a comm_msg 'custom' {'event': 'click'} to the Button) must end the
-    loop while the cell runs, and a cell queued behind it must run only after it."""
+    loop while the cell runs (nothing else ends it), and a cell queued behind it must run only after it."""
     from jupyter_client import KernelManager
 
     km = KernelManager(kernel_name="python3")  # argv 'python' runs as sys.executable
@@ -304,36 +308,34 @@ def test_stop_button_click_reaches_a_running_cell_in_a_real_kernel():
 
     def read_iopub_until(parent, word):
         while not any(word in text for text in streams.get(parent, [])):
-            msg = kc.get_iopub_msg(timeout=30)
+            msg = kc.get_iopub_msg(timeout=KERNEL_TIMEOUT)
             assert msg["msg_type"] != "error", msg["content"]
             if msg["msg_type"] == "stream":
                 streams.setdefault(msg["parent_header"].get("msg_id"), []).append(msg["content"]["text"])
         return next(text for text in streams[parent] if word in text)
 
     try:
-        kc.wait_for_ready(timeout=60)
+        kc.wait_for_ready(timeout=KERNEL_TIMEOUT)
         first = kc.execute(CLICK_CELL)
         _, kind, button = read_iopub_until(first, "READY").split()
         assert kind == "LiveDashboard"  # JPY_SESSION_NAME in a kernel: live
         # Queued while the first runs; it fails with NameError if it runs inside the first cell.
-        second = kc.execute("print('SECOND', time.monotonic() > first_cell_done)")
+        second = kc.execute("print('SECOND', first_cell_done)")
         time.sleep(0.5)  # the loop is polling; nothing has clicked yet
-        clicked = time.monotonic()
         kc.shell_channel.send(kc.session.msg("comm_msg", {
             "comm_id": button, "data": {"method": "custom", "content": {"event": "click"}}}))
-        replies = {}
+        replies = []  # (msg_id, status) of the two cells, in the order the kernel answered
         while len(replies) < 2:
-            reply = kc.get_shell_msg(timeout=30)
-            replies[reply["parent_header"]["msg_id"]] = (reply["content"]["status"], time.monotonic())
+            reply = kc.get_shell_msg(timeout=KERNEL_TIMEOUT)
+            if reply["parent_header"].get("msg_id") in (first, second):  # not e.g. a late kernel_info reply
+                replies.append((reply["parent_header"]["msg_id"], reply["content"]["status"]))
         stopped, second_ran = read_iopub_until(first, "STOPPED"), read_iopub_until(second, "SECOND")
     except queue.Empty:
-        pytest.fail(f"the kernel did not answer in time; output so far: {streams}")
+        pytest.fail(f"the kernel did not answer within {KERNEL_TIMEOUT} s; output so far: {streams}")
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
-    assert replies[first][0] == "ok" and replies[second][0] == "ok"
-    assert replies[first][1] - clicked < 5  # ended by the click, not by the 30 s limit
-    assert replies[first][1] < replies[second][1]
+    assert replies == [(first, "ok"), (second, "ok")]  # the first cell ended (by the click) before the second ran
     assert stopped.split() == ["STOPPED", "True"]  # printed after polling: still the first cell's output
     assert second_ran.split() == ["SECOND", "True"]
 
@@ -410,7 +412,7 @@ def test_make_pbt_progress_follows_the_same_rules(no_switch):
     assert type(dashboard.make_pbt_progress(live=False)) is dashboard.PBTTextProgress
     no_switch.setenv("LFADS_NB_LIVE", "0")
     no_switch.setenv("JPY_SESSION_NAME", "/tmp/some.ipynb")
-    no_switch.setattr(dashboard, "_kernel", lambda: object())
+    no_switch.setattr(dashboard.kernel, "running_kernel", lambda: object())
     assert type(dashboard.make_pbt_progress()) is dashboard.PBTTextProgress
     no_switch.delenv("LFADS_NB_LIVE")
     assert type(dashboard.make_pbt_progress()) is dashboard.PBTLiveDashboard  # a Jupyter frontend
@@ -494,14 +496,12 @@ def lfads_space():
 
 
 PBT_CLICK_CELL = """
-import time
 from lfads_nb.dashboard import make_pbt_progress
 import test_dashboard
 progress = make_pbt_progress()
 print("READY", type(progress).__name__, progress.button.model_id, flush=True)
-t0 = time.monotonic()
 result = test_dashboard.tiny_pbt(progress, max_generations=10000, stop_patience=10000)  # only the button stops it
-print("STOPPED", result.stop_reason, progress.button.description, round(time.monotonic() - t0), flush=True)
+print("STOPPED", result.stop_reason, progress.button.description, flush=True)
 """
 
 
@@ -518,14 +518,14 @@ def test_pbt_stop_button_click_reaches_a_running_pbt_in_a_real_kernel():
 
     def read_until(word):
         while not any(word in t for t in texts):
-            msg = kc.get_iopub_msg(timeout=60)
+            msg = kc.get_iopub_msg(timeout=KERNEL_TIMEOUT)
             assert msg["msg_type"] != "error", msg["content"]
             if msg["msg_type"] == "stream":
                 texts.append(msg["content"]["text"])
         return next(t for t in texts if word in t)
 
     try:
-        kc.wait_for_ready(timeout=60)
+        kc.wait_for_ready(timeout=KERNEL_TIMEOUT)
         kc.execute(PBT_CLICK_CELL)
         _, kind, button = read_until("READY").split()
         assert kind == "PBTLiveDashboard"  # JPY_SESSION_NAME in a kernel: live
@@ -534,10 +534,9 @@ def test_pbt_stop_button_click_reaches_a_running_pbt_in_a_real_kernel():
             "comm_id": button, "data": {"method": "custom", "content": {"event": "click"}}}))
         stopped = read_until("STOPPED")
     except queue.Empty:
-        pytest.fail(f"the kernel did not answer in time; output so far: {texts}")
+        pytest.fail(f"the kernel did not answer within {KERNEL_TIMEOUT} s; output so far: {texts}")
     finally:
         kc.stop_channels()
         km.shutdown_kernel(now=True)
-    _, reason, description, seconds = stopped.split()
-    assert reason == "stop_button" and description == "Stopped"
-    assert int(seconds) < 30  # ended by the click, not by 10000 generations
+    _, reason, description = stopped.split()
+    assert reason == "stop_button" and description == "Stopped"  # ended by the click, not by 10000 generations

@@ -1,6 +1,5 @@
 """Tests for data_generators: statistics against the published spec, dynamics against closed
 forms or an independent integrator, splits, determinism, ground-truth maps, option errors."""
-import time
 
 import numpy as np
 import pytest
@@ -39,13 +38,8 @@ def lorenz_field(s, drop_y_term=False):
 
 
 # ----------------------------------------------------------------------------- chaotic RNN
-def test_default_chaotic_set_is_fast_and_matches_the_spec():
-    start = time.perf_counter()
-    ds = chaotic_rnn(seed=0)
-    elapsed = time.perf_counter() - start
-    # Measured about 1-3 s on the shared 2-core machine; 20 s still means "a few seconds"
-    # while leaving room for other jobs competing for the cores.
-    assert elapsed < 20, f"default chaotic set took {elapsed:.1f} s"
+def test_default_chaotic_set_matches_the_spec():
+    ds = chaotic_rnn(seed=0)  # its generation time is measured by benchmarks/generator_speed.py
     lfads_nb.validate(ds, require_train=True)
     assert ds["spikes"].shape == (4000, 100, 50)
     assert ds.attrs["bin_width"] == 0.01 and ds.attrs["generator"] == "chaotic_rnn"

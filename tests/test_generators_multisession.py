@@ -7,7 +7,6 @@ multisession set (extensions.md section 4.3: 5 sessions x 20 disjoint units of a
 """
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import pytest
@@ -25,10 +24,7 @@ def sessions(tree):
 
 
 def test_defaults_are_the_original_multisession_set():
-    start = time.perf_counter()
-    tree = chaotic_rnn_multisession(seed=0)
-    elapsed = time.perf_counter() - start
-    assert elapsed < 20, f"took {elapsed:.1f} s"  # about 1 s alone; room for a busy shared machine
+    tree = chaotic_rnn_multisession(seed=0)  # its generation time: benchmarks/generator_speed.py
     data = sessions(tree)
     assert list(data) == [f"session{s}" for s in range(5)]
     units = [set(ds["neuron"].values.tolist()) for ds in data.values()]

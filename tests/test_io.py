@@ -306,7 +306,7 @@ def test_unknown_format_lists_the_readers_and_a_new_reader_is_one_entry(tmp_path
     with pytest.raises(DataError, match=message):
         load(path)
     csv = lfads_io.Reader("CSV", lambda p: p.suffix == ".csv", lambda p, **options: dataset(), "a .csv name")
-    monkeypatch.setattr(lfads_io, "READERS", [*lfads_io.READERS, csv])
+    monkeypatch.setattr(lfads_io.registry, "READERS", [*lfads_io.READERS, csv])
     assert load(path).sizes["trial"] == 6
     (tmp_path / "x.txt").write_text("?")
     with pytest.raises(DataError, match=r"tried LFADS HDF5 .*; lfads_nb netCDF-4 .*; NWB .*; CSV \(a .csv name\)\."):

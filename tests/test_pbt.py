@@ -130,7 +130,7 @@ KILL = textwrap.dedent("""
 
 def test_killed_run_resumes_and_equals_uninterrupted(tmp_path):
     script = KILL.format(root=str(ROOT), tests=str(ROOT / "tests"), ckpt=str(tmp_path / "killed"))
-    proc = subprocess.run([sys.executable, "-c", script], env={"OMP_NUM_THREADS": "1", "PATH": ""}, timeout=120,
+    proc = subprocess.run([sys.executable, "-c", script], env={"OMP_NUM_THREADS": "1", "PATH": ""},
                           capture_output=True, text=True)
     assert proc.returncode == 3, proc.stderr
     saved = torch.load(tmp_path / "killed" / "pbt.pt", weights_only=True)

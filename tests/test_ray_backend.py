@@ -25,8 +25,17 @@ TRAIN = dict(batch_size=8, kl_ramp_epochs=1, l2_ramp_epochs=1)
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+    # Ray waits a fixed 30 s for its raylet to register, which a machine busy with other work can
+    # exceed ("The current node timed out during startup"): a few tries before giving up.
+    for attempt in range(3):
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                     runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}})
+            break
+        except Exception as error:  # ray raises a bare Exception for this
+            ray.shutdown()
+            if "timed out during startup" not in str(error) or attempt == 2:
+                raise
     yield
     ray.shutdown()
 

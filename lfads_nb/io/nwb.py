@@ -38,15 +38,20 @@ import xarray as xr
 
 from ..data.schema import make_dataset
 from ..errors import ConfigError, DataError
+from .common import is_hdf5, open_hdf5
 
 VALID_FRACTION = 0.2  # of each condition's trials, in the split made when the file has none
 NLB_SPLITS = {"train": "train", "val": "valid", "valid": "valid", "test": "test"}  # 'none': left out
 BEHAVIOR_MODULE = "behavior"
 
 
-def is_nwb(f) -> bool:
-    """Whether an open h5py File is NWB: NWB writers set the root attribute ``nwb_version``."""
-    return "nwb_version" in f.attrs
+def is_nwb(path: Path) -> bool:
+    """Whether ``path`` is an NWB file: HDF5 whose root has the attribute ``nwb_version``, which NWB
+    writers set."""
+    if not is_hdf5(path):
+        return False
+    with open_hdf5(path) as f:
+        return "nwb_version" in f.attrs
 
 
 def _pynwb():

@@ -427,9 +427,9 @@ class GRUGenerator(ClippedGRU):
     """The generator's dynamics, g_t = GRU([u_t, ext_t], g_{t-1}): a ``ClippedGRU`` with a step.
 
     A generator is a module with ``step(g, inputs) -> g`` (g: (B, gen_dim), inputs: (B, co_dim
-    + ext_input_dim)), which the decoder's step loop calls once per bin, and ``scan(g, inputs)``,
-    the same over all bins at once when the inputs are known in advance (no controller), which
-    ``LFADS(fused=True)`` runs instead of the loop. ``fusable`` says whether the fused
+    + ext_input_dim)), which the decoder's step loop calls once per bin, and may have
+    ``scan(g, inputs)``, the same over all bins at once when the inputs are known in advance (no
+    controller), which ``LFADS(fused=True)`` then runs instead of the loop. ``fusable`` says whether the fused
     controller-and-generator kernel (``lfads_nb.models._fused_gru.controlled_decode``) implements
     its recurrence; another cell (e.g. a neural ODE) sets it False and runs on the step loop when
     there is a controller.
@@ -742,7 +742,8 @@ class LFADS(nn.Module):
         c = self.config
         B, T = ext.shape[:2]
         w_fac = self.factor_readout.normalized_weight()
-        if self.fused and (self.generator.fusable or not c.co_dim):
+        scans = not c.co_dim and hasattr(self.generator, "scan")  # a generator with only a step runs the loop
+        if self.fused and (self.generator.fusable or scans):
             return self._decode_fused(g_init, ci, ext, drop, masks, co_eps, w_fac)
         g = g_init
         outputs = {"states": [], "factors": [], "u": [], "co_mean": [], "co_std": []}

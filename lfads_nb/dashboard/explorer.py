@@ -15,7 +15,7 @@
 In JupyterLab (a Jupyter frontend with ipywidgets) it is a live ipywidgets + plotly view. Under
 papermill or nbclient, in scripts and with ``live=False`` (or ``LFADS_NB_LIVE=0``) it shows the
 same parts as static figures of the chosen trial and time, and stores no widget state, so a saved
-notebook shows them everywhere; the rule is the training dashboard's (``lfads_nb.dashboard``).
+notebook shows them everywhere; the rule is the training dashboard's (``lfads_nb.dashboard.progress.choose_live``).
 """
 from __future__ import annotations
 
@@ -24,10 +24,10 @@ import plotly.graph_objects as go
 import xarray as xr
 from plotly.subplots import make_subplots
 
-from .dashboard import _choose_live
-from .data import kind_of
-from .dynamics import pca
-from .errors import DataError
+from ..data import kind_of
+from ..dynamics import pca
+from ..errors import DataError
+from .progress import choose_live
 
 LATENT_VARIABLES = ("factors", "latents", "generator_states")  # the first present is drawn
 SELECTED, OTHERS, MARKER = "#d62728", "rgba(140,140,140,0.35)", "black"
@@ -46,7 +46,7 @@ def explore(out: xr.Dataset, ds: xr.Dataset, live: bool | None = None, *, trial=
     output is drawn as lines, the most active ones. ``max_background``: trials drawn in grey behind
     the selected one. Returns an :class:`Explorer`; show it as a cell's last expression.
     """
-    return Explorer(out, ds, live=_choose_live(live), trial=trial, variable=variable, n_channels=n_channels,
+    return Explorer(out, ds, live=choose_live(live), trial=trial, variable=variable, n_channels=n_channels,
                     max_background=max_background)
 
 
