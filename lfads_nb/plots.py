@@ -333,6 +333,7 @@ METRIC_STYLES = {
     "kl_ramp": ("KL weight ramp", "#2ca02c", "dot"),  # dotted: the L2 ramp often lies on top of it
     "l2_ramp": ("L2 weight ramp", "#8c564b", "dash"),
     "lr": ("learning rate", "#ff7f0e", "solid"),
+    "train_bins": ("bins of each trial trained on (curriculum)", "#e377c2", "solid"),
     "epoch_seconds": ("seconds per epoch", "#bcbd22", "solid"),
 }
 
@@ -345,6 +346,7 @@ HISTORY_PANELS = (
     ("L2 penalty (before weighting)", "L2", lambda c: c.startswith("l2") and not c.endswith("_ramp")),
     ("learning rate", "learning rate", lambda c: c == "lr" or c.startswith("lr_") or "learning_rate" in c),
     ("regulariser ramps", "ramp weight (0-1)", lambda c: c.endswith("_ramp")),
+    ("sequence-length curriculum", "bins", lambda c: c == "train_bins"),
     ("time per epoch", "seconds", lambda c: c.endswith("seconds")),
     ("other metrics", "value", lambda c: True),
 )
@@ -670,6 +672,41 @@ def state_fit(latents_true: xr.DataArray, inferred: dict, trial, n_dims: int = 3
     fig.update_layout(title=f"Inferred state (solid) vs its affine prediction from the true state (dashed), "
                             f"trial {trial}",
                       height=max(300, ROW_HEIGHT * n_dims))
+    return fig
+
+
+def validation_curves(histories: dict) -> go.Figure:
+    """Validation NLL per entry against epoch for several models on the same data, one line each,
+    with the true rates' NLL (dotted) where the histories have it, and the epochs a curriculum
+    trained on fewer bins than whole trials shaded: a curve that is still falling at its last
+    epoch belongs to a model that has not finished learning.
+
+    ``histories``: {model name: ``TrainResult.history``} (columns ``epoch``, ``valid_recon``, and
+    optionally ``valid_truth_nll`` and ``train_bins``).
+    """
+    if not isinstance(histories, dict) or not histories:
+        raise DataError("histories must be a non-empty dict {model name: TrainResult.history}.")
+    for name, h in histories.items():
+        if not isinstance(h, pd.DataFrame) or not {"epoch", "valid_recon"} <= set(h.columns):
+            raise DataError(f"histories[{name!r}] must be a TrainResult.history with 'epoch' and 'valid_recon' columns.")
+    fig = go.Figure()
+    for i, (name, h) in enumerate(histories.items()):
+        fig.add_trace(go.Scatter(x=h["epoch"] + 1, y=h["valid_recon"], mode="lines", name=name,
+                                 line=dict(color=PALETTE[i % len(PALETTE)])))
+    first = next(iter(histories.values()))
+    if "valid_truth_nll" in first:
+        label, colour, dash = METRIC_STYLES["valid_truth_nll"]
+        fig.add_hline(y=float(first["valid_truth_nll"].iloc[0]), line=dict(color=colour, dash=dash),
+                      annotation_text=label, annotation_position="top right")
+    if "train_bins" in first and (first["train_bins"] < first["train_bins"].max()).any():
+        last_short = int(first.loc[first["train_bins"] < first["train_bins"].max(), "epoch"].max()) + 1
+        fig.add_vrect(x0=0.5, x1=last_short + 0.5, fillcolor="#cccccc", opacity=0.3, line_width=0,
+                      annotation_text="curriculum: first bins only", annotation_position="top left")
+    low = min(float(h["valid_recon"].min()) for h in histories.values())
+    top = max(float(h["valid_recon"].quantile(0.9)) for h in histories.values())
+    fig.update_yaxes(title="validation NLL per entry (nats)", range=[low - 0.2 * (top - low), top])
+    fig.update_xaxes(title="epoch")
+    fig.update_layout(title="Validation NLL of each model, whole trials", legend=dict(orientation="h", y=-0.2))
     return fig
 
 

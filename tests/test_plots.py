@@ -290,3 +290,16 @@ def test_pbt_plots_reject_what_is_not_a_history():
             fn(pd.DataFrame({"fitness": [1.0]}))
         with pytest.raises(DataError, match="PBTResult.history"):
             fn(pbt_history().drop_vars("parent"))
+
+
+def test_validation_curves_draw_each_model_the_truth_and_the_curriculum():
+    epochs = np.arange(6)
+    h = pd.DataFrame({"epoch": epochs, "valid_recon": 2.0 - 0.1 * epochs, "valid_truth_nll": 1.3,
+                      "train_bins": [2, 4, 6, 6, 6, 6]})
+    fig = plots.validation_curves({"gru_3": h, "node_3": h.assign(valid_recon=h.valid_recon - 0.05)})
+    assert [t.name for t in fig.data] == ["gru_3", "node_3"]
+    assert fig.layout.shapes[0].y0 == 1.3  # the truth's NLL
+    assert fig.layout.shapes[1].x1 == 2.5  # epochs 1-2 trained on fewer bins than whole trials
+    assert fig.layout.yaxis.title.text == "validation NLL per entry (nats)"
+    with pytest.raises(DataError, match="valid_recon"):
+        plots.validation_curves({"a": h.drop(columns="valid_recon")})
