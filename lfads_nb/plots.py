@@ -625,6 +625,48 @@ def emg_estimates(ds: xr.Dataset, estimates: dict, trial, channels=None, time_ra
     return fig
 
 
+# ----------------------------------------------------------------------------- speed against accuracy
+
+SCORE_LABELS = {"rate_r2": "rate R² (validation trials)", "bits_per_spike": "bits per spike (validation trials)",
+                "state_r2": "state R² (true → inferred)", "latent_r2": "latent R² (inferred → true, held out)"}
+
+
+def _ticks_1_2_5(low: float, high: float) -> list[float]:
+    """Tick values 1, 2, 5 x 10^k covering [low, high] (both > 0), at least two of them."""
+    ticks = [m * 10.0**k for k in range(int(np.floor(np.log10(low))) - 1, int(np.ceil(np.log10(high))) + 1)
+             for m in (1, 2, 5)]
+    inside = [t for t in ticks if low / 2 <= t <= high * 2]
+    return inside if len(inside) >= 2 else ticks
+
+
+def latency_scores(table: pd.DataFrame, score: str = "rate_r2") -> go.Figure:
+    """One labelled point per model: a score (``score`` column, e.g. ``rate_r2``) against the CPU
+    milliseconds to infer one trial (``latency_ms`` column, log axis with 1-2-5 ticks in ms).
+    ``table``: one row per model, indexed by the model's name."""
+    if not isinstance(table, pd.DataFrame):
+        raise DataError(f"table must be a pandas DataFrame, got {type(table).__name__}.")
+    missing = [c for c in ("latency_ms", score) if c not in table.columns]
+    if missing or table.empty:
+        raise DataError(f"table needs one row per model and the columns 'latency_ms' and {score!r}; "
+                        f"missing {missing or 'rows'}.")
+    latency = table["latency_ms"].to_numpy(dtype=float)
+    if not (np.isfinite(latency).all() and (latency > 0).all()):
+        raise DataError("latency_ms must be positive and finite for every model in the table.")
+    fig = go.Figure()
+    for i, (name, row) in enumerate(table.iterrows()):
+        fig.add_trace(go.Scatter(x=[row["latency_ms"]], y=[row[score]], mode="markers+text", text=[str(name)],
+                                 textposition="top center", marker=dict(size=14, color=PALETTE[i % len(PALETTE)]),
+                                 name=str(name)))
+    ticks = _ticks_1_2_5(latency.min(), latency.max())
+    fig.update_xaxes(type="log", tickvals=ticks, ticktext=[f"{t:g} ms" for t in ticks],
+                     range=[np.log10(latency.min()) - 0.3, np.log10(latency.max()) + 0.3],
+                     title="CPU time to infer one trial (ms, log scale; one thread, posterior means)")
+    fig.update_yaxes(title=SCORE_LABELS.get(score, score))
+    fig.update_layout(title=f"{SCORE_LABELS.get(score, score).split(' (')[0]} against single-trial inference latency",
+                      showlegend=False)
+    return fig
+
+
 # ----------------------------------------------------------------------------- latent-state recovery
 
 def state_fit(latents_true: xr.DataArray, inferred: dict, trial, n_dims: int = 3) -> go.Figure:

@@ -292,6 +292,19 @@ def test_pbt_plots_reject_what_is_not_a_history():
             fn(pbt_history().drop_vars("parent"))
 
 
+def test_latency_scores_has_readable_ticks_and_labels():
+    """Two models a decade apart: at least two labelled ticks in ms between them, readable axis
+    titles (not the raw column names), one labelled point per model."""
+    table = pd.DataFrame({"latency_ms": [0.9, 8.5], "rate_r2": [0.6, 0.8]}, index=pd.Index(["ndt", "lfads"], name="model"))
+    fig = plots.latency_scores(table)
+    ticks = [t for t in fig.layout.xaxis.tickvals if 0.9 <= t <= 8.5]
+    assert len(ticks) >= 2 and all(text.endswith(" ms") for text in fig.layout.xaxis.ticktext)
+    assert fig.layout.yaxis.title.text.startswith("rate R²") and "rate_r2" not in fig.layout.title.text
+    assert [t.text[0] for t in fig.data] == ["ndt", "lfads"]
+    with pytest.raises(DataError, match="latency_ms"):
+        plots.latency_scores(table.drop(columns="latency_ms"))
+
+
 def test_validation_curves_draw_each_model_the_truth_and_the_curriculum():
     epochs = np.arange(6)
     h = pd.DataFrame({"epoch": epochs, "valid_recon": 2.0 - 0.1 * epochs, "valid_truth_nll": 1.3,

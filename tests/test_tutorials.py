@@ -63,6 +63,9 @@ CI_PARAMETERS = {
     "09_explore_dynamics.ipynb": {"n_trials": 40, "node_epochs": 2, "gru_epochs": 2, "large_dim": 6,
                                   "fixed_point_starts": 16, "fixed_point_steps": 100,
                                   "output_path": "explore_ci.nc", "scores_path": "explore_scores_ci.nc"},
+    "10_neural_data_transformer.ipynb": {"n_conditions": 4, "lfads_epochs": 2, "ndt_epochs": 2, "ndt_d_model": 8,
+                                         "ndt_layers": 1, "latency_repeats": 3, "output_path": "ndt_ci.nc",
+                                         "scores_path": "ndt_scores_ci.nc"},
 }
 
 NBVAL_CHECKED = {"01_synthetic_data.ipynb"}
@@ -224,7 +227,8 @@ def run_as_batch_job(notebook: str, run_dir: Path, params: dict) -> None:
 
 
 @pytest.mark.parametrize("notebook, kind", [("02_train_lfads.ipynb", ".nc"), ("02_train_lfads.ipynb", ".h5"),
-                                             ("04_autolfads_pbt.ipynb", ".nc"), ("08_expressive_dynamics.ipynb", ".nc")])
+                                             ("04_autolfads_pbt.ipynb", ".nc"), ("08_expressive_dynamics.ipynb", ".nc"),
+                                             ("10_neural_data_transformer.ipynb", ".nc")])
 def test_tutorial_as_batch_job_on_own_data(notebook, kind, tmp_path, monkeypatch):
     """`papermill NN.ipynb out.ipynb -p data_path my.h5 -p output_path rates.nc` on data with no
     truth and no conditions; the bin width comes from the file (20 ms) or the default."""
