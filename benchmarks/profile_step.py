@@ -9,7 +9,7 @@ Cases (model sizes, data and batch as the tutorials and ``train_speed.py`` train
 - ``lfads_co4``: the same with a controller (co_dim 4, ci_enc 64, con 64): tutorial 02's defaults.
 - ``node``: tutorial 08 part 1's NODE-3 (a 3-D neural-ODE generator, MLP 128, Euler, ic_enc 32,
   no dropout, no controller) on Lorenz spikes (10 neurons x 70 bins), batch 64.
-- ``ndt``: tutorial 08 part 2's NDT (d_model 32, 2 layers, context 10 / 10) on chaotic-RNN
+- ``ndt``: tutorial 10's NDT (d_model 32, 2 layers, context 10 / 10) on chaotic-RNN
   spikes (50 neurons x 100 bins), batch 32.
 
 One step is what ``lfads_nb.training.train`` does per batch: build the training batch (masks,

@@ -70,7 +70,8 @@ def main(argv=None) -> dict:
             print(f"  {marks}  {c['claim']}")
             entries.append({"claim": c["claim"], "held": held})
         for r in runs:
-            state = "ok" if r["error"] is None else "FAILED: " + r["error"].splitlines()[-1][:200]
+            last_line = (r["error"] or "").strip().splitlines()[-1:] or ["(its log is empty)"]
+            state = "ok" if r["error"] is None else "FAILED: " + last_line[0][:200]
             print(f"  seed {r['seed']}: {r['cpu_s']:.0f} CPU s, {r['peak_mb']} MB peak, {state}")
         held_on_all = sum(all(h is True for h in e["held"]) for e in entries)
         print(f"  held on every seed: {held_on_all} of {len(claims)}")
