@@ -15,7 +15,7 @@
 
 Every generator is deterministic for a given ``seed`` and records its settings in ``ds.attrs``.
 """
-from .attractors import attractor, true_fixed_points
+from .attractors import attractor, true_fixed_points, true_jacobians
 from .behavior import VELOCITY_DIMS, velocity_readout
 from .calcium import calcium_2p
 from .chaotic_rnn import chaotic_rnn, chaotic_rnn_benchmark
@@ -39,5 +39,6 @@ __all__ = [
     "observe_random_neurons",
     "stratified_split",
     "true_fixed_points",
+    "true_jacobians",
     "velocity_readout",
 ]

@@ -84,6 +84,32 @@ def true_fixed_points(ds: xr.Dataset) -> np.ndarray:
     return (np.asarray(points) - np.asarray(ds.attrs["state_mean"])) / np.asarray(ds.attrs["state_std"])
 
 
+def true_jacobians(ds: xr.Dataset) -> np.ndarray:
+    """The Jacobians of the system that made ``ds`` (an ``attractor`` Dataset) at its fixed points
+    (``true_fixed_points``, same order), in the coordinates of ``latents_true`` and per system time
+    unit: (P, 3, 3). With S = diag(state_std), d(latent)/dt = S^-1 f(state_mean + S latent), so the
+    Jacobian is S^-1 J S (same eigenvalues as J; eigenvectors scaled by S^-1). Closed forms of J:
+    Lorenz [[-sigma, sigma, 0], [rho - z, -1, -x], [y, x, -beta]]; Rossler [[0, -1, -1], [1, a, 0],
+    [z, 0, x - c]]; Arneodo [[0, 1, 0], [0, 0, 1], [-a + 3 d x^2, -b, -c]]. One bin lasts
+    ``ds.attrs['system_time_per_bin']`` time units: the per-bin growth and rotation are the
+    eigenvalues of this times that."""
+    std = np.asarray(ds.attrs["state_std"])
+    raw = true_fixed_points(ds) * std + np.asarray(ds.attrs["state_mean"])
+    x, y, z = raw.T
+    one, zero = np.ones_like(x), np.zeros_like(x)
+    if ds.attrs["system"] == "lorenz":
+        sigma, rho, beta = 10.0, 28.0, 8.0 / 3.0
+        rows = [[-sigma * one, sigma * one, zero], [rho - z, -one, -x], [y, x, -beta * one]]
+    elif ds.attrs["system"] == "rossler":
+        a, c = 0.2, 5.7
+        rows = [[zero, -one, -one], [one, a * one, zero], [z, zero, x - c]]
+    else:
+        a, b, c, d = -5.5, 3.5, 1.0, -1.0
+        rows = [[zero, one, zero], [zero, zero, one], [-a + 3 * d * x**2, -b * one, -c * one]]
+    jacobians = np.moveaxis(np.asarray(rows, dtype=np.float64), -1, 0)  # (P, 3, 3)
+    return jacobians * std[None, None, :] / std[None, :, None]
+
+
 def integrate(derivative, initial_states: np.ndarray, n_samples: int, interval: float) -> np.ndarray:
     """RK4 of ``derivative`` from ``initial_states`` (n, 3): (n, n_samples, 3), sampled every
     ``interval`` time units (steps of at most ``MAX_STEP``; ``common.rk4``)."""
@@ -165,6 +191,7 @@ def attractor(
             "n_trials": n_trials,
             "pts_per_period": pts_per_period,
             "system_period": period,
+            "system_time_per_bin": period / pts_per_period,  # the system's time units per bin
             "train_fraction": train_fraction,
             "base_rate": base_rate,
             # latents_true = (state - state_mean) / state_std, per variable (x, y, z)

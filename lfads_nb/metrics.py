@@ -20,13 +20,15 @@ metric               definition
                      averaged over neurons
 ``state_r2``         least-squares affine map true latents -> inferred latents, R^2 averaged
                      over inferred dims (Sedler et al. 2023: superfluous inferred dims lower it)
-``latent_r2``        least-squares affine map inferred latents (factors) -> true latents, R^2
-                     averaged over true dims (decoding: extra inferred dims never lower it)
+``latent_r2``        ridge map inferred latents (factors) -> true latents fit on train trials,
+                     R^2 on test trials averaged over true dims (decoding: held out)
 ``session_decoding_  affine decoder from each session's factors to the true state's top PCs,
-r2``                 fit within a session or on the other sessions, R^2 on valid trials
+r2``                 fit within a session or on the other sessions (optionally aligned to the
+                     session first), R^2 on valid trials
 ===================  ==========================================================================
 
 ``smooth_spikes`` is the Gaussian-smoothing baseline; ``choose_smoothing_sigma`` picks its width.
+``spike_scores`` puts these scores for several rate estimates in one table (dim ``method``).
 
 EMG (values in the data's units, (trial, time, neuron=channel)): ``smooth_emg`` is the low-pass
 baseline and ``choose_emg_smoothing`` picks its width without truth; ``activation_r2`` scores an
@@ -437,7 +439,13 @@ def _smooth(counts: np.ndarray, kernel: np.ndarray, axis: int) -> np.ndarray:
     Bins outside the trial and NaN (unobserved) bins carry no weight, so a constant count
     stays that constant up to the edges; a bin with no observed bin in reach is NaN.
     """
+    counts = np.asarray(counts, dtype=float)
     observed = ~np.isnan(counts)
+    if observed.all():  # the kernel mass inside the trial depends on the bin alone: one row for all
+        ones = np.ones([n if d == axis % counts.ndim else 1 for d, n in enumerate(counts.shape)])
+        num = convolve1d(counts, kernel, axis=axis, mode="constant", cval=0.0)
+        num /= convolve1d(ones, kernel, axis=axis, mode="constant", cval=0.0)
+        return num
     num = convolve1d(np.where(observed, counts, 0.0), kernel, axis=axis, mode="constant", cval=0.0)
     den = convolve1d(observed.astype(float), kernel, axis=axis, mode="constant", cval=0.0)
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -457,7 +465,8 @@ def smooth_spikes(spikes: xr.DataArray, bin_width: float, sigma: float) -> xr.Da
     counts = spikes.values.astype(float)
     if np.any(counts[~np.isnan(counts)] < 0):
         raise DataError("'spikes' has negative counts; spike counts must be >= 0.")
-    rates = _smooth(counts, kernel, axis=1) / float(bin_width)
+    rates = _smooth(counts, kernel, axis=1)
+    rates /= float(bin_width)
     out = spikes.copy(data=rates)
     out.name = "rates_smoothed"
     out.attrs = {"units": "Hz", "sigma": float(sigma)}
@@ -636,6 +645,55 @@ def latent_r2(latents_inferred: xr.DataArray, latents_true: xr.DataArray, *, tra
                              _labels(y, target_dim)).mean())
 
 
+# ----------------------------------------------------------------------------- spike-data score table
+
+def spike_scores(ds: xr.Dataset, estimates: dict, *, latents: dict | None = None, train_trials="train",
+                 test_trials="valid", psth_sigma: float = 0.03) -> xr.Dataset:
+    """The spike-data comparison table: one row (``method``) per estimate in ``estimates``
+    (name -> rates in Hz, (trial, time, neuron), on every trial and bin of ``ds``).
+
+    Variables, scored on ``test_trials`` (a split name or trial ids):
+    ``bits_per_spike`` on ``ds['spikes']`` (no truth needed); ``rate_r2`` against
+    ``rates_true``; ``psth_r2`` (PSTHs of the smoothed spikes of every trial of a condition,
+    ``psth_sigma`` seconds; needs the ``condition`` coordinate); ``velocity_r2``, a ridge decoder
+    from the rates to ``behavior`` fit on ``train_trials``; ``latent_r2``, a ridge map from
+    ``latents[name]`` (e.g. LFADS's factors; the rates themselves when the method has none) to
+    ``latents_true`` fit on ``train_trials``; ``state_r2``, the affine map true -> inferred
+    latents, fit on the test trials (in-sample, as Sedler et al. 2023). A score whose truth the
+    data lack is NaN, and ``attrs['missing']`` names what was missing.
+    """
+    latents = latents or {}
+    unknown = sorted(set(latents) - set(estimates))
+    if unknown:
+        raise ConfigError(f"latents has methods {unknown} that estimates lacks; give both the same names.")
+    test = _trial_ids(test_trials, ds["spikes"], "test_trials")
+    bin_width = float(ds.attrs["bin_width"])
+    needs = {"rates_true": "rate_r2", "condition": "psth_r2", "behavior": "velocity_r2",
+             "latents_true": "latent_r2, state_r2"}
+    missing = [name for name in needs if name not in ds.variables]
+    nan = float("nan")
+    rows = {}
+    for name, rates in estimates.items():
+        mine, inferred = rates.sel(trial=test), latents.get(name, rates)
+        rows[name] = {
+            "bits_per_spike": bits_per_spike(mine, ds["spikes"].sel(trial=test), bin_width),
+            "rate_r2": rate_r2(mine, ds["rates_true"].sel(trial=test)) if "rates_true" in ds else nan,
+            "psth_r2": (psth_r2(mine, ds["spikes"], bin_width=bin_width, sigma=psth_sigma)
+                        if "condition" in ds.coords else nan),
+            "velocity_r2": (velocity_r2(rates, ds["behavior"], train_trials=train_trials, test_trials=test,
+                                        bin_width=bin_width) if "behavior" in ds else nan),
+            "latent_r2": (latent_r2(inferred, ds["latents_true"], train_trials=train_trials, test_trials=test)
+                          if "latents_true" in ds else nan),
+            "state_r2": (state_r2(inferred.sel(trial=test), ds["latents_true"].sel(trial=test))
+                         if "latents_true" in ds else nan),
+        }
+    out = xr.Dataset.from_dataframe(pd.DataFrame(rows).T.rename_axis("method"))
+    out.attrs = {"test_trials": str(test_trials), "psth_sigma_s": psth_sigma,
+                 "missing": ", ".join(f"{name} ({needs[name]} NaN)" for name in missing),
+                 "description": "rate estimates scored on held-out trials; NaN where the data lack the truth"}
+    return out
+
+
 # ----------------------------------------------------------------------------- EMG
 
 TRUTH_FIX = ("it needs the true expected EMG without noise or artifacts ('emg_mean_true', from an LFADS HDF5 "
@@ -795,7 +853,7 @@ def _split_rows(da: xr.DataArray, label: str, session: str) -> np.ndarray:
     return values
 
 
-def session_decoding_r2(inferred: dict, truth: dict, *, n_components: int = 10) -> xr.Dataset:
+def session_decoding_r2(inferred: dict, truth: dict, *, n_components: int = 10, align: bool = False) -> xr.Dataset:
     """How well one affine decoder reads a shared latent state out of each session's inferred
     latents, within a session and across sessions (lfads-torch's multisession evaluation, with
     the true state in place of behaviour).
@@ -810,8 +868,14 @@ def session_decoding_r2(inferred: dict, truth: dict, *, n_components: int = 10) 
       trials (needs two or more sessions): it works only if the inferred latents of different
       sessions share one space.
 
+    - with ``align``, ``across_aligned_r2``: as ``across_r2``, but each other session's latents first
+      mapped into s's space by an affine map fitted by least squares from its condition-averaged
+      'train' trials to s's (needs a ``condition`` coord; no truth used): separate models aligned
+      after the fact, as a decoder is carried from day to day (Degenhart et al. 2020 align
+      low-dimensional spaces in this spirit).
+
     R^2 per component on the 'valid' points, averaged over components. Returns a Dataset over
-    ``session`` with both.
+    ``session`` with these.
     """
     if not isinstance(inferred, dict) or set(inferred) != set(truth) or len(inferred) < 2:
         raise DataError("session_decoding_r2 needs {session: DataArray} for two or more sessions, the same sessions "
@@ -844,5 +908,37 @@ def session_decoding_r2(inferred: dict, truth: dict, *, n_components: int = 10) 
 
     within = [score([name], name) for name in names]
     across = [score([n for n in names if n != name], name) for name in names]
-    return xr.Dataset({"within_r2": ("session", within), "across_r2": ("session", across)},
-                      coords={"session": names}, attrs={"n_components": n_components})
+    out = xr.Dataset({"within_r2": ("session", within), "across_r2": ("session", across)},
+                     coords={"session": names}, attrs={"n_components": n_components})
+    if align:
+        means = {name: _condition_means(inferred[name], name) for name in names}
+        aligned = []
+        for name in names:
+            design, target = [], []
+            for other in (n for n in names if n != name):
+                shared = sorted(set(means[other]) & set(means[name]), key=str)
+                if not shared:
+                    raise DataError(f"Sessions '{other}' and '{name}' share no condition in their 'train' trials; "
+                                    "the alignment maps one session's condition means onto the other's.")
+                source = np.concatenate([means[other][c] for c in shared])
+                mapping, *_ = np.linalg.lstsq(np.hstack([source, np.ones((len(source), 1))]),
+                                              np.concatenate([means[name][c] for c in shared]), rcond=None)
+                x, y = rows(other, "train")
+                design.append(np.hstack([x @ mapping, np.ones((len(x), 1))]))
+                target.append(y)
+            weights, *_ = np.linalg.lstsq(np.concatenate(design), np.concatenate(target), rcond=None)
+            test_design, test_target = rows(name, "valid")
+            aligned.append(float(_r2_columns(test_design @ weights, test_target, "components",
+                                             np.arange(n_components)).mean()))
+        out["across_aligned_r2"] = ("session", aligned)
+    return out
+
+
+def _condition_means(da: xr.DataArray, session: str) -> dict:
+    """{condition: (time, feature) mean of ``da`` over its 'train' trials of that condition}."""
+    if "condition" not in da.coords:
+        raise DataError(f"Session '{session}' has no 'condition' coord; aligning sessions after the fact maps "
+                        "condition-averaged latents. Pass DataArrays that keep the Dataset's coords.")
+    train = da.sel(trial=da["split"].values.astype(str) == "train")
+    labels = train["condition"].values
+    return {c: train.values[labels == c].mean(axis=0).astype(float) for c in np.unique(labels).tolist()}

@@ -675,66 +675,94 @@ def state_fit(latents_true: xr.DataArray, inferred: dict, trial, n_dims: int = 3
 
 # ----------------------------------------------------------------------------- calcium (RADICaL, tutorial 06)
 
-def calcium_sampling(ds: xr.Dataset, trial, neurons=None) -> go.Figure:
+def calcium_sampling(ds: xr.Dataset, trial, neurons=None, n_frames: int = 5) -> go.Figure:
     """How staggered two-photon sampling sees a few neurons in one trial of a sub-frame calcium
-    Dataset (``data_generators.calcium_2p``): per neuron, the true rate (Hz, right axis), the
-    spikes, the fluorescence read once per frame at the neuron's scan phase, and the
-    deconvolved events at the same sub-frame bins (the bins a neuron was read are those where its
-    events are not NaN). Grey bands mark the frames. Truth and fluorescence are drawn where ``ds``
-    holds them: a recording of events alone shows its events and sampling pattern.
-    ``neurons``: ids, default the first three with different scan phases."""
+    Dataset (``data_generators.calcium_2p``), zoomed to ``n_frames`` frames in the middle of the
+    trial: dashed lines mark the frame boundaries and a shaded band each sub-frame bin at which
+    the neuron is read (where its events are not NaN). Per neuron: the fluorescence read there,
+    the deconvolved events at the same bins, the true spikes and the true rate (Hz, right axis),
+    drawn where ``ds`` holds them (a recording of events alone shows its events and reads).
+    ``neurons``: ids, default for each of the first three scan phases its neuron with the most
+    event mass in the trial."""
     for name in ("events", "scan_phase"):
         if name not in ds.variables:
             raise DataError(f"ds has no '{name}'; calcium_sampling needs a sub-frame calcium Dataset "
                             "such as data_generators.calcium_2p().")
-    if neurons is None:
+    if neurons is None:  # per scan phase, the neuron with the most event mass in this trial
         phases = ds["scan_phase"].values
-        neurons = [ds["neuron"].values[np.flatnonzero(phases == p)[0]].item() for p in np.unique(phases)][:3]
+        mass = np.nansum(select_ids(ds, "trial", trial, "ds")["events"].transpose("time", "neuron").values, axis=0)
+        neurons = [ds["neuron"].values[np.flatnonzero(phases == p)[np.argmax(mass[phases == p])]].item()
+                   for p in np.unique(phases)][:3]
+    frame_s, bin_s = float(ds.attrs["frame_s"]), float(ds.attrs["bin_width"])
+    total = int(round(ds.sizes["time"] * bin_s / frame_s))
+    shown = max(1, min(n_frames, total))
+    first = (total - shown) // 2
+    start, stop = first * frame_s, (first + shown) * frame_s
     one = select_ids(select_ids(ds, "trial", trial, "ds"), "neuron", neurons, "ds")
-    time = one["time"].values
-    frame_s = float(ds.attrs["frame_s"])
-    fig = make_subplots(rows=len(neurons), cols=1, shared_xaxes=True, vertical_spacing=0.07,
+    one = one.isel(time=(one["time"].values >= start) & (one["time"].values < stop))
+    ms = one["time"].values * 1e3  # bin centres, ms
+    fig = make_subplots(rows=len(neurons), cols=1, shared_xaxes=True, vertical_spacing=0.08,
                         specs=[[{"secondary_y": True}]] * len(neurons),
-                        subplot_titles=[f"neuron {n}, scan phase {int(one['scan_phase'].sel(neuron=n))}"
+                        subplot_titles=[f"neuron {n}: scan phase {int(one['scan_phase'].sel(neuron=n))}, read in "
+                                        f"sub-frame bin {int(one['scan_phase'].sel(neuron=n)) + 1} of each frame"
                                         for n in neurons])
     for row, neuron in enumerate(neurons, start=1):
-        first = row == 1
+        legend = row == 1
         n = one.sel(neuron=neuron)
-        for k in range(0, int(round(time[-1] / frame_s)) + 1, 2):
-            fig.add_vrect(x0=k * frame_s, x1=(k + 1) * frame_s, fillcolor="lightgrey", opacity=0.3,
-                          line_width=0, row=row, col=1)
         read = ~np.isnan(n["events"].values)
         if "fluorescence" in one:
-            fig.add_trace(go.Scatter(x=time[read], y=n["fluorescence"].values[read], mode="lines+markers",
-                                     line=dict(color=PALETTE[2]), name="fluorescence (one read per frame)",
-                                     legendgroup="f", showlegend=first), row=row, col=1)
-        fig.add_trace(go.Bar(x=time[read], y=n["events"].values[read], width=0.6 * float(ds.attrs["bin_width"]),
-                             marker_color=PALETTE[1], name="deconvolved events", legendgroup="e",
-                             showlegend=first), row=row, col=1)
+            fig.add_trace(go.Scatter(x=ms[read], y=n["fluorescence"].values[read], mode="markers",
+                                     marker=dict(color=PALETTE[2], size=9), name="fluorescence read",
+                                     legendgroup="f", showlegend=legend), row=row, col=1)
+        fig.add_trace(go.Bar(x=ms[read], y=n["events"].values[read], width=0.6 * bin_s * 1e3,
+                             marker_color=PALETTE[1], name="deconvolved event", legendgroup="e",
+                             showlegend=legend), row=row, col=1)
         if "spikes_true" in one:
             spikes = n["spikes_true"].values
-            fig.add_trace(go.Scatter(x=time[spikes > 0], y=-0.3 * np.ones((spikes > 0).sum()), mode="markers",
-                                     marker=dict(symbol="line-ns-open", size=10, color="black"),
-                                     name="true spikes", legendgroup="s", showlegend=first), row=row, col=1)
+            fig.add_trace(go.Scatter(x=ms[spikes > 0], y=-0.3 * np.ones((spikes > 0).sum()), mode="markers",
+                                     marker=dict(symbol="line-ns-open", size=12, color="black"),
+                                     name="true spike", legendgroup="s", showlegend=legend), row=row, col=1)
         if "rates_true" in one:
-            fig.add_trace(go.Scatter(x=time, y=n["rates_true"].values, mode="lines",
+            fig.add_trace(go.Scatter(x=ms, y=n["rates_true"].values, mode="lines",
                                      line=dict(color="grey", dash="dot"), name="true rate (Hz, right axis)",
-                                     legendgroup="r", showlegend=first), row=row, col=1, secondary_y=True)
-        fig.update_yaxes(title_text="spike amplitudes", row=row, col=1, secondary_y=False)
-        fig.update_yaxes(title_text="Hz", row=row, col=1, secondary_y=True)
-    fig.update_xaxes(title_text="time (s)", row=len(neurons), col=1)
-    fig.update_layout(title=f"Staggered 2-photon sampling, {_trial_caption(ds, trial)} "
-                            f"(frames of {frame_s * 1e3:g} ms, shaded every other)",
-                      height=max(320, ROW_HEIGHT * len(neurons)), barmode="overlay")
+                                     legendgroup="r", showlegend=legend), row=row, col=1, secondary_y=True)
+        # shapes after the traces: plotly skips shapes on a subplot that has no trace yet
+        for centre in ms[read]:
+            fig.add_vrect(x0=centre - bin_s * 500, x1=centre + bin_s * 500, fillcolor=PALETTE[1], opacity=0.12,
+                          line_width=0, row=row, col=1)
+        for k in range(first, first + shown + 1):
+            fig.add_vline(x=k * frame_s * 1e3, line=dict(color="grey", dash="dash", width=1), row=row, col=1)
+        fig.update_yaxes(title_text="spike units", row=row, col=1, secondary_y=False)
+        fig.update_yaxes(title_text="Hz", tickformat=".0f", nticks=4, rangemode="tozero", row=row, col=1,
+                         secondary_y=True)
+    fig.update_xaxes(dtick=bin_s * 1e3, range=[start * 1e3, stop * 1e3])
+    fig.update_xaxes(title_text="time (ms)", row=len(neurons), col=1)
+    fig.update_layout(title=f"Staggered 2-photon sampling, {_trial_caption(ds, trial)}<br><sup>frames of "
+                            f"{frame_s * 1e3:g} ms between dashed lines; each neuron is read once per frame, in "
+                            "its shaded sub-frame bin</sup>",
+                      height=max(320, ROW_HEIGHT * len(neurons)), barmode="overlay",
+                      legend=dict(orientation="h", y=-0.15))
     return fig
 
 
-def method_scores(scores: xr.Dataset, variable: str = "state_r2", along: str = "lorenz_hz") -> go.Figure:
-    """Scores of methods, one line per method against ``along`` (e.g. latent speed in Hz).
+# Readable axis and legend labels for the score names the tutorials use.
+SCORE_LABELS = {"latent_r2": "latent R² (held-out decoding of the true state)", "rate_r2": "rate R²",
+                "lorenz_hz": "latent speed (Lorenz cycles per second)", "session": "session", "method": "method",
+                "decoder": "decoder"}
 
-    ``scores``: a Dataset with dims (``method``, ``along``) holding ``variable`` (e.g. the
-    tutorial 06 scores of several runs concatenated along ``lorenz_hz``); a Dataset with only
-    ``method`` gives one point per method.
+
+def _categories(values, dim: str) -> list[str]:
+    """Tick labels for the values of ``dim``: speeds in Hz, anything else as it is."""
+    return [f"{v:g} Hz" if dim == "lorenz_hz" else str(v) for v in values]
+
+
+def method_scores(scores: xr.Dataset, variable: str = "latent_r2", along: str = "lorenz_hz") -> go.Figure:
+    """Scores of methods, one marker per method at each value of ``along`` (e.g. the latent speed,
+    or a session), grouped side by side: categories, not a trend, so no line joins them.
+
+    ``scores``: a Dataset with dims (``method``, ``along``) holding ``variable`` (e.g. tutorial
+    06's scores over ``lorenz_hz``, tutorial 07's rate R² over ``session``); a Dataset with only
+    ``method`` gives one group. The y axis shows every value, negative ones included.
     """
     if variable not in scores:
         raise DataError(f"scores has no {variable!r}; variables: {sorted(scores.data_vars)}.")
@@ -743,13 +771,49 @@ def method_scores(scores: xr.Dataset, variable: str = "state_r2", along: str = "
         raise DataError(f"'{variable}' has dims {da.dims}; it needs a 'method' dim.")
     if along not in da.dims:
         da = da.expand_dims({along: [scores.attrs.get(along, 0)]})
+    da = da.sortby(along) if along == "lorenz_hz" else da
     fig = go.Figure()
     for i, method in enumerate(da["method"].values):
-        line = da.sel({"method": method}).sortby(along)  # not sel(method=...): that is sel's own argument
-        fig.add_trace(go.Scatter(x=line[along].values, y=line.values, mode="lines+markers",
-                                 name=str(method), line=dict(color=PALETTE[i % len(PALETTE)])))
-    fig.update_layout(title=f"{variable} by method against {along} (held-out trials)",
-                      xaxis_title=along, yaxis_title=variable)
+        values = da.sel({"method": method})  # not sel(method=...): that is sel's own argument
+        fig.add_trace(go.Scatter(x=_categories(values[along].values, along), y=values.values, mode="markers",
+                                 name=str(method), marker=dict(color=PALETTE[i % len(PALETTE)], size=11)))
+    label, axis = SCORE_LABELS.get(variable, variable), SCORE_LABELS.get(along, along)
+    fig.update_layout(title=f"{label.split(' (')[0]} by method and {axis.split(' (')[0]}, validation trials",
+                      xaxis_title=axis, yaxis_title=label, scattermode="group",
+                      xaxis_type="category")
+    return fig
+
+
+def decoding_scores(latent_r2: xr.DataArray, floor: float = -0.5) -> go.Figure:
+    """Decoding scores of several models and decoders per session (tutorial 07): one panel per
+    ``method``, one marker per ``decoder`` at each ``session``, grouped. Values below ``floor``
+    (a decoder carried to an unrelated space can score -4) are drawn at the floor as a
+    down-pointing triangle labelled with the value, so they do not squash the rest."""
+    missing = {"method", "decoder", "session"} - set(latent_r2.dims)
+    if missing:
+        raise DataError(f"latent_r2 needs dims (method, decoder, session); missing {sorted(missing)}.")
+    methods = [str(m) for m in latent_r2["method"].values]
+    fig = make_subplots(rows=1, cols=len(methods), shared_yaxes=True, subplot_titles=methods,
+                        horizontal_spacing=0.04)
+    for col, method in enumerate(latent_r2["method"].values, start=1):
+        for i, decoder in enumerate(latent_r2["decoder"].values):
+            values = latent_r2.sel({"method": method, "decoder": decoder})
+            y = values.values.astype(float)
+            below = y < floor
+            fig.add_trace(go.Scatter(
+                x=_categories(values["session"].values, "session"), y=np.where(below, floor, y),
+                mode="markers+text", text=[f"{v:.1f}" if b else "" for v, b in zip(y, below)],
+                textposition="top center", marker=dict(color=PALETTE[i % len(PALETTE)], size=11,
+                                                       symbol=["triangle-down" if b else "circle" for b in below]),
+                name=str(decoder), legendgroup=str(decoder), showlegend=col == len(methods),
+                hovertemplate="%{x}: R² " + np.char.mod("%.3f", y).astype(object) + "<extra>" + str(decoder) + "</extra>"),
+                row=1, col=col)
+        fig.update_xaxes(type="category", title_text="session", row=1, col=col)
+    top = max(1.0, float(np.nanmax(latent_r2.values)) + 0.05) if np.isfinite(latent_r2.values).any() else 1.0
+    fig.update_yaxes(range=[floor - 0.1, top], title_text=SCORE_LABELS["latent_r2"], row=1, col=1)
+    fig.update_layout(title=f"Decoding the true network state from each model's factors, validation trials "
+                            f"(values below {floor:g} drawn at {floor:g}, labelled)", scattermode="group",
+                      legend_title_text="decoder")
     return fig
 
 
@@ -761,7 +825,7 @@ def session_alignment(curves: xr.DataArray, n_components: int = 3) -> go.Figure:
     if missing:
         raise DataError(f"curves needs dims (session, condition, time, component); missing {sorted(missing)}.")
     k = min(n_components, curves.sizes["component"])
-    fig = make_subplots(rows=k, cols=1, shared_xaxes=True, subplot_titles=[f"component {i}" for i in range(k)])
+    fig = make_subplots(rows=k, cols=1, shared_xaxes=True, subplot_titles=[f"component {i + 1}" for i in range(k)])
     for s, session in enumerate(curves["session"].values):
         for c, condition in enumerate(curves["condition"].values):
             for i in range(k):
@@ -770,6 +834,7 @@ def session_alignment(curves: xr.DataArray, n_components: int = 3) -> go.Figure:
                     mode="lines", line=dict(color=PALETTE[s % len(PALETTE)], width=1.5), name=str(session),
                     legendgroup=str(session), showlegend=(c == 0 and i == 0)), row=i + 1, col=1)
     fig.update_xaxes(title_text="time (s)", row=k, col=1)
+    fig.update_yaxes(title_text="read-in output (a.u.)")
     fig.update_layout(title="Each session's PSTHs through its own read-in (one line per condition)",
                       height=max(500, 220 * k), legend=dict(orientation="h", y=-0.12))
     return fig

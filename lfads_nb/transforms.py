@@ -77,10 +77,15 @@ def sbtt(batch: Batch) -> Batch:
     entries are not rescaled at the encoder: which entries are missing is a property of the
     recording, not a random draw to correct for.
     """
-    seen_enc, seen_target = ~torch.isnan(batch.encoder_data), ~torch.isnan(batch.target)
+    def observed(values: Tensor) -> tuple[Tensor, Tensor]:  # where values are not NaN, and NaN as 0
+        return values == values, values.nan_to_num(0.0)
+
+    seen_enc, encoder_data = observed(batch.encoder_data)
+    # make_batch passes the recording as both: one pass over it, not two
+    seen_target, target = (seen_enc, encoder_data) if batch.target is batch.encoder_data else observed(batch.target)
     return batch._replace(
-        encoder_data=batch.encoder_data.nan_to_num(0.0),
-        target=batch.target.nan_to_num(0.0),
+        encoder_data=encoder_data,
+        target=target,
         encoder_mask=batch.encoder_mask & seen_enc,
         loss_mask=batch.loss_mask & seen_target,
         heldout=batch.heldout & seen_target,

@@ -241,53 +241,99 @@ def test_calcium_dataset_bad_input():
 # ---------------------------------------------------------------------------------- scoring and plots
 
 def test_truth_scores_reward_the_truth_and_penalise_blur():
-    """The true rates score rate_r2 = 1 (any per-neuron affine map of them too); a frame-averaged
-    copy, interpolated back to sub-frame bins, scores lower on both measures at a fast latent."""
+    """truth_scores is metrics.latent_r2 at the sub-frame bins: the true rates (any per-neuron
+    affine map of them) decode the state well; a frame-averaged copy, interpolated back to
+    sub-frame bins, decodes it worse at a fast latent; no truth gives NaN."""
     from lfads_nb.calcium import on_subframe_time, truth_scores
 
     ds = calcium_2p(0, lorenz_hz=12, n_neurons=30, n_conditions=8, trials_per_condition=5, n_frames=10)
     exact = truth_scores(3 * ds["rates_true"] + 1, ds)
-    assert exact["rate_r2"] == pytest.approx(1.0)
-    assert exact["state_r2"] > 0.8
+    assert exact["latent_r2"] == pytest.approx(lfads_nb.metrics.latent_r2(ds["rates_true"], ds["latents_true"]),
+                                               abs=1e-3)
+    assert exact["latent_r2"] > 0.8
     frames = frame_binned(ds)["rates_true"]
     back = on_subframe_time(frames, ds)
     assert back.sizes["time"] == ds.sizes["time"] and np.isfinite(back.values).all()
     np.testing.assert_allclose(back.isel(time=slice(1, None, 3)).values, frames.values, rtol=1e-5)  # frame centres
-    blurred = truth_scores(frames, ds)
-    assert blurred["rate_r2"] < exact["rate_r2"] - 0.05 and blurred["state_r2"] < exact["state_r2"]
+    assert truth_scores(frames, ds)["latent_r2"] < exact["latent_r2"] - 0.05
     no_truth = truth_scores(ds["rates_true"], ds.drop_vars(["rates_true", "latents_true"]))
-    assert np.isnan(no_truth["state_r2"]) and np.isnan(no_truth["rate_r2"])
+    assert np.isnan(no_truth["latent_r2"])
 
 
 def test_smoothed_events_picks_a_width_on_training_trials_only():
     from lfads_nb.calcium import smoothed_events
 
     ds = calcium_2p(0, n_neurons=20, n_conditions=4, trials_per_condition=5, n_frames=10)
-    chosen = smoothed_events(ds, sigmas=(0.0, 0.01, 0.03))
-    assert chosen.attrs["sigma"] in (0.0, 0.01, 0.03) and chosen.sizes["time"] == 10
     valid = ds["split"].values == "valid"
     poisoned = ds.copy(deep=True)
     poisoned["latents_true"][valid] = 0.0  # changing validation truth must not change the choice
-    assert smoothed_events(poisoned, sigmas=(0.0, 0.01, 0.03)).attrs["sigma"] == chosen.attrs["sigma"]
+    for timing, n_time in (("frame", 10), ("subframe", 30)):
+        chosen = smoothed_events(ds, sigmas=(0.0, 0.01, 0.03), timing=timing)
+        assert chosen.attrs["sigma"] in (0.0, 0.01, 0.03) and chosen.sizes["time"] == n_time
+        assert smoothed_events(poisoned, sigmas=(0.0, 0.01, 0.03), timing=timing).attrs["sigma"] == chosen.attrs["sigma"]
+
+
+def test_subframe_smoothing_keeps_each_event_at_its_read_time():
+    """Width 0 interpolates each neuron linearly between its own reads: at a read bin it is that
+    read (in events / s), between two reads their linear blend (reference: numpy.interp on one
+    neuron), before the first read held constant. A Gaussian width averages over the reads in
+    reach only. On events that are the true rates read at each neuron's scan phase, keeping that
+    timing decodes the fast latent better than binning by frame."""
+    from lfads_nb.calcium import smoothed_events, truth_scores
+
+    ds = calcium_2p(0, lorenz_hz=12, n_neurons=30, n_conditions=8, trials_per_condition=5, n_frames=10)
+    frame_s = ds.attrs["frame_s"]
+    linear = smoothed_events(ds, sigmas=(0.0,), timing="subframe")
+    one = ds["events"].isel(trial=3, neuron=4).values
+    read = np.flatnonzero(~np.isnan(one))
+    expected = np.interp(np.arange(len(one)), read, one[read]) / frame_s
+    np.testing.assert_allclose(linear.isel(trial=3, neuron=4).values, expected, rtol=1e-6)
+    assert linear.attrs["units"] == "events / s" and np.isfinite(linear.values).all()
+    smooth = smoothed_events(ds, sigmas=(0.02,), timing="subframe")
+    assert smooth.attrs["sigma"] == 0.02 and np.isfinite(smooth.values).all()
+    constant = ds.copy(deep=True)
+    constant["events"] = constant["events"].where(constant["events"].isnull(), 0.6)
+    np.testing.assert_allclose(smoothed_events(constant, sigmas=(0.02,), timing="subframe").values, 0.6 / frame_s,
+                               rtol=1e-6)
+    ideal = ds.copy(deep=True)
+    ideal["events"] = ds["rates_true"].where(~ds["events"].isnull())
+    frame_r2 = truth_scores(smoothed_events(ideal, sigmas=(0.0,), timing="frame"), ds)["latent_r2"]
+    subframe_r2 = truth_scores(smoothed_events(ideal, sigmas=(0.0,), timing="subframe"), ds)["latent_r2"]
+    assert subframe_r2 > frame_r2 + 0.02
+    with pytest.raises(ConfigError, match="timing must be 'frame'"):
+        smoothed_events(ds, timing="scan")
+    with pytest.raises(DataError, match="no read in reach"):
+        smoothed_events(ds, sigmas=(0.001,), timing="subframe")
 
 
 def test_calcium_plots():
+    """The sampling figure draws the frame boundaries and each neuron's read bins in every row (plotly
+    drops shapes added to a subplot before its first trace), zoomed to a few frames; the score
+    figure has one marker group per method and no line joining categories."""
     from lfads_nb import plots
 
     ds = calcium_2p(0, **SMALL)
     fig = plots.calcium_sampling(ds, trial=0)
-    assert len({t.name for t in fig.data}) == 4 and "Staggered" in fig.layout.title.text
-    scores = xr.Dataset({"state_r2": (("method", "lorenz_hz"), [[0.2, 0.1], [0.5, 0.3], [0.6, 0.5]])},
-                        coords={"method": ["smoothing", "lfads_frame", "radical"], "lorenz_hz": [5.0, 10.0]})
+    assert {t.name for t in fig.data} == {"fluorescence read", "deconvolved event", "true spike",
+                                          "true rate (Hz, right axis)"}
+    assert "Staggered" in fig.layout.title.text
+    shapes = fig.layout.shapes
+    rows = {shape.xref for shape in shapes}
+    assert len(rows) == 3  # every row has its frame lines and read bands
+    assert sum(shape.type == "line" for shape in shapes) == 3 * 6  # 5 frames: 6 boundaries per row
+    assert sum(shape.type == "rect" for shape in shapes) == 3 * 5  # one read bin per frame per neuron
+    assert fig.layout.xaxis.range[1] - fig.layout.xaxis.range[0] == pytest.approx(5 * 30)
+    scores = xr.Dataset({"latent_r2": (("method", "lorenz_hz"), [[0.2, -0.1], [0.5, 0.3], [0.6, 0.5]])},
+                        coords={"method": ["smoothing_frame", "lfads_frame", "radical"], "lorenz_hz": [10.0, 5.0]})
     fig = plots.method_scores(scores)
-    assert [t.name for t in fig.data] == ["smoothing", "lfads_frame", "radical"]
-    assert list(fig.data[2].y) == [0.6, 0.5]
+    assert [t.name for t in fig.data] == ["smoothing_frame", "lfads_frame", "radical"]
+    assert list(fig.data[2].x) == ["5 Hz", "10 Hz"] and list(fig.data[2].y) == [0.5, 0.6]
+    assert all(t.mode == "markers" for t in fig.data) and "latent R²" in fig.layout.yaxis.title.text
     # A recording of events alone (no truth, no fluorescence): its events and sampling pattern
     events_only = ds.drop_vars(["fluorescence", "spikes_true", "rates_true", "latents_true"])
-    assert {t.name for t in plots.calcium_sampling(events_only, trial=0).data} == {"deconvolved events"}
+    assert {t.name for t in plots.calcium_sampling(events_only, trial=0).data} == {"deconvolved event"}
     with pytest.raises(DataError, match="needs a sub-frame calcium Dataset"):
         plots.calcium_sampling(ds.drop_vars("scan_phase"), trial=0)
-
 
 
 def test_smoothed_events_counts_no_smoothing_and_warns_at_an_edge_of_its_grid(monkeypatch):
@@ -309,7 +355,7 @@ def test_smoothed_events_counts_no_smoothing_and_warns_at_an_edge_of_its_grid(mo
     with pytest.warns(UserWarning, match="low end of the grid"):
         assert smoothed_events(ds, sigmas=(0.015, 0.03)).attrs["sigma"] == 0.015
     # a score that prefers smoother estimates: the widest width wins and is flagged
-    monkeypatch.setattr(metrics, "velocity_r2", lambda est, *args, **kw: -float(est.diff("time").var()))
+    monkeypatch.setattr(metrics, "latent_r2", lambda est, *args, **kw: -float(est.diff("time").var()))
     with pytest.warns(UserWarning, match="high end of the grid"):
         assert smoothed_events(ds, sigmas=(0.0, 0.03, 0.06)).attrs["sigma"] == 0.06
     with pytest.raises(ConfigError, match="sigmas must be smoothing widths >= 0 s"):

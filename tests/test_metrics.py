@@ -569,3 +569,34 @@ def test_nll_per_entry_is_the_poisson_log_pmf_mean_over_observed_entries():
     got = metrics.nll_per_entry(xr.DataArray(rates, dims=dims), xr.DataArray(spikes, dims=dims), 0.02)
     seen = ~np.isnan(spikes)
     np.testing.assert_allclose(got, -poisson.logpmf(spikes[seen], rates[seen] * 0.02).mean())
+
+
+def test_spike_scores_table_equals_the_metrics_and_is_nan_without_truth():
+    # Reference: each entry is the metric function it names, called on the same trials; the true
+    # rates score rate R^2 1; without truth only bits per spike is left.
+    from data_generators import chaotic_rnn
+
+    ds = chaotic_rnn(0, n_units=12, n_conditions=6, trials_per_condition=5, n_bins=20)
+    smoothed = metrics.smooth_spikes(ds["spikes"], 0.01, 0.03)
+    scores = metrics.spike_scores(ds, {"truth": ds["rates_true"], "smoothing": smoothed},
+                                  latents={"truth": ds["latents_true"]})
+    assert list(scores["method"].values) == ["truth", "smoothing"]
+    valid = ds.trial.values[ds.split.values == "valid"]
+    row = scores.sel({"method": "smoothing"})
+    assert row["rate_r2"] == pytest.approx(metrics.rate_r2(smoothed.sel(trial=valid), ds["rates_true"].sel(trial=valid)))
+    assert row["bits_per_spike"] == pytest.approx(
+        metrics.bits_per_spike(smoothed.sel(trial=valid), ds["spikes"].sel(trial=valid), 0.01))
+    assert row["latent_r2"] == pytest.approx(metrics.latent_r2(smoothed, ds["latents_true"]))
+    assert row["velocity_r2"] == pytest.approx(metrics.velocity_r2(smoothed, ds["behavior"], train_trials="train",
+                                                                   test_trials=valid, bin_width=0.01))
+    assert row["psth_r2"] == pytest.approx(metrics.psth_r2(smoothed.sel(trial=valid), ds["spikes"], bin_width=0.01))
+    truth = scores.sel({"method": "truth"})
+    assert truth["rate_r2"] == 1.0 and truth["state_r2"] == pytest.approx(1.0)
+    assert truth["latent_r2"] > 0.99
+    bare = ds.drop_vars(["rates_true", "latents_true", "behavior", "condition"])
+    empty = metrics.spike_scores(bare, {"smoothing": smoothed.drop_vars("condition")})
+    assert np.isfinite(empty["bits_per_spike"]).all()
+    assert all(np.isnan(empty[v]).all() for v in empty.data_vars if v != "bits_per_spike")
+    assert "rates_true" in empty.attrs["missing"]
+    with pytest.raises(ConfigError, match="latents has methods"):
+        metrics.spike_scores(ds, {"smoothing": smoothed}, latents={"lfads": smoothed})

@@ -251,6 +251,56 @@ def test_session_decoding_r2_against_sklearn_and_shared_versus_private_spaces():
         lfads_nb.metrics.session_decoding_r2({"s0": shared["s0"]}, {"s0": truth["s0"]})
 
 
+def test_session_decoding_r2_aligned_maps_private_spaces_back_by_condition_means():
+    """Factors that are a different affine map of the truth per session decode across sessions only
+    after the alignment: condition-mean latents of another session mapped by least squares onto
+    this session's (reference: the alignment map from numpy lstsq on the condition means, then the
+    decoder from sklearn's LinearRegression on the mapped rows). Shuffling the condition labels of
+    the 'valid' trials changes nothing (the alignment reads 'train' trials only); without a
+    'condition' coord it is refused by name."""
+    from sklearn.decomposition import PCA
+    from sklearn.linear_model import LinearRegression
+    from sklearn.metrics import r2_score
+
+    rng = np.random.default_rng(2)
+    split = np.array(["train"] * 16 + ["valid"] * 8)
+    condition = np.tile(np.arange(4), 6)
+    base = rng.standard_normal((4, 7, 6))  # per-condition trajectories of the true state
+
+    def da(values, dim, labels=condition):
+        return xr.DataArray(values, dims=("trial", "time", dim),
+                            coords={"split": ("trial", split), "condition": ("trial", labels)})
+
+    truth = {f"s{i}": base[condition] + 0.3 * rng.standard_normal((24, 7, 6)) for i in range(3)}
+    maps = {n: (rng.standard_normal((6, 8)), rng.standard_normal(8)) for n in truth}
+    private = {n: da(t @ maps[n][0] + maps[n][1], "factor") for n, t in truth.items()}
+    truth = {n: da(t, "latent") for n, t in truth.items()}
+    scores = lfads_nb.metrics.session_decoding_r2(private, truth, n_components=3, align=True)
+    assert float(scores.across_r2.max()) < 0.5
+    assert float(abs(scores.across_aligned_r2 - scores.within_r2).max()) < 0.05
+    rows = lambda d, label: d.values[split == label].reshape(-1, d.shape[-1])  # noqa: E731
+    means = lambda d: np.concatenate([d.values[(split == "train") & (condition == c)].mean(0) for c in range(4)])  # noqa: E731
+    pca = PCA(3).fit(np.concatenate([rows(t, "train") for t in truth.values()]))
+    mapped, targets = [], []
+    for other in ("s1", "s2"):
+        source = means(private[other])
+        mapping, *_ = np.linalg.lstsq(np.hstack([source, np.ones((len(source), 1))]), means(private["s0"]), rcond=None)
+        x = rows(private[other], "train")
+        mapped.append(np.hstack([x, np.ones((len(x), 1))]) @ mapping)
+        targets.append(pca.transform(rows(truth[other], "train")))
+    fit = LinearRegression().fit(np.concatenate(mapped), np.concatenate(targets))
+    expected = r2_score(pca.transform(rows(truth["s0"], "valid")), fit.predict(rows(private["s0"], "valid")))
+    assert float(scores.across_aligned_r2.sel(session="s0")) == pytest.approx(expected, rel=1e-6)
+    shuffled = condition.copy()
+    shuffled[split == "valid"] = rng.permutation(shuffled[split == "valid"])
+    relabelled = {n: d.assign_coords(condition=("trial", shuffled)) for n, d in private.items()}
+    again = lfads_nb.metrics.session_decoding_r2(relabelled, truth, n_components=3, align=True)
+    np.testing.assert_allclose(again.across_aligned_r2.values, scores.across_aligned_r2.values)
+    with pytest.raises(DataError, match="'condition' coord"):
+        lfads_nb.metrics.session_decoding_r2({n: d.drop_vars("condition") for n, d in private.items()}, truth,
+                                             n_components=3, align=True)
+
+
 def test_read_in_psths_agree_across_sessions_after_pcr_and_plot():
     """PCR maps every session's PSTHs near the same global scores: the sessions' read-in curves
     are closer to each other than to those of a random read-in (lfads-torch's random, frozen

@@ -1,5 +1,6 @@
-"""Packaging: the conda environment (Binder) and pyproject.toml name the same dependencies, the wheel holds
-every subpackage, and the module paths the README and the tutorials name keep working."""
+"""Packaging: the conda environment and pyproject.toml name the same dependencies, Binder's environment
+(binder/) is a subset that holds every runtime dependency, both install into a fresh environment, the
+wheel holds every subpackage, and the module paths the README and the tutorials name keep working."""
 import os
 import re
 import tomllib
@@ -10,26 +11,31 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 CONDA_TO_PIP = {"pytorch": "torch", "ray-tune": "ray", "python-kaleido": "kaleido"}  # conda-forge names that differ from PyPI's
 CONDA_ONLY = {"python", "pip"}
+ENVIRONMENT = ROOT / "environment.yml"
+BINDER = ROOT / "binder"
+WEBSITE_ONLY_EXTRAS = {"docs"}  # make book's tools: not in the conda environment nor on Binder
 
 
 def _name(requirement: str) -> str:
     return re.split(r"[<>=!~\[ ]", requirement.strip(), maxsplit=1)[0].lower().replace("_", "-")
 
 
-def _environment() -> dict:
-    return yaml.safe_load((ROOT / "environment.yml").read_text())
+def _environment(path: Path = ENVIRONMENT) -> dict:
+    return yaml.safe_load(path.read_text())
 
 
-def _conda_names() -> set[str]:
-    names = {_name(d) for d in _environment()["dependencies"] if isinstance(d, str)}
+def _conda_names(path: Path = ENVIRONMENT) -> set[str]:
+    names = {_name(d) for d in _environment(path)["dependencies"] if isinstance(d, str)}
     return {CONDA_TO_PIP.get(n, n) for n in names - CONDA_ONLY}
 
 
-def _pyproject_names() -> set[str]:
+def _pyproject_names(extras: bool = True) -> set[str]:
+    """The names pyproject.toml requires, with those of its extras (website-only extras left out)."""
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
     requirements = list(project["dependencies"])
-    for extra in project["optional-dependencies"].values():
-        requirements += extra
+    for extra, names in project["optional-dependencies"].items():
+        if extras and extra not in WEBSITE_ONLY_EXTRAS:
+            requirements += names
     return {_name(r) for r in requirements}
 
 
@@ -45,10 +51,10 @@ def test_environment_yml_installs_the_package_and_cpu_torch():
     assert "-e ." in pip_section
 
 
-def _pip_equivalent() -> list[str]:
-    """environment.yml as pip requirements: conda names mapped to PyPI's, the package itself last."""
+def _pip_equivalent(path: Path = ENVIRONMENT) -> list[str]:
+    """A conda environment file as pip requirements: conda names mapped to PyPI's."""
     requirements = []
-    for dep in _environment()["dependencies"]:
+    for dep in _environment(path)["dependencies"]:
         if isinstance(dep, str) and _name(dep) not in CONDA_ONLY:
             requirements.append(CONDA_TO_PIP.get(_name(dep), _name(dep)) + dep[len(_name(dep)):].split("=*")[0])
     return requirements
@@ -72,25 +78,58 @@ def _tutorial_imports() -> set[str]:
     return modules
 
 
-def test_a_fresh_environment_from_environment_yml_imports_every_tutorial_module(tmp_path):
-    """Binder's environment, built the pip way: a new venv gets exactly environment.yml's list."""
-    import os
+def _fresh_environment(tmp_path, requirements: list[str]) -> str:
+    """A new venv with a CPU torch first (never a bare torch), then ``requirements``; its python."""
     import subprocess
     import sys
 
     venv = tmp_path / "env"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = str(venv / "bin" / "python")
-    requirements = _pip_equivalent()
-    torch = os.environ.get("LFADS_NB_TORCH", "torch==2.13.0")  # a CPU build first, never a bare torch
+    torch = os.environ.get("LFADS_NB_TORCH", "torch==2.13.0")
     pip = [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
     subprocess.run(pip + [torch], check=True)
-    subprocess.run(pip + [r for r in requirements if _name(r) != "torch"] + ["-e", str(ROOT)], check=True)
+    subprocess.run(pip + [r for r in requirements if _name(r) != "torch"], check=True)
+    return python
+
+
+def _assert_imports_every_tutorial_module(python: str, cwd) -> None:
+    import subprocess
+
     modules = sorted(_tutorial_imports())
     assert {"lfads_nb", "data_generators", "torch", "plotly"} <= set(modules)
-    result = subprocess.run([python, "-c", "import " + ", ".join(modules)], capture_output=True, text=True,
-                            cwd=tmp_path)
+    result = subprocess.run([python, "-c", "import " + ", ".join(modules)], capture_output=True, text=True, cwd=cwd)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_a_fresh_environment_from_environment_yml_imports_every_tutorial_module(tmp_path):
+    """The conda environment, built the pip way: a new venv gets exactly environment.yml's list."""
+    python = _fresh_environment(tmp_path, _pip_equivalent() + ["-e", str(ROOT)])
+    _assert_imports_every_tutorial_module(python, tmp_path)
+
+
+def test_binder_environment_is_cpu_torch_without_the_local_package():
+    """Binder's environment has no local pip entry (so a commit does not rebuild it), CPU torch, and
+    every runtime dependency, because postBuild installs the package with --no-deps."""
+    deps = _environment(BINDER / "environment.yml")["dependencies"]
+    assert "python=3.11" in deps and "pytorch=*=cpu*" in deps
+    assert not [d for d in deps if isinstance(d, dict)], "no pip section: postBuild installs the package"
+    names = _conda_names(BINDER / "environment.yml")
+    assert names <= _pyproject_names(), names - _pyproject_names()
+    assert _pyproject_names(extras=False) <= names, _pyproject_names(extras=False) - names
+    post_build = (BINDER / "postBuild").read_text()
+    assert os.access(BINDER / "postBuild", os.X_OK) and "--no-deps" in post_build
+
+
+def test_binder_installs_into_a_fresh_environment(tmp_path):
+    """Binder's steps, the pip way: binder/environment.yml's list into a new venv, then binder/postBuild
+    run as Binder runs it (from the repository root, the environment's python first on PATH)."""
+    import subprocess
+
+    python = _fresh_environment(tmp_path, _pip_equivalent(BINDER / "environment.yml"))
+    env = dict(os.environ, PATH=f"{Path(python).parent}{os.pathsep}{os.environ['PATH']}")
+    subprocess.run([str(BINDER / "postBuild")], cwd=ROOT, env=env, check=True)
+    _assert_imports_every_tutorial_module(python, tmp_path)
 
 
 def test_pyproject_finds_every_subpackage():

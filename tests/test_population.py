@@ -79,12 +79,16 @@ def _member_noise(noise: Noise, i: int) -> Noise:
     return Noise(*(None if v is None else v[i] for v in noise))
 
 
-@pytest.mark.parametrize("co_dim,ext_dim,shift_std", [(2, 0, None), (0, 2, None), (2, 0, [2.0, 0.0, 1.0])])
-def test_population_matches_separate_models_trained_with_training_loss(float64, co_dim, ext_dim, shift_std):
+@pytest.mark.parametrize("co_dim,ext_dim,shift_std,ci_enc_dim", [(2, 0, None, 5), (0, 2, None, 5),
+                                                                 (2, 0, [2.0, 0.0, 1.0], 5), (2, 0, None, 6)])
+def test_population_matches_separate_models_trained_with_training_loss(float64, co_dim, ext_dim, shift_std,
+                                                                        ci_enc_dim):
     """With ``shift_std``, every member also shifts its batch in time at its own std (member 1 not at
-    all): the reference applies ``temporal_shift`` with the member's slice of the step's normals."""
+    all): the reference applies ``temporal_shift`` with the member's slice of the step's normals.
+    With ci_enc_dim == ic_enc_dim (6) both encoders run as one fused scan, under vmap too."""
     sv = 0.2
-    config = LFADSConfig(n_neurons=N, encod_dim=N - 1, co_dim=co_dim, ext_input_dim=ext_dim, **SMALL)
+    config = LFADSConfig(n_neurons=N, encod_dim=N - 1, co_dim=co_dim, ext_input_dim=ext_dim,
+                         **{**SMALL, "ci_enc_dim": ci_enc_dim})
     tensors = _data(ext_dim, sv)
     hps = HPS if shift_std is None else {**HPS, "shift_std": shift_std}
     shared = TrainConfig(sv_fraction=sv, shift_max=2)

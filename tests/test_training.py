@@ -13,7 +13,7 @@ import xarray as xr
 import lfads_nb
 from lfads_nb.dashboard import Progress
 from lfads_nb.training.checkpoint import load_checkpoint
-from lfads_nb.training.loop import TrainConfig, build_model, infer, load_model, train
+from lfads_nb.training.loop import TrainConfig, _SessionFeed, build_model, infer, load_model, train
 
 TINY = dict(ic_enc_dim=8, ci_enc_dim=6, con_dim=6, co_dim=2, ic_dim=4, gen_dim=10, fac_dim=3)
 
@@ -296,3 +296,64 @@ def test_default_config_trains_a_default_controller_without_warnings():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         train(model, ds, TrainConfig(max_epochs=1), progress=Quiet())
+
+
+def test_curriculum_counts_the_first_bins_as_the_paper_does():
+    # Reference: the paper's formula (Sedler et al. 2023, paper_src/models.py): the first
+    # min(points_per_group * (epoch // epochs_per_group + 1), T) bins, 5 every 150 epochs there.
+    from lfads_nb.training.loop import curriculum_bins
+
+    config = TrainConfig(curriculum_bins=5, curriculum_epochs=150)
+    assert [curriculum_bins(config, e, 70) for e in (0, 149, 150, 299, 300, 1949, 1950, 5000)] == \
+        [5, 5, 10, 10, 15, 65, 70, 70]
+    assert curriculum_bins(TrainConfig(), 0, 70) == 70  # off by default: whole trials
+    for bad in (dict(curriculum_bins=-1), dict(curriculum_bins=2.5), dict(curriculum_epochs=0)):
+        with pytest.raises(lfads_nb.ConfigError, match="curriculum"):
+            TrainConfig(**bad)
+
+
+def test_first_bins_cuts_every_part_of_a_batch_to_the_same_bins():
+    from lfads_nb.training.loop import first_bins
+    from lfads_nb.transforms import coordinated_dropout, make_batch
+
+    data = torch.rand(3, 8, 4)
+    batch = coordinated_dropout(make_batch(data, torch.tensor([True, True, True, False]), torch.randn(3, 8, 2)),
+                                0.3, torch.rand(3, 8, 4))
+    cut = first_bins(batch, 5)
+    for name in ("encoder_data", "target", "encoder_mask", "loss_mask", "heldout", "ext"):
+        assert torch.equal(getattr(cut, name), getattr(batch, name)[:, :5]), name
+    assert torch.equal(cut.heldin, batch.heldin)
+    assert first_bins(batch, 8) is batch
+    sessions = first_bins({"a": batch, "b": batch}, 2)
+    assert all(b.target.shape[1] == 2 for b in sessions.values())
+
+
+def test_curriculum_trains_on_growing_prefixes_and_validates_whole_trials():
+    # The steps of epoch e see only the first bins the curriculum counts (no part of the model
+    # runs past them); validation scores whole trials; early stopping waits for whole trials.
+    ds = tiny_dataset(n_time=6)
+    model = build_model(ds, seed=0, **{**TINY, "co_dim": 0})
+    seen = []
+    loss = model.loss
+    model.loss = lambda batch, weights, **kw: (seen.append(batch.target.shape[1]), loss(batch, weights, **kw))[1]
+    config = TrainConfig(max_epochs=10, batch_size=8, cd_rate=0.0, kl_ramp_epochs=0, l2_ramp_epochs=0,
+                         early_stop_patience=0, curriculum_bins=2, curriculum_epochs=1)
+    result = train(model, ds, config, progress=Quiet())
+    assert result.history["train_bins"].tolist() == [2, 4, 6]  # patience 0 stops as soon as trials are whole
+    assert result.stop_reason == "early_stopping"
+    assert seen == [2] * 3 + [4] * 3 + [6] * 3  # 18 training trials in batches of 8: 3 steps an epoch
+    whole_trials = _SessionFeed(result.model, ds, config).validation(result.model)["valid_recon"]
+    assert result.history["valid_recon"].iloc[result.best_epoch] == pytest.approx(whole_trials)
+
+
+def test_lr_plateaus_count_only_epochs_on_whole_trials():
+    # During a curriculum the whole-trial validation loss may not improve while the model learns
+    # short trials; the learning rate must not decay for that.
+    from lfads_nb.training.loop import _end_of_epoch, _RunState
+
+    config = TrainConfig(lr=1.0, lr_decay=0.5, lr_patience=2)
+    state = _RunState(config)
+    state.best_smoothed = -1.0  # nothing will improve on it
+    for whole_trials, lr in [(False, 1.0), (False, 1.0), (False, 1.0), (True, 1.0), (True, 0.5), (False, 0.5)]:
+        _end_of_epoch(state, {"valid_recon": 1.0}, config, whole_trials)
+        assert state.lr == lr

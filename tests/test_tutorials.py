@@ -41,7 +41,7 @@ CI_PARAMETERS = {
     "03_identity_overfitting.ipynb": {"n_models": 2, "max_epochs": 2, "n_conditions": 8, "trials_per_condition": 5,
                                       "n_bins": 12, "ic_enc_dim": 8, "ci_enc_dim": 6, "con_dim": 6, "co_dim": 1,
                                       "ic_dim": 4, "gen_dim": 12, "fac_dim": 4,
-                                      "output_path": "identity_overfitting_ci.nc"},
+                                      "scores_path": "identity_overfitting_scores_ci.nc"},
     "04_autolfads_pbt.ipynb": {"n_conditions": 6, "trials_per_condition": 3, "population": 2, "burn_in_epochs": 1,
                                "generation_epochs": 1, "max_generations": 1, "batch_size": 8, "ic_enc_dim": 6,
                                "ic_dim": 4, "gen_dim": 8, "fac_dim": 3, "co_dim": 1, "ci_enc_dim": 4, "con_dim": 4,
@@ -285,8 +285,8 @@ def test_calcium_tutorial_as_batch_job_on_events_without_truth_or_fluorescence(t
     assert list(out.trial.values) == list(recording.trial.values)
     assert out.events_mean.shape == recording.events.shape and bool((out.events_mean > 0).all())
     scores = xr.load_dataset(tmp_path / "run" / "scores.nc")
-    assert list(scores["method"].values) == ["smoothing", "lfads_frame", "radical"]
-    assert scores["state_r2"].isnull().all() and scores["rate_r2"].isnull().all()
+    assert list(scores["method"].values) == ["smoothing_frame", "smoothing_subframe", "lfads_frame", "radical"]
+    assert scores["latent_r2"].isnull().all()
 
 
 def test_multisession_tutorial_as_batch_job_on_a_sessions_file_without_truth(tmp_path, monkeypatch):
@@ -316,13 +316,16 @@ def test_multisession_tutorial_as_batch_job_on_a_sessions_file_without_truth(tmp
     assert list(scores["method"].values) == ["separate", "stitched"]
     assert list(scores["session"].values) == ["session0", "session1"]
     assert scores["rate_r2"].isnull().all()
-    assert np.isnan(scores["within_session_r2"]) and np.isnan(scores["across_session_r2"])
+    assert list(scores["decoder"].values) == ["within", "across", "across_aligned"]
+    assert scores["latent_r2"].isnull().all() and scores["latent_r2"].dims == ("method", "decoder", "session")
+    assert (scores["steps"] > 0).all() and (scores["best_epoch"] >= 1).all()
 
 
 def test_explore_tutorial_as_batch_job_on_a_file_without_latents(tmp_path, monkeypatch):
     """`papermill 09_explore_dynamics.ipynb out.ipynb -p data_path spikes.nc` on attractor spikes saved
     without their truth: the models train, the fixed points are searched, the inference is saved for
-    every trial, and the score table has both models with fixed-point counts and NaN errors."""
+    every trial, and the score table has both models with integer fixed-point counts, their unstable
+    directions as text, and NaN for every comparison with the truth."""
     from data_generators import attractor
 
     monkeypatch.setenv("LFADS_NB_LIVE", "0")
@@ -335,4 +338,7 @@ def test_explore_tutorial_as_batch_job_on_a_file_without_latents(tmp_path, monke
     assert list(out.trial.values) == list(recording.trial.values) and bool((out.rates > 0).all())
     scores = xr.load_dataset(tmp_path / "run" / "scores.nc")
     assert list(scores["model"].values) == ["node_3", "gru_large"]
-    assert scores["fixed_point_error"].isnull().all() and (scores["n_fixed_points"] >= 0).all()
+    assert scores["n_fixed_points"].dtype.kind == "i" and (scores["n_fixed_points"] >= 0).all()
+    assert scores["unstable_counts"].dtype.kind in "OU"
+    for name in ("wing_error", "rotation_error", "saddle_growth_error", "saddle_angle", "origin_error"):
+        assert scores[name].isnull().all(), name

@@ -33,11 +33,12 @@ before the candidate matmul, no recurrent bias, state clipped to +-cell_clip), a
 The decoder above is ``LFADS.decode``'s step loop, written as the paper reads; the generator is a
 module with a ``step`` (``GRUGenerator``), the seam where other dynamics plug in: ``LFADSConfig(generator=
 "node")`` makes it a neural ODE (``NeuralODEGenerator``: an MLP vector field integrated by fixed-step
-Euler or RK4, Sedler et al. 2023), which runs on the step loop. Like nanoGPT's
+Euler or RK4, Sedler et al. 2023). Like nanoGPT's
 flash-attention flag, ``LFADS(config, fused=True)`` (the default) runs the same recurrences as
 hand-written fused kernels instead (``lfads_nb.models._fused_gru``: the encoders and an autonomous
-generator as one scan, controller and generator as one coupled recurrence); the tests check
-both paths against each other in value and gradient.
+generator as one scan, controller and generator as one coupled recurrence;
+``lfads_nb.models._fused_node``: an autonomous neural ODE); the tests check both paths against
+each other in value and gradient.
 
 Randomness is an input: every dropout mask and posterior sample of a forward pass is a field of
 a ``Noise`` (``draw_noise``), drawn from torch's global generator when none is passed, so
@@ -66,6 +67,7 @@ from ..data.schema import heldin_mask
 from ..errors import ConfigError, DataError
 from ..transforms import Batch, encoder_input, masked_mean
 from ._fused_gru import DecoderWeights, clipped_gru_scan, controlled_decode
+from ._fused_node import node_scan
 from .observations import ObservationModel, make_observation, observation_spec
 
 # --------------------------------------------------------------------------------------------
@@ -97,6 +99,7 @@ class LFADSConfig:
     dropout: float = 0.05
     cell_clip: float = 5.0
     ic_post_var_min: float = 1e-4
+    ic_post_var_init: float = 1.0  # the IC posterior's variance at initialisation (the bias of its log-variance)
     ic_prior_var: float = 0.1
     co_prior_tau: float = 10.0
     co_prior_var: float = 0.1
@@ -127,15 +130,16 @@ class LFADSConfig:
                 raise ConfigError(f"LFADSConfig.{name} must be > 0{hint}, got {value}.")
             if value < 0:
                 raise ConfigError(f"LFADSConfig.{name} must be >= 0, got {value}.")
-        for name in ["dropout", "cell_clip", "ic_post_var_min", "ic_prior_var", "co_prior_tau", "co_prior_var",
-                     "node_step"]:
+        for name in ["dropout", "cell_clip", "ic_post_var_min", "ic_post_var_init", "ic_prior_var", "co_prior_tau",
+                     "co_prior_var", "node_step"]:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
                 raise ConfigError(f"LFADSConfig.{name} must be a finite number, got {value!r}.")
             setattr(self, name, float(value))
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"LFADSConfig.dropout is a drop probability in [0, 1), got {self.dropout}.")
-        for name in ["cell_clip", "ic_post_var_min", "ic_prior_var", "co_prior_tau", "co_prior_var", "node_step"]:
+        for name in ["cell_clip", "ic_post_var_min", "ic_post_var_init", "ic_prior_var", "co_prior_tau", "co_prior_var",
+                     "node_step"]:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"LFADSConfig.{name} must be > 0, got {getattr(self, name)}.")
         if self.generator not in GENERATORS:
@@ -209,16 +213,6 @@ class ClippedGRU(nn.Module):
         with torch.no_grad():
             self.bias_ih[:, : 2 * H] = 1.0
 
-    def project(self, x: Tensor) -> Tensor:
-        """Input projections of all T steps, one batched matmul for the D GRUs.
-
-        x (T, D, B, in) -> (T, D, B, 3H) = x W_ih^T + b (a transposed view of the matmul output).
-        """
-        T, D, B, _ = x.shape
-        xs = x.transpose(0, 1).reshape(D, T * B, -1)
-        out = torch.baddbmm(self.bias_ih.unsqueeze(1), xs, self.weight_ih.transpose(1, 2))
-        return out.view(D, T, B, -1).transpose(0, 1)
-
 
 class BidirectionalEncoder(nn.Module):
     """Bidirectional clipped GRU over the whole trial, with learnable initial states.
@@ -234,17 +228,50 @@ class BidirectionalEncoder(nn.Module):
         self.h0 = nn.Parameter(torch.zeros(2, 1, hidden_size))
 
     def _scan(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        x = x.transpose(0, 1)  # (T, B, in)
-        xp = self.gru.project(torch.stack([x, x.flip(0)], dim=1))  # backward direction reads time reversed
-        return clipped_gru_scan(xp, self.h0.expand(-1, x.shape[1], -1), self.gru.weight_hh, self.gru.clip)
+        return bidirectional_scans([self], x)[0]
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        states, _ = self._scan(x)  # (T, 2, B, H)
-        return states[:, 0].transpose(0, 1), states[:, 1].flip(0).transpose(0, 1)
+        return self.directions(self._scan(x)[0])
 
     def final_states(self, x: Tensor) -> Tensor:
-        _, last = self._scan(x)  # (2, B, H)
+        return self.summary(self._scan(x)[1])
+
+    @staticmethod
+    def directions(states: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        """(fwd, bwd), each (B, T, H) (views of time-first tensors), from the scan's states of the two
+        directions, each (T, B, H) (bwd's in reversed time)."""
+        fwd, bwd = states
+        return fwd.transpose(0, 1), bwd.flip(0).transpose(0, 1)
+
+    @staticmethod
+    def summary(last: Tensor) -> Tensor:
+        """[fwd[:, -1], bwd[:, 0]] (B, 2H) from the scan's last states (2, B, H)."""
         return torch.cat([last[0], last[1]], dim=-1)
+
+
+def bidirectional_scans(encoders: list[BidirectionalEncoder], x: Tensor) -> list[tuple[tuple[Tensor, Tensor], Tensor]]:
+    """Bidirectional encoders of one width run over the same input x (B, T, in) as one fused scan:
+    each encoder's two directions, and the encoders, side by side (the D axis of
+    ``clipped_gru_scan``), so the per-step kernels run once for all of them. The backward
+    direction reads time reversed. Per encoder: ((forward states, backward states), each
+    (T, B, H), last states (2, B, H)).
+    """
+    x = x.transpose(0, 1)  # (T, B, in)
+    T, B, _ = x.shape
+    k = len(encoders)
+
+    def joined(name: str, module=lambda e: e.gru) -> Tensor:  # (2k, ...): the encoders' weights along D
+        weights = [getattr(module(e), name) for e in encoders]
+        return torch.cat(weights) if k > 1 else weights[0]
+
+    directions = torch.stack([x, x.flip(0)]).reshape(2, T * B, -1)
+    directions = directions.repeat(k, 1, 1) if k > 1 else directions
+    xp = torch.baddbmm(joined("bias_ih").unsqueeze(1), directions, joined("weight_ih").transpose(1, 2))
+    xp = xp.view(2 * k, T, B, -1).transpose(0, 1)  # (T, 2k, B, 3H): every input projection, one matmul
+    states, last = clipped_gru_scan(xp, joined("h0", lambda e: e).expand(-1, B, -1), joined("weight_hh"),
+                                    encoders[0].gru.clip)
+    steps = states.unbind(1)  # unbind's gradient is one stack, where slices would each zero-fill all D
+    return [((steps[2 * i], steps[2 * i + 1]), last[2 * i : 2 * i + 2]) for i in range(k)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -346,6 +373,12 @@ class FactorReadout(nn.Module):
 # --------------------------------------------------------------------------------------------
 
 
+def _linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
+    """F.linear, with the bias alone (broadcast, not materialised) when x has no features: a
+    generator without external inputs then adds its bias with no matmul, copy or gradient pass."""
+    return bias.expand(*x.shape[:-1], -1) if x.shape[-1] == 0 else F.linear(x, weight, bias)
+
+
 def _fan_in_linear(in_features: int, out_features: int) -> nn.Linear:
     layer = nn.Linear(in_features, out_features)
     nn.init.normal_(layer.weight, std=1 / math.sqrt(in_features))
@@ -394,10 +427,12 @@ class GRUGenerator(ClippedGRU):
     """The generator's dynamics, g_t = GRU([u_t, ext_t], g_{t-1}): a ``ClippedGRU`` with a step.
 
     A generator is a module with ``step(g, inputs) -> g`` (g: (B, gen_dim), inputs: (B, co_dim
-    + ext_input_dim)); the decoder's step loop calls it once per bin. ``fusable`` says whether
-    the fused kernels (``lfads_nb.models._fused_gru``) implement its recurrence, so ``LFADS(fused=True)``
-    may run them instead of the loop; another cell (e.g. a neural ODE) sets it False and always
-    runs on the loop.
+    + ext_input_dim)), which the decoder's step loop calls once per bin, and ``scan(g, inputs)``,
+    the same over all bins at once when the inputs are known in advance (no controller), which
+    ``LFADS(fused=True)`` runs instead of the loop. ``fusable`` says whether the fused
+    controller-and-generator kernel (``lfads_nb.models._fused_gru.controlled_decode``) implements
+    its recurrence; another cell (e.g. a neural ODE) sets it False and runs on the step loop when
+    there is a controller.
     """
 
     fusable = True
@@ -407,6 +442,13 @@ class GRUGenerator(ClippedGRU):
 
     def step(self, g: Tensor, inputs: Tensor) -> Tensor:
         return gru_step(F.linear(inputs, self.weight_ih[0], self.bias_ih[0]), g, self.weight_hh[0], self.clip)
+
+    def scan(self, g: Tensor, inputs: Tensor) -> Tensor:
+        """``step`` over all T bins at once (``clipped_gru_scan``), for inputs known in advance:
+        g (B, gen_dim), inputs (B, T, input_size) -> states (B, T, gen_dim)."""
+        xp = _linear(inputs, self.weight_ih[0], self.bias_ih[0]).transpose(0, 1).unsqueeze(1)
+        states, _ = clipped_gru_scan(xp, g[None], self.weight_hh, self.clip)
+        return states[:, 0].transpose(0, 1)
 
 
 def euler_step(field, g: Tensor, h: float) -> Tensor:
@@ -445,9 +487,11 @@ class NeuralODEGenerator(nn.Module):
     the bin's inputs held constant (zero-order hold). Euler with one substep of 0.1 is the
     paper's discrete "Euler-MLP" cell, g_t = g_{t-1} + 0.1 f(g_{t-1}). The vector field is
     bounded (|f| <= |W_out| + |b_out|), so the state cannot blow up in finite time and needs no
-    clip. The same ``step(g, inputs)`` as ``GRUGenerator``; ``fusable`` is False, so ``LFADS``
-    always runs it on the step loop. ``weight_hh`` (hidden, gen_dim) is the state's weight, the
-    one the generator's L2 penalty applies to.
+    clip. The same ``step(g, inputs)`` and ``scan(g, inputs)`` as ``GRUGenerator``: ``scan`` is
+    the fused kernel ``lfads_nb.models._fused_node.node_scan`` (the same integration over all
+    bins with a hand-written backward); ``fusable`` is False, so with a controller ``LFADS``
+    runs it on the step loop. ``weight_hh`` (hidden, gen_dim) is the state's weight, the one the
+    generator's L2 penalty applies to.
     """
 
     fusable = False
@@ -472,6 +516,18 @@ class NeuralODEGenerator(nn.Module):
     def step(self, g: Tensor, inputs: Tensor) -> Tensor:
         return integrate_fixed_step(lambda state: self.vector_field(state, inputs), g, self.duration, self.substeps,
                                     self.solver)
+
+    def scan(self, g: Tensor, inputs: Tensor) -> Tensor:
+        """``step`` over all T bins at once, for inputs known in advance: g (B, gen_dim), inputs
+        (B, T, input_size) -> states (B, T, gen_dim)."""
+        T = inputs.shape[1]
+        if inputs.shape[-1]:
+            xp = F.linear(inputs, self.weight_ih, self.bias).transpose(0, 1).unsqueeze(1)  # (T, 1, B, hidden)
+        else:
+            xp = self.bias[None]  # no inputs: one projection, the bias, for every bin and trial
+        states = node_scan(xp, g[None], self.weight_hh[None], self.weight_out[None], self.bias_out[None],
+                           self.duration / self.substeps, self.substeps, self.solver, T)
+        return states[:, 0].transpose(0, 1)
 
 
 GENERATORS = ("gru", "node")
@@ -538,8 +594,10 @@ def draw_noise(config: LFADSConfig, B: int, T: int, *, members: int | None = Non
 
 
 def _keep(uniforms: Tensor, rate) -> Tensor:
-    """Dropout multipliers: 1 / (1 - rate) where the uniform is >= rate, else 0."""
-    return (uniforms >= rate) / (1 - rate)
+    """Dropout multipliers: 1 / (1 - rate) where the uniform is >= rate, else 0, in the uniforms'
+    dtype (one pass: a division of the bool mask would first convert it)."""
+    scale = 1 / (1 - rate if isinstance(rate, Tensor) else uniforms.new_tensor(1 - rate))
+    return torch.where(uniforms >= rate, scale, 0.0)
 
 
 # --------------------------------------------------------------------------------------------
@@ -572,10 +630,12 @@ class LFADS(nn.Module):
     Data Transformer (``lfads_nb.models.ndt.NDT``) is a second model on this protocol.
 
     ``fused`` (default True) runs the generator's recurrence, and the controller's with it, as
-    the fused kernels of ``lfads_nb.models._fused_gru`` when the generator is ``fusable`` (the
-    GRU; a neural ODE always runs on the loop); ``fused=False`` runs the step loop of
+    the fused kernels of ``lfads_nb.models._fused_gru`` (without a controller: the generator's
+    ``scan``, for a neural ODE ``lfads_nb.models._fused_node``); with a controller, a generator
+    that is not ``fusable`` (a neural ODE) runs on the step loop. ``fused=False`` runs the step loop of
     ``decode``, the same computation in plain autograd (slower; step through it in a debugger).
-    The encoders always use the fused scan.
+    The encoders always use the fused scan; ``fused=True`` runs the IC and CI encoders as one
+    scan when they have one width.
 
     Initial states: the encoders' and the controller's (``con_h0``) are learnable vectors
     (init 0). The controller's first input uses the factors of the generator's initial
@@ -593,6 +653,8 @@ class LFADS(nn.Module):
         self.fused = bool(fused)
         self.ic_encoder = BidirectionalEncoder(c.encod_dim, c.ic_enc_dim, c.cell_clip)
         self.ic_linear = _fan_in_linear(2 * c.ic_enc_dim, 2 * c.ic_dim)
+        with torch.no_grad():  # log-variance half: a wide start rewards dynamics that forget g0 (contraction)
+            self.ic_linear.bias[c.ic_dim :] = math.log(c.ic_post_var_init)
         self.ic_prior = GaussianPrior(c.ic_dim, c.ic_prior_var)
         if c.co_dim:
             self.ci_encoder = BidirectionalEncoder(c.encod_dim, c.ci_enc_dim, c.cell_clip)
@@ -624,25 +686,47 @@ class LFADS(nn.Module):
     # ---- encoders ---------------------------------------------------------------------------
 
     def encode_ic(self, x: Tensor, drop) -> tuple[Tensor, Tensor]:
-        """Posterior of g0 from the (dropped-out) input x (B, T, E): mean, std, each (B, ic_dim).
+        """Posterior of g0 from the (dropped-out) input x (B, T, E): mean, std, each (B, ic_dim)."""
+        return self._ic_posterior(self.ic_encoder.final_states(x), drop)
+
+    def _ic_posterior(self, final_states: Tensor, drop) -> tuple[Tensor, Tensor]:
+        """mean, std of g0 from the IC encoder's final states (B, 2 ic_enc_dim).
 
         std = sqrt(exp(logvar) + ic_post_var_min): the floor keeps the posterior from collapsing.
         """
-        h = drop(self.ic_encoder.final_states(x), "ic_enc")
-        mean, logvar = self.ic_linear(h).chunk(2, dim=-1)
+        mean, logvar = self.ic_linear(drop(final_states, "ic_enc")).chunk(2, dim=-1)
         return mean, torch.sqrt(torch.exp(logvar) + self.config.ic_post_var_min)
 
     def encode_controller_inputs(self, x: Tensor) -> Tensor:
-        """Controller inputs e (B, T, 2 ci_enc_dim) from the (dropped-out) input x (B, T, E).
+        """Controller inputs e (B, T, 2 ci_enc_dim) from the (dropped-out) input x (B, T, E)."""
+        return self._lagged(*self.ci_encoder(x))
+
+    @staticmethod
+    def _lagged(fwd: Tensor, bwd: Tensor) -> Tensor:
+        """Controller inputs from the CI encoder's states fwd, bwd (B, T, ci_enc_dim).
 
         Lag of one step (as the original LFADS and lfads-torch): e_t = [fwd_{t-1}, bwd_{t+1}],
         zeros past the edges. So e_t summarises x_0..x_{t-1} and x_{t+1}..x_{T-1} but never x_t
-        itself, and u_t cannot copy the spikes it is asked to reconstruct at t.
+        itself, and u_t cannot copy the spikes it is asked to reconstruct at t. Built time first
+        (returned as a (B, T, .) view), the layout the decoder's kernels step through.
         """
-        fwd, bwd = self.ci_encoder(x)
-        fwd = F.pad(fwd, (0, 0, 1, 0))[:, :-1]
-        bwd = F.pad(bwd, (0, 0, 0, 1))[:, 1:]
-        return torch.cat([fwd, bwd], dim=-1)
+        fwd, bwd = fwd.transpose(0, 1), bwd.transpose(0, 1)
+        lagged = torch.cat([F.pad(fwd[:-1], (0, 0, 0, 0, 1, 0)), F.pad(bwd[1:], (0, 0, 0, 0, 0, 1))], dim=-1)
+        return lagged.transpose(0, 1)
+
+    def encode(self, x: Tensor, drop) -> tuple[Tensor, Tensor, Tensor | None]:
+        """Both encoders over the (dropped-out) input x (B, T, E): ic_mean, ic_std (B, ic_dim) and the
+        controller inputs (B, T, 2 ci_enc_dim), or None without a controller. When ``fused`` and the
+        encoders have one width, they run as one scan (``bidirectional_scans``); otherwise
+        ``encode_ic`` and ``encode_controller_inputs`` one after the other (the same numbers)."""
+        c = self.config
+        if not c.co_dim:
+            return *self.encode_ic(x, drop), None
+        if c.ic_enc_dim != c.ci_enc_dim or not self.fused:
+            return *self.encode_ic(x, drop), self.encode_controller_inputs(x)
+        (_, ic_last), (ci_states, _) = bidirectional_scans([self.ic_encoder, self.ci_encoder], x)
+        ic_mean, ic_std = self._ic_posterior(BidirectionalEncoder.summary(ic_last), drop)
+        return ic_mean, ic_std, self._lagged(*BidirectionalEncoder.directions(ci_states))
 
     # ---- decoder (controller + generator) ---------------------------------------------------
 
@@ -658,7 +742,7 @@ class LFADS(nn.Module):
         c = self.config
         B, T = ext.shape[:2]
         w_fac = self.factor_readout.normalized_weight()
-        if self.fused and self.generator.fusable:
+        if self.fused and (self.generator.fusable or not c.co_dim):
             return self._decode_fused(g_init, ci, ext, drop, masks, co_eps, w_fac)
         g = g_init
         outputs = {"states": [], "factors": [], "u": [], "co_mean": [], "co_std": []}
@@ -689,23 +773,26 @@ class LFADS(nn.Module):
         return tuple(torch.stack(v, dim=1) if v else empty for v in outputs.values())
 
     def _decode_fused(self, g_init, ci, ext, drop, masks, co_eps, w_fac):
-        """``decode`` on the fused kernels: ``clipped_gru_scan`` without a controller (the
-        generator's inputs are then known in advance), ``controlled_decode`` with one."""
+        """``decode`` on the fused kernels: the generator's ``scan`` without a controller (its
+        inputs are then known in advance), ``controlled_decode`` with one."""
         c, gen = self.config, self.generator
         B, T = ext.shape[:2]
 
         def steps(x: Tensor | None) -> Tensor | None:  # (B, T, k) -> (T, D=1, B, k)
             return None if x is None else x.transpose(0, 1).unsqueeze(1)
 
-        gen_xp_ext = F.linear(ext, gen.weight_ih[0, :, c.co_dim :], gen.bias_ih[0])
+        def batch_first(x: Tensor) -> Tensor:  # (T, D=1, B, k) -> (B, T, k), a view
+            return x.squeeze(1).transpose(0, 1)
+
         if not c.co_dim:
-            states, _ = clipped_gru_scan(steps(gen_xp_ext), g_init[None], gen.weight_hh, c.cell_clip)
-            states = states[:, 0].transpose(0, 1)
+            states = gen.scan(g_init, ext)
             factors = F.linear(drop(states, "gen_states"), w_fac)
             empty = ext.new_zeros(B, T, 0)
             return states, factors, empty, empty, empty
+        # Time-first products below (the kernels' layout), so no matmul or gradient copies to reorder.
+        gen_xp_ext = _linear(ext, gen.weight_ih[0, :, c.co_dim :], gen.bias_ih[0])
         con, n_ci = self.controller, 2 * c.ci_enc_dim
-        con_xp_ci = F.linear(drop(ci, "ci"), con.weight_ih[0, :, :n_ci], con.bias_ih[0])
+        con_xp_ci = F.linear(drop(ci, "ci").transpose(0, 1), con.weight_ih[0, :, :n_ci], con.bias_ih[0])
         f_init = F.linear(drop(g_init, "g_init"), w_fac)  # f_{-1}
         weights = DecoderWeights(
             controller=con.weight_hh, controller_factors=con.weight_ih[:, :, n_ci:],
@@ -713,10 +800,10 @@ class LFADS(nn.Module):
             generator_inputs=gen.weight_ih[:, :, : c.co_dim], generator=gen.weight_hh, factors=w_fac[None],
         )
         outputs = controlled_decode(
-            steps(con_xp_ci), steps(gen_xp_ext), self.con_h0.expand(1, B, -1), g_init[None], f_init[None], weights,
-            steps(masks("factors_in")), steps(masks("gen_states")), steps(co_eps), c.cell_clip,
+            con_xp_ci.unsqueeze(1), steps(gen_xp_ext), self.con_h0.expand(1, B, -1), g_init[None], f_init[None],
+            weights, steps(masks("factors_in")), steps(masks("gen_states")), steps(co_eps), c.cell_clip,
         )
-        return tuple(o[:, 0].transpose(0, 1) for o in outputs)
+        return tuple(batch_first(o) for o in outputs)
 
     # ---- forward ----------------------------------------------------------------------------
 
@@ -787,12 +874,11 @@ class LFADS(nn.Module):
             return v if m is None else v * m
 
         x = drop(encoder_input, "x")
-        ic_mean, ic_std = self.encode_ic(x, drop)
+        ic_mean, ic_std, ci = self.encode(x, drop)
         g0 = ic_mean + ic_std * noise.ic_eps if sample else ic_mean
         kl_ic = self.ic_prior.kl(ic_mean, ic_std)
         g_init = self.ic_to_g0(g0)
         ext = drop(ext_input, "ext") if c.ext_input_dim else x.new_zeros(B, T, 0)
-        ci = self.encode_controller_inputs(x) if c.co_dim else None
         co_eps = noise.co_eps if sample else None
         states, factors, u, co_mean, co_std = self.decode(g_init, ci, ext, drop, masks, co_eps)
         if not c.co_dim:

@@ -89,6 +89,12 @@ class TrainConfig:
     shift_std: float = 0.0          # temporal shift: std (bins) of each channel's shift; 0 turns it off.
                                     # Wimalasena et al. 2022 / lfads-torch deEMG: 3
     shift_max: int = 6              # temporal shift: largest shift (bins), shorter than a trial
+    curriculum_bins: int = 0        # sequence-length curriculum: the training steps of epoch e use only the first
+                                    # min(curriculum_bins * (e // curriculum_epochs + 1), T) bins of each trial
+                                    # (Sedler et al. 2023: 5 bins every 150 epochs); 0 uses whole trials. Validation
+                                    # always scores whole trials; the lr schedule and early stopping wait for the
+                                    # curriculum to reach whole trials
+    curriculum_epochs: int = 150    # epochs between two lengthenings of the curriculum
     sv_seed: int = 0
     select_by: str = "valid_recon"  # or "valid_sv_nll" (needs sv_fraction > 0), or "valid_recon_artifact_free"
                                     # (EMG: away from artifacts found without truth, artifacts.artifact_free_nll)
@@ -108,6 +114,11 @@ class TrainConfig:
             raise ConfigError(f"TrainConfig.shift_std must be >= 0 bins (0 = no temporal shift), got {self.shift_std!r}.")
         if isinstance(self.shift_max, bool) or not isinstance(self.shift_max, int) or self.shift_max < 0:
             raise ConfigError(f"TrainConfig.shift_max must be a whole number of bins >= 0, got {self.shift_max!r}.")
+        for name, least in (("curriculum_bins", 0), ("curriculum_epochs", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ConfigError(f"TrainConfig.{name} must be a whole number >= {least}, got {value!r} "
+                                  "(curriculum_bins=0 turns the sequence-length curriculum off).")
         if not 0 < self.lr_decay <= 1:
             raise ConfigError(f"TrainConfig.lr_decay must be in (0, 1], got {self.lr_decay!r}.")
         for name in ("cd_rate", "sv_fraction"):
@@ -371,6 +382,7 @@ class _SessionFeed:
         self.config = config
         self.tensors = _to_tensors(ds, config)
         self.steps_per_epoch = math.ceil(len(self.train_idx) / config.batch_size)
+        self.n_time = ds.sizes["time"]
         self.truth = _truth_nll(ds, self.valid_idx)
         self._example = _example_picker(ds, self.valid_idx)
         self.skip = None  # select_by='valid_recon_artifact_free': the entries near artifacts, left out
@@ -452,6 +464,28 @@ def _ramp(epoch_position: float, ramp_epochs: int) -> float:
     return 1.0 if ramp_epochs == 0 else min(1.0, epoch_position / ramp_epochs)
 
 
+def curriculum_bins(config: TrainConfig, epoch: int, n_time: int) -> int:
+    """How many leading bins of each trial the training steps of ``epoch`` (0-based) use: the
+    sequence-length curriculum of Sedler et al. 2023, min(curriculum_bins * (epoch //
+    curriculum_epochs + 1), n_time); all ``n_time`` bins without a curriculum."""
+    if not config.curriculum_bins:
+        return n_time
+    return min(config.curriculum_bins * (epoch // config.curriculum_epochs + 1), n_time)
+
+
+def first_bins(batch, n: int):
+    """The first ``n`` bins of every trial of a ``Batch`` (or of each session's, for a dict of them):
+    what the encoder sees, what the loss counts and the external inputs, all cut to the same
+    bins, so no part of the model runs past the bins the loss counts."""
+    if isinstance(batch, dict):
+        return {name: first_bins(b, n) for name, b in batch.items()}
+    if n >= batch.target.shape[-2]:
+        return batch
+    return batch._replace(**{name: getattr(batch, name)[..., :n, :] for name in
+                             ("encoder_data", "target", "encoder_mask", "loss_mask", "heldout")},
+                          ext=None if batch.ext is None else batch.ext[:, :n])
+
+
 def train(
     model: LFADS,
     ds: xr.Dataset,
@@ -513,10 +547,11 @@ def train(
             group["lr"] = state.lr
         feed.shuffle(shuffle)
         sums = {}
+        bins = curriculum_bins(config, state.epoch, feed.n_time)
         for step in range(steps_per_epoch):
             position = state.epoch + step / steps_per_epoch
             kl_ramp, l2_ramp = _ramp(position, config.kl_ramp_epochs), _ramp(position, config.l2_ramp_epochs)
-            loss, parts = model.loss(feed.step_batch(step), loss_weights(config, kl_ramp, l2_ramp))
+            loss, parts = model.loss(first_bins(feed.step_batch(step), bins), loss_weights(config, kl_ramp, l2_ramp))
             if not torch.isfinite(loss):
                 raise _diverged(model, best_state, state, progress, ckpt_dir, config, step)
             optimizer.zero_grad(set_to_none=True)
@@ -534,10 +569,12 @@ def train(
         row = {"epoch": state.epoch}
         row.update({k: v / steps_per_epoch for k, v in sums.items()})
         row.update(feed.validation(model))
-        row.update(kl_ramp=kl_ramp, l2_ramp=l2_ramp, lr=state.lr, epoch_seconds=time.perf_counter() - t0, **feed.truth)
+        row.update(kl_ramp=kl_ramp, l2_ramp=l2_ramp, train_bins=bins, lr=state.lr, epoch_seconds=time.perf_counter() - t0,
+                   **feed.truth)
         if not math.isfinite(row["valid_recon"]):
             raise _diverged(model, best_state, state, progress, ckpt_dir, config, steps_per_epoch)
-        improved = _end_of_epoch(state, row, config)
+        whole_trials = bins == feed.n_time  # the lr schedule and early stopping wait for the curriculum's end
+        improved = _end_of_epoch(state, row, config, whole_trials)
         state.history.append(row)
         state.epoch += 1
         if improved:
@@ -549,7 +586,7 @@ def train(
         progress.update(row, feed.example(model))
         if stop_reason == "stop_button":
             break
-        if _ramps_done(state.epoch, config) and state.epochs_since_best >= config.early_stop_patience:
+        if _ramps_done(state.epoch, config) and whole_trials and state.epochs_since_best >= config.early_stop_patience:
             stop_reason = "early_stopping"
             break
 
@@ -564,14 +601,16 @@ def _ramps_done(epoch: int, config: TrainConfig) -> bool:
     return epoch >= max(config.kl_ramp_epochs, config.l2_ramp_epochs)
 
 
-def _end_of_epoch(state: _RunState, row: dict, config: TrainConfig) -> bool:
-    """Update the lr schedule and model selection from this epoch's validation; True if a new best."""
+def _end_of_epoch(state: _RunState, row: dict, config: TrainConfig, whole_trials: bool = True) -> bool:
+    """Update the lr schedule and model selection from this epoch's validation; True if a new best.
+    A plateau counts only epochs that trained on whole trials (``whole_trials``): during a
+    curriculum the whole-trial validation loss may stall while the model learns short ones."""
     valid = row["valid_recon"]
     state.smoothed = ema(state.smoothed, valid)
     row["valid_recon_smoothed"] = state.smoothed
     if state.smoothed < state.best_smoothed:
         state.best_smoothed, state.epochs_since_improvement = state.smoothed, 0
-    else:
+    elif whole_trials:
         state.epochs_since_improvement += 1
         if state.epochs_since_improvement >= config.lr_patience:
             state.lr = max(config.lr_min, state.lr * config.lr_decay)

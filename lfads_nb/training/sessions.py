@@ -100,6 +100,7 @@ class SessionsFeed:
         self.parts = {name: _SessionFeed(model.for_session(name), tree[name].to_dataset(), config)
                       for name in session_names(tree)}
         self.steps_per_epoch = math.ceil(sum(len(p.train_idx) for p in self.parts.values()) / config.batch_size)
+        self.n_time = max(p.n_time for p in self.parts.values())
         truths = {name: p.truth for name, p in self.parts.items() if p.truth}
         if len(truths) == len(self.parts):  # the entry-weighted mean over sessions' validation trials
             weights = {name: len(p.valid_idx) * p.tensors.data[0].numel() for name, p in self.parts.items()}
