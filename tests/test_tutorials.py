@@ -269,7 +269,8 @@ def test_emg_tutorial_as_batch_job_on_an_emg_file_without_truth(tmp_path, monkey
     assert out.attrs["bin_width"] == 0.02 and list(out.trial.values) == list(stored.trial.values)
     assert out.emg_mean.shape == stored.emg.shape and bool((out.emg_mean > 0).all())
     scores = xr.load_dataset(tmp_path / "run" / "scores.nc")
-    assert list(scores["method"].values) == ["lowpass", "lfads", "lfads_shift", "lfads_shift_masked", "autolfads"]
+    assert list(scores["method"].values) == ["lowpass", "lfads", "lfads_cd_shift", "lfads_shift", "lowpass_masked",
+                                             "lfads_shift_masked", "autolfads"]
     assert scores["activation_r2"].isnull().all() and scores["artifact_leakage"].isnull().all()
 
 
