@@ -356,6 +356,12 @@ def _decoder_inputs(rates, behavior, bin_width, lag):
     return rates, behavior, dim, bins, values * bin_width
 
 
+def _ridge_decoder(x: np.ndarray, y: np.ndarray) -> GridSearchCV:
+    """nlb_tools' decoder fitted from x (samples, features) to y (samples, targets): ridge with
+    alpha chosen over ``RIDGE_ALPHAS`` by ``CV_FOLDS``-fold (unshuffled) cross-validation."""
+    return GridSearchCV(Ridge(), {"alpha": RIDGE_ALPHAS}, cv=CV_FOLDS).fit(x, y)
+
+
 def decode_behavior(rates: xr.DataArray, behavior: xr.DataArray, *, train_trials, bin_width: float,
                     lag: float = 0.0) -> xr.DataArray:
     """Fit the nlb_tools ridge decoder from rates to behaviour on ``train_trials``; predict all trials.
@@ -379,7 +385,7 @@ def decode_behavior(rates: xr.DataArray, behavior: xr.DataArray, *, train_trials
             f"Only {keep.sum()} training samples have behaviour; the decoder's {CV_FOLDS}-fold "
             "cross-validation needs at least that many. Use more training trials."
         )
-    search = GridSearchCV(Ridge(), {"alpha": RIDGE_ALPHAS}, cv=CV_FOLDS).fit(x[keep], y[keep])
+    search = _ridge_decoder(x[keep], y[keep])
     paired = _lagged(counts, bins, "rates")
     pred = np.full(behavior.shape, np.nan)
     pred[:, max(0, bins): behavior.sizes["time"] - max(0, -bins)] = search.predict(
@@ -638,8 +644,7 @@ def latent_r2(latents_inferred: xr.DataArray, latents_true: xr.DataArray, *, tra
         values = da.sel(trial=ids).values.reshape(-1, da.shape[-1]).astype(float)
         _finite(values, name)
         return values
-    search = GridSearchCV(Ridge(), {"alpha": RIDGE_ALPHAS}, cv=CV_FOLDS).fit(
-        flat(x, train, "latents_inferred"), flat(y, train, "latents_true"))
+    search = _ridge_decoder(flat(x, train, "latents_inferred"), flat(y, train, "latents_true"))
     pred = search.predict(flat(x, test, "latents_inferred"))
     return float(_r2_columns(pred, flat(y, test, "latents_true"), f"latents_true '{target_dim}'",
                              _labels(y, target_dim)).mean())
