@@ -12,8 +12,10 @@ import xarray as xr
 
 import lfads_nb
 from lfads_nb.dashboard import Progress
-from lfads_nb.training.checkpoint import load_checkpoint
-from lfads_nb.training.loop import TrainConfig, build_model, infer, load_model, train
+from lfads_nb.checkpoint import load_checkpoint
+from lfads_nb.data import sample_validation_mask
+from lfads_nb.models import build_model, load_model
+from lfads_nb.training import TrainConfig, infer, make_feed, train
 
 TINY = dict(ic_enc_dim=8, ci_enc_dim=6, con_dim=6, co_dim=2, ic_dim=4, gen_dim=10, fac_dim=3)
 
@@ -192,21 +194,17 @@ def test_sample_validation_reports_held_out_nll_and_hides_entries():
     ds = tiny_dataset()
     result = run(ds, config(sv_fraction=0.2, select_by="valid_sv_nll"))
     assert "valid_sv_nll" in result.history and np.isfinite(result.history["valid_sv_nll"]).all()
-    from lfads_nb.training.loop import _sv_keep_mask
-
-    keep = _sv_keep_mask(ds, 0.2, seed=0)
+    keep = sample_validation_mask(ds, 0.2, seed=0)
     assert abs(1 - keep.mean() - 0.2) < 0.03
     # Fixed per trial id: the same entries are held out whatever the trial order.
-    np.testing.assert_array_equal(_sv_keep_mask(ds.isel(trial=[3, 1]), 0.2, seed=0), keep[[3, 1]])
+    np.testing.assert_array_equal(sample_validation_mask(ds.isel(trial=[3, 1]), 0.2, seed=0), keep[[3, 1]])
 
 
 def test_coordinated_dropout_loss_counts_only_hidden_entries():
     ds = tiny_dataset()
-    from lfads_nb.training import loop as training
-
-    tensors = training._to_tensors(ds, config(cd_rate=0.3))
+    feed = make_feed(ds, config(cd_rate=0.3))
     torch.manual_seed(0)
-    batch = training._training_step_batch(tensors, torch.arange(8), config(cd_rate=0.3))
+    batch = feed.draw_training_batch({None: torch.arange(8)}, config(cd_rate=0.3))
     assert abs(batch.loss_mask.float().mean().item() - 0.3) < 0.05
     assert not (batch.loss_mask & batch.encoder_mask).any()  # counted entries are the hidden ones
 
