@@ -11,8 +11,8 @@ import lfads_nb
 from data_generators import emg
 from lfads_nb import ConfigError, DataError, metrics, plots
 from lfads_nb.models.observations import Gamma
-from lfads_nb.training.loop import (TrainConfig, _recorded_batch, _to_tensors, _training_step_batch, training_batch,
-                                    validation_batches)
+from lfads_nb.training import TrainConfig, make_feed
+from lfads_nb.training.feed import validation_batches
 from lfads_nb.transforms import make_batch, rounded_normal_shifts, sample_validation, sbtt, temporal_shift
 
 torch.set_num_threads(1)
@@ -133,16 +133,17 @@ def test_population_shifts_give_each_member_its_own_batch():
 
 def test_shift_is_training_only_and_costs_no_random_numbers_when_off():
     ds = emg(0, n_trials=10, n_bins=30, n_channels=4)
-    tensors = _to_tensors(ds, TrainConfig())
+    feed = make_feed(ds, TrainConfig())
+    tensors = feed.sessions[None].tensors
     idx = torch.arange(4)
     torch.manual_seed(0)
-    off = _training_step_batch(tensors, idx, TrainConfig(cd_rate=0.0))
+    off = feed.draw_training_batch({None: idx}, TrainConfig(cd_rate=0.0))
     state = torch.get_rng_state()
     torch.manual_seed(0)
-    _training_step_batch(tensors, idx, TrainConfig(cd_rate=0.0))
+    feed.draw_training_batch({None: idx}, TrainConfig(cd_rate=0.0))
     assert torch.equal(torch.get_rng_state(), state)
     torch.manual_seed(0)
-    on = _training_step_batch(tensors, idx, TrainConfig(cd_rate=0.0, shift_std=3.0))
+    on = feed.draw_training_batch({None: idx}, TrainConfig(cd_rate=0.0, shift_std=3.0))
     assert torch.equal(off.target, tensors.data[idx]) and not torch.equal(on.target, off.target)
     assert not torch.equal(on.encoder_data, on.target)  # independent draws for encoder and target
     valid = next(validation_batches(tensors, idx, 0.0, 8))
@@ -409,17 +410,18 @@ def test_pbt_fitness_that_skips_artifacts(tmp_path):
 
     ds = emg(0, n_trials=30, n_bins=30, n_channels=4, artifact_rate=4.0)
     tc = TrainConfig(batch_size=10, cd_rate=0.0, kl_ramp_epochs=1, l2_ramp_epochs=1)
-    members = pbt_module.build_members(ds, tc, TINY, [1, 2])
-    population = Population(members, tc, pbt_module._initial_hparams(lfads_nb.EMG_SPACE, 2, 0), noise_seed=0)
-    tensors = _to_tensors(ds, tc)
-    valid = torch.as_tensor(np.flatnonzero(ds["split"].values == "valid"))
+    members = pbt_module.build_members(ds, tc, "lfads", TINY, [1, 2])
+    population = Population(members, tc, pbt_module.initial_hparams(lfads_nb.EMG_SPACE, 2, 0), noise_seed=0)
+    feed = make_feed(ds, tc)
+    local = pbt_module.LocalMembers(population, feed)
+    valid = feed.sessions[None].valid_idx
     none = torch.zeros(ds["emg"].shape, dtype=torch.bool)
-    reference = population.validate(tensors, valid, tc.batch_size)["valid_recon"].double().numpy()
-    np.testing.assert_allclose(pbt_module._artifact_free_nll(population, tensors, valid, none, tc, "valid_recon", trim=0.0),
+    reference = population.validate(feed)["valid_recon"].double().numpy()
+    np.testing.assert_allclose(pbt_module._artifact_free_nll(local.entry_nll(), feed, none, "valid_recon", trim=0.0),
                                reference, rtol=1e-6)
     flags = pbt_module._artifact_flags(ds, "cpu")
     assert flags[valid].any()
-    skipped = pbt_module._artifact_free_nll(population, tensors, valid, flags, tc, "valid_recon")
+    skipped = pbt_module._artifact_free_nll(local.entry_nll(), feed, flags, "valid_recon")
     assert np.isfinite(skipped).all() and not np.allclose(skipped, reference)
 
     config = lfads_nb.PBTConfig(population=2, generation_epochs=1, burn_in_epochs=1, max_generations=1,
@@ -430,11 +432,6 @@ def test_pbt_fitness_that_skips_artifacts(tmp_path):
     assert np.isfinite(history["valid_recon_artifact_free"]).all()
     assert not np.allclose(history["valid_recon_artifact_free"], history["valid_recon"])
     assert history["fitness"].attrs["description"].startswith("valid_recon_artifact_free")
-    pytest.importorskip("ray")
-    from lfads_nb.tune.ray_backend import ray_pbt
-
-    with pytest.raises(ConfigError, match="fitness_skips_artifacts is not available with ray_pbt"):
-        ray_pbt(ds, pbt_config=config, train_config=tc, model_sizes=TINY)  # refused before Ray starts
 
 
 def test_gamma_lfads_trains_on_masked_emg_and_fills_the_flagged_entries(tmp_path):
