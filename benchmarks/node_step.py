@@ -32,7 +32,9 @@ import torch  # noqa: E402
 
 import lfads_nb  # noqa: E402
 from data_generators import attractor  # noqa: E402
-from lfads_nb.training.loop import _SessionFeed, loss_weights  # noqa: E402
+from lfads_nb.models.registry import family_of  # noqa: E402
+from lfads_nb.training.feed import make_feed  # noqa: E402
+from lfads_nb.training.loop import loss_weights  # noqa: E402
 
 
 def cpu_ms(fn, repeats: int) -> float:
@@ -59,10 +61,10 @@ def main() -> None:
     model = lfads_nb.build_model(ds, seed=0, generator="node", co_dim=0, gen_dim=3, fac_dim=3, ic_dim=3,
                                  ic_enc_dim=32, dropout=0.0, node_solver=args.solver, node_substeps=args.substeps)
     config = lfads_nb.TrainConfig(batch_size=args.batch_size, cd_rate=0.0)
-    feed = _SessionFeed(model, ds, config)
+    feed = make_feed(ds, config)
     feed.shuffle(torch.Generator().manual_seed(0))
-    batch = feed.step_batch(0)
-    weights = loss_weights(config, 1.0, 1.0)
+    batch = feed.draw_training_batch(feed.step_trials(0), config)
+    weights = loss_weights(family_of(model).loss_weights, config, 1.0, 1.0)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     model.train()
 

@@ -3,7 +3,7 @@
 Both sides train P LFADS models with the same architecture, hyperparameters (P points of
 ``lfads_nb.tune.search.DEFAULT_SPACE``), data and batch size, in this process and run:
 
-- vectorized: ``lfads_nb.tune.population.Population.train_step``, one forward and backward for all P;
+- vectorized: ``lfads_nb.tune.population.Population.step``, one forward and backward for all P;
 - sequential: P ordinary ``LFADS`` models, each stepped ``--steps`` times with the inner loop of
   ``lfads_nb.training.train`` (``LFADS.loss``, ``clip_grad_norm_``, ``torch.optim.Adam``).
 
@@ -30,8 +30,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch  # noqa: E402
 
 from data_generators import chaotic_rnn  # noqa: E402
-from lfads_nb.training.loop import (TrainConfig, _to_tensors, _training_step_batch, build_model,  # noqa: E402
-                                    check_device, loss_weights)
+from lfads_nb.models.registry import LFADS_LOSS_WEIGHTS, build_model  # noqa: E402
+from lfads_nb.training.feed import make_feed  # noqa: E402
+from lfads_nb.training.loop import TrainConfig, check_device, loss_weights  # noqa: E402
 from lfads_nb.tune.pbt import build_members  # noqa: E402
 from lfads_nb.tune.population import Population  # noqa: E402
 from lfads_nb.tune.search import DEFAULT_SPACE  # noqa: E402
@@ -67,18 +68,18 @@ def main() -> dict:
 
     ds = chaotic_rnn(seed=0, n_bins=args.n_bins, n_conditions=2 * args.batch_size, trials_per_condition=1)
     shared = TrainConfig(batch_size=args.batch_size, device=device)
-    tensors = _to_tensors(ds, shared)
-    idx = torch.arange(args.batch_size)
+    feed = make_feed(ds, shared)
+    trials = {None: torch.arange(args.batch_size)}
     points = DEFAULT_SPACE.sample(P, seed=0)
     sizes = {"co_dim": args.co_dim}
 
     # vectorized
     hparams = {name: [p[name] for p in points] for name in points[0]}
-    pop = Population(build_members(ds, shared, sizes, range(P)), shared, hparams, device=device)
+    pop = Population(build_members(ds, shared, "lfads", sizes, range(P)), shared, hparams, device=device)
 
     def run_population(n):
         for _ in range(n):
-            pop.train_step(tensors, idx, 0.5, 0.5)
+            pop.step(feed, trials, 0.5, 0.5)
 
     run_population(args.warmup)
     vec_wall, vec_cpu = _timed(lambda: run_population(args.steps), device)
@@ -93,7 +94,8 @@ def main() -> dict:
 
         def run_model(n):
             for _ in range(n):
-                loss, _ = model.loss(_training_step_batch(tensors, idx, config), loss_weights(config, 0.5, 0.5))
+                loss, _ = model.loss(feed.draw_training_batch(trials, config),
+                                     loss_weights(LFADS_LOSS_WEIGHTS, config, 0.5, 0.5))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)

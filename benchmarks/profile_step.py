@@ -42,8 +42,9 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import torch  # noqa: E402
 
 from data_generators import attractor, chaotic_rnn, chaotic_rnn_benchmark  # noqa: E402
-from lfads_nb.training.loop import (TrainConfig, _to_tensors, _training_step_batch, build_model,  # noqa: E402
-                                    loss_weights)
+from lfads_nb.models.registry import build_model, family_of  # noqa: E402
+from lfads_nb.training.feed import make_feed  # noqa: E402
+from lfads_nb.training.loop import TrainConfig, loss_weights  # noqa: E402
 
 PEER = dict(ic_enc_dim=64, ci_enc_dim=64, con_dim=64, gen_dim=100, fac_dim=20, ic_dim=64, dropout=0.05)
 
@@ -109,14 +110,14 @@ def instrument(model, timers: Timers) -> None:
             setattr(owner, attr, timers.wrap(name, getattr(owner, attr)))
 
 
-def make_step(model, tensors, config, timers: Timers):
+def make_step(model, feed, config, timers: Timers):
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    weights = loss_weights(config, 1.0, 1.0)
-    n_train = tensors.data.shape[0]
+    weights = loss_weights(family_of(model).loss_weights, config, 1.0, 1.0)
+    n_train = feed.sessions[None].tensors.data.shape[0]
 
     def step():
-        idx = torch.randint(n_train, (config.batch_size,))
-        batch = timers.time("batch (masks, coordinated dropout)", _training_step_batch, tensors, idx, config)
+        trials = {None: torch.randint(n_train, (config.batch_size,))}
+        batch = timers.time("batch (masks, coordinated dropout)", feed.draw_training_batch, trials, config)
         loss, _ = timers.time("forward (loss)", model.loss, batch, weights)
         timers.time("zero_grad", optimizer.zero_grad, set_to_none=True)
         with torch.profiler.record_function("part::backward"):
@@ -159,10 +160,10 @@ def profile_case(name: str, steps: int, warmup: int) -> dict:
     config = TrainConfig(**train_kw)
     torch.manual_seed(0)
     model = build_model(ds, config, seed=0, **sizes).train()
-    tensors = _to_tensors(ds, config)
+    feed = make_feed(ds, config)
     timers = Timers()
     instrument(model, timers)
-    step = make_step(model, tensors, config, timers)
+    step = make_step(model, feed, config, timers)
     for _ in range(warmup):
         step()
     per_step, totals = defaultdict(list), []

@@ -1,10 +1,11 @@
 """lfads_nb: learn, explore and train LFADS and its family from Jupyter.
 
 The flat names below are the public API. The subpackages show the architecture, each using only
-those listed before it and the modules ``errors``, ``transforms``, ``metrics`` and ``plots``: ``data``
-(the Dataset model, data kinds), ``io`` (files), ``models`` (LFADS, observation models),
-``dashboard`` (training progress), ``training`` (training loop, checkpoints) and ``tune`` (search,
-population-based training, Ray). Importing it makes every plotly figure shown in a Jupyter kernel
+those listed before it and the modules ``errors``, ``transforms``, ``checkpoint``, ``metrics`` and
+``plots``: ``data`` (the Dataset model, data kinds, sessions), ``io`` (files), ``models`` (LFADS, NDT,
+observation models, the registry of model families with ``build_model`` and ``load_model``),
+``dashboard`` (training progress, the explorer), ``training`` (the feed, the one epoch, ``train``,
+``infer``) and ``tune`` (search, population-based training, Ray). Importing it makes every plotly figure shown in a Jupyter kernel
 carry a static copy beside the interactive one (``lfads_nb.display``).
 """
 import sys as _sys
@@ -14,10 +15,10 @@ from .data import KINDS, DataKind, kind_of, make_dataset, split, validate
 from .dashboard import Explorer, explore
 from .errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from .io import export_lfads_h5, load, save, save_scores
-from .models import LFADS, LFADSConfig
+from .models import LFADS, NDT, LFADSConfig, NDTConfig, StitchedLFADS, build_model, load_model
 from .tune.pbt import PBTConfig, PBTResult
 from .tune.search import DEFAULT_SPACE, EMG_SPACE, Hyperparameter, SearchSpace, random_search
-from .training import TrainConfig, TrainResult, build_model, infer, load_model, train
+from .training import TrainConfig, TrainResult, infer, train
 
 # Old module paths that the README and the tutorials use, kept for the modules that moved into
 # subpackages: each is registered in sys.modules and as an attribute, so ``import lfads_nb.pbt``,

@@ -20,7 +20,8 @@ import numpy as np
 import xarray as xr
 
 from .calcium import METHODS, frame_binned, smoothed_events, truth_scores
-from .training import TrainConfig, build_model, infer, train
+from .models import build_model
+from .training import TrainConfig, infer, train
 
 
 def compare_methods(ds: xr.Dataset, train_config: TrainConfig, *, seed: int = 0, progress_factory=None,

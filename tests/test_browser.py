@@ -31,7 +31,7 @@ import numpy as np
 import pytest
 
 import lfads_nb
-from lfads_nb.training.checkpoint import load_checkpoint
+from lfads_nb.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 DRIVER = REPO / "tests" / "browser" / "drive_lab.mjs"
@@ -289,7 +289,7 @@ NO_EARLY_STOP_CELL = "config.early_stop_patience = max_epochs  # tests/test_brow
 
 # Appended as the last cell: is the model the run returned the one in best.pt?
 CHECK_CELL = (
-    "from lfads_nb.training.checkpoint import load_checkpoint\n"
+    "from lfads_nb.checkpoint import load_checkpoint\n"
     "best = load_checkpoint(f'{checkpoint_dir}/best.pt')\n"
     "restored = all(torch.equal(w, result.model.state_dict()[k]) for k, w in best['model'].items())\n"
     "print(f'stop_reason={result.stop_reason} epochs={len(result.history)} best_epoch={result.best_epoch} '\n"

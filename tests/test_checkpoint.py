@@ -1,4 +1,4 @@
-"""Checkpoint files (lfads_nb.training.checkpoint): format version, foreign files, the resume rule, PBT's export,
+"""Checkpoint files (lfads_nb.checkpoint): format version, foreign files, the resume rule, PBT's export,
 ema."""
 import dataclasses
 import math
@@ -9,7 +9,7 @@ import torch
 
 import lfads_nb
 from data_generators import chaotic_rnn
-from lfads_nb.training.checkpoint import FORMAT, check_settings, ema, load_checkpoint, model_checkpoint, save_checkpoint
+from lfads_nb.checkpoint import FORMAT, check_settings, ema, load_checkpoint, model_checkpoint, save_checkpoint
 from lfads_nb.tune.pbt import _best_checkpoint, _RunState
 from lfads_nb.tune.population import Population
 
@@ -82,7 +82,8 @@ def test_pbt_best_member_checkpoint_loads_with_load_model(tmp_path):
     state.best_generation = 3
     state.best_member = {"state": population.model.member_state_dict(1), "hparams": population.member_hparams(1),
                          "config": dataclasses.asdict(population.member_config(1))}
-    save_checkpoint(_best_checkpoint(state, {"train_config": dataclasses.asdict(train_config)}), tmp_path / "best.pt")
+    settings = {"train_config": dataclasses.asdict(train_config), "model": {"family": "lfads"}}
+    save_checkpoint(_best_checkpoint(state, settings), tmp_path / "best.pt")
     loaded = lfads_nb.load_model(tmp_path / "best.pt")
     expected = population.member_model(1)
     assert loaded.config == expected.config and loaded.config.dropout == pytest.approx(0.2)

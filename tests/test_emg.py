@@ -11,8 +11,9 @@ import lfads_nb
 from data_generators import emg
 from lfads_nb import ConfigError, DataError, metrics, plots
 from lfads_nb.models.observations import Gamma
-from lfads_nb.training.loop import (TrainConfig, _recorded_batch, _to_tensors, _training_step_batch, training_batch,
-                                    validation_batches)
+from lfads_nb.training import TrainConfig, make_feed
+from lfads_nb.data import make_sessions
+from lfads_nb.training.feed import validation_batches
 from lfads_nb.transforms import make_batch, rounded_normal_shifts, sample_validation, sbtt, temporal_shift
 
 torch.set_num_threads(1)
@@ -133,16 +134,17 @@ def test_population_shifts_give_each_member_its_own_batch():
 
 def test_shift_is_training_only_and_costs_no_random_numbers_when_off():
     ds = emg(0, n_trials=10, n_bins=30, n_channels=4)
-    tensors = _to_tensors(ds, TrainConfig())
+    feed = make_feed(ds, TrainConfig())
+    tensors = feed.sessions[None].tensors
     idx = torch.arange(4)
     torch.manual_seed(0)
-    off = _training_step_batch(tensors, idx, TrainConfig(cd_rate=0.0))
+    off = feed.draw_training_batch({None: idx}, TrainConfig(cd_rate=0.0))
     state = torch.get_rng_state()
     torch.manual_seed(0)
-    _training_step_batch(tensors, idx, TrainConfig(cd_rate=0.0))
+    feed.draw_training_batch({None: idx}, TrainConfig(cd_rate=0.0))
     assert torch.equal(torch.get_rng_state(), state)
     torch.manual_seed(0)
-    on = _training_step_batch(tensors, idx, TrainConfig(cd_rate=0.0, shift_std=3.0))
+    on = feed.draw_training_batch({None: idx}, TrainConfig(cd_rate=0.0, shift_std=3.0))
     assert torch.equal(off.target, tensors.data[idx]) and not torch.equal(on.target, off.target)
     assert not torch.equal(on.encoder_data, on.target)  # independent draws for encoder and target
     valid = next(validation_batches(tensors, idx, 0.0, 8))
@@ -410,17 +412,19 @@ def test_pbt_fitness_that_skips_artifacts(tmp_path):
 
     ds = emg(0, n_trials=30, n_bins=30, n_channels=4, artifact_rate=4.0)
     tc = TrainConfig(batch_size=10, cd_rate=0.0, kl_ramp_epochs=1, l2_ramp_epochs=1)
-    members = pbt_module.build_members(ds, tc, TINY, [1, 2])
-    population = Population(members, tc, pbt_module._initial_hparams(lfads_nb.EMG_SPACE, 2, 0), noise_seed=0)
-    tensors = _to_tensors(ds, tc)
-    valid = torch.as_tensor(np.flatnonzero(ds["split"].values == "valid"))
-    none = torch.zeros(ds["emg"].shape, dtype=torch.bool)
-    reference = population.validate(tensors, valid, tc.batch_size)["valid_recon"].double().numpy()
-    np.testing.assert_allclose(pbt_module._artifact_free_nll(population, tensors, valid, none, tc, "valid_recon", trim=0.0),
+    members = pbt_module.build_members(ds, tc, "lfads", TINY, [1, 2])
+    population = Population(members, tc, pbt_module.initial_hparams(lfads_nb.EMG_SPACE, 2, 0), noise_seed=0)
+    feed = make_feed(ds, tc)
+    local = pbt_module.LocalMembers(population, feed)
+    valid = feed.sessions[None].valid_idx
+    none = torch.zeros((len(valid), *ds["emg"].shape[1:]), dtype=torch.bool)
+    reference = population.validate(feed)["valid_recon"].double().numpy()
+    np.testing.assert_allclose(pbt_module._artifact_free_nll(local.entry_nll(), feed, none, "valid_recon", trim=0.0),
                                reference, rtol=1e-6)
-    flags = torch.as_tensor(near_artifacts(ds).values)
-    assert flags[valid].any()
-    skipped = pbt_module._artifact_free_nll(population, tensors, valid, flags, tc, "valid_recon")
+    skip = feed.artifact_skip()
+    np.testing.assert_array_equal(skip.numpy(), near_artifacts(ds).values[valid.numpy()])
+    assert skip.any()
+    skipped = pbt_module._artifact_free_nll(local.entry_nll(), feed, skip, "valid_recon")
     assert np.isfinite(skipped).all() and not np.allclose(skipped, reference)
 
     config = lfads_nb.PBTConfig(population=2, generation_epochs=1, burn_in_epochs=1, max_generations=1,
@@ -440,11 +444,6 @@ def test_pbt_fitness_that_skips_artifacts(tmp_path):
     plain.attrs["pbt_config"] = plain.attrs["pbt_config"].replace('"fitness_skips_artifacts": true',
                                                                   '"fitness_skips_artifacts": false')
     assert plots.fitness_label(plain) == "validation NLL (smoothed)"
-    pytest.importorskip("ray")
-    from lfads_nb.tune.ray_backend import ray_pbt
-
-    with pytest.raises(ConfigError, match="fitness_skips_artifacts is not available with ray_pbt"):
-        ray_pbt(ds, pbt_config=config, train_config=tc, model_sizes=TINY)  # refused before Ray starts
 
 
 def test_gamma_lfads_trains_on_masked_emg_and_fills_the_flagged_entries(tmp_path):
@@ -535,21 +534,22 @@ def test_checkpoints_chosen_by_the_artifact_free_nll_the_number_pbt_computes(tmp
     assert np.isfinite(history["valid_recon_artifact_free"]).all()
     assert not np.allclose(history["valid_recon_artifact_free"], history["valid_recon"])
     assert result.best_epoch == int(np.argmin(history["valid_recon_artifact_free"].values))
-    tensors = _to_tensors(ds, config)
-    valid = torch.as_tensor(np.flatnonzero(ds["split"].values == "valid"))
-    skip = torch.as_tensor(near_artifacts(ds).values)
+    feed = make_feed(ds, config)
+    tensors, valid = feed.sessions[None].tensors, feed.sessions[None].valid_idx
+    skip = torch.as_tensor(near_artifacts(ds).values)[valid]
     with torch.no_grad():
-        again = artifact_free_nll(result.model.entry_nll, validation_batches(tensors, valid, 0.0, 256), skip[valid])
+        again = artifact_free_nll(result.model.entry_nll, validation_batches(tensors, valid, 0.0, 256), skip)
     assert float(again) == pytest.approx(history["valid_recon_artifact_free"].iloc[result.best_epoch], rel=1e-6)
     population = Population([result.model, result.model], config,
-                            pbt_module._initial_hparams(lfads_nb.EMG_SPACE, 2, 0), noise_seed=0)
-    members = pbt_module._artifact_free_nll(population, tensors, valid, skip, config, "valid_recon")
+                            pbt_module.initial_hparams(lfads_nb.EMG_SPACE, 2, 0), noise_seed=0)
+    members = pbt_module._artifact_free_nll(pbt_module.LocalMembers(population, feed).entry_nll(), feed,
+                                            feed.artifact_skip(), "valid_recon")
     np.testing.assert_allclose(members, float(again), rtol=1e-5)
     with pytest.raises(ConfigError, match="select_by"):
         TrainConfig(select_by="valid_artifacts")
-    ndt = lfads_nb.build_model(ds, model="ndt", seed=0)  # a model without entry_nll: refused, with the fix
-    with pytest.raises(ConfigError, match="needs a model with entry_nll"):
-        lfads_nb.train(ndt, ds, config, live=False)
+    sessions = make_sessions({"a": ds, "b": ds})
+    with pytest.raises(ConfigError, match="one recording"):  # refused before training starts
+        lfads_nb.train(lfads_nb.build_model(sessions, config, seed=0, **TINY), sessions, config, live=False)
 
 
 def test_masked_low_pass_renormalises_around_nan_and_fills_long_gaps():

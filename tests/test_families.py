@@ -1,6 +1,10 @@
-"""Every model family through the same run: a process killed with SIGKILL (kill -9) in the middle
-of an epoch resumes from its last checkpoint and ends bit for bit where an uninterrupted run ends
-(weights and history). The reference is the uninterrupted run of the same settings in this process."""
+"""Every registered model family (``lfads_nb.models.registry.FAMILIES``) through the same code: train,
+resume, infer, score and PBT.
+
+References: resuming is checked against the uninterrupted run of the same settings in this process
+(a process killed with SIGKILL (kill -9) in the middle of an epoch resumes from its last checkpoint
+and ends bit for bit where the uninterrupted run ends); inference against the data it was run on
+(same trials, bins and channels); PBT's best member against its own checkpoint."""
 from __future__ import annotations
 
 import math
@@ -11,6 +15,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -19,6 +24,8 @@ import xarray as xr
 import lfads_nb
 from data_generators import chaotic_rnn, chaotic_rnn_multisession
 from lfads_nb.dashboard import Progress
+from lfads_nb.models.registry import FAMILIES as REGISTERED
+from lfads_nb.tune.pbt import pbt
 
 ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = {  # family -> (data, build_model keywords, TrainConfig keywords)
@@ -26,7 +33,7 @@ FAMILIES = {  # family -> (data, build_model keywords, TrainConfig keywords)
               dict(ic_enc_dim=6, ci_enc_dim=5, con_dim=5, co_dim=2, ic_dim=4, gen_dim=8, fac_dim=3),
               dict(cd_rate=0.3)),
     "ndt": (lambda: chaotic_rnn(seed=0, n_units=10, n_bins=12, n_conditions=4, trials_per_condition=6),
-            dict(model="ndt", d_model=8, n_layers=1, n_heads=2, ff_dim=16, context_backward=2, context_forward=2),
+            dict(d_model=8, n_layers=1, n_heads=2, ff_dim=16, context_backward=2, context_forward=2),
             dict(cd_rate=0.0)),
     "stitched": (lambda: chaotic_rnn_multisession(0, n_sessions=2, units_per_session=[6, 8], shared_units=2,
                                                   n_conditions=4, trials_per_condition=[5, 4], n_bins=10),
@@ -57,7 +64,7 @@ def run(family: str, checkpoint_dir, kill_at: int | None = None):
     data, sizes, train = FAMILIES[family]
     ds = data()
     config = lfads_nb.TrainConfig(max_epochs=EPOCHS, batch_size=BATCH, kl_ramp_epochs=2, l2_ramp_epochs=2, seed=1, **train)
-    model = lfads_nb.build_model(ds, config, seed=0, **sizes)
+    model = lfads_nb.build_model(ds, config, seed=0, model=family, **sizes)
     return lfads_nb.train(model, ds, config, checkpoint_dir=checkpoint_dir, progress=Killer(kill_at))
 
 
@@ -93,3 +100,38 @@ def test_killed_mid_epoch_resumes_bit_for_bit(family, tmp_path):
                                   whole.history.drop(columns="epoch_seconds"))
     for name, value in whole.model.state_dict().items():
         assert torch.equal(resumed.model.state_dict()[name], value), name
+
+
+def test_every_registered_family_is_covered():
+    assert set(FAMILIES) == set(REGISTERED)  # a new family adds its small case above
+
+
+def _sessions(data) -> dict:
+    return {name: data[name].to_dataset() for name in data.children} if isinstance(data, xr.DataTree) else {None: data}
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_trains_infers_scores_and_is_tuned_by_pbt(family, tmp_path):
+    data_of, sizes, train = FAMILIES[family]
+    data = data_of()
+    result = run(family, tmp_path / "train")
+    assert type(result.model) is REGISTERED[family].model
+    loaded = lfads_nb.load_model(tmp_path / "train" / "best.pt")
+    out, again = lfads_nb.infer(result.model, data), lfads_nb.infer(loaded, data)
+    for name, ds in _sessions(data).items():
+        inferred = out if name is None else out[name].to_dataset()
+        assert inferred["rates"].shape == ds["spikes"].shape
+        assert (inferred["trial"].values == ds["trial"].values).all()
+        xr.testing.assert_allclose(inferred, again if name is None else again[name].to_dataset())
+        r2 = float(lfads_nb.metrics.rate_r2(inferred["rates"], ds["rates_true"]))
+        assert np.isfinite(r2) and r2 < 1
+    config = lfads_nb.TrainConfig(batch_size=BATCH, kl_ramp_epochs=1, l2_ramp_epochs=1, **train)
+    tuned = pbt(data, model=family, pbt_config=lfads_nb.PBTConfig(population=2, generation_epochs=1, burn_in_epochs=1,
+                                                                  max_generations=1),
+                train_config=config, model_sizes=sizes,
+                checkpoint_dir=tmp_path / "pbt", live=False)
+    assert type(tuned.model) is REGISTERED[family].model
+    assert np.isfinite(tuned.history["fitness"].values).all()
+    best = lfads_nb.load_model(tmp_path / "pbt" / "best.pt")
+    for name, value in tuned.model.state_dict().items():
+        assert torch.equal(best.state_dict()[name], value), name

@@ -8,7 +8,7 @@ import xarray as xr
 from lfads_nb import KINDS, DataError, make_dataset, validate
 from lfads_nb.data.kinds import S_MIN_FACTOR, kind_of
 from lfads_nb.models.observations import Gamma, Gaussian, ZeroInflatedGamma
-from lfads_nb.training.loop import TrainConfig, build_model, infer, load_model, train
+from lfads_nb import TrainConfig, build_model, infer, load_model, train
 
 SPLIT_LABELS = ["train", "train", "valid", "test"]
 RNG = np.random.default_rng(0)

@@ -19,8 +19,11 @@ from scipy.stats import poisson
 
 import lfads_nb
 from lfads_nb.dashboard import Progress
-from lfads_nb.training import loop as training
-from lfads_nb.training.loop import TrainConfig, build_model, infer, train
+from lfads_nb import build_model
+from lfads_nb.data import sample_validation_mask
+from lfads_nb.models.registry import LFADS_LOSS_WEIGHTS
+from lfads_nb.training import TrainConfig, infer, make_feed, train
+from lfads_nb.training.loop import loss_weights, validation_metrics
 
 torch.set_num_threads(1)
 
@@ -71,11 +74,11 @@ def one_step(ds, cfg, idx, seed=0):
     torch.manual_seed(0)
     model = build_model(ds, **TINY)
     spy = Spy(model)
-    tensors = training._to_tensors(ds, cfg)
+    feed = make_feed(ds, cfg)
     torch.manual_seed(seed)
-    _, parts = model.loss(training._training_step_batch(tensors, idx, cfg), training.loss_weights(cfg, 1.0, 1.0))
+    _, parts = model.loss(feed.draw_training_batch({None: idx}, cfg), loss_weights(LFADS_LOSS_WEIGHTS, cfg, 1.0, 1.0))
     parts["train_recon"].backward()
-    return spy, tensors.data[idx]
+    return spy, feed.sessions[None].tensors.data[idx]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -136,9 +139,8 @@ def test_cd_does_not_change_the_validation_metric():
     ds = positive_dataset()
     torch.manual_seed(0)
     model = build_model(ds, **TINY)
-    valid = torch.as_tensor(np.flatnonzero(ds["split"].values == "valid"))
-    off = training._validation_metrics(model, training._to_tensors(ds, config()), valid, config(), 256)
-    on = training._validation_metrics(model, training._to_tensors(ds, config(cd_rate=0.5)), valid, config(cd_rate=0.5), 256)
+    off = validation_metrics(model, make_feed(ds, config()), 256)
+    on = validation_metrics(model, make_feed(ds, config(cd_rate=0.5)), 256)
     assert off == on
 
 
@@ -153,7 +155,7 @@ def test_sv_mask_is_fixed_seeded_and_the_same_in_every_split_and_epoch():
     spy = Spy(model)
     cfg = config(sv_fraction=f, sv_seed=7, max_epochs=3)
     train(model, ds, cfg, progress=Progress())
-    keep = torch.as_tensor(training._sv_keep_mask(ds, f, seed=7))
+    keep = torch.as_tensor(sample_validation_mask(ds, f, seed=7))
     assert abs(1 - keep.float().mean().item() - f) < 0.06
     # Every call of the model (training batches of every epoch, validation) saw exactly this mask.
     # Training batches are shuffled: match each batch's rows to trials by their counts.
@@ -165,8 +167,8 @@ def test_sv_mask_is_fixed_seeded_and_the_same_in_every_split_and_epoch():
             trial = [t for t in range(len(x)) if torch.equal(row != 0, keep[t]) and torch.allclose(row[keep[t]] * (1 - f), x[t][keep[t]])]
             assert len(trial) == 1
     # The mask is a function of (sv_seed, trial id): same seed, same mask; another seed, another.
-    np.testing.assert_array_equal(training._sv_keep_mask(ds, f, seed=7), keep.numpy())
-    assert not np.array_equal(training._sv_keep_mask(ds, f, seed=8), keep.numpy())
+    np.testing.assert_array_equal(sample_validation_mask(ds, f, seed=7), keep.numpy())
+    assert not np.array_equal(sample_validation_mask(ds, f, seed=8), keep.numpy())
 
 
 def test_sv_held_out_entries_never_change_training():
@@ -175,7 +177,7 @@ def test_sv_held_out_entries_never_change_training():
     # build_model gets the config so that the data-dependent readout bias skips them as well.
     ds, f = positive_dataset(), 0.2
     cfg = config(sv_fraction=f, sv_seed=3, max_epochs=3, cd_rate=0.2)
-    held = ~training._sv_keep_mask(ds, f, seed=3)
+    held = ~sample_validation_mask(ds, f, seed=3)
     changed = ds.copy(deep=True)
     changed["spikes"].values[held] = changed["spikes"].values[held] * 3 + 5
 
@@ -199,7 +201,7 @@ def test_sv_nll_is_the_poisson_nll_of_the_held_out_validation_entries():
     result = train(build_model(ds, **TINY), ds, config(sv_fraction=f, max_epochs=1), progress=Progress())
     assert result.best_epoch == 0
     valid = np.flatnonzero(ds["split"].values == "valid")
-    keep = training._sv_keep_mask(ds, f, seed=0)[valid]
+    keep = sample_validation_mask(ds, f, seed=0)[valid]
     x = ds["spikes"].values[valid].astype(np.float32)
     with torch.no_grad():
         out = result.model(torch.as_tensor(x * keep / (1 - f)), sample=False)

@@ -1,5 +1,5 @@
 """Multisession stitching: PCR read-ins, mixed batches, training, checkpoints and inference with
-several sessions (lfads_nb.models.multisession, lfads_nb.training.sessions)."""
+several sessions (lfads_nb.models.multisession, lfads_nb.training.feed)."""
 from __future__ import annotations
 
 import numpy as np
@@ -13,8 +13,11 @@ from lfads_nb import ConfigError, DataError
 from lfads_nb.dashboard import Progress
 from lfads_nb.data import make_sessions
 from lfads_nb.models.multisession import StitchedLFADS, pcr_read_in
-from lfads_nb.training.checkpoint import load_checkpoint
-from lfads_nb.training.sessions import SessionsFeed
+from lfads_nb.checkpoint import load_checkpoint
+from lfads_nb.models.registry import LFADS_LOSS_WEIGHTS
+from lfads_nb.training import make_feed
+from lfads_nb.training.feed import session_view
+from lfads_nb.training.loop import loss_weights, validation_metrics, validation_sums
 
 SIZES = dict(gen_dim=16, ic_enc_dim=8, ic_dim=8, fac_dim=6, co_dim=0)
 
@@ -100,20 +103,19 @@ def test_too_wide_read_in_and_external_inputs_are_refused():
 
 def test_every_step_mixes_the_sessions_in_proportion_and_an_epoch_shows_each_trial_once():
     tree = small_tree(trials_per_condition=[10, 5, 2])
-    model = lfads_nb.build_model(tree, seed=0, **SIZES)
-    feed = SessionsFeed(model, tree, config(batch_size=20))
-    n_train = {name: len(part.train_idx) for name, part in feed.parts.items()}
+    feed = make_feed(tree, config(batch_size=20))
+    n_train = {name: len(part.train_idx) for name, part in feed.sessions.items()}
     assert feed.steps_per_epoch == int(np.ceil(sum(n_train.values()) / 20))
     feed.shuffle(torch.Generator().manual_seed(0))
     seen = {name: [] for name in n_train}
     for step in range(feed.steps_per_epoch):
-        batches = feed.step_batch(step)
+        batches = feed.draw_training_batch(feed.step_trials(step), config(batch_size=20))
         assert set(batches) == set(n_train)  # every session in every step here
         for name, batch in batches.items():
             share = n_train[name] / feed.steps_per_epoch
             assert abs(batch.target.shape[0] - share) < 1  # proportional to the session's size
             seen[name].append(batch.target.shape[0])
-    for name, part in feed.parts.items():
+    for name, part in feed.sessions.items():
         assert sum(seen[name]) == n_train[name]
         assert sorted(part.order.tolist()) == sorted(part.train_idx.tolist())
 
@@ -123,15 +125,14 @@ def test_loss_over_sessions_is_the_mean_over_all_their_counted_entries():
     each session the NLL it gets alone; recon is then the entry-weighted mean (float64)."""
     tree = small_tree()
     model = lfads_nb.build_model(tree, seed=0, **SIZES).double().eval()
-    feed = SessionsFeed(model, tree, config())
+    feed = make_feed(tree, config(), dtype=torch.float64)
     feed.shuffle(torch.Generator().manual_seed(0))
-    batches = {name: batch._replace(target=batch.target.double(), encoder_data=batch.encoder_data.double())
-               for name, batch in feed.step_batch(0).items()}
-    weights = lfads_nb.training.loop.loss_weights(config(kl_ic_scale=0, kl_co_scale=0, l2_gen_scale=0,
-                                                         l2_con_scale=0), 1.0, 1.0)
+    batches = feed.draw_training_batch(feed.step_trials(0), config())
+    weights = loss_weights(LFADS_LOSS_WEIGHTS, config(kl_ic_scale=0, kl_co_scale=0, l2_gen_scale=0, l2_con_scale=0),
+                           1.0, 1.0)
     out, params = model.run_sessions(batches, sample=False)
     _, parts = model.objective(out, batches, weights, params)
-    sums = sum(model.for_session(name).validation_sums(b) for name, b in batches.items())
+    sums = sum(validation_sums(model, session_view(name), b) for name, b in batches.items())
     assert float(parts["train_recon"].detach()) == pytest.approx(float((sums[0] / sums[1]).detach()), rel=1e-12)
 
 
@@ -342,30 +343,30 @@ def _population_against_references(tree, members):
     import copy
     import dataclasses
 
-    from lfads_nb.training.loop import _to_tensors, loss_weights, training_batch
-    from lfads_nb.training.sessions import mixed_step
-    from lfads_nb.tune.population import Population, draw_sessions_step_noise
+    from lfads_nb.models.registry import FAMILIES
+    from lfads_nb.tune.population import Population, draw_step_noise
 
     references = [copy.deepcopy(m).train() for m in members]
     hps = {"lr": [1e-2, 3e-3], "cd_rate": [0.3, 0.0], "dropout": [0.1, 0.0], "kl_ic_scale": [1e-3, 0.1]}
-    shared = lfads_nb.TrainConfig()
+    shared = lfads_nb.TrainConfig(batch_size=8)
     pop = Population(members, shared, hps, dtype=torch.float64)
     configs = [dataclasses.replace(shared, **{k: v[i] for k, v in hps.items() if k != "dropout"}) for i in range(2)]
     optims = [torch.optim.Adam([p for p in m.parameters() if p.requires_grad], lr=c.lr) for m, c in zip(references, configs)]
     names = list(tree.children)
-    tensors = {n: _to_tensors(tree[n].to_dataset(), shared) for n in names}
-    tensors = {n: dataclasses.replace(t, data=t.data.double()) for n, t in tensors.items()}
-    orders = {n: torch.arange(t.data.shape[0]) for n, t in tensors.items()}
+    feed = make_feed(tree, shared, dtype=torch.float64)
+    for session in feed.sessions.values():  # the training trials in their order, unshuffled
+        session.order = session.train_idx
     gen = torch.Generator().manual_seed(0)
     for step in range(3):
-        idx = mixed_step(orders, step, 4)
-        sizes = {n: (len(i), tensors[n].data.shape[-1]) for n, i in idx.items()}
-        noise = draw_sessions_step_noise(pop.model_config, 2, sizes, 12, gen, torch.float64)
-        got = pop.train_step(tensors, idx, 0.5, 0.5, noise=noise)
+        trials = feed.step_trials(step)
+        noise = draw_step_noise(FAMILIES["stitched"], pop.model_config, 2, feed.step_sizes(trials), 12, gen,
+                                torch.float64)
+        got = pop.step(feed, trials, 0.5, 0.5, noise=noise)
         for i, (model, cfg) in enumerate(zip(references, configs)):
-            batches = {n: training_batch(tensors[n], idx[n], 0.0, cfg.cd_rate, noise.cd[n][i]) for n in idx}
+            batches = feed.training_batch(trials, cfg.cd_rate, {n: noise.cd[n][i] for n in trials}, None)
             member_noise = type(noise.model)(*(None if v is None else v[i] for v in noise.model))
-            loss, _ = model.loss(batches, loss_weights(cfg, 0.5, 0.5), noise=member_noise, dropout=hps["dropout"][i])
+            loss, _ = model.loss(batches, loss_weights(LFADS_LOSS_WEIGHTS, cfg, 0.5, 0.5), noise=member_noise,
+                                 dropout=hps["dropout"][i])
             optims[i].zero_grad()
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -377,13 +378,10 @@ def _population_against_references(tree, members):
             torch.testing.assert_close(mine[k], v, rtol=1e-9, atol=1e-11, msg=f"member {i} {k}")
         for n in names:
             torch.testing.assert_close(mine[f"sessions.{n}.read_in.weight"], members[i].sessions[n].read_in.weight)
-    valid = {n: torch.arange(t.data.shape[0])[-4:] for n, t in tensors.items()}
-    metrics = pop.validate(tensors, valid, batch_size=3)
+    metrics = pop.validate(feed, batch_size=3)
     for i, model in enumerate(references):
-        model.eval()
-        sums = sum(model.for_session(n).validation_sums(b) for n in names
-                   for b in lfads_nb.training.loop.validation_batches(tensors[n], valid[n], 0.0, 3))
-        assert metrics["valid_recon"][i].item() == pytest.approx(float((sums[0] / sums[1]).detach()), rel=1e-10)
+        want = validation_metrics(model, feed, 3)["valid_recon"]
+        assert metrics["valid_recon"][i].item() == pytest.approx(want.item(), rel=1e-10)
     assert isinstance(pop.member_model(1), StitchedLFADS)
 
 

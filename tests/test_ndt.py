@@ -13,7 +13,7 @@ import lfads_nb
 from data_generators import chaotic_rnn
 from lfads_nb.errors import ConfigError, DataError
 from lfads_nb.models.ndt import NDT, NDTConfig, band_mask
-from lfads_nb.training.checkpoint import load_checkpoint
+from lfads_nb.checkpoint import load_checkpoint
 from lfads_nb.transforms import make_batch
 
 torch.set_num_threads(1)
@@ -85,13 +85,18 @@ def test_masked_loss_counts_only_masked_bins_and_held_out_neurons():
     torch.testing.assert_close(model.loss(make_batch(other, heldin)._replace(target=spikes), {}, noise=noise)[0], loss)
 
 
-def test_validation_scores_every_entry_exactly_once_and_is_deterministic():
+def test_validation_scores_every_entry_in_the_pass_that_masks_it_and_is_deterministic():
     torch.manual_seed(1)
     model = NDT(NDTConfig(n_neurons=4, encod_dim=3, n_bins=7, **SMALL)).eval()
     batch = make_batch(torch.poisson(torch.full((3, 7, 4), 1.0)), torch.tensor([True, True, True, False]))
-    sums = model.validation_sums(batch)
-    assert int(sums[1]) == 3 * 7 * 4
-    torch.testing.assert_close(model.validation_sums(batch), sums)
+    nll = model.entry_nll(batch)
+    assert nll.shape == (3, 7, 4) and torch.isfinite(nll).all()
+    K = round(1 / model.config.mask_ratio)
+    for k in range(K):  # each entry's NLL is the one of the pass that masks its bin
+        masked = (torch.arange(7) % K == k).expand(3, 7)
+        params, _ = model(model._masked_input(batch, masked))
+        torch.testing.assert_close(nll[masked], model.observation.nll(params, batch.target)[masked])
+    torch.testing.assert_close(model.entry_nll(batch), nll)
 
 
 @pytest.mark.parametrize("direction", ["forward", "backward"])

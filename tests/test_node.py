@@ -16,7 +16,7 @@ from data_generators import chaotic_rnn
 from lfads_nb.errors import ConfigError
 from lfads_nb.models._fused_node import node_scan
 from lfads_nb.models.lfads import LFADS, LFADSConfig, NeuralODEGenerator, draw_noise, integrate_fixed_step
-from lfads_nb.training.checkpoint import load_checkpoint
+from lfads_nb.checkpoint import load_checkpoint
 from lfads_nb.tune.pbt import PBTConfig, pbt
 
 torch.set_num_threads(1)
@@ -231,16 +231,16 @@ class _PBTQuiet:
 def test_population_vmap_of_node_members_equals_separate_models():
     """The population (torch.func.vmap over stacked weights) runs the NODE step loop per member:
     its outputs equal P separate models' in float64 (reference: the separate models)."""
-    from lfads_nb.tune.population import PopulationLFADS
+    from lfads_nb.tune.population import PopulationModel
 
     config = LFADSConfig(n_neurons=5, co_dim=2, node_solver="rk4", node_substeps=2, **SMALL)
     members = []
     for seed in (1, 2):
         torch.manual_seed(seed)
         members.append(LFADS(config).double().eval())
-    pop = PopulationLFADS(members).eval()
+    pop = PopulationModel(members).eval()
     x = torch.rand(2, 3, 6, 5, dtype=torch.float64)
-    got = pop(x)
+    got = pop(x, sample=False)
     for i, member in enumerate(members):
         torch.testing.assert_close(got.obs_params[i], member(x[i], sample=False).obs_params)
 

@@ -1,4 +1,4 @@
-"""Population-based training: exploit / explore rules, a tiny run end to end, export, kill and resume."""
+"""Population-based training: exploit / perturb rules, a tiny run end to end, export, kill and resume."""
 import os
 import subprocess
 import sys
@@ -14,7 +14,7 @@ import lfads_nb
 from data_generators import chaotic_rnn
 from lfads_nb.errors import ConfigError
 from lfads_nb.tune import pbt as pbt_module
-from lfads_nb.tune.pbt import PBTConfig, check_population_fits, exploit, explore, pbt
+from lfads_nb.tune.pbt import PBTConfig, check_population_fits, exploit, pbt, perturb
 from lfads_nb.tune.search import DEFAULT_SPACE, Hyperparameter, SearchSpace
 
 torch.set_num_threads(1)
@@ -63,14 +63,14 @@ def test_truncation_bottom_copies_top():
     assert set(parent[[8, 9]]) <= {0, 1}
 
 
-def test_explore_is_a_bounded_multiplicative_step():
+def test_perturb_is_a_bounded_multiplicative_step():
     g = torch.Generator().manual_seed(0)
     w = 0.3
-    factors = np.array([explore(1.0, 1e-3, 1e3, w, g) for _ in range(2000)])
+    factors = np.array([perturb(1.0, 1e-3, 1e3, w, g) for _ in range(2000)])
     steps = np.abs(factors - 1)
     assert steps.min() >= 0.002 * w - 1e-12 and steps.max() <= w + 1e-12
     assert 0.4 < (factors > 1).mean() < 0.6  # up and down equally often
-    near_bound = [explore(0.99, 0.0, 1.0, 0.3, g) for _ in range(200)]
+    near_bound = [perturb(0.99, 0.0, 1.0, 0.3, g) for _ in range(200)]
     assert max(near_bound) <= 1.0 and min(near_bound) >= 0.99 * 0.7
 
 
@@ -91,7 +91,7 @@ def test_pbt_runs_records_history_and_exports_best_member(tmp_path):
         for i in np.flatnonzero(parent[g] != np.arange(4)):
             assert h["fitness"].values[g - 1, parent[g, i]] < h["fitness"].values[g - 1, i] or \
                 not np.isfinite(h["fitness"].values[g - 1, i])
-            assert h["lr"].values[g, i] != h["lr"].values[g - 1, parent[g, i]]  # explored
+            assert h["lr"].values[g, i] != h["lr"].values[g - 1, parent[g, i]]  # perturbed
     best = float(np.nanmin(h["fitness"].values))
     assert best == pytest.approx(float(np.nanmin(h["fitness"].values[result.best_generation])))
     # the best member is an ordinary LFADS: its state dict loads into a fresh one and infer works
@@ -150,10 +150,10 @@ def test_bad_settings_are_clear_errors(tmp_path):
         pbt(_data(), space=SearchSpace([Hyperparameter("lr_decay", 0.5, 0.99, log=False)]))
     with pytest.raises(ConfigError, match="at least 2"):
         PBTConfig(population=1)
-    config = lfads_nb.LFADSConfig(n_neurons=50)
+    member = lfads_nb.LFADS(lfads_nb.LFADSConfig(n_neurons=50))
     with pytest.raises(ConfigError, match=r"at most \d+ members fit"):
-        check_population_fits(config, 64, 32, 100, "cpu", available_bytes=2**30)
-    check_population_fits(config, 2, 32, 100, "cpu", available_bytes=2**30)
+        check_population_fits(member, 64, 32, 100, "cpu", available_bytes=2**30)
+    check_population_fits(member, 2, 32, 100, "cpu", available_bytes=2**30)
     _run(tmp_path, max_generations=1)
     with pytest.raises(lfads_nb.CheckpointError, match="different settings"):
         _run(tmp_path, max_generations=1, exploit="truncation")
@@ -184,7 +184,7 @@ def test_memory_check_is_skipped_where_free_memory_is_unknown(monkeypatch, tmp_p
             return 4096
         monkeypatch.setattr(os, "sysconf", sysconf, raising=False)
     assert pbt_module._available_bytes("cpu") is None
-    check_population_fits(lfads_nb.LFADSConfig(n_neurons=50), 10**6, 32, 100, "cpu")  # no error: not checked
+    check_population_fits(lfads_nb.LFADS(lfads_nb.LFADSConfig(n_neurons=50)), 10**6, 32, 100, "cpu")  # not checked
 
 
 @pytest.mark.parametrize("source", ["psutil", "meminfo", "sysconf"])
@@ -199,10 +199,10 @@ def test_known_free_memory_still_limits_the_population(monkeypatch, tmp_path, so
     else:
         monkeypatch.setattr(os, "sysconf", {"SC_PAGE_SIZE": 4096, "SC_AVPHYS_PAGES": 2**18}.get, raising=False)
     assert pbt_module._available_bytes("cpu") == 2**30
-    config = lfads_nb.LFADSConfig(n_neurons=50)
+    member = lfads_nb.LFADS(lfads_nb.LFADSConfig(n_neurons=50))
     with pytest.raises(ConfigError, match=r"about 1.0 GiB is free: at most \d+ members fit"):
-        check_population_fits(config, 64, 32, 100, "cpu")
-    check_population_fits(config, 2, 32, 100, "cpu")
+        check_population_fits(member, 64, 32, 100, "cpu")
+    check_population_fits(member, 2, 32, 100, "cpu")
 
 def test_data_without_usable_validation_trials_is_refused():
     ds = _data()
@@ -229,7 +229,7 @@ def test_members_start_from_the_data_like_build_model(monkeypatch):
     _run(max_generations=1)
     ds = _data()
     spikes = ds["spikes"].values.astype(float)
-    keep = lfads_nb.training.loop._sv_keep_mask(ds, TRAIN["sv_fraction"], 0)
+    keep = lfads_nb.data.sample_validation_mask(ds, TRAIN["sv_fraction"], 0)
     spikes[~keep] = np.nan
     train = spikes[ds["split"].values == "train"]
     want = torch.log(torch.as_tensor(np.nanmean(train, axis=(0, 1))).clamp_min(1e-4)).float()

@@ -1,7 +1,7 @@
 """Population-batched LFADS against P separate LFADS models trained with lfads_nb.training's loss.
 
 Reference: P ordinary ``LFADS`` models, each built after ``torch.manual_seed(seed_i)``, each
-stepped with ``LFADS.loss`` on ``training.loop.training_batch`` + ``clip_grad_norm_`` +
+stepped with ``LFADS.loss`` on the feed's ``training_batch`` + ``clip_grad_norm_`` +
 ``torch.optim.Adam``: the exact inner loop of ``lfads_nb.training.train``. Everything in float64.
 
 Same random numbers on both sides, passed in: the population consumes a ``StepNoise`` (every
@@ -13,15 +13,18 @@ per-member clipping and Adam), not a second copy of the model.
 """
 import math
 
+import numpy as np
 import pytest
 import torch
 
+import lfads_nb
 from lfads_nb.errors import ConfigError, DataError
 from lfads_nb.models.lfads import LFADS, LFADSConfig, Noise
+from lfads_nb.models.registry import FAMILIES
+from lfads_nb.training import make_feed
+from lfads_nb.training.loop import TrainConfig, loss_weights, validation_metrics
 from lfads_nb.transforms import rounded_normal_shifts
-from lfads_nb.training.loop import (TrainConfig, _sv_keep_mask, _Tensors, _validation_metrics, loss_weights,
-                                    training_batch)
-from lfads_nb.tune.population import Population, PopulationLFADS, StepNoise, draw_step_noise
+from lfads_nb.tune.population import Population, PopulationModel, StepNoise, draw_step_noise
 
 torch.set_num_threads(1)
 
@@ -48,23 +51,19 @@ def float64():
     torch.set_default_dtype(old)
 
 
+LFADS_FAMILY = FAMILIES["lfads"]
+
+
 def _data(ext_dim: int, sv_fraction: float):
-    """Counts with some unobserved (NaN) entries, neuron 4 held out, the last 2 bins forward-prediction
-    bins, optional external inputs."""
+    """The feed (float64) of counts with some unobserved (NaN) entries, neuron 4 held out, the last 2
+    bins forward-prediction bins, optional external inputs; trials 0-5 'train', 6-9 'valid'."""
     g = torch.Generator().manual_seed(5)
     spikes = torch.poisson(torch.full((10, T, N), 1.5), generator=g)
     spikes[torch.rand(spikes.shape, generator=g) < 0.05] = math.nan
-    import xarray as xr
-
-    ds = xr.Dataset(coords={"trial": range(10), "time": range(T), "neuron": range(N)})
-    heldin = torch.tensor([True, True, True, True, False])
-    return _Tensors(
-        data=spikes,
-        ext_input=torch.randn(10, T, ext_dim, generator=g) if ext_dim else None,
-        heldin=heldin,
-        encoder_bins=torch.arange(T) < T - 2,
-        sv_keep=torch.as_tensor(_sv_keep_mask(ds, sv_fraction, 0)),
-    )
+    ext = {"ext_input": torch.randn(10, T, ext_dim, generator=g).numpy()} if ext_dim else {}
+    ds = lfads_nb.make_dataset(spikes.numpy(), 0.01, split_labels=["train"] * 6 + ["valid"] * 4, **ext)
+    ds = ds.assign_coords(heldout=("neuron", [False, False, False, False, True]), forward=("time", np.arange(T) >= T - 2))
+    return make_feed(ds, TrainConfig(sv_fraction=sv_fraction, shift_max=2), dtype=torch.float64)
 
 
 def _members(config, seeds=SEEDS, dtype=torch.float64):
@@ -89,7 +88,7 @@ def test_population_matches_separate_models_trained_with_training_loss(float64, 
     sv = 0.2
     config = LFADSConfig(n_neurons=N, encod_dim=N - 1, co_dim=co_dim, ext_input_dim=ext_dim,
                          **{**SMALL, "ci_enc_dim": ci_enc_dim})
-    tensors = _data(ext_dim, sv)
+    feed = _data(ext_dim, sv)
     hps = HPS if shift_std is None else {**HPS, "shift_std": shift_std}
     shared = TrainConfig(sv_fraction=sv, shift_max=2)
     pop = Population(_members(config), shared, hps, dtype=torch.float64)
@@ -107,17 +106,19 @@ def test_population_matches_separate_models_trained_with_training_loss(float64, 
     gen = torch.Generator().manual_seed(0)
     clipped = shifted = False
     for step in range(3):
-        idx = torch.arange(step, step + B)
+        trials = {None: torch.arange(step, step + B)}
         kl_ramp, l2_ramp = 0.3 + 0.2 * step, 0.5
-        noise = draw_step_noise(config, P, B, T, gen, torch.float64, shift=shift_std is not None)
-        got = pop.train_step(tensors, idx, kl_ramp, l2_ramp, noise=noise)
+        noise = draw_step_noise(LFADS_FAMILY, config, P, {None: (B, N)}, T, gen, torch.float64,
+                                shift=shift_std is not None)
+        got = pop.step(feed, trials, kl_ramp, l2_ramp, noise=noise)
         for i in range(P):
             shifts = None
             if shift_std is not None:
-                shifts = tuple(rounded_normal_shifts(noise.shift[:, i], configs[i].shift_std, configs[i].shift_max))
-                shifted |= bool(shifts[0].any())
-            batch = training_batch(tensors, idx, sv, configs[i].cd_rate, noise.cd[i], shifts)
-            loss, parts = models[i].loss(batch, loss_weights(configs[i], kl_ramp, l2_ramp),
+                shifts = {None: tuple(rounded_normal_shifts(noise.shift[None][:, i], configs[i].shift_std,
+                                                            configs[i].shift_max))}
+                shifted |= bool(shifts[None][0].any())
+            batch = feed.training_batch(trials, configs[i].cd_rate, {None: noise.cd[None][i]}, shifts)
+            loss, parts = models[i].loss(batch, loss_weights(LFADS_FAMILY.loss_weights, configs[i], kl_ramp, l2_ramp),
                                          noise=_member_noise(noise.model, i))
             optims[i].zero_grad()
             loss.backward()
@@ -134,26 +135,25 @@ def test_population_matches_separate_models_trained_with_training_loss(float64, 
         mine = pop.model.member_state_dict(i)
         for k, v in models[i].state_dict().items():
             torch.testing.assert_close(mine[k], v, rtol=1e-9, atol=1e-11, msg=f"member {i} {k}")
-    # validation: the same per-member NLLs as training.loop._validation_metrics
-    valid_idx = torch.arange(6, 10)
-    got = pop.validate(tensors, valid_idx, batch_size=3)
+    # validation: the same per-member NLLs as training.loop.validation_metrics of each model
+    got = pop.validate(feed, batch_size=3)
     for i in range(P):
-        want = _validation_metrics(models[i], tensors, valid_idx, configs[i], 3)
+        want = validation_metrics(models[i], feed, 3)
         for k, v in want.items():
-            assert got[k][i].item() == pytest.approx(v, rel=1e-10)
+            assert got[k][i].item() == pytest.approx(v.item(), rel=1e-10)
 
 
 def test_members_never_interact_nan_member_and_copy(float64):
     config = LFADSConfig(n_neurons=N, encod_dim=N - 1, co_dim=2, **SMALL)
-    tensors = _data(0, 0.0)
+    feed = _data(0, 0.0)
     a = Population(_members(config), TrainConfig(), HPS, dtype=torch.float64)
     b = Population(_members(config), TrainConfig(), HPS, dtype=torch.float64)
     with torch.no_grad():
         for p in b.model.parameters():
             p[1] = math.nan
-    noise = draw_step_noise(config, P, B, T, torch.Generator().manual_seed(1), torch.float64)
-    idx = torch.arange(B)
-    ra, rb = a.train_step(tensors, idx, 1.0, 1.0, noise=noise), b.train_step(tensors, idx, 1.0, 1.0, noise=noise)
+    noise = draw_step_noise(LFADS_FAMILY, config, P, {None: (B, N)}, T, torch.Generator().manual_seed(1), torch.float64)
+    trials = {None: torch.arange(B)}
+    ra, rb = a.step(feed, trials, 1.0, 1.0, noise=noise), b.step(feed, trials, 1.0, 1.0, noise=noise)
     assert math.isnan(rb["train_loss"][1]) and torch.isfinite(rb["train_loss"][[0, 2]]).all()
     torch.testing.assert_close(ra["train_loss"][[0, 2]], rb["train_loss"][[0, 2]], rtol=0, atol=0)
     for pa, pb in zip(a.model.parameters(), b.model.parameters()):
@@ -163,13 +163,13 @@ def test_members_never_interact_nan_member_and_copy(float64):
     # same random numbers it then takes exactly the same step as member 0.
     b.copy_members([1], [0])
     assert b.member_hparams(1) == b.member_hparams(0)
-    noise = draw_step_noise(config, P, B, T, torch.Generator().manual_seed(2), torch.float64)
+    noise = draw_step_noise(LFADS_FAMILY, config, P, {None: (B, N)}, T, torch.Generator().manual_seed(2), torch.float64)
 
     def copy_0_to_1(v):
         return None if v is None else v.index_copy(0, torch.tensor([1]), v[[0]])
 
-    noise = StepNoise(copy_0_to_1(noise.cd), Noise(*map(copy_0_to_1, noise.model)))
-    b.train_step(tensors, idx, 1.0, 1.0, noise=noise)
+    noise = StepNoise({None: copy_0_to_1(noise.cd[None])}, Noise(*map(copy_0_to_1, noise.model)))
+    b.step(feed, trials, 1.0, 1.0, noise=noise)
     for p in b.model.parameters():
         torch.testing.assert_close(p[1], p[0], rtol=0, atol=0)
     assert torch.equal(b.optimizer.steps, torch.tensor([2.0, 2.0, 2.0]))
@@ -177,21 +177,22 @@ def test_members_never_interact_nan_member_and_copy(float64):
 
 def test_state_dict_round_trip_and_member_export(tmp_path):
     config = LFADSConfig(n_neurons=N, encod_dim=N - 1, co_dim=0, **SMALL)
-    tensors = _data(0, 0.0)
+    feed = make_feed(_data(0, 0.0).sessions[None].ds, TrainConfig())  # float32
+    trials = {None: torch.arange(B)}
     pop = Population(_members(config, dtype=torch.float32), TrainConfig(), HPS, noise_seed=3)
-    pop.train_step(tensors, torch.arange(B), 1.0, 1.0)
+    pop.step(feed, trials, 1.0, 1.0)
     torch.save(pop.state_dict(), tmp_path / "p.pt")
     other = Population(_members(config, [0, 0, 0], torch.float32), TrainConfig(), {})
     other.load_state_dict(torch.load(tmp_path / "p.pt", weights_only=True))
-    ra = pop.train_step(tensors, torch.arange(B), 1.0, 1.0)
-    rb = other.train_step(tensors, torch.arange(B), 1.0, 1.0)  # same weights, Adam, HPs and noise stream
+    ra = pop.step(feed, trials, 1.0, 1.0)
+    rb = other.step(feed, trials, 1.0, 1.0)  # same weights, Adam, HPs and noise stream
     torch.testing.assert_close(ra["train_loss"], rb["train_loss"], rtol=0, atol=0)
     model = pop.member_model(1)
     assert isinstance(model, LFADS) and model.config.dropout == pytest.approx(0.3)
     out = model(torch.ones(2, T, N - 1), sample=False)
-    ref = PopulationLFADS(_members(config, dtype=torch.float32)).eval()
+    ref = PopulationModel(_members(config, dtype=torch.float32)).eval()
     ref.load_state_dict(pop.model.state_dict())
-    want = ref(torch.ones(P, 2, T, N - 1))
+    want = ref(torch.ones(P, 2, T, N - 1), sample=False)
     torch.testing.assert_close(out.obs_params, want.obs_params[1])
 
 
@@ -201,8 +202,50 @@ def test_bad_inputs_are_clear_errors():
         Population(_members(config, [0, 1]), TrainConfig(), {"lr_decay": [0.9, 0.9]})
     with pytest.raises(ConfigError, match="2 values for 3"):
         Population(_members(config, [0, 1, 2]), TrainConfig(), {"lr": [1e-3, 1e-3]})
-    model = PopulationLFADS(_members(config, [0, 1], torch.float32))
+    model = PopulationModel(_members(config, [0, 1], torch.float32))
     with pytest.raises(DataError, match="leading member axis of size 2"):
         model(torch.ones(3, 2, T, N))
     with pytest.raises(ConfigError, match="share one LFADSConfig"):
-        PopulationLFADS([LFADS(config), LFADS(LFADSConfig(n_neurons=N, co_dim=0, **{**SMALL, "gen_dim": 9}))])
+        PopulationModel([LFADS(config), LFADS(LFADSConfig(n_neurons=N, co_dim=0, **{**SMALL, "gen_dim": 9}))])
+
+
+def test_ndt_population_matches_separate_models_with_per_member_mask_ratios(float64):
+    """The population is the protocol model vmapped, whatever the family: P NDTs (dropout 0, so the
+    forward pass draws nothing itself) with their own masking fraction, learning rate and clipping
+    against P separate NDTs stepped with their own loss, ``clip_grad_norm_`` and torch Adam on the
+    same bin-mask uniforms, in float64."""
+    from data_generators import chaotic_rnn
+
+    ds = chaotic_rnn(seed=0, n_units=6, n_bins=8, n_conditions=4, trials_per_condition=3)
+    sizes = dict(model="ndt", d_model=8, n_layers=1, n_heads=2, ff_dim=16, context_backward=2, context_forward=2,
+                 dropout=0.0, dropout_embedding=0.0, dropout_rates=0.0)
+    members = [lfads_nb.build_model(ds, seed=s, **sizes).double() for s in (1, 2)]
+    references = [lfads_nb.build_model(ds, seed=s, **sizes).double().train() for s in (1, 2)]
+    hps = {"lr": [1e-2, 3e-3], "mask_ratio": [0.2, 0.45], "grad_clip": [200.0, 0.05]}
+    shared = TrainConfig(batch_size=4, cd_rate=0.0)
+    pop = Population(members, shared, hps, dtype=torch.float64)
+    optims = [torch.optim.Adam(m.parameters(), lr=lr) for m, lr in zip(references, hps["lr"])]
+    feed = make_feed(ds, shared, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    clipped = False
+    for step in range(3):
+        trials = {None: torch.arange(4 * step, 4 * step + 4)}
+        noise = draw_step_noise(FAMILIES["ndt"], pop.model_config, 2, feed.step_sizes(trials), 8, gen, torch.float64,
+                                cd=False)
+        got = pop.step(feed, trials, 1.0, 1.0, noise=noise)
+        for i, model in enumerate(references):
+            loss, _ = model.loss(feed.training_batch(trials, None, None, None), {}, noise=noise.model[i],
+                                 mask_ratio=hps["mask_ratio"][i])
+            optims[i].zero_grad()
+            loss.backward()
+            clipped |= bool(torch.nn.utils.clip_grad_norm_(model.parameters(), hps["grad_clip"][i]) > hps["grad_clip"][i])
+            optims[i].step()
+            torch.testing.assert_close(got["train_loss"][i], loss.detach(), rtol=1e-10, atol=1e-12)
+    assert clipped
+    metrics = pop.validate(feed, batch_size=5)
+    for i, model in enumerate(references):
+        for k, v in model.state_dict().items():
+            torch.testing.assert_close(pop.model.member_state_dict(i)[k], v, rtol=1e-9, atol=1e-11, msg=f"{i} {k}")
+        want = validation_metrics(model, feed, 5)["valid_recon"]
+        assert metrics["valid_recon"][i].item() == pytest.approx(want.item(), rel=1e-10)
+    assert pop.member_model(1).config.mask_ratio == pytest.approx(0.45)

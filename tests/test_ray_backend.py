@@ -1,7 +1,9 @@
-"""Ray Tune backend: a tiny population on a local Ray instance (2 CPUs), end to end."""
-import contextlib
+"""Ray backend: pbt's own loop with the population split over Ray workers, on a local Ray instance (2 CPUs).
+
+Reference: ``lfads_nb.tune.pbt.pbt`` itself. One worker holding every member draws the same random
+numbers as one population, so its run must equal pbt's bit for bit; several workers differ only in
+their noise streams and must still exploit across workers."""
 import dataclasses
-import types
 
 import numpy as np
 import pytest
@@ -12,10 +14,8 @@ import lfads_nb
 from data_generators import chaotic_rnn
 from lfads_nb import plots
 from lfads_nb.errors import ConfigError
-from lfads_nb.training.checkpoint import save_checkpoint
-from lfads_nb.tune.pbt import PBTConfig
-from lfads_nb.tune.population import Population
-from lfads_nb.tune.ray_backend import CHECKPOINT_FILE, _best_member, _Explore, _trial, ray_pbt
+from lfads_nb.tune.pbt import PBTConfig, pbt
+from lfads_nb.tune.ray_backend import _Worker, ray_pbt
 from lfads_nb.tune.search import DEFAULT_SPACE
 
 torch.set_num_threads(1)
@@ -40,86 +40,75 @@ def local_ray():
     ray.shutdown()
 
 
+class Quiet:
+    def epoch(self, *args):
+        pass
+
+    def generation(self, history):
+        pass
+
+
 def data():
     return chaotic_rnn(seed=0, n_units=12, n_bins=8, n_conditions=10, trials_per_condition=3)
 
 
-def test_tiny_population_as_two_trials_of_two_members(local_ray, tmp_path):
+def run(runner, tmp_path, **options):
     pc = PBTConfig(population=4, generation_epochs=1, burn_in_epochs=1, max_generations=2, seed=3)
-    result = ray_pbt(data(), pbt_config=pc, train_config=lfads_nb.TrainConfig(**TRAIN), model_sizes=SIZES,
-                     members_per_trial=2, storage_path=tmp_path, verbose=0)
+    return runner(data(), pbt_config=pc, train_config=lfads_nb.TrainConfig(**TRAIN), model_sizes=SIZES,
+                  checkpoint_dir=tmp_path, progress=Quiet(), **options)
+
+
+def test_one_worker_of_every_member_is_pbt_exactly(local_ray, tmp_path):
+    local = run(pbt, tmp_path / "local")
+    remote = run(ray_pbt, tmp_path / "ray", members_per_worker=4)
+    for name in local.history.data_vars:
+        if name != "seconds":
+            np.testing.assert_array_equal(remote.history[name].values, local.history[name].values, err_msg=name)
+    assert (remote.best_generation, remote.stop_reason, remote.hparams) == \
+        (local.best_generation, local.stop_reason, local.hparams)
+    for name, value in local.model.state_dict().items():
+        assert torch.equal(remote.model.state_dict()[name], value), name
+
+
+def test_two_workers_exploit_across_workers_and_export_the_best_member(local_ray, tmp_path):
+    result = run(ray_pbt, tmp_path, members_per_worker=2)
     h = result.history
-    assert h.sizes == {"generation": 3, "member": 4}  # burn-in + 2 generations; 2 trials x 2 members
+    assert h.sizes == {"generation": 3, "member": 4}  # burn-in + 2 generations
     assert h["end_epoch"].values.tolist() == [1, 2, 3]
     for name, hp in DEFAULT_SPACE.items():
         assert ((h[name].values >= hp.low) & (h[name].values <= hp.high)).all(), name
-    # generation 0 starts from the members' own weights; after it, Tune's truncation (1 of 2 trials)
-    # makes the worse trial restart from the better one's checkpoint with explored hyperparameters
-    assert (h["parent"].values[0] == np.arange(4)).all()
-    for g in (1, 2):
-        trial_best = np.nanmin(h["fitness"].values[g - 1].reshape(2, 2), axis=1)
-        loser, winner = int(np.argmax(trial_best)), int(np.argmin(trial_best))
-        assert h["parent"].values[g].tolist()[2 * loser:2 * loser + 2] == [2 * winner, 2 * winner + 1]
-        assert h["parent"].values[g].tolist()[2 * winner:2 * winner + 2] == [2 * winner, 2 * winner + 1]
-        for j in range(2):
-            assert h["lr"].values[g, 2 * loser + j] != h["lr"].values[g - 1, 2 * winner + j]  # explored
-            assert h["lr"].values[g, 2 * winner + j] == h["lr"].values[g - 1, 2 * winner + j]  # kept
-    # the best member: an ordinary LFADS with the hyperparameters recorded for it
+    parent = h["parent"].values
+    assert (parent[0] == np.arange(4)).all()
+    for g in range(1, 3):  # pbt's tournament: a member copies only a better one, from any worker
+        for i in np.flatnonzero(parent[g] != np.arange(4)):
+            assert h["fitness"].values[g - 1, parent[g, i]] < h["fitness"].values[g - 1, i] or \
+                not np.isfinite(h["fitness"].values[g - 1, i])
+            assert h["lr"].values[g, i] != h["lr"].values[g - 1, parent[g, i]]  # perturbed
     g, m = np.unravel_index(np.nanargmin(h["fitness"].values), h["fitness"].shape)
     assert result.best_generation == g
     assert result.hparams["lr"] == pytest.approx(float(h["lr"].values[g, m]), rel=1e-6)
     assert isinstance(result.model, lfads_nb.LFADS)
     assert result.model.config.dropout == pytest.approx(result.hparams["dropout"])
+    loaded = lfads_nb.load_model(tmp_path / "best.pt")
+    for name, value in result.model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value), name
     assert np.isfinite(lfads_nb.infer(result.model, data())["rates"].values).all()
     plots.pbt_lineage(h)  # the history plots like a local run's
     plots.pbt_hyperparameters(h)
+    with pytest.raises(lfads_nb.CheckpointError, match="ray.members_per_worker"):  # pbt.pt holds one population per worker
+        run(ray_pbt, tmp_path, members_per_worker=1)
 
 
-def test_explore_keeps_every_member_in_bounds_and_moves_it():
-    explore = _Explore(DEFAULT_SPACE, seed=0)
-    config = {"index": 0, "members": {"0": {n: hp.high for n, hp in DEFAULT_SPACE.items()},
-                                      "1": {n: (hp.low + hp.high) / 2 for n, hp in DEFAULT_SPACE.items()}}}
-    before = {j: dict(m) for j, m in config["members"].items()}
-    out = explore(config)
-    for j, member in out["members"].items():
-        for name, hp in DEFAULT_SPACE.items():
-            assert hp.low <= member[name] <= hp.high
-            step = abs(member[name] / before[j][name] - 1)
-            assert 0.002 * hp.explore_width - 1e-9 <= step <= hp.explore_width + 1e-9
-
-
-def test_bad_sub_population_sizes():
+def test_bad_worker_sizes():
     with pytest.raises(ConfigError, match="dividing"):
-        ray_pbt(data(), pbt_config=PBTConfig(population=4), members_per_trial=3)
-    with pytest.raises(ConfigError, match="at least 2 trials"):
-        ray_pbt(data(), pbt_config=PBTConfig(population=4), members_per_trial=4)
+        ray_pbt(data(), pbt_config=PBTConfig(population=4), members_per_worker=3)
+    with pytest.raises(ConfigError, match="dividing"):
+        ray_pbt(data(), pbt_config=PBTConfig(population=4), members_per_worker=0)
 
 
-def test_a_trial_refuses_a_device_its_worker_lacks(monkeypatch):
-    # Checked in the trial, on the worker: the driver may run on a head without the workers' GPUs.
+def test_a_worker_refuses_a_device_it_lacks(monkeypatch):
+    # Checked in the worker: the driver may run on a head without the workers' GPUs.
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    settings = {"threads": 1, "train_config": dataclasses.asdict(lfads_nb.TrainConfig(**TRAIN, device="cuda"))}
+    config = dataclasses.asdict(lfads_nb.TrainConfig(**TRAIN, device="cuda"))
     with pytest.raises(ConfigError, match="no CUDA GPU is available; use device='cpu'"):
-        _trial({"index": 0, "members": {}}, ds=data(), settings=settings)
-
-
-def test_best_member_of_a_gpu_run_loads_on_a_cpu_only_head(monkeypatch, tmp_path):
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    members = [lfads_nb.build_model(data(), seed=s, **SIZES) for s in (0, 1)]
-    model_config = members[0].config
-    population = Population(members, lfads_nb.TrainConfig(**TRAIN), {})
-    save_checkpoint({"population": population.state_dict()}, tmp_path / CHECKPOINT_FILE)
-
-    class Checkpoint:
-        @contextlib.contextmanager
-        def as_directory(self):
-            yield str(tmp_path)
-
-    metrics = {"fitness": 0.5, "fitness_0": 0.9, "fitness_1": 0.5, "generation": 2}
-    results = [types.SimpleNamespace(best_checkpoints=[(Checkpoint(), metrics)])]
-    settings = {"train_config": dataclasses.asdict(lfads_nb.TrainConfig(**TRAIN, device="cuda")),
-                "model_config": dataclasses.asdict(model_config)}
-    model, _, generation = _best_member(results, DEFAULT_SPACE, 2, settings)
-    assert generation == 2
-    for name, value in population.member_model(1).state_dict().items():
-        assert torch.equal(model.state_dict()[name], value), name
+        _Worker(data(), config, [], {}, 0, 1, 2)

@@ -14,7 +14,7 @@ import lfads_nb
 from data_generators import calcium_2p, lorenz, observe_random_neurons
 from lfads_nb import ConfigError
 from lfads_nb.dashboard import Progress
-from lfads_nb.training import loop as training
+from lfads_nb.training.feed import to_tensors, training_batch
 from lfads_nb.transforms import coordinated_dropout, encoder_input, make_batch, sbtt
 
 torch.set_num_threads(1)
@@ -104,10 +104,10 @@ def test_training_step_with_sample_validation_and_coordinated_dropout_counts_onl
 
     _, ds = spikes_with_missing(3)
     config = lfads_nb.TrainConfig(sv_fraction=0.2, cd_rate=0.3, sv_seed=1)
-    tensors = training._to_tensors(ds, config)
+    tensors = to_tensors(ds, config.sv_fraction, config.sv_seed)
     idx = torch.arange(8)
     uniforms = torch.rand((8, *tensors.data.shape[1:]), generator=torch.Generator().manual_seed(2))
-    batch = training.training_batch(tensors, idx, config.sv_fraction, config.cd_rate, uniforms)
+    batch = training_batch(tensors, idx, config.sv_fraction, config.cd_rate, uniforms)
     data = tensors.data[idx]
     observed, sv_kept, cd_shown = ~torch.isnan(data), tensors.sv_keep[idx], uniforms >= config.cd_rate
     assert observed.float().mean() == pytest.approx(3 / 9) and (~sv_kept).any() and (~cd_shown).any()
@@ -191,4 +191,4 @@ def test_zig_loss_skips_unsampled_subframe_bins():
 def test_training_refuses_an_s_min_above_the_smallest_event():
     ds = small_calcium().assign_attrs(s_min=0.5)
     with pytest.raises(lfads_nb.DataError, match="s_min'\\] is 0.5 but the smallest event"):
-        training.build_model(ds, **TINY)
+        lfads_nb.build_model(ds, **TINY)

@@ -1,5 +1,6 @@
-"""The seams the extensions plug into: the model protocol (a non-LFADS model trains and infers with
-the same loop, checkpoints and inference), the dynamics seam (a generator with a step runs on the
+"""The seams the extensions plug into: the model protocol and its registry (a non-LFADS model,
+registered as one more family, trains, resumes, infers and is tuned by PBT with the same loop,
+checkpoints and inference), the dynamics seam (a generator with a step runs on the
 decoder's loop), the session seam (read-in of the held-in channels) and the public transforms."""
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ from lfads_nb import transforms
 from lfads_nb.dashboard import Progress
 from lfads_nb.errors import DataError
 from lfads_nb.models.lfads import LFADS, LFADSConfig
-from lfads_nb.training.loop import TrainConfig, build_model, infer, train
+from lfads_nb import TrainConfig, build_model, infer, train
+from lfads_nb.models import registry
+from lfads_nb.tune.search import Hyperparameter, SearchSpace
 
 torch.set_num_threads(1)
 SMALL = dict(ic_enc_dim=6, ci_enc_dim=5, con_dim=7, ic_dim=4, gen_dim=8, fac_dim=3)
@@ -60,9 +63,8 @@ class TrialGain(nn.Module):
         recon = transforms.masked_mean(self._nll(batch), batch.loss_mask)
         return recon, {"train_recon": recon}
 
-    def validation_sums(self, batch):
-        nll, seen, held = self._nll(batch), batch.loss_mask, batch.heldout
-        return torch.stack([(nll * seen).sum(), seen.sum(), (nll * held).sum(), held.sum()]).to(nll.dtype)
+    def entry_nll(self, batch):
+        return self._nll(batch)
 
     def infer_batch(self, batch, *, sample):
         log_rate = self._log_rate(batch)
@@ -76,11 +78,23 @@ class TrialGain(nn.Module):
         pass
 
 
-def test_a_non_lfads_model_trains_resumes_and_infers_through_the_protocol(tmp_path):
+@pytest.fixture
+def trial_gain(monkeypatch):
+    """TrialGain registered as a family: one entry, nothing else changed."""
+    family = registry.Family(
+        "trial_gain", "trial_gain", TrialGain, TrialGainConfig, None, {}, (),
+        draw_noise=lambda config, B, T, **options: None, memory_floats=lambda config: 4 * config.n_neurons,
+        build=lambda ds, train_config, seed=None: TrialGain(TrialGainConfig(ds.sizes["neuron"])))
+    monkeypatch.setitem(registry.FAMILIES, "trial_gain", family)
+    return family
+
+
+def test_a_non_lfads_model_trains_resumes_and_infers_through_the_protocol(tmp_path, trial_gain):
     ds = dataset()
     config = TrainConfig(max_epochs=3, batch_size=4, lr=0.05, cd_rate=0.0, kl_ramp_epochs=0, l2_ramp_epochs=0)
     torch.manual_seed(0)
-    model = TrialGain(TrialGainConfig(5))
+    model = build_model(ds, model="trial_gain")
+    assert isinstance(model, TrialGain)
     first = train(model, ds, config, checkpoint_dir=tmp_path, progress=Progress())
     assert len(first.history) == 3 and first.history["train_loss"].is_monotonic_decreasing
     more = train(TrialGain(TrialGainConfig(5)), ds, dataclasses.replace(config, max_epochs=30), checkpoint_dir=tmp_path,
@@ -94,6 +108,24 @@ def test_a_non_lfads_model_trains_resumes_and_infers_through_the_protocol(tmp_pa
     # it learned the trial-by-trial rate from the encoder input, which a constant rate cannot
     r2 = lfads_nb.metrics.rate_r2(out["rates"], ds["rates_true"])
     assert float(r2) > 0.5
+    assert isinstance(lfads_nb.load_model(tmp_path / "best.pt"), TrialGain)  # the checkpoint names its family
+
+
+def test_a_registered_family_is_tuned_by_pbt_with_its_table(trial_gain):
+    class Quiet:
+        def epoch(self, *args):
+            pass
+
+        def generation(self, history):
+            pass
+
+    space = SearchSpace([Hyperparameter("lr", 1e-3, 0.1, init=0.05, log=True)])
+    result = lfads_nb.tune.pbt.pbt(dataset(), model="trial_gain", space=space, progress=Quiet(),
+                                   pbt_config=lfads_nb.PBTConfig(population=2, generation_epochs=1, burn_in_epochs=1,
+                                                                 max_generations=1),
+                                   train_config=TrainConfig(batch_size=4, cd_rate=0.0))
+    assert isinstance(result.model, TrialGain) and result.history.sizes == {"generation": 2, "member": 2}
+    assert np.isfinite(result.history["fitness"].values).all()
 
 
 # ---- the dynamics seam -------------------------------------------------------------------------

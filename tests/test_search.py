@@ -15,7 +15,7 @@ from scipy.stats import kstest
 import lfads_nb
 from data_generators import chaotic_rnn
 from lfads_nb.metrics import rate_r2
-from lfads_nb.training.loop import TrainConfig, infer
+from lfads_nb import TrainConfig, infer
 from lfads_nb.tune.hyperparameters import HYPERPARAMETERS, PER_MEMBER
 from lfads_nb.tune.search import (
     DEFAULT_SPACE,

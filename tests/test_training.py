@@ -12,8 +12,11 @@ import xarray as xr
 
 import lfads_nb
 from lfads_nb.dashboard import Progress
-from lfads_nb.training.checkpoint import load_checkpoint
-from lfads_nb.training.loop import TrainConfig, _SessionFeed, build_model, infer, load_model, train
+from lfads_nb.checkpoint import load_checkpoint
+from lfads_nb.data import sample_validation_mask
+from lfads_nb.models import build_model, load_model
+from lfads_nb.training import TrainConfig, infer, make_feed, train
+from lfads_nb.training.loop import validation_metrics
 
 TINY = dict(ic_enc_dim=8, ci_enc_dim=6, con_dim=6, co_dim=2, ic_dim=4, gen_dim=10, fac_dim=3)
 
@@ -192,21 +195,17 @@ def test_sample_validation_reports_held_out_nll_and_hides_entries():
     ds = tiny_dataset()
     result = run(ds, config(sv_fraction=0.2, select_by="valid_sv_nll"))
     assert "valid_sv_nll" in result.history and np.isfinite(result.history["valid_sv_nll"]).all()
-    from lfads_nb.training.loop import _sv_keep_mask
-
-    keep = _sv_keep_mask(ds, 0.2, seed=0)
+    keep = sample_validation_mask(ds, 0.2, seed=0)
     assert abs(1 - keep.mean() - 0.2) < 0.03
     # Fixed per trial id: the same entries are held out whatever the trial order.
-    np.testing.assert_array_equal(_sv_keep_mask(ds.isel(trial=[3, 1]), 0.2, seed=0), keep[[3, 1]])
+    np.testing.assert_array_equal(sample_validation_mask(ds.isel(trial=[3, 1]), 0.2, seed=0), keep[[3, 1]])
 
 
 def test_coordinated_dropout_loss_counts_only_hidden_entries():
     ds = tiny_dataset()
-    from lfads_nb.training import loop as training
-
-    tensors = training._to_tensors(ds, config(cd_rate=0.3))
+    feed = make_feed(ds, config(cd_rate=0.3))
     torch.manual_seed(0)
-    batch = training._training_step_batch(tensors, torch.arange(8), config(cd_rate=0.3))
+    batch = feed.draw_training_batch({None: torch.arange(8)}, config(cd_rate=0.3))
     assert abs(batch.loss_mask.float().mean().item() - 0.3) < 0.05
     assert not (batch.loss_mask & batch.encoder_mask).any()  # counted entries are the hidden ones
 
@@ -313,7 +312,7 @@ def test_curriculum_counts_the_first_bins_as_the_paper_does():
 
 
 def test_first_bins_cuts_every_part_of_a_batch_to_the_same_bins():
-    from lfads_nb.training.loop import first_bins
+    from lfads_nb.training.feed import first_bins
     from lfads_nb.transforms import coordinated_dropout, make_batch
 
     data = torch.rand(3, 8, 4)
@@ -324,8 +323,6 @@ def test_first_bins_cuts_every_part_of_a_batch_to_the_same_bins():
         assert torch.equal(getattr(cut, name), getattr(batch, name)[:, :5]), name
     assert torch.equal(cut.heldin, batch.heldin)
     assert first_bins(batch, 8) is batch
-    sessions = first_bins({"a": batch, "b": batch}, 2)
-    assert all(b.target.shape[1] == 2 for b in sessions.values())
 
 
 def test_curriculum_trains_on_growing_prefixes_and_validates_whole_trials():
@@ -342,7 +339,7 @@ def test_curriculum_trains_on_growing_prefixes_and_validates_whole_trials():
     assert result.history["train_bins"].tolist() == [2, 4, 6]  # patience 0 stops as soon as trials are whole
     assert result.stop_reason == "early_stopping"
     assert seen == [2] * 3 + [4] * 3 + [6] * 3  # 18 training trials in batches of 8: 3 steps an epoch
-    whole_trials = _SessionFeed(result.model, ds, config).validation(result.model)["valid_recon"]
+    whole_trials = validation_metrics(result.model, make_feed(ds, config), 256)["valid_recon"]
     assert result.history["valid_recon"].iloc[result.best_epoch] == pytest.approx(whole_trials)
 
 

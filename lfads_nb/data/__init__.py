@@ -2,9 +2,10 @@
 sessions as a DataTree (``sessions``)."""
 from .kinds import KINDS, DataKind, get_kind, kind_of
 from .schema import (DIMS, SPLITS, TRUTH_VARIABLES, describe_ids, encoder_bins, heldin_mask, make_dataset,
-                     observed_variable, select_ids, split, validate)
-from .sessions import make_sessions, session_names, validate_sessions
+                     observed_variable, sample_validation_mask, select_ids, split, training_values,
+                     validate)
+from .sessions import make_sessions, session_names, sessions_of, validate_sessions
 
 __all__ = ["DIMS", "KINDS", "SPLITS", "TRUTH_VARIABLES", "DataKind", "describe_ids", "encoder_bins", "get_kind",
-           "heldin_mask", "kind_of", "make_dataset", "make_sessions", "observed_variable", "select_ids",
-           "session_names", "split", "validate", "validate_sessions"]
+           "heldin_mask", "kind_of", "make_dataset", "make_sessions", "observed_variable", "sample_validation_mask", "select_ids",
+           "session_names", "sessions_of", "split", "training_values", "validate", "validate_sessions"]

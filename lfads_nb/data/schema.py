@@ -40,6 +40,7 @@ message that names the problem and the fix.
 from __future__ import annotations
 
 import numbers
+import zlib
 
 import numpy as np
 import xarray as xr
@@ -101,6 +102,38 @@ def encoder_bins(ds: xr.Dataset) -> np.ndarray:
     if "forward" in ds.coords:
         return ~ds["forward"].values.astype(bool)
     return np.ones(ds.sizes["time"], dtype=bool)
+
+
+def sample_validation_mask(ds: xr.Dataset, fraction: float, seed: int) -> np.ndarray:
+    """Sample validation's fixed mask, (trial, time, neuron) bool, False for the entries held out of
+    every split: each entry with probability ``fraction``, drawn per trial from a generator seeded by
+    (``seed``, trial id), so the mask of a trial does not depend on the trial order."""
+    shape = (ds.sizes["time"], ds.sizes["neuron"])
+    if fraction == 0:
+        return np.ones((ds.sizes["trial"],) + shape, dtype=bool)
+    ids = ds["trial"].values
+    keep = np.empty((len(ids),) + shape, dtype=bool)
+    for i, trial_id in enumerate(ids):
+        key = int(trial_id) if np.issubdtype(np.asarray(trial_id).dtype, np.integer) else zlib.crc32(str(trial_id).encode())
+        keep[i] = np.random.default_rng([seed, key]).random(shape) >= fraction
+    return keep
+
+
+def training_values(ds: xr.Dataset, sv_fraction: float = 0.0, sv_seed: int = 0) -> np.ndarray:
+    """The observed values (trial, time, neuron) a model may start from: the 'train' trials (all if
+    none is labelled 'train'), NaN where sample validation (``sv_fraction``, ``sv_seed``) holds
+    entries out. Raises DataError for neurons with nothing observed there."""
+    values = ds[observed_variable(ds)].values.astype(np.float64)
+    if sv_fraction > 0:
+        values[~sample_validation_mask(ds, sv_fraction, sv_seed)] = np.nan  # NaN: not used
+    is_train = ds["split"].values.astype(str) == "train"
+    fit_on = values[is_train] if is_train.any() else values
+    unseen = np.isnan(fit_on).all(axis=(0, 1))
+    if unseen.any():
+        raise DataError(f"Neurons {ds['neuron'].values[unseen].tolist()} have no observed (non-NaN) entries in the "
+                        "training trials, so the model cannot learn them. Drop them, e.g. "
+                        "ds.drop_sel(neuron=[...]), or move trials where they were recorded into 'train'.")
+    return fit_on
 
 
 def observed_variable(ds: xr.Dataset) -> str:

@@ -28,6 +28,16 @@ def session_names(tree: xr.DataTree) -> list[str]:
     return list(tree.children)
 
 
+def sessions_of(data: xr.Dataset | xr.DataTree, *, require_train: bool = False) -> dict[str | None, xr.Dataset]:
+    """Each session's Dataset by name, validated (``require_train`` as in ``validate``): the sessions of
+    a DataTree, in order, or a lone Dataset as the one session ``None``. Code that takes either form
+    goes through here, so the two part ways in one place."""
+    if isinstance(data, xr.DataTree):
+        validate_sessions(data, require_train=require_train)
+        return {name: data[name].to_dataset() for name in session_names(data)}
+    return {None: validate(data, require_train=require_train)}
+
+
 def validate_sessions(tree: xr.DataTree, *, require_train: bool = False) -> xr.DataTree:
     """Check that ``tree`` holds sessions as described in the module docstring; return it unchanged.
 

@@ -12,8 +12,7 @@ from typing import Callable
 
 import xarray as xr
 
-from ..data.schema import validate
-from ..data.sessions import validate_sessions
+from ..data.sessions import sessions_of
 from ..errors import ConfigError, DataError
 from .common import is_hdf5, open_hdf5
 from .lfads_h5 import is_lfads, read_lfads
@@ -96,6 +95,7 @@ def load(path, kind: str | None = None, bin_width: float | None = None, **option
         raise ConfigError(f"load() got {unknown} for {path}, a {reader.name} file, which {takes}.")
     ds = reader.read(path, kind=kind, bin_width=bin_width, **options)
     try:
-        return validate_sessions(ds) if isinstance(ds, xr.DataTree) else validate(ds)
+        sessions_of(ds)  # validates a Dataset, or each session of a DataTree
+        return ds
     except DataError as error:
         raise DataError(f"{path}: {error}") from error

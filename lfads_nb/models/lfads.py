@@ -605,12 +605,6 @@ def _keep(uniforms: Tensor, rate) -> Tensor:
 # --------------------------------------------------------------------------------------------
 
 
-def validation_nll_sums(nll: Tensor, seen: Tensor, held: Tensor) -> Tensor:
-    """(4,) = [NLL over ``seen``, its entry count, NLL over ``held``, its entry count]: what every
-    model's ``validation_sums`` returns, from its (B, T, N) entry NLLs and two (B, T, N) bool masks."""
-    return torch.stack([(nll * seen).sum(), seen.sum().to(nll.dtype), (nll * held).sum(), held.sum().to(nll.dtype)])
-
-
 class LFADS(nn.Module):
     """Sequential VAE: encoders infer g0 (and inputs u_t), a generator produces the factors.
 
@@ -622,9 +616,8 @@ class LFADS(nn.Module):
     default the first encod_dim, and ``observation``, the readout to the observation parameters
     plus the likelihood).
 
-    The model protocol that ``train``, ``infer``, ``random_search`` and ``pbt`` use (any model
-    with these methods trains with the same loop, dashboard, checkpoints and inference):
-    ``loss(batch, weights)``, ``validation_sums(batch)``, ``infer_batch(batch, sample)`` with
+    The model protocol (``lfads_nb.models.registry.Model``) that ``train``, ``infer`` and the tuners
+    use: ``loss(batch, weights)``, ``entry_nll(batch)``, ``infer_batch(batch, sample)`` with
     ``output_dims``, ``check_data(ds)``, ``check_training(train_config)`` and a dataclass
     ``config``. ``forward`` is LFADS's own: the core from the read-in encoder input. The Neural
     Data Transformer (``lfads_nb.models.ndt.NDT``) is a second model on this protocol.
@@ -940,11 +933,6 @@ class LFADS(nn.Module):
         """(B, T, N) NLL of every entry of ``batch.target`` under the posterior means (nats)."""
         out = self(self.session.read_in(encoder_input(batch)), batch.ext, sample=False)
         return self.observation.nll(out.obs_params, batch.target)
-
-    def validation_sums(self, batch: Batch) -> Tensor:
-        """NLL sums of a validation batch (posterior means): (4,) = [NLL over ``loss_mask``, its
-        entry count, NLL over ``heldout`` (sample validation), its entry count]."""
-        return validation_nll_sums(self.entry_nll(batch), batch.loss_mask, batch.heldout)
 
     def infer_batch(self, batch: Batch, *, sample: bool) -> dict[str, Tensor]:
         """What ``infer`` returns for a batch: ``mean``, the observation mean per bin (B, T, N)

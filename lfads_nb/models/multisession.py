@@ -33,10 +33,12 @@ import xarray as xr
 from scipy.ndimage import gaussian_filter1d
 from torch import Tensor, nn
 
-from ..data.schema import heldin_mask, observed_variable
+from ..data.kinds import kind_of
+from ..data.schema import heldin_mask, observed_variable, training_values
+from ..data.sessions import session_names, validate_sessions
 from ..errors import ConfigError, DataError
 from ..transforms import Batch, encoder_input
-from .lfads import LFADS, LFADSConfig, LFADSOutput, Noise, SessionEnds, validation_nll_sums
+from .lfads import LFADS, LFADSConfig, LFADSOutput, Noise, SessionEnds
 from .observations import make_observation
 
 
@@ -256,14 +258,10 @@ class SessionModel(nn.Module):
     def observation(self):
         return self.stitched.sessions[self.name].observation
 
-    def loss(self, batch: Batch, weights: Mapping, **kwargs):
-        return self.stitched.loss({self.name: batch}, weights, **kwargs)
-
-    def validation_sums(self, batch: Batch) -> Tensor:
-        """As ``LFADS.validation_sums``, with this session's ends."""
+    def entry_nll(self, batch: Batch) -> Tensor:
+        """As ``LFADS.entry_nll``, with this session's ends."""
         _, params = self.stitched.run_sessions({self.name: batch}, sample=False)
-        return validation_nll_sums(self.observation.nll(params[self.name], batch.target), batch.loss_mask,
-                                   batch.heldout)
+        return self.observation.nll(params[self.name], batch.target)
 
     def infer_batch(self, batch: Batch, *, sample: bool) -> dict[str, Tensor]:
         out, params = self.stitched.run_sessions({self.name: batch}, sample=sample)
@@ -280,8 +278,48 @@ class SessionModel(nn.Module):
                 f"{' and external inputs' if 'ext_input' in ds else ''}. Build the model for these sessions with "
                 "lfads_nb.build_model(tree, ...).")
 
-    def check_training(self, train_config) -> None:
-        self.stitched.check_training(train_config)
+
+def build_stitched(tree: xr.DataTree, train_config=None, *, seed: int | None = None, train_read_in: bool = False,
+                   smooth_bins: float = 1.0, **sizes) -> StitchedLFADS:
+    """A ``StitchedLFADS`` for the sessions of ``tree`` (``lfads_nb.build_model(tree, ...)`` comes here):
+    its read-ins PCR-initialised (``pcr_read_in`` with ``smooth_bins``), frozen unless ``train_read_in``;
+    each observation model started at its session's mean rates on the 'train' trials (as
+    ``build_model``; ``train_config``'s sample validation holds its entries out). ``sizes``:
+    ``LFADSConfig`` fields; ``encod_dim`` is the read-in width, by default (or None) the fewest
+    held-in neurons of any session (a session's read-in has no more independent directions than it
+    has neurons). ``seed`` as in ``build_model``.
+    """
+    validate_sessions(tree)
+    datasets = {name: tree[name].to_dataset() for name in session_names(tree)}
+    for name in ("n_neurons", "ext_input_dim", "sessions"):
+        if name in sizes:
+            raise ConfigError(f"{name} is read from the data (or is an argument); do not pass it in the model sizes.")
+    for name, ds in datasets.items():
+        if "ext_input" in ds:
+            raise DataError(f"Session '{name}' has external inputs; a stitched model takes none. Drop them with "
+                            "ds.drop_vars('ext_input').")
+        if not heldin_mask(ds).any():
+            raise DataError(f"Session '{name}': every neuron is marked held out, so its read-in would see nothing. "
+                            "Mark only the neurons to predict as held out.")
+    heldin = {name: heldin_mask(ds).tolist() for name, ds in datasets.items()}
+    if sizes.get("encod_dim") is None:
+        sizes["encod_dim"] = min(sum(flags) for flags in heldin.values())
+    first = next(iter(datasets.values()))
+    sizes.setdefault("observation", kind_of(first).default_observation(first))
+    sv = (train_config.sv_fraction, train_config.sv_seed) if train_config is not None else ()
+    fit_on = {name: training_values(ds, *sv) for name, ds in datasets.items()}
+    read_ins, explained = pcr_read_in(datasets, sizes["encod_dim"], smooth_bins)
+    config = StitchedConfig(n_neurons=sum(len(flags) for flags in heldin.values()), sessions=heldin,
+                            train_read_in=train_read_in, **sizes)
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        model = StitchedLFADS(config)
+    for name, ends in model.sessions.items():
+        ends.read_in.set_projection(*read_ins[name])
+        ends.observation.init_from_data(torch.as_tensor(fit_on[name]))
+    model.pcr_explained_variance = explained  # fraction of the PSTHs' variance in the read-in space
+    return model
 
 
 @torch.no_grad()

@@ -13,8 +13,8 @@ Shapes: B trials, T bins, N neurons, E = encod_dim held-in neurons, D = d_model.
       L x pre-norm TransformerEncoderLayer (band attention mask) --> LayerNorm --> dropout
       --> observation readout (D -> N log rates)
 
-NDT follows LFADS's model protocol (``LFADS`` docstring), so ``train``, ``infer``, checkpoints and
-the dashboard run it unchanged: ``loss``, ``objective``, ``validation_sums``, ``infer_batch`` with
+NDT follows the model protocol (``lfads_nb.models.registry.Model``), so ``train``, ``infer``, ``pbt``,
+checkpoints and the dashboard run it unchanged: ``loss``, ``entry_nll``, ``infer_batch`` with
 ``output_dims``, ``check_data``, ``check_training`` and a dataclass ``config``. Departures from the
 paper's code, for a small CPU model: a linear embedding of the counts (the paper's ``LINEAR_EMBEDDER``
 option) instead of a per-count lookup table, and masked bins always zeroed (its mask-token ratio 1).
@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from ..data.schema import heldin_mask
 from ..errors import ConfigError, DataError
 from ..transforms import Batch, encoder_input, masked_mean
-from .lfads import HeldInReadIn, SessionEnds, validation_nll_sums
+from .lfads import HeldInReadIn, SessionEnds
 from .observations import ObservationModel, make_observation, observation_spec
 
 
@@ -164,34 +164,31 @@ class NDT(nn.Module):
         return recon + self.observation.penalty(), {"train_recon": recon}
 
     def loss(self, batch: Batch, weights: Mapping | None = None, *, noise: Tensor | None = None,
-             dropout=None) -> tuple[Tensor, dict[str, Tensor]]:
+             mask_ratio: float | Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """Masked-modelling loss of a training batch. ``noise`` (B, T) uniforms in [0, 1): bin t of
-        trial b is masked where noise < mask_ratio (drawn from torch's global generator when None)."""
-        if dropout is not None:
-            raise ConfigError("NDT does not take per-member dropout rates (population-based training tunes LFADS); "
-                              "set NDTConfig.dropout instead.")
+        trial b is masked where noise < mask_ratio (drawn from torch's global generator when None);
+        ``mask_ratio`` defaults to the config's (a tensor under a population's vmap: per member)."""
         B, T = batch.target.shape[:2]
         if noise is None:
             noise = torch.rand(B, T, device=batch.target.device)
-        masked = noise < self.config.mask_ratio
+        masked = noise < (self.config.mask_ratio if mask_ratio is None else mask_ratio)
         params, _ = self(self._masked_input(batch, masked))
         return self.objective(params, batch._replace(loss_mask=self._counted(batch, masked)))
 
-    def validation_sums(self, batch: Batch) -> Tensor:
-        """Masked NLL sums, deterministic: K = round(1 / mask_ratio) passes, pass k masking the
-        bins t = k (mod K), so every entry (held-out neurons too) is scored exactly once, in the
-        pass where its bin is predicted from its unmasked neighbours.
-        (4,) = [NLL over ``loss_mask``, its entry count, NLL over ``heldout``, its count]."""
-        T = batch.target.shape[1]
+    def entry_nll(self, batch: Batch) -> Tensor:
+        """(B, T, N) NLL of every entry, deterministic: K = round(1 / mask_ratio) passes, pass k masking
+        the bins t = k (mod K), and every entry (held-out neurons too) scored in the pass where its bin
+        is predicted from its unmasked neighbours."""
+        B, T = batch.target.shape[:2]
         K = max(2, round(1 / self.config.mask_ratio))
-        sums = batch.target.new_zeros(4)
+        phase = torch.arange(T, device=batch.target.device) % K
+        nll = None
         for k in range(K):
-            masked = (torch.arange(T, device=batch.target.device) % K == k).expand(batch.target.shape[0], T)
+            masked = (phase == k).expand(B, T)
             params, _ = self(self._masked_input(batch, masked))
-            nll = self.observation.nll(params, batch.target)
-            predicted = masked[..., None]
-            sums = sums + validation_nll_sums(nll, batch.loss_mask & predicted, batch.heldout & predicted)
-        return sums
+            pass_nll = self.observation.nll(params, batch.target)
+            nll = pass_nll if nll is None else torch.where(masked[..., None], pass_nll, nll)
+        return nll
 
     def infer_batch(self, batch: Batch, *, sample: bool = False) -> dict[str, Tensor]:
         """Rates from the unmasked input: ``mean`` (B, T, N) and ``latents`` (B, T, d_model), the

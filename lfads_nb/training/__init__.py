@@ -1,7 +1,9 @@
-"""Training: the loop, inference and model loading (``loop``) and the checkpoint files (``checkpoint``).
+"""Training: the feed from data to batches (``feed``), and the loop, the shared epoch and inference (``loop``).
 
 Named ``training``, not ``train``: ``lfads_nb.train`` is the training function.
 """
-from .loop import TrainConfig, TrainResult, build_model, check_device, infer, inference_latency, load_model, train
+from .feed import Feed, make_feed
+from .loop import TrainConfig, TrainResult, check_device, infer, inference_latency, run_epoch, train
 
-__all__ = ["TrainConfig", "TrainResult", "build_model", "check_device", "infer", "inference_latency", "load_model", "train"]
+__all__ = ["Feed", "TrainConfig", "TrainResult", "check_device", "infer", "inference_latency", "make_feed", "run_epoch",
+           "train"]

@@ -1,64 +1,54 @@
-"""Training LFADS on a Dataset, checkpointing, resuming, and inference back to xarray.
+"""Training a model on its data, checkpointing, resuming, and inference back to xarray.
 
 The pieces, in the order a run uses them:
 
 1. ``TrainConfig``: optimiser, schedule, loss weights and ramps, masking (coordinated dropout,
-   sample validation), seed and device.
-2. ``build_model(ds, **sizes)``: an LFADS sized for the data (neurons, held-out neurons, external
-   inputs are read off the Dataset).
-3. ``train(model, ds, config)``: Adam with gradient-norm clipping, KL and L2 ramps, learning-rate
+   sample validation, temporal shift), seed and device.
+2. ``lfads_nb.build_model(ds, model=..., **sizes)`` (``lfads_nb.models.registry``): a model of a
+   registered family sized for the data.
+3. ``train(model, data, config)``: Adam with gradient-norm clipping, KL and L2 ramps, learning-rate
    decay on a plateau of the smoothed validation loss, early stopping, and restore of the best
    checkpoint. Every epoch ends with an atomic checkpoint, so a run killed at any point resumes
    from its last epoch and reproduces the uninterrupted run bit for bit.
-4. ``infer(model, ds)``: posterior means (or the average over posterior samples) as a Dataset
-   aligned to the input trials: the kind's output (``rates`` in Hz, ``emg_mean``, ``events_mean``),
-   ``factors``, ``inputs``, ``ic_mean``, ``generator_states``.
+4. ``infer(model, data)``: posterior means (or the average over posterior samples) as a Dataset
+   aligned to the input trials: the kind's output (``rates`` in Hz, ``emg_mean``, ``events_mean``)
+   and the model's own variables (``output_dims``: LFADS's ``factors``, ``inputs``, ``ic_mean``,
+   ``generator_states``; NDT's ``latents``).
+
+One epoch is ``run_epoch``, the same for ``train`` and for population-based training (local or on
+Ray): the feed's trials in a shuffled order (``lfads_nb.training.feed``), one ``step`` of a unit per
+batch at that step's KL and L2 ramps, then validation (NLL per entry from the model's
+``entry_nll``). The unit is ``ModelTrainer`` here (one model, torch's Adam, its randomness from
+torch's global generator) and a ``lfads_nb.tune.population.Population`` in PBT.
 
 The loss is lfads-torch's scale: the mean per-entry reconstruction NLL over the entries the loss
 may see, plus ``kl_ramp * (kl_ic_scale KL_ic + kl_co_scale KL_co)`` (nats per trial, averaged
-over the batch) plus ``l2_ramp * (l2_gen_scale L2_gen + l2_con_scale L2_con)``.
-
-Masks, per (trial, time, neuron) entry:
-
-- NaN in ``spikes`` means "not observed": zero at the encoder, out of every loss.
-- Forward-prediction bins (the last bins, where the ``forward`` time coordinate is True): zero at
-  the encoder, in every loss, so ``infer`` predicts them from the dynamics alone.
-- Sample validation (``sv_fraction``): one fixed, seeded mask holds out entries in every split.
-  They are zeroed at the encoder (the rest rescaled), never trained on, and their NLL on the
-  validation trials is reported each epoch as ``valid_sv_nll``.
-- Temporal shift (``shift_std``, ``shift_max``, in bins): each training step moves every channel
-  of every trial in time by its own rounded-normal number of bins, drawn independently for the
-  encoder input and the reconstruction target (``transforms.temporal_shift``), against artifacts
-  shared across channels (EMG). Off at validation and inference.
-- Coordinated dropout (``cd_rate``): each training step drops a fresh random set of entries from
-  the encoder input (the kept ones rescaled) and the reconstruction loss counts only the dropped
-  ones, so the model cannot learn to copy its input to its output. Off at validation and
-  inference.
+over the batch) plus ``l2_ramp * (l2_gen_scale L2_gen + l2_con_scale L2_con)``; which of these
+weights a model's objective takes is its family's ``loss_weights``. The masks (unobserved entries,
+forward-prediction bins, sample validation, temporal shift, coordinated dropout) are the feed's.
 """
 from __future__ import annotations
 
 import math
 import time
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
 import torch
 import xarray as xr
+from torch import Tensor
 
-from ..artifacts import artifact_free_nll, near_artifacts
+from ..artifacts import artifact_free_nll
+from ..checkpoint import RunState, ema, load_checkpoint, restore_training, save_checkpoint, training_checkpoint
 from ..data.kinds import kind_of
-from ..data.schema import encoder_bins, heldin_mask, observed_variable, validate
-from ..errors import CheckpointError, ConfigError, DataError, TrainingDiverged
-from ..metrics import nll_per_entry
-from ..models.lfads import LFADS, LFADSConfig
-from ..models.multisession import StitchedConfig, StitchedLFADS
-from ..models.ndt import NDT, NDTConfig
-from ..transforms import (Batch, coordinated_dropout, forward_prediction, make_batch, rounded_normal_shifts,
-                          sample_validation, sbtt, temporal_shift)
-from .checkpoint import RunState, ema, load_checkpoint, restore_training, save_checkpoint, training_checkpoint
+from ..data.schema import validate
+from ..data.sessions import sessions_of
+from ..errors import ConfigError, TrainingDiverged
+from ..models.registry import check_model_data, family_of
+from .feed import Feed, make_feed, recorded_batch, session_view, to_tensors
 
 
 SELECT_BY = ("valid_recon", "valid_sv_nll", "valid_recon_artifact_free")
@@ -130,14 +120,6 @@ class TrainConfig:
             raise ConfigError("select_by='valid_sv_nll' needs sample validation: set sv_fraction > 0.")
 
 
-def check_shift(shift_max: int, n_time: int) -> None:
-    """Refuse a temporal shift that could move a channel by a whole trial of ``n_time`` bins."""
-    if shift_max >= n_time:
-        raise ConfigError(f"TrainConfig.shift_max={shift_max} bins is not shorter than the trials ({n_time} bins): a "
-                          "shift would move whole channels out of the trial. Use a shift_max of a few bins (e.g. 6), "
-                          "well under the trial length.")
-
-
 def check_device(device: str) -> torch.device:
     """``device`` as a torch.device, or a ConfigError if this machine cannot run on it.
 
@@ -159,278 +141,157 @@ def check_device(device: str) -> torch.device:
 
 
 # ---------------------------------------------------------------------------------------------
-# Dataset -> tensors
+# One epoch, the same for every run
 # ---------------------------------------------------------------------------------------------
 
-@dataclass
-class _Tensors:
-    data: torch.Tensor          # (trial, time, neuron) the observed variable, NaN = not observed
-    ext_input: torch.Tensor | None
-    heldin: torch.Tensor        # (neuron,) bool
-    encoder_bins: torch.Tensor  # (time,) bool, False for forward-prediction bins
-    sv_keep: torch.Tensor       # (trial, time, neuron) bool, False = held out for sample validation
+def ramp(epoch_position: float, ramp_epochs: int) -> float:
+    """A weight rising linearly from 0 to 1 over ``ramp_epochs`` (1 throughout for 0)."""
+    return 1.0 if ramp_epochs == 0 else min(1.0, epoch_position / ramp_epochs)
 
 
-def _sv_keep_mask(ds: xr.Dataset, fraction: float, seed: int) -> np.ndarray:
-    """The fixed sample-validation mask, seeded per trial id so it does not depend on trial order."""
-    shape = (ds.sizes["time"], ds.sizes["neuron"])
-    if fraction == 0:
-        return np.ones((ds.sizes["trial"],) + shape, dtype=bool)
-    ids = ds["trial"].values
-    keep = np.empty((len(ids),) + shape, dtype=bool)
-    for i, trial_id in enumerate(ids):
-        key = int(trial_id) if np.issubdtype(np.asarray(trial_id).dtype, np.integer) else zlib.crc32(str(trial_id).encode())
-        keep[i] = np.random.default_rng([seed, key]).random(shape) >= fraction
-    return keep
+def curriculum_bins(config: TrainConfig, epoch: int, n_time: int) -> int:
+    """How many leading bins of each trial the training steps of ``epoch`` (0-based) use: the
+    sequence-length curriculum of Sedler et al. 2023, min(curriculum_bins * (epoch //
+    curriculum_epochs + 1), n_time); all ``n_time`` bins without a curriculum."""
+    if not config.curriculum_bins:
+        return n_time
+    return min(config.curriculum_bins * (epoch // config.curriculum_epochs + 1), n_time)
 
 
-def _to_tensors(ds: xr.Dataset, config: TrainConfig) -> _Tensors:
-    device = torch.device(config.device)
-    ext = None
-    if "ext_input" in ds:
-        ext = torch.as_tensor(ds["ext_input"].values, dtype=torch.float32, device=device)
-    return _Tensors(
-        data=torch.as_tensor(ds[observed_variable(ds)].values.astype(np.float32), device=device),
-        ext_input=ext,
-        heldin=torch.as_tensor(heldin_mask(ds), device=device),
-        encoder_bins=torch.as_tensor(encoder_bins(ds), device=device),
-        sv_keep=torch.as_tensor(_sv_keep_mask(ds, config.sv_fraction, config.sv_seed), device=device),
-    )
+def loss_weights(names, config: TrainConfig, kl_ramp, l2_ramp) -> dict:
+    """The weights a model's objective takes: the ``TrainConfig`` fields ``names`` (its family's
+    ``loss_weights``) and this step's ramps."""
+    return {**{n: getattr(config, n) for n in names}, "kl_ramp": kl_ramp, "l2_ramp": l2_ramp}
 
 
-# The model families ``build_model`` and ``load_model`` know: name -> (model class, config class).
-MODELS = {"lfads": (LFADS, LFADSConfig), "ndt": (NDT, NDTConfig), "stitchedlfads": (StitchedLFADS, StitchedConfig)}
+def validation_nll_sums(nll: Tensor, seen: Tensor, held: Tensor) -> Tensor:
+    """(4,) = [NLL over ``seen``, its entry count, NLL over ``held``, its entry count], from (B, T, N)
+    entry NLLs and two (B, T, N) bool masks."""
+    return torch.stack([(nll * seen).sum(), seen.sum().to(nll.dtype), (nll * held).sum(), held.sum().to(nll.dtype)])
 
 
-def _data_sizes(ds: xr.Dataset, family: str) -> dict[str, int]:
-    """The config fields read off the data: neurons and held-in neurons, plus the external
-    inputs (LFADS) or the trial length (NDT)."""
-    sizes = {"n_neurons": ds.sizes["neuron"], "encod_dim": int(heldin_mask(ds).sum())}
-    if family == "ndt":
-        return {**sizes, "n_bins": ds.sizes["time"]}
-    return {**sizes, "ext_input_dim": ds.sizes["ext_input_dim"] if "ext_input" in ds else 0}
+def validation_sums(model, view, batch) -> Tensor:
+    """``validation_nll_sums`` of one validation batch: the NLL of ``view(model)`` (the model that
+    reads the batch's session) over the entries the loss counts and over those sample validation hid."""
+    return validation_nll_sums(view(model).entry_nll(batch), batch.loss_mask, batch.heldout)
 
 
-def build_model(ds: xr.Dataset, train_config: TrainConfig | None = None, *, seed: int | None = None,
-                model: str = "lfads", **sizes) -> LFADS | NDT:
-    """A model of the family ``model`` ("lfads" or "ndt") sized for ``ds``: ``sizes`` are its
-    config's fields (LFADSConfig: gen_dim, co_dim, generator, ...; NDTConfig: d_model, ...).
-
-    ``seed``: the initial weights' seed (without touching torch's global generator); None draws
-    them from the global generator, so ``torch.manual_seed`` before the call reproduces them.
-
-    The observation readout's bias starts at the data (``ObservationModel.init_from_data`` on
-    the 'train' trials, or all trials if none is labelled 'train'): for Poisson, each neuron's
-    log mean count per bin. This removes an initial plateau where the model only learns the
-    mean rates (on the chaotic RNN benchmark, valid rate R^2 0.51 instead of 0.26 at epoch 10).
-    Pass the ``train_config`` you will train with when it uses sample validation: the entries it
-    holds out are then left out of this start too, so they never influence the model.
-
-    ``ds`` may be a DataTree of sessions: the model is then a ``StitchedLFADS`` (one core, each
-    session its own PCR read-in and observation model; ``training.sessions.build_stitched_model``).
-    """
-    if isinstance(ds, xr.DataTree):
-        from .sessions import build_stitched_model
-
-        if model != "lfads":
-            raise ConfigError(f"Several sessions are stitched around an LFADS core; model={model!r} takes one Dataset.")
-        return build_stitched_model(ds, train_config, seed=seed, **sizes)
-    validate(ds)
-    if model not in MODELS:
-        raise ConfigError(f"Unknown model family {model!r}; use one of {sorted(MODELS)}.")
-    model_class, config_class = MODELS[model]
-    data_sizes = _data_sizes(ds, model)
-    for name in data_sizes:
-        if name in sizes:
-            raise ConfigError(f"{name} is read from the data; do not pass it to build_model.")
-    if not heldin_mask(ds).any():
-        raise DataError("Every neuron is marked held out (the 'heldout' coord), so the encoder would see "
-                        "nothing. Mark only the neurons to predict as held out, e.g. about a quarter of them.")
-    sizes.setdefault("observation", kind_of(ds).default_observation(ds))  # e.g. ZIG with s_min from the data
-    config = config_class(**data_sizes, **sizes)
-    heldin = torch.as_tensor(heldin_mask(ds))
-    if seed is None:
-        built = model_class(config, heldin=heldin)
-    else:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            built = model_class(config, heldin=heldin)
-    if model == "ndt":
-        built.check_data(ds)
-    built.observation.init_from_data(torch.as_tensor(training_data(ds, train_config)))
-    return built
-
-
-def training_data(ds: xr.Dataset, train_config: TrainConfig | None) -> np.ndarray:
-    """The observed values (trial, time, neuron) a model may start from: the 'train' trials (all
-    if none is labelled 'train'), NaN where sample validation holds entries out. Raises DataError
-    for neurons with nothing observed there."""
-    spikes = ds[observed_variable(ds)].values.astype(np.float64)
-    if train_config is not None and train_config.sv_fraction > 0:
-        spikes[~_sv_keep_mask(ds, train_config.sv_fraction, train_config.sv_seed)] = np.nan  # NaN: not used
-    is_train = ds["split"].values.astype(str) == "train"
-    fit_on = spikes[is_train] if is_train.any() else spikes
-    unseen = np.isnan(fit_on).all(axis=(0, 1))
-    if unseen.any():
-        raise DataError(f"Neurons {ds['neuron'].values[unseen].tolist()} have no observed (non-NaN) entries in the "
-                        "training trials, so the model cannot learn them. Drop them, e.g. "
-                        "ds.drop_sel(neuron=[...]), or move trials where they were recorded into 'train'.")
-    return fit_on
-
-
-def train_valid_indices(ds: xr.Dataset, needed_for: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Positions of the 'train' and the 'valid' trials of a validated ``ds``. Refuses data whose
-    validation trials cannot judge a model; ``needed_for`` says why they are needed."""
-    splits = ds["split"].values.astype(str)
-    valid = np.flatnonzero(splits == "valid")
-    if len(valid) == 0:
-        raise DataError(f"The dataset has no validation trials (split == 'valid'); {needed_for}. "
-                        "Label about 20 % of trials 'valid'.")
-    if np.isnan(ds[observed_variable(ds)].values[valid].astype(float)).all():
-        raise DataError("Every entry of the validation trials is NaN (not observed), so their validation loss "
-                        "would be meaningless. Label trials with observed entries 'valid'.")
-    return torch.as_tensor(np.flatnonzero(splits == "train")), torch.as_tensor(valid)
-
-
-# ---------------------------------------------------------------------------------------------
-# Batches: the trials of a step, what the encoder sees and what the loss counts
-# ---------------------------------------------------------------------------------------------
-
-def _recorded_batch(tensors: _Tensors, idx) -> Batch:
-    """The trials ``idx`` as recorded: forward-prediction bins hidden from the encoder
-    (``forward_prediction``), unobserved (NaN) entries out of encoder and loss (``sbtt``)."""
-    ext = None if tensors.ext_input is None else tensors.ext_input[idx]
-    return sbtt(forward_prediction(make_batch(tensors.data[idx], tensors.heldin, ext), tensors.encoder_bins))
-
-
-def training_batch(tensors: _Tensors, idx, sv_fraction: float, cd_rate, cd_uniforms: torch.Tensor | None,
-                   shifts: tuple[torch.Tensor, torch.Tensor] | None = None) -> Batch:
-    """A training batch: ``forward_prediction`` -> ``sbtt`` -> ``sample_validation`` -> ``temporal_shift``
-    (when ``shifts``, the (encoder, target) shifts, are given) -> ``coordinated_dropout`` (when
-    ``cd_uniforms`` are given; ``cd_rate`` a number or per-member (P, 1, 1, 1) rates)."""
-    batch = sample_validation(_recorded_batch(tensors, idx), tensors.sv_keep[idx], sv_fraction)
-    if shifts is not None:
-        batch = temporal_shift(batch, *shifts)
-    return batch if cd_uniforms is None else coordinated_dropout(batch, cd_rate, cd_uniforms)
-
-
-def validation_batches(tensors: _Tensors, idx, sv_fraction: float, batch_size: int):
-    """Validation batches of ``idx``: ``forward_prediction`` -> ``sbtt`` -> ``sample_validation``, ``batch_size``
-    trials each. ``loss_mask`` holds the observed entries sample validation kept, ``heldout`` those it hid."""
-    for start in range(0, len(idx), batch_size):
-        b = idx[start:start + batch_size]
-        yield sample_validation(_recorded_batch(tensors, b), tensors.sv_keep[b], sv_fraction)
-
-
-# The TrainConfig fields ``LFADS.objective`` weights its terms by (besides the two ramps).
-LOSS_WEIGHTS = ("kl_ic_scale", "kl_co_scale", "l2_gen_scale", "l2_con_scale")
-
-
-def loss_weights(config: TrainConfig, kl_ramp: float, l2_ramp: float) -> dict[str, float]:
-    """The weights ``LFADS.objective`` takes, from a TrainConfig and this step's ramps."""
-    return {**{n: getattr(config, n) for n in LOSS_WEIGHTS}, "kl_ramp": kl_ramp, "l2_ramp": l2_ramp}
-
-
-def _training_step_batch(tensors: _Tensors, idx, config: TrainConfig) -> Batch:
-    """A training batch with fresh coordinated-dropout uniforms, then temporal-shift normals (one
-    set for the encoder, one for the target), from torch's global generator."""
-    data = tensors.data
-    cd = torch.rand((len(idx), *data.shape[1:]), device=data.device) if config.cd_rate > 0 else None
-    shifts = None
-    if config.shift_std > 0:
-        normals = torch.randn((2, len(idx), data.shape[-1]), device=data.device)
-        shifts = tuple(rounded_normal_shifts(normals, config.shift_std, config.shift_max))
-    return training_batch(tensors, idx, config.sv_fraction, config.cd_rate, cd, shifts)
-
-
-@torch.no_grad()
-def validation_metrics(model, tensors: _Tensors, idx, sv_fraction: float, batch_size: int) -> dict[str, torch.Tensor]:
-    """Validation NLL per entry on the visible entries (``valid_recon``) and, with sample
-    validation, on the held-out ones (``valid_sv_nll``), from ``model.validation_sums``: one
-    model's are 0-d, a population's (P,)."""
-    model.eval()
-    sums = sum(model.validation_sums(b) for b in validation_batches(tensors, idx, sv_fraction, batch_size))
-    model.train()
-    return metrics_from_sums(sums, sv_fraction)
-
-
-def metrics_from_sums(sums: torch.Tensor, sv_fraction: float) -> dict[str, torch.Tensor]:
-    """``valid_recon`` (and with sample validation ``valid_sv_nll``) from ``validation_sums`` added up."""
+def metrics_from_sums(sums: Tensor, sv_fraction: float) -> dict[str, Tensor]:
+    """``valid_recon`` (and with sample validation ``valid_sv_nll``) from validation sums added up."""
     metrics = {"valid_recon": sums[..., 0] / sums[..., 1].clamp(min=1)}
     if sv_fraction > 0:
         metrics["valid_sv_nll"] = sums[..., 2] / sums[..., 3].clamp(min=1)
     return metrics
 
 
-def _validation_metrics(model, tensors, idx, config, batch_size) -> dict[str, float]:
-    """``validation_metrics`` of one model, as numbers for the epoch's history row."""
-    return {k: float(v) for k, v in validation_metrics(model, tensors, idx, config.sv_fraction, batch_size).items()}
+def validation_batch_size(batch_size: int, members: int = 1) -> int:
+    """Trials per validation batch: a model validates at least 256 trials at a time, a population of
+    ``members`` (> 1) ``batch_size``, since it holds the activations of every member."""
+    return max(batch_size, 256) if members == 1 else batch_size
 
 
-class _SessionFeed:
-    """The trials of one Dataset as ``train`` uses them: checked, as tensors, split into train and
-    valid, shuffled each epoch into batches of ``batch_size`` (``training.sessions.SessionsFeed`` is
-    the same for several sessions)."""
+@torch.no_grad()
+def validation_metrics(model, feed: Feed, batch_size: int, artifact_free: bool = False) -> dict[str, Tensor]:
+    """Validation NLL per entry of one model on the feed's 'valid' trials: ``valid_recon`` on the
+    entries the loss counts and, with sample validation, ``valid_sv_nll`` on the held-out ones; with
+    ``artifact_free`` also ``valid_recon_artifact_free`` (``artifacts.artifact_free_nll`` away from
+    ``feed.artifact_skip()``), from the same pass."""
+    was_training = model.training
+    model.eval()
+    sums = []
 
-    def __init__(self, model, ds: xr.Dataset, config: TrainConfig):
-        validate(ds, require_train=True)
-        if config.shift_std > 0:
-            check_shift(config.shift_max, ds.sizes["time"])
-        model.check_data(ds)
-        self.train_idx, self.valid_idx = train_valid_indices(
-            ds, "training needs them for the learning-rate schedule, early stopping and model selection")
-        self.config = config
-        self.tensors = _to_tensors(ds, config)
-        self.steps_per_epoch = math.ceil(len(self.train_idx) / config.batch_size)
-        self.n_time = ds.sizes["time"]
-        self.truth = _truth_nll(ds, self.valid_idx)
-        self._example = _example_picker(ds, self.valid_idx)
-        self.skip = None  # select_by='valid_recon_artifact_free': the entries near artifacts, left out
-        if config.select_by == "valid_recon_artifact_free":
-            if not hasattr(model, "entry_nll"):
-                raise ConfigError(f"select_by='valid_recon_artifact_free' needs a model with entry_nll (LFADS); "
-                                  f"{type(model).__name__} has none. Use select_by='valid_recon'.")
-            self.skip = torch.as_tensor(near_artifacts(ds).values, device=config.device)[self.valid_idx]
+    def entry_nll(view, batch):
+        nll = view(model).entry_nll(batch)
+        sums.append(validation_nll_sums(nll, batch.loss_mask, batch.heldout))
+        return nll
 
-    def shuffle(self, generator: torch.Generator) -> None:
-        self.order = self.train_idx[torch.randperm(len(self.train_idx), generator=generator)]
-
-    def step_batch(self, step: int) -> Batch:
-        size = self.config.batch_size
-        return _training_step_batch(self.tensors, self.order[step * size:(step + 1) * size], self.config)
-
-    def validation(self, model) -> dict[str, float]:
-        size = max(self.config.batch_size, 256)
-        row = _validation_metrics(model, self.tensors, self.valid_idx, self.config, size)
-        if self.skip is not None:
-            model.eval()
-            with torch.no_grad():
-                row["valid_recon_artifact_free"] = float(artifact_free_nll(
-                    model.entry_nll, validation_batches(self.tensors, self.valid_idx, self.config.sv_fraction, size),
-                    self.skip))
-            model.train()
-        return row
-
-    def example(self, model) -> dict:
-        return self._example(model, self.tensors)
+    if artifact_free:
+        free = artifact_free_nll(lambda batch: entry_nll(session_view(None), batch),
+                                 (batch for _, batch in feed.validation(batch_size)), feed.artifact_skip())
+    else:
+        for view, batch in feed.validation(batch_size):
+            entry_nll(view, batch)
+    model.train(was_training)
+    metrics = metrics_from_sums(sum(sums), feed.sv_fraction)
+    if artifact_free:
+        metrics["valid_recon_artifact_free"] = free
+    return metrics
 
 
-# ---------------------------------------------------------------------------------------------
-# Checkpoints (lfads_nb.training.checkpoint)
-# ---------------------------------------------------------------------------------------------
+class NonFiniteLoss(Exception):
+    """A step's loss was NaN or infinite (``step``: its index in the epoch)."""
 
-def load_model(path) -> LFADS | NDT:
-    """The model stored in a checkpoint file (e.g. ``run/best.pt``), in eval mode: an LFADS, or
-    the family its ``model_family`` names."""
-    ckpt = load_checkpoint(path)
-    family = ckpt.get("model_family", "lfads")
-    if family not in MODELS:
-        raise CheckpointError(f"{path} holds a model of family {family!r}, which this lfads_nb does not know "
-                              f"({sorted(MODELS)}); load it with the lfads_nb version that wrote it.")
-    model_class, config_class = MODELS[family]
-    model = model_class(config_class(**ckpt["model_config"]))
-    model.load_state_dict(ckpt["model"])
-    return model.eval()
+    step = -1
+
+
+class Epoch(NamedTuple):
+    metrics: dict       # name -> the unit's step values averaged over the steps taken, and its validation metrics
+    bins: int           # the leading bins of each trial its training steps used (the curriculum's)
+    kl_ramp: float      # the ramps of the last step
+    l2_ramp: float
+    steps: int          # steps taken (fewer than the feed's steps_per_epoch when stopped)
+    stopped: bool       # stop() asked to end the run
+
+
+def run_epoch(unit, feed: Feed, epoch: int, generator: torch.Generator, config: TrainConfig,
+              stop=lambda: False) -> Epoch:
+    """One epoch of ``unit`` on ``feed``: the trials in an order drawn from ``generator``, one
+    ``unit.step(feed, trials, kl_ramp, l2_ramp)`` per batch at the ramps of its position (``epoch``
+    epochs done before; ramp lengths from ``config``), ``stop()`` asked after every step (True ends
+    the epoch there), then ``unit.validate(feed)``. The training batches keep the first
+    ``curriculum_bins`` bins of each trial (all of them without a curriculum); validation scores whole
+    trials. A unit's step returns its values (0-d for a model, (P,) for a population), averaged here
+    in float64."""
+    feed.shuffle(generator)
+    feed.bins = curriculum_bins(config, epoch, feed.n_time)
+    steps = feed.steps_per_epoch
+    sums, stopped = {}, False
+    for step in range(steps):
+        position = epoch + step / steps
+        kl_ramp, l2_ramp = ramp(position, config.kl_ramp_epochs), ramp(position, config.l2_ramp_epochs)
+        try:
+            values = unit.step(feed, feed.step_trials(step), kl_ramp, l2_ramp)
+        except NonFiniteLoss as error:
+            error.step = step
+            raise
+        for name, value in values.items():
+            sums[name] = sums.get(name, 0) + value.double()
+        stopped = bool(stop())
+        if stopped:
+            break
+    metrics = {name: total / (step + 1) for name, total in sums.items()}
+    metrics.update(unit.validate(feed))
+    return Epoch(metrics, feed.bins, kl_ramp, l2_ramp, step + 1, stopped)
+
+
+class ModelTrainer:
+    """One model as ``run_epoch``'s unit: ``torch.optim.Adam`` with gradient-norm clipping at
+    ``config.grad_clip``; each step's coordinated dropout, temporal shift and model noise are drawn
+    from torch's global generator (``Feed.draw_training_batch``, then the model's ``loss``)."""
+
+    def __init__(self, model, config: TrainConfig):
+        self.model, self.config = model, config
+        self.weights = family_of(model).loss_weights
+        self.optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+
+    def set_lr(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def step(self, feed: Feed, trials: dict, kl_ramp: float, l2_ramp: float) -> dict[str, Tensor]:
+        loss, parts = self.model.loss(feed.draw_training_batch(trials, self.config),
+                                      loss_weights(self.weights, self.config, kl_ramp, l2_ramp))
+        if not torch.isfinite(loss):
+            raise NonFiniteLoss()
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.grad_clip)
+        self.optimizer.step()
+        return {"train_loss": loss.detach(), **{name: value.detach() for name, value in parts.items()}}
+
+    def validate(self, feed: Feed) -> dict[str, Tensor]:
+        return validation_metrics(self.model, feed, validation_batch_size(self.config.batch_size),
+                                  artifact_free=self.config.select_by == "valid_recon_artifact_free")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -439,7 +300,7 @@ def load_model(path) -> LFADS | NDT:
 
 @dataclass
 class TrainResult:
-    model: LFADS           # with the best checkpoint's weights, in eval mode
+    model: object          # with the best checkpoint's weights, in eval mode
     history: pd.DataFrame  # one row per epoch: losses, ramps, lr, time
     best_epoch: int
     stop_reason: str       # 'max_epochs', 'early_stopping', 'stop_button', 'diverged'
@@ -460,35 +321,9 @@ class _RunState(RunState):
         self.lr = config.lr
 
 
-def _ramp(epoch_position: float, ramp_epochs: int) -> float:
-    return 1.0 if ramp_epochs == 0 else min(1.0, epoch_position / ramp_epochs)
-
-
-def curriculum_bins(config: TrainConfig, epoch: int, n_time: int) -> int:
-    """How many leading bins of each trial the training steps of ``epoch`` (0-based) use: the
-    sequence-length curriculum of Sedler et al. 2023, min(curriculum_bins * (epoch //
-    curriculum_epochs + 1), n_time); all ``n_time`` bins without a curriculum."""
-    if not config.curriculum_bins:
-        return n_time
-    return min(config.curriculum_bins * (epoch // config.curriculum_epochs + 1), n_time)
-
-
-def first_bins(batch, n: int):
-    """The first ``n`` bins of every trial of a ``Batch`` (or of each session's, for a dict of them):
-    what the encoder sees, what the loss counts and the external inputs, all cut to the same
-    bins, so no part of the model runs past the bins the loss counts."""
-    if isinstance(batch, dict):
-        return {name: first_bins(b, n) for name, b in batch.items()}
-    if n >= batch.target.shape[-2]:
-        return batch
-    return batch._replace(**{name: getattr(batch, name)[..., :n, :] for name in
-                             ("encoder_data", "target", "encoder_mask", "loss_mask", "heldout")},
-                          ext=None if batch.ext is None else batch.ext[:, :n])
-
-
 def train(
-    model: LFADS,
-    ds: xr.Dataset,
+    model,
+    data,
     config: TrainConfig | None = None,
     *,
     checkpoint_dir=None,
@@ -496,32 +331,31 @@ def train(
     progress=None,
     live: bool | None = None,
 ) -> TrainResult:
-    """Train ``model`` on the 'train' trials of ``ds``, validating on its 'valid' trials.
+    """Train ``model`` on the 'train' trials of ``data``, validating on its 'valid' trials.
 
+    ``data``: a Dataset, or a DataTree of sessions (``lfads_nb.data.make_sessions``) for a model
+    built on it (a ``StitchedLFADS``; every step then mixes the sessions, ``lfads_nb.training.feed``).
     ``checkpoint_dir``: where ``last.pt`` (every epoch) and ``best.pt`` go; with ``resume``
     a run finds ``last.pt`` there and continues from it. ``progress``: a
     :class:`lfads_nb.dashboard.Progress`; by default the live dashboard in JupyterLab and text
     elsewhere (``live`` forces either). Returns a :class:`TrainResult` whose model holds the best
     checkpoint's weights. A NaN or infinite loss raises :class:`TrainingDiverged` after restoring
     the best weights so far (``err.result`` holds them).
-
-    ``ds`` may be a DataTree of sessions (``lfads_nb.data.make_sessions``) for a model built on it
-    (a ``StitchedLFADS``); every step then mixes the sessions (``training.sessions.SessionsFeed``).
     """
     from ..dashboard import make_progress
-    from .sessions import SessionsFeed
 
     config = config or TrainConfig()
     check_device(config.device)
-    if isinstance(ds, xr.DataTree) and config.select_by == "valid_recon_artifact_free":
-        raise ConfigError("select_by='valid_recon_artifact_free' works on one recording; use 'valid_recon' for sessions.")
-    feed = (SessionsFeed if isinstance(ds, xr.DataTree) else _SessionFeed)(model, ds, config)
+    family = family_of(model)
+    feed = make_feed(data, config)
+    check_model_data(model, data, feed.stitched)
+    if config.select_by == "valid_recon_artifact_free":
+        feed.artifact_skip()  # refuses sessions before training starts
     model.check_training(config)
 
     torch.manual_seed(config.seed)
-    device = torch.device(config.device)
-    model.to(device).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    model.to(torch.device(config.device)).train()
+    trainer = ModelTrainer(model, config)
     shuffle = torch.Generator().manual_seed(config.seed)
     state = _RunState(config)
 
@@ -531,49 +365,34 @@ def train(
         ckpt_dir.mkdir(parents=True, exist_ok=True)
         last = ckpt_dir / "last.pt"
         if resume and last.exists():
-            state = restore_training(last, state, model, optimizer, shuffle, config)
+            state = restore_training(last, state, model, trainer.optimizer, shuffle, config)
         best_path = ckpt_dir / "best.pt"
         if state.best_epoch >= 0 and best_path.exists():
             best_state = load_checkpoint(best_path)["model"]
 
     progress = progress or make_progress(live)
     progress.start(config.max_epochs)
-    steps_per_epoch = feed.steps_per_epoch
+    truth = feed.truth()
     stop_reason = "max_epochs"
 
     while state.epoch < config.max_epochs:
         t0 = time.perf_counter()
-        for group in optimizer.param_groups:
-            group["lr"] = state.lr
-        feed.shuffle(shuffle)
-        sums = {}
-        bins = curriculum_bins(config, state.epoch, feed.n_time)
-        for step in range(steps_per_epoch):
-            position = state.epoch + step / steps_per_epoch
-            kl_ramp, l2_ramp = _ramp(position, config.kl_ramp_epochs), _ramp(position, config.l2_ramp_epochs)
-            loss, parts = model.loss(first_bins(feed.step_batch(step), bins), loss_weights(config, kl_ramp, l2_ramp))
-            if not torch.isfinite(loss):
-                raise _diverged(model, best_state, state, progress, ckpt_dir, config, step)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            for k, v in {"train_loss": loss, **parts}.items():
-                sums[k] = sums.get(k, 0.0) + float(v.detach())
-            if progress.stop_requested:
-                stop_reason = "stop_button"
-                break
-        if stop_reason == "stop_button" and step < steps_per_epoch - 1:
-            break  # a partial epoch is not recorded; the last checkpoint stands
+        trainer.set_lr(state.lr)
+        try:
+            epoch = run_epoch(trainer, feed, state.epoch, shuffle, config, lambda: progress.stop_requested)
+        except NonFiniteLoss as error:
+            raise _diverged(model, best_state, state, progress, ckpt_dir, config, error.step) from None
+        if epoch.stopped:
+            stop_reason = "stop_button"
+            if epoch.steps < feed.steps_per_epoch:
+                break  # a partial epoch is not recorded; the last checkpoint stands
 
-        row = {"epoch": state.epoch}
-        row.update({k: v / steps_per_epoch for k, v in sums.items()})
-        row.update(feed.validation(model))
-        row.update(kl_ramp=kl_ramp, l2_ramp=l2_ramp, train_bins=bins, lr=state.lr, epoch_seconds=time.perf_counter() - t0,
-                   **feed.truth)
+        row = {"epoch": state.epoch, **{name: float(value) for name, value in epoch.metrics.items()}}
+        row.update(kl_ramp=epoch.kl_ramp, l2_ramp=epoch.l2_ramp, train_bins=epoch.bins, lr=state.lr,
+                   epoch_seconds=time.perf_counter() - t0, **truth)
         if not math.isfinite(row["valid_recon"]):
-            raise _diverged(model, best_state, state, progress, ckpt_dir, config, steps_per_epoch)
-        whole_trials = bins == feed.n_time  # the lr schedule and early stopping wait for the curriculum's end
+            raise _diverged(model, best_state, state, progress, ckpt_dir, config, feed.steps_per_epoch)
+        whole_trials = epoch.bins == feed.n_time  # the lr schedule and early stopping wait for the curriculum's end
         improved = _end_of_epoch(state, row, config, whole_trials)
         state.history.append(row)
         state.epoch += 1
@@ -581,8 +400,10 @@ def train(
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
         if ckpt_dir is not None:
             if improved:
-                save_checkpoint(training_checkpoint(model, optimizer, shuffle, state, config, best_state), ckpt_dir / "best.pt")
-            save_checkpoint(training_checkpoint(model, optimizer, shuffle, state, config), ckpt_dir / "last.pt")
+                save_checkpoint(training_checkpoint(model, family.checkpoint_name, trainer.optimizer, shuffle, state,
+                                                    config, best_state), ckpt_dir / "best.pt")
+            save_checkpoint(training_checkpoint(model, family.checkpoint_name, trainer.optimizer, shuffle, state,
+                                                config), ckpt_dir / "last.pt")
         progress.update(row, feed.example(model))
         if stop_reason == "stop_button":
             break
@@ -640,74 +461,41 @@ def _diverged(model, best_state, state, progress, ckpt_dir, config, step):
     return err
 
 
-def _truth_nll(ds: xr.Dataset, valid_idx: torch.Tensor) -> dict[str, float]:
-    """``{'valid_truth_nll': NLL per entry of the true rates on the validation trials}`` for spike
-    data with ``rates_true`` (the reference line of the training curves); empty otherwise."""
-    if kind_of(ds).name != "spikes" or "rates_true" not in ds:
-        return {}
-    valid = ds.isel(trial=valid_idx.cpu().numpy())
-    try:
-        return {"valid_truth_nll": nll_per_entry(valid["rates_true"], valid["spikes"], float(ds.attrs["bin_width"]))}
-    except DataError:  # truth with NaN or negative rates: no reference line rather than no training
-        return {}
-
-
-def _example_picker(ds: xr.Dataset, valid_idx: torch.Tensor, n_neurons: int = 3):
-    """A function giving one validation trial's inferred vs true observation mean (rates in Hz
-    for spikes; the kind's output and units otherwise) for the dashboard."""
-    trial = int(valid_idx[0])
-    counts = np.nan_to_num(ds[observed_variable(ds)].values[trial])
-    neurons = np.argsort(counts.sum(axis=0))[::-1][:n_neurons]  # the most active, so the plot says something
-    bin_width = float(ds.attrs["bin_width"])
-    kind = kind_of(ds)
-    truth = ds[kind.truth].values[trial][:, neurons] if kind.truth in ds else None
-
-    def example(model, tensors):
-        model.eval()
-        with torch.no_grad():
-            mean = model.infer_batch(_recorded_batch(tensors, slice(trial, trial + 1)), sample=False)["mean"]
-            rates = kind.to_output(mean, bin_width)[0].cpu().numpy()
-        model.train()
-        return {
-            "trial": ds["trial"].values[trial].item(),
-            "time": ds["time"].values,
-            "neurons": [ds["neuron"].values[n].item() for n in neurons],
-            "rates": rates[:, neurons],
-            "rates_true": truth,
-            "spikes": counts[:, neurons],
-        }
-
-    return example
-
-
 # ---------------------------------------------------------------------------------------------
 # Inference
 # ---------------------------------------------------------------------------------------------
 
 @torch.no_grad()
-def infer(model: LFADS, ds: xr.Dataset, *, n_samples: int = 0, batch_size: int = 256, seed: int = 0) -> xr.Dataset:
-    """Run the trained model on every trial of ``ds``.
+def infer(model, data, *, n_samples: int = 0, batch_size: int = 256, seed: int = 0):
+    """Run the trained model on every trial of ``data``.
 
     ``n_samples`` 0 uses the posterior means; N > 0 averages every output over N posterior
-    samples (seeded by ``seed``). Returns a Dataset aligned to ``ds`` (same ``trial`` ids,
+    samples (seeded by ``seed``). Returns a Dataset aligned to ``data`` (same ``trial`` ids,
     ``split``, ``condition``, ``time``, ``neuron``) with the observation mean named by the data's
-    kind (``rates`` in Hz, ``emg_mean`` or ``events_mean`` in the data's units), ``factors``,
-    ``inputs`` (inferred u_t), ``ic_mean`` (posterior mean of g0) and ``generator_states``.
+    kind (``rates`` in Hz, ``emg_mean`` or ``events_mean`` in the data's units) and the model's
+    variables (``output_dims``; LFADS: ``factors``, ``inputs`` (inferred u_t), ``ic_mean``
+    (posterior mean of g0) and ``generator_states``).
 
-    ``ds`` may be a DataTree of sessions for a ``StitchedLFADS``: the result is then a DataTree
+    ``data`` may be a DataTree of sessions for a ``StitchedLFADS``: the result is then a DataTree
     with each session's inference, aligned to that session's Dataset, under its name.
     """
-    if isinstance(ds, xr.DataTree):
-        from .sessions import infer_sessions
-
-        return infer_sessions(model, ds, n_samples=n_samples, batch_size=batch_size, seed=seed)
-    validate(ds)
-    model.check_data(ds)
+    datasets = sessions_of(data)
+    check_model_data(model, data, None not in datasets)
     if n_samples < 0:
         raise ConfigError(f"n_samples must be >= 0 (0 = posterior means), got {n_samples}.")
+    outputs = {name: _infer_session(session_view(name)(model), ds, n_samples, batch_size, seed)
+               for name, ds in datasets.items()}
+    if None in outputs:
+        return outputs[None]
+    result = xr.DataTree.from_dict(outputs)
+    result.attrs.update(data.attrs)
+    return result
+
+
+def _infer_session(model, ds: xr.Dataset, n_samples: int, batch_size: int, seed: int) -> xr.Dataset:
+    """``infer`` of one session's Dataset by the model that reads it."""
     device = next(model.parameters()).device
-    config = TrainConfig(device=str(device))
-    tensors = _to_tensors(ds, config)
+    tensors = to_tensors(ds, device=device)
     bin_width = float(ds.attrs["bin_width"])
     kind = kind_of(ds)
     was_training = model.training
@@ -716,7 +504,7 @@ def infer(model: LFADS, ds: xr.Dataset, *, n_samples: int = 0, batch_size: int =
     torch.manual_seed(seed)
     parts = {}
     for start in range(0, ds.sizes["trial"], batch_size):
-        batch = _recorded_batch(tensors, slice(start, start + batch_size))
+        batch = recorded_batch(tensors, slice(start, start + batch_size))
         total = None  # running sums over the draws: one draw in memory at a time, not n_samples
         for _ in range(max(n_samples, 1)):
             draw = model.infer_batch(batch, sample=n_samples > 0)
@@ -730,12 +518,7 @@ def infer(model: LFADS, ds: xr.Dataset, *, n_samples: int = 0, batch_size: int =
     variables = {kind.output: (("trial", "time", "neuron"), kind.to_output(joined.pop("mean"), bin_width),
                                kind.output_attrs(ds))}
     variables.update({name: (model.output_dims[name], values) for name, values in joined.items()})
-    out = xr.Dataset(
-        variables,
-        coords=coords,
-        attrs={"bin_width": bin_width, "posterior_samples": n_samples},
-    )
-    return out
+    return xr.Dataset(variables, coords=coords, attrs={"bin_width": bin_width, "posterior_samples": n_samples})
 
 
 def inference_latency(model, ds: xr.Dataset, *, repeats: int = 200, warmup: int = 10) -> float:
@@ -753,14 +536,14 @@ def inference_latency(model, ds: xr.Dataset, *, repeats: int = 200, warmup: int 
     device = next(model.parameters()).device
     was_training, threads = model.training, torch.get_num_threads()
     model.to("cpu").eval()
-    tensors = _to_tensors(ds, TrainConfig())
+    tensors = to_tensors(ds)
     n = ds.sizes["trial"]
     times = []
     torch.set_num_threads(1)
     try:
         with torch.no_grad():
             for i in range(warmup + repeats):
-                batch = _recorded_batch(tensors, slice(i % n, i % n + 1))
+                batch = recorded_batch(tensors, slice(i % n, i % n + 1))
                 start = time.thread_time()
                 model.infer_batch(batch, sample=False)
                 if i >= warmup:

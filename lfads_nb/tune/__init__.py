@@ -1,14 +1,14 @@
-"""Tuning: the tunable hyperparameters (``hyperparameters``), random search (``search``), the batched
-population of models (``population``) and population-based training in one process (``pbt``) or as Ray
-Tune trials (``ray_backend``).
+"""Tuning: the tunable hyperparameters of each model family (``hyperparameters``), random search
+(``search``), the batched population of models (``population``) and population-based training in
+one process (``pbt``) or on Ray workers (``ray_backend``), both driving the same loop.
 
 The function ``pbt`` stays at ``lfads_nb.tune.pbt.pbt``: here ``pbt`` names its module.
 """
-from .hyperparameters import HYPERPARAMETERS, Tunable
+from .hyperparameters import HYPERPARAMETERS, Tunable, tunables
 from .pbt import PBTConfig, PBTResult
 from .population import Population
-from .ray_backend import RayPBTResult, ray_pbt
-from .search import DEFAULT_SPACE, Hyperparameter, SearchResult, SearchSpace, random_search
+from .ray_backend import ray_pbt
+from .search import DEFAULT_SPACE, NDT_SPACE, Hyperparameter, SearchResult, SearchSpace, default_space, random_search
 
-__all__ = ["DEFAULT_SPACE", "HYPERPARAMETERS", "Hyperparameter", "PBTConfig", "PBTResult", "Population",
-           "RayPBTResult", "SearchResult", "SearchSpace", "Tunable", "random_search", "ray_pbt"]
+__all__ = ["DEFAULT_SPACE", "HYPERPARAMETERS", "Hyperparameter", "NDT_SPACE", "PBTConfig", "PBTResult", "Population",
+           "SearchResult", "SearchSpace", "Tunable", "default_space", "random_search", "ray_pbt", "tunables"]

@@ -1,76 +1,99 @@
-"""The hyperparameters a search may tune: one table, read by the search, the population and PBT.
+"""The hyperparameters a search may tune: one table per model family, read by the search, the
+population and PBT.
 
-Each entry of ``HYPERPARAMETERS`` is a field of the config that owns it (``owner`` "train": a
-``TrainConfig`` field; "model": an ``LFADSConfig`` field) and says whether the members of one
-population may hold different values (``per_member``: a (P,) tensor in ``Population.hps``, so
-population-based training can tune it). The others are shared by a population and tuned by
-random search only. ``sv_fraction`` is left out: it defines the sample-validation metric that
-models are compared by.
+A family's table (``lfads_nb.models.registry``, ``Family.tunables``) holds the optimiser's settings
+(``lr``, ``lr_decay``, ``lr_min``, ``grad_clip``) and the family's own: fields of the config that owns
+each one (``owner`` "train": a ``TrainConfig`` field; "model": a field of the family's config, e.g.
+``LFADSConfig.dropout``, ``NDTConfig.mask_ratio``), each saying whether the members of one population
+may hold different values (``per_member``: a (P,) tensor in ``Population.hps``, so population-based
+training can tune it). The others are shared by a population and tuned by random search only.
+``HYPERPARAMETERS`` is LFADS's table.
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 
 from ..errors import ConfigError
-from ..models.lfads import LFADSConfig
+from ..models.registry import FAMILIES, Tunable, get_family
 from ..training.loop import TrainConfig
 
-
-@dataclass(frozen=True)
-class Tunable:
-    owner: str        # "train" (a TrainConfig field) or "model" (an LFADSConfig field)
-    per_member: bool  # may differ between the members of one population
-    description: str
+# The smallest config of each family, to check a tunable value without data.
+_EXAMPLE_SIZES = {"lfads": {"n_neurons": 1}, "ndt": {"n_neurons": 1},
+                  "stitched": {"n_neurons": 1, "encod_dim": 1, "sessions": {"session": [True]}}}
 
 
-HYPERPARAMETERS: dict[str, Tunable] = {
-    "lr": Tunable("train", True, "Adam learning rate"),
-    "lr_decay": Tunable("train", False, "factor on the learning rate at a validation plateau"),
-    "lr_min": Tunable("train", False, "floor of the decayed learning rate"),
-    "grad_clip": Tunable("train", True, "largest gradient norm; larger ones are scaled down to it"),
-    "kl_ic_scale": Tunable("train", True, "weight of the initial-condition KL divergence"),
-    "kl_co_scale": Tunable("train", True, "weight of the inferred-input KL divergence"),
-    "l2_gen_scale": Tunable("train", True, "weight of the generator's L2 penalty"),
-    "l2_con_scale": Tunable("train", True, "weight of the controller's L2 penalty"),
-    "cd_rate": Tunable("train", True, "coordinated dropout: fraction of entries hidden from the encoder"),
-    "shift_std": Tunable("train", True, "temporal shift: std (bins) of each channel's random shift in training"),
-    "dropout": Tunable("model", True, "dropout probability inside the model"),
-    "cell_clip": Tunable("model", False, "bound on the GRU hidden states"),
-    "ic_post_var_min": Tunable("model", False, "floor of the initial-condition posterior variance"),
-    "ic_prior_var": Tunable("model", False, "initial-condition prior variance"),
-    "co_prior_tau": Tunable("model", False, "autocorrelation time of the inferred-input prior (bins)"),
-    "co_prior_var": Tunable("model", False, "inferred-input prior variance"),
-}
-
-PER_MEMBER = tuple(name for name, t in HYPERPARAMETERS.items() if t.per_member)
+def tunables(model: str = "lfads") -> dict[str, Tunable]:
+    """The table of the family ``model``: name -> ``Tunable``."""
+    return get_family(model).tunables
 
 
-def owned_by(owner: str) -> tuple[str, ...]:
-    """The tunable fields of ``owner``'s config ("train" or "model")."""
-    return tuple(name for name, t in HYPERPARAMETERS.items() if t.owner == owner)
+HYPERPARAMETERS: dict[str, Tunable] = tunables("lfads")
 
 
-def by_owner(values: Mapping[str, float], owner: str) -> dict[str, float]:
-    """The entries of ``values`` (tunable names) that are fields of ``owner``'s config, as floats."""
-    return {name: float(v) for name, v in values.items() if HYPERPARAMETERS[name].owner == owner}
+def per_member(model: str = "lfads") -> tuple[str, ...]:
+    """The hyperparameters of ``model`` that may differ between the members of one population."""
+    return tuple(name for name, t in tunables(model).items() if t.per_member)
+
+
+PER_MEMBER = per_member("lfads")
+
+
+def owned_by(owner: str, model: str = "lfads") -> tuple[str, ...]:
+    """The tunable fields of ``owner``'s config ("train" or "model") for the family ``model``."""
+    return tuple(name for name, t in tunables(model).items() if t.owner == owner)
+
+
+def by_owner(values: Mapping[str, float], owner: str, model: str = "lfads") -> dict[str, float]:
+    """The entries of ``values`` (tunable names of ``model``) that are fields of ``owner``'s config, as floats."""
+    table = tunables(model)
+    return {name: float(v) for name, v in values.items() if table[name].owner == owner}
 
 
 def check_value(name: str, value: float) -> None:
-    """Raise the owner config's ConfigError if it rejects ``value`` for the tunable ``name``."""
-    if HYPERPARAMETERS[name].owner == "train":
-        TrainConfig(**{name: value})
-    else:
-        LFADSConfig(n_neurons=1, **{name: value})
+    """Raise the owning config's ConfigError if it rejects ``value`` for the tunable ``name``, in every
+    family that tunes ``name``."""
+    for family in FAMILIES.values():
+        tunable = family.tunables.get(name)
+        if tunable is None:
+            continue
+        if tunable.owner == "train":
+            TrainConfig(**{name: value})
+        else:
+            family.config(**_EXAMPLE_SIZES[family.name], **{name: value})
 
 
-def check_tunable(names: Iterable[str]) -> None:
-    """Raise ConfigError naming every one of ``names`` that is not in the table, listing those that are."""
-    unknown = [name for name in names if name not in HYPERPARAMETERS]
+def check_sizes(sizes: Mapping, model: str = "lfads") -> None:
+    """Raise ConfigError for ``build_model`` keywords (``sizes``) the family ``model``'s config does not
+    have or rejects, before any data are read (the sizes read off the data take example values)."""
+    family = get_family(model)
+    fields = {f.name for f in dataclasses.fields(family.config)}
+    unknown = sorted(set(sizes) - fields)
     if unknown:
-        raise ConfigError(f"{', '.join(map(repr, unknown))} {'is' if len(unknown) == 1 else 'are'} not tunable; "
-                          f"choose a TrainConfig field {list(owned_by('train'))} or an LFADSConfig field "
-                          f"{list(owned_by('model'))}.")
+        raise ConfigError(f"model_sizes has {unknown}: not an {family.config.__name__} field; its fields are "
+                          f"{sorted(fields)}.")
+    family.config(**{**_EXAMPLE_SIZES[family.name], **sizes})
 
 
-__all__ = ["HYPERPARAMETERS", "PER_MEMBER", "Tunable", "by_owner", "check_tunable", "check_value", "owned_by"]
+def check_tunable(names: Iterable[str], model: str = "lfads") -> None:
+    """Raise ConfigError naming every one of ``names`` that the family ``model`` cannot tune, listing those it can."""
+    table = tunables(model)
+    unknown = [name for name in names if name not in table]
+    if unknown:
+        family = get_family(model)
+        raise ConfigError(f"{', '.join(map(repr, unknown))} {'is' if len(unknown) == 1 else 'are'} not tunable for "
+                          f"model={model!r}; choose a TrainConfig field {list(owned_by('train', model))} or a "
+                          f"{family.config.__name__} field {list(owned_by('model', model))}.")
+
+
+def check_known(name: str) -> None:
+    """Raise ConfigError unless some family tunes ``name``."""
+    if not any(name in family.tunables for family in FAMILIES.values()):
+        known = sorted({n for family in FAMILIES.values() for n in family.tunables})
+        raise ConfigError(f"{name!r} is not tunable; the tunable hyperparameters are {known} "
+                          "(lfads_nb.tune.hyperparameters.tunables(model) lists a family's).")
+
+
+__all__ = ["HYPERPARAMETERS", "PER_MEMBER", "Tunable", "by_owner", "check_known", "check_sizes", "check_tunable",
+           "check_value",
+           "owned_by", "per_member", "tunables"]

@@ -1,34 +1,39 @@
-"""Population-based training (AutoLFADS; Keshtkaran et al. 2022) of a whole LFADS population on one device.
+"""Population-based training (AutoLFADS; Keshtkaran et al. 2022) of a population of any model family.
 
 The pieces, in the order a run uses them:
 
 1. ``PBTConfig``: population size, generation length, burn-in, exploit rule, stopping rule.
-   The search space (which hyperparameters, their ranges, initial values and explore widths)
-   is a :class:`lfads_nb.tune.search.SearchSpace`, ``DEFAULT_SPACE`` by default (reference
-   section 5); its names must be per-member hyperparameters (``hyperparameters.PER_MEMBER``).
-2. ``pbt(ds, ...)``: trains a :class:`lfads_nb.tune.population.Population` (all members in one
-   batched model) synchronously: a burn-in (generation 0, covering the KL / L2 ramps), then
-   generations of ``generation_epochs``. At the end of each generation every member's fitness
-   is its smoothed validation NLL (smth = 0.3 prev + 0.7 current, per epoch; with
-   ``fitness_skips_artifacts`` only over the bins farther than 2 bins from any entry that
-   ``lfads_nb.artifacts.detect_artifacts`` flags, less the largest 1 % of entry NLLs (the
-   artifacts it missed), while the encoder still reads them as recorded: reproducing an artifact earns
-   nothing, and spreading it to other bins or channels costs); members with NaN
-   or infinite fitness are always replaced; the others are exploited by binary tournament
-   (random pairs, the loser copies the winner) or truncation (the bottom fraction copies the
-   top fraction), copying weights, Adam state and hyperparameters together; every member that
-   copied then explores: each hyperparameter is multiplied by 1 +- U[0.002 w, w] (a step in log
-   space), redrawn until inside its bounds. The run stops when the best fitness improved by
-   less than ``stop_improvement`` (relative) over ``stop_patience`` generations, or after
-   ``max_generations``.
+   The search space (which hyperparameters, their ranges, initial values and perturbation
+   widths) is a :class:`lfads_nb.tune.search.SearchSpace`, by default the family's
+   (``search.default_space``: AutoLFADS's ``DEFAULT_SPACE`` for LFADS, ``NDT_SPACE`` for NDT); its
+   names must be the family's per-member hyperparameters (``hyperparameters.per_member``).
+2. ``pbt(ds, model=..., ...)``: trains a :class:`lfads_nb.tune.population.Population` (all members
+   in one batched model) synchronously, one ``lfads_nb.training.loop.run_epoch`` per epoch (the
+   epoch ``train`` runs): a burn-in (generation 0, covering the KL / L2 ramps), then generations of
+   ``generation_epochs``. At the end of each generation every member's fitness is its smoothed
+   validation NLL (smth = 0.3 prev + 0.7 current, per epoch; with ``fitness_skips_artifacts`` only
+   over the bins farther than 2 bins from any entry that ``lfads_nb.artifacts.detect_artifacts``
+   flags, less the largest 1 % of entry NLLs (the artifacts it missed), while the encoder still
+   reads them as recorded: reproducing an artifact earns nothing, and spreading it to other bins or
+   channels costs); members with NaN or infinite fitness are always replaced; the others are
+   exploited by binary tournament (random pairs, the loser copies the winner) or truncation (the
+   bottom fraction copies the top fraction), copying weights, Adam state and hyperparameters
+   together; every member that copied then has its hyperparameters perturbed (``perturb``): each is
+   multiplied by 1 +- U[0.002 w, w] (a step in log space), redrawn until inside its bounds. The run
+   stops when the best fitness improved by less than ``stop_improvement`` (relative) over
+   ``stop_patience`` generations, or after ``max_generations``.
 3. Checkpoints: at the end of every generation ``pbt.pt`` (the whole population, optimiser,
    hyperparameters, RNG states, history; atomic, loads with ``weights_only=True``) and, when
-   the best member improves, ``best.pt``, an ordinary model checkpoint (``lfads_nb.training.checkpoint``),
-   so ``lfads_nb.load_model(dir / 'best.pt')`` returns it as an ordinary ``LFADS``. A killed run
-   resumes from ``pbt.pt`` and loses at most the generation it was in; the resumed run is
+   the best member improves, ``best.pt``, an ordinary model checkpoint (``lfads_nb.checkpoint``),
+   so ``lfads_nb.load_model(dir / 'best.pt')`` returns it as an ordinary model of its family. A
+   killed run resumes from ``pbt.pt`` and loses at most the generation it was in; the resumed run is
    identical to an uninterrupted one.
-4. ``PBTResult``: the best member as an ``LFADS`` (for ``lfads_nb.infer``), its
+4. ``PBTResult``: the best member as an ordinary model (for ``lfads_nb.infer``), its
    hyperparameters, and the history as an xarray Dataset with dims (generation, member).
+
+The loop (``run_pbt``) drives its members through an object with the methods of ``Members``: here
+one ``Population`` on one device; ``lfads_nb.tune.ray_backend.ray_pbt`` runs the same loop with the
+population split over Ray workers.
 """
 from __future__ import annotations
 
@@ -44,21 +49,17 @@ import numpy as np
 import torch
 import xarray as xr
 
-from ..artifacts import ARTIFACT_TRIM, artifact_free_nll, near_artifacts
-from ..data.schema import validate
+from ..artifacts import ARTIFACT_TRIM, artifact_free_nll
+from ..checkpoint import (RunState, ema, model_checkpoint, population_checkpoint, restore_population,
+                          save_checkpoint)
+from ..data.sessions import sessions_of
 from ..errors import ConfigError, TrainingDiverged
-from ..data.sessions import session_names, validate_sessions
-from ..models.lfads import LFADS, LFADSConfig
-from ..models.multisession import StitchedConfig, StitchedLFADS
-from ..training.checkpoint import (RunState, ema, model_checkpoint, population_checkpoint, restore_population,
-                                   save_checkpoint)
-from ..training.loop import (TrainConfig, _ramp, _to_tensors, build_model, check_device, check_shift,
-                             train_valid_indices, validation_batches)
-from .hyperparameters import HYPERPARAMETERS, PER_MEMBER, by_owner
-from ..training.sessions import mixed_step
+from ..models.registry import build_model, family_of
+from ..training.feed import Feed, check_shift, make_feed
+from ..training.loop import TrainConfig, check_device, run_epoch
+from .hyperparameters import by_owner, per_member, tunables
 from .population import Population
-from .search import DEFAULT_SPACE, SearchSpace
-
+from .search import SearchSpace, default_space
 
 PBT_NEEDS_VALIDATION = "PBT judges members by their validation loss"
 
@@ -99,7 +100,7 @@ class PBTConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# Exploit and explore (pure functions of the fitness, the hyperparameters and a generator)
+# Exploit and perturb (pure functions of the fitness, the hyperparameters and a generator)
 # ---------------------------------------------------------------------------------------------
 
 def exploit(fitness: np.ndarray, rule: str, generator: torch.Generator, truncation_fraction: float = 0.2) -> np.ndarray:
@@ -136,7 +137,7 @@ def exploit(fitness: np.ndarray, rule: str, generator: torch.Generator, truncati
     return parent
 
 
-def explore(value: float, low: float, high: float, width: float, generator: torch.Generator) -> float:
+def perturb(value: float, low: float, high: float, width: float, generator: torch.Generator) -> float:
     """value * (1 +- U[0.002 width, width]) (a step in log space), redrawn until in [low, high].
 
     After 100 draws outside the bounds (value pinned at a bound) the value is clipped.
@@ -156,11 +157,11 @@ def explore(value: float, low: float, high: float, width: float, generator: torc
 
 @dataclass
 class PBTResult:
-    model: LFADS             # the best member (best fitness at any generation end), eval mode, CPU float32
+    model: object            # the best member (best fitness at any generation end), eval mode, CPU float32
     hparams: dict            # its hyperparameters
     history: xr.Dataset      # dims (generation, member); see ``pbt``
     best_generation: int
-    stop_reason: str         # 'plateau' or 'max_generations'
+    stop_reason: str         # 'plateau', 'max_generations' or 'stop_button'
 
 
 class _RunState(RunState):
@@ -186,49 +187,51 @@ class _RunState(RunState):
         return super().restore({**values, "rows": rows})
 
 
-def _space_for_population(space: SearchSpace) -> SearchSpace:
+def _space_for_population(space: SearchSpace | None, model: str) -> SearchSpace:
+    space = default_space(model) if space is None else space
     if not isinstance(space, SearchSpace):
         raise ConfigError(f"space must be a SearchSpace, got {type(space).__name__}; e.g. lfads_nb.search.DEFAULT_SPACE.")
-    bad = [name for name in space if not HYPERPARAMETERS[name].per_member]
+    table = tunables(model)
+    bad = [name for name in space if name not in table or not table[name].per_member]
     if bad:
         raise ConfigError(
-            f"{bad} cannot differ between members of one population; PBT can tune {list(PER_MEMBER)}. "
-            "Remove them from the space (space.without(...)) and set them in train_config / model_sizes."
+            f"{bad} cannot differ between members of one population; PBT of model={model!r} can tune "
+            f"{list(per_member(model))}. Remove them from the space (space.without(...)) and set them in "
+            "train_config / model_sizes."
         )
     return space
 
 
-def _initial_hparams(space: SearchSpace, P: int, seed: int) -> dict[str, list[float]]:
+def initial_hparams(space: SearchSpace, P: int, seed: int) -> dict[str, list[float]]:
     """``init`` for every member where the space gives one, else P draws from the range."""
     rng = np.random.default_rng(seed)
     return {name: [hp.init if hp.init is not None else hp.sample(rng) for _ in range(P)] for name, hp in space.items()}
 
 
-def _member_seed(seed: int, i: int) -> int:
+def member_seed(seed: int, i: int) -> int:
+    """The seed of member ``i``'s initial weights in a run seeded ``seed`` (also of Ray workers' streams)."""
     return int(np.random.SeedSequence([seed, i]).generate_state(1)[0] >> 1)
 
 
-def build_members(ds: xr.Dataset, train_config: TrainConfig, model_sizes: dict, seeds) -> list[LFADS]:
+def build_members(ds, train_config: TrainConfig, model: str, model_sizes: dict, seeds) -> list:
     """One ``build_model`` per seed: members start from the data exactly as a single model does."""
-    return [build_model(ds, train_config, seed=s, **model_sizes) for s in seeds]
+    return [build_model(ds, train_config, seed=s, model=model, **model_sizes) for s in seeds]
 
 
-def check_population_fits(model_config: LFADSConfig, P: int, batch_size: int, n_bins: int, device: str,
+def check_population_fits(member, P: int, batch_size: int, n_bins: int, device: str,
                           available_bytes: int | None = None) -> None:
-    """Raise ConfigError if P members will not fit in the device's memory, saying how many will.
+    """Raise ConfigError if P members like ``member`` will not fit in the device's memory, saying how many will.
 
     The per-member need is estimated from the sizes: weights x 4 (weights, gradients, two Adam
-    moments) plus the activations a training step keeps for the backward pass (about 24 floats
-    per recurrent unit, trial and bin, plus the data-sized masks and outputs). Where the free
-    memory cannot be known (a CPU with no psutil, no /proc/meminfo and no free page count from
-    ``os.sysconf``, as on macOS or Windows without psutil) this checks nothing.
+    moments) plus the activations a training step keeps for the backward pass (the family's
+    ``memory_floats`` per trial and bin). Where the free memory cannot be known (a CPU with no
+    psutil, no /proc/meminfo and no free page count from ``os.sysconf``, as on macOS or Windows
+    without psutil) this checks nothing.
     """
-    c = model_config
-    n_weights = sum(p.numel() for p in LFADS(model_config).parameters())
-    units = 2 * c.ic_enc_dim + (2 * c.ci_enc_dim + c.con_dim if c.co_dim else 0) + c.gen_dim
-    per_bin = 24 * units + 8 * (c.n_neurons + c.encod_dim + c.fac_dim + c.co_dim)
+    family = family_of(member)
+    n_weights = sum(p.numel() for p in member.parameters())
     bytes_per_float = 4
-    need = bytes_per_float * (4 * n_weights + batch_size * n_bins * per_bin)
+    need = bytes_per_float * (4 * n_weights + batch_size * n_bins * family.memory_floats(member.config))
     if available_bytes is None:
         available_bytes = _available_bytes(device)
         if available_bytes is None:
@@ -236,7 +239,7 @@ def check_population_fits(model_config: LFADSConfig, P: int, batch_size: int, n_
     fits = int(available_bytes * 0.8 // need)
     if P > fits:
         raise ConfigError(
-            f"A population of {P} LFADS members needs about {P * need / 2**30:.1f} GiB on {device}, but about "
+            f"A population of {P} {family.name} members needs about {P * need / 2**30:.1f} GiB on {device}, but about "
             f"{available_bytes / 2**30:.1f} GiB is free: at most {fits} members fit at batch_size {batch_size}. "
             "Lower PBTConfig.population or TrainConfig.batch_size, or use a larger device."
         )
@@ -268,10 +271,53 @@ def _available_bytes(device: str) -> int | None:
         return None
 
 
+class LocalMembers:
+    """The members of a run on one device: a ``Population`` and the ``Feed`` it trains on. What the
+    loop (``run_pbt``) uses of its members; ``ray_backend.RayMembers`` has the same methods."""
+
+    settings: dict = {}  # what pbt.pt records of how the members run, besides the run's settings
+
+    def __init__(self, population: Population, feed: Feed):
+        self.population, self.feed = population, feed
+        self.size = population.size
+
+    def epoch(self, epoch: int, decisions: torch.Generator, config: TrainConfig, stop) -> tuple[dict, bool]:
+        """One ``run_epoch`` of every member; (name -> (P,) float64 metrics, stopped)."""
+        result = run_epoch(self.population, self.feed, epoch, decisions, config, stop)
+        return {k: v.double().cpu().numpy() for k, v in result.metrics.items()}, result.stopped
+
+    def entry_nll(self) -> np.ndarray:
+        """(P, trials, T, N) every member's NLL of every entry of the 'valid' trials (one Dataset)."""
+        return torch.cat([self.population.entry_nll(view, batch)
+                          for view, batch in self.feed.validation(self.population.validation_batch_size)], dim=1).cpu()
+
+    def hparams(self) -> dict[str, np.ndarray]:
+        return {name: v.double().cpu().numpy() for name, v in self.population.hps.items()}
+
+    def set_hparam(self, name: str, member: int, value: float) -> None:
+        self.population.hps[name][member] = value
+
+    def copy_members(self, dst, src) -> None:
+        self.population.copy_members(dst, src)
+
+    def member(self, i: int) -> dict:
+        """Member i as {"state": its weights (CPU float32), "hparams", "config" (a dict)}."""
+        return {"state": {k: v.float().cpu() for k, v in self.population.model.member_state_dict(i).items()},
+                "hparams": self.population.member_hparams(i),
+                "config": dataclasses.asdict(self.population.member_config(i))}
+
+    def state_dict(self) -> dict:
+        return self.population.state_dict()
+
+    def load_state_dict(self, state) -> None:
+        self.population.load_state_dict(state)
+
+
 def pbt(
-    ds: xr.Dataset,
+    ds,
     *,
-    space: SearchSpace = DEFAULT_SPACE,
+    model: str = "lfads",
+    space: SearchSpace | None = None,
     pbt_config: PBTConfig | None = None,
     train_config: TrainConfig | None = None,
     model_sizes: dict | None = None,
@@ -280,21 +326,23 @@ def pbt(
     progress=None,
     live: bool | None = None,
 ) -> PBTResult:
-    """Population-based training of LFADS on the 'train' trials of ``ds``, judged on its 'valid' trials.
+    """Population-based training of models of the family ``model`` (``lfads_nb.models.registry``:
+    "lfads", "ndt") on the 'train' trials of ``ds``, judged on its 'valid' trials, all members on one device.
 
     ``ds`` may be a DataTree of sessions: the members are then stitched models
     (``build_model(tree)``), each step mixes the sessions as ``train`` does, and the fitness is
     the validation NLL over all sessions' entries.
 
+    ``space``: the hyperparameters to tune (default: the family's, ``search.default_space``).
     ``train_config`` gives the shared settings (batch size, ramps, sample validation, device,
     and the value of any per-member hyperparameter not in ``space``); its ``max_epochs``,
     ``lr_decay`` schedule and early stopping are not used (PBT explores lr instead).
-    ``model_sizes``: ``build_model`` keywords (``dropout`` is a member hyperparameter if in
-    ``space``). ``checkpoint_dir``: where ``pbt.pt`` and ``best.pt`` go; with ``resume`` a run
-    continues from ``pbt.pt``. ``progress``: an object with ``epoch(generation, epoch, metrics)``
-    and ``generation(history)`` methods, called after every epoch and generation, and optionally
-    ``stop_requested`` (polled after every training step) and ``finish(history, message)``
-    (see :class:`lfads_nb.dashboard.PBTProgress`); by default the live PBT dashboard in
+    ``model_sizes``: ``build_model`` keywords (a per-member model hyperparameter such as LFADS's
+    ``dropout`` is tuned if in ``space``). ``checkpoint_dir``: where ``pbt.pt`` and ``best.pt`` go; with
+    ``resume`` a run continues from ``pbt.pt``. ``progress``: an object with ``epoch(generation,
+    epoch, metrics)`` and ``generation(history)`` methods, called after every epoch and generation,
+    and optionally ``stop_requested`` (polled after every training step) and ``finish(history,
+    message)`` (see :class:`lfads_nb.dashboard.PBTProgress`); by default the live PBT dashboard in
     JupyterLab and one printed line per generation elsewhere (``live`` forces either). A stop
     request ends the current generation early: it is recorded, the best member kept and
     ``pbt.pt`` saved as at any generation's end; ``stop_reason`` is then 'stop_button', and a
@@ -302,41 +350,56 @@ def pbt(
 
     History (``PBTResult.history``, dims generation x member, generation 0 = burn-in): each
     hyperparameter during the generation, ``fitness`` (smoothed validation NLL at its end),
-    ``valid_recon`` / ``valid_sv_nll`` / ``train_loss`` (its last epoch), ``parent`` (the member
-    whose weights it started the generation from; itself if it kept its own) and ``end_epoch``.
+    ``valid_recon`` / ``valid_sv_nll`` and the training loss and its parts (``train_loss``,
+    ``train_recon``, ..., ``grad_norm``: means over its last epoch), ``parent`` (the member whose
+    weights it started the generation from; itself if it kept its own) and ``end_epoch``.
     """
+
+    def local(ds, tc, pc, space, members):
+        feed = make_feed(ds, tc, PBT_NEEDS_VALIDATION)
+        population = Population(members, tc, initial_hparams(space, pc.population, pc.seed), noise_seed=pc.seed,
+                                device=tc.device)
+        return LocalMembers(population, feed)
+
+    return run_pbt(ds, local, model=model, space=space, pbt_config=pbt_config, train_config=train_config,
+                   model_sizes=model_sizes, checkpoint_dir=checkpoint_dir, resume=resume, progress=progress, live=live)
+
+
+def run_pbt(ds, make_members, *, model: str, space, pbt_config, train_config, model_sizes, checkpoint_dir, resume,
+            progress, live) -> PBTResult:
+    """The loop of ``pbt`` (its docstring), its members made by ``make_members(ds, train_config,
+    pbt_config, space, members)`` from the P built models: an object with ``LocalMembers``' methods."""
     pc = pbt_config or PBTConfig()
     tc = train_config or TrainConfig()
     check_device(tc.device)
-    space = _space_for_population(space)
+    space = _space_for_population(space, model)
     model_sizes = dict(model_sizes or {})
-    sessions = isinstance(ds, xr.DataTree)  # several sessions: stitched members, mixed steps
-    datasets = {name: ds[name].to_dataset() for name in session_names(validate_sessions(ds, require_train=True))} \
-        if sessions else {None: validate(ds, require_train=True)}
-    n_time = next(iter(datasets.values())).sizes["time"]
-    if tc.shift_std > 0 or "shift_std" in space:
-        check_shift(tc.shift_max, n_time)
+    datasets = sessions_of(ds, require_train=True)
+    stitched = None not in datasets
     if pc.metric == "valid_sv_nll" and tc.sv_fraction == 0:
         raise ConfigError("PBTConfig.metric='valid_sv_nll' needs sample validation: set TrainConfig.sv_fraction > 0.")
-    indices = {name: train_valid_indices(d, PBT_NEEDS_VALIDATION) for name, d in datasets.items()}
-    train_idx, valid_idx = ({n: i[0] for n, i in indices.items()}, {n: i[1] for n, i in indices.items()}) \
-        if sessions else indices[None]
-    P = pc.population
-    members = build_members(ds, tc, model_sizes, [_member_seed(pc.seed, i) for i in range(P)])
-    model_config = members[0].config
-    check_population_fits(model_config, P, tc.batch_size, n_time, tc.device)
-    hparams = _initial_hparams(space, P, pc.seed)
-    population = Population(members, tc, hparams, noise_seed=pc.seed, device=tc.device)
-    if sessions and pc.fitness_skips_artifacts:
+    if stitched and pc.fitness_skips_artifacts:
         raise ConfigError("PBTConfig.fitness_skips_artifacts works on one recording: run PBT on each session, "
                           "or set fitness_skips_artifacts=False for stitched sessions.")
-    tensors = {n: _to_tensors(d, tc) for n, d in datasets.items()} if sessions else _to_tensors(ds, tc)
-    flags = torch.as_tensor(near_artifacts(ds).values, device=tc.device) if pc.fitness_skips_artifacts else None
-    decisions = torch.Generator().manual_seed(pc.seed)  # batch order, exploit pairs, explore draws
+    driver_feed = make_feed(ds, tc, PBT_NEEDS_VALIDATION)  # checks the data; the masks of the artifact-free fitness
+    if "shift_std" in space:  # members shift even where the shared config does not
+        check_shift(tc.shift_max, driver_feed.n_time)
+    P = pc.population
+    members = build_members(ds, tc, model, model_sizes, [member_seed(pc.seed, i) for i in range(P)])
+    family = family_of(members[0])
+    starts = initial_hparams(space, P, pc.seed)  # the check sees the largest value any member starts from
+    members[0].check_training(dataclasses.replace(tc, **by_owner({n: max(v) for n, v in starts.items()}, "train",
+                                                                family.name)))
+    check_population_fits(members[0], P, tc.batch_size, driver_feed.n_time, tc.device)
+    model_config = members[0].config
+    torch.manual_seed(pc.seed)  # the draws inside members' forward passes (NDT's dropout layers)
+    population = make_members(ds, tc, pc, space, members)
+    skip = driver_feed.artifact_skip() if pc.fitness_skips_artifacts else None
+    decisions = torch.Generator().manual_seed(pc.seed)  # batch order, exploit pairs, perturbation draws
     state = _RunState(P)
     settings = {"pbt_config": dataclasses.asdict(pc), "train_config": dataclasses.asdict(tc),
-                "model_config": dataclasses.asdict(model_config),
-                "space": {n: dataclasses.asdict(hp) for n, hp in space.items()}}
+                "model_config": dataclasses.asdict(model_config), "model": {"family": family.checkpoint_name},
+                "space": {n: dataclasses.asdict(hp) for n, hp in space.items()}, **population.settings}
     ckpt_dir = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if ckpt_dir is not None:
         ckpt_dir.mkdir(parents=True, exist_ok=True)
@@ -349,19 +412,18 @@ def pbt(
 
         progress = make_pbt_progress(live)
     burn_in = pc.burn_in_epochs or max(tc.kl_ramp_epochs, tc.l2_ramp_epochs, 1)
+    fitness_of = pc.metric + ("_artifact_free" if skip is not None else "")
 
     while not state.stop_reason:
         length = burn_in if state.generation == 0 else pc.generation_epochs
         t0 = time.perf_counter()
         stopped = False
         for _ in range(length):
-            metrics, stopped = train_epoch(population, tensors, train_idx, valid_idx, tc, state.epoch, decisions,
-                                           lambda: bool(getattr(progress, "stop_requested", False)))
-            if flags is not None:
-                metrics[pc.metric + "_artifact_free"] = _artifact_free_nll(population, tensors, valid_idx, flags, tc,
-                                                                          pc.metric)
-            current = metrics[pc.metric + ("_artifact_free" if flags is not None else "")]
-            state.smoothed = [ema(s, c) for s, c in zip(state.smoothed, current)]
+            metrics, stopped = population.epoch(state.epoch, decisions, tc,
+                                                lambda: bool(getattr(progress, "stop_requested", False)))
+            if skip is not None:
+                metrics[fitness_of] = _artifact_free_nll(population.entry_nll(), driver_feed, skip, pc.metric)
+            state.smoothed = [ema(s, c) for s, c in zip(state.smoothed, metrics[fitness_of])]
             state.epoch += 1
             progress.epoch(state.generation, state.epoch, {**metrics, "fitness": np.array(state.smoothed)})
             if stopped:
@@ -375,88 +437,39 @@ def pbt(
         progress.finish(history, f"stopped: {state.stop_reason}; best fitness {state.best_fitness:.5f} "
                                  f"at generation {state.best_generation}")
     best = state.best_member
-    model = _member_class(best["config"])
-    model.load_state_dict(best["state"])
-    return PBTResult(model.eval(), dict(best["hparams"]), history, state.best_generation, state.stop_reason)
+    result = family.model(family.config(**best["config"]))
+    result.load_state_dict(best["state"])
+    return PBTResult(result.eval(), dict(best["hparams"]), history, state.best_generation, state.stop_reason)
 
 
-def _member_class(config: dict) -> LFADS:
-    """An untrained model of a member's architecture (``config`` as a dict): a ``StitchedLFADS``
-    for members stitched over sessions, else an ``LFADS``."""
-    return StitchedLFADS(StitchedConfig(**config)) if "sessions" in config else LFADS(LFADSConfig(**config))
-
-
-def train_epoch(population: Population, tensors, train_idx, valid_idx, tc: TrainConfig,
-                epoch: int, decisions: torch.Generator, stop=lambda: False) -> tuple[dict[str, np.ndarray], bool]:
-    """One epoch of every member (the trials in an order drawn from ``decisions``), then validation.
-
-    ``epoch``: epochs done before this one (it sets the ramps). ``stop()`` is asked after every
-    step; True ends the epoch early. Returns (name -> (P,) float64 metrics, stopped). Several
-    sessions (``tensors``, ``train_idx``, ``valid_idx`` per session): every step mixes them as
-    ``train`` does (``training.sessions.mixed_step``).
-    """
-    sessions = isinstance(train_idx, dict)
-    n_train = sum(len(i) for i in train_idx.values()) if sessions else len(train_idx)
-    steps_per_epoch = math.ceil(n_train / tc.batch_size)
-    if sessions:
-        orders = {n: i[torch.randperm(len(i), generator=decisions)] for n, i in train_idx.items()}
-    else:
-        order = train_idx[torch.randperm(len(train_idx), generator=decisions)]
-    sums = torch.zeros(population.size, dtype=torch.float64)
-    stopped = False
-    for step in range(steps_per_epoch):
-        if sessions:
-            idx = {n: i.to(population.device) for n, i in mixed_step(orders, step, steps_per_epoch).items()}
-        else:
-            idx = order[step * tc.batch_size:(step + 1) * tc.batch_size].to(population.device)
-        position = epoch + step / steps_per_epoch
-        out = population.train_step(tensors, idx, _ramp(position, tc.kl_ramp_epochs), _ramp(position, tc.l2_ramp_epochs))
-        sums += out["train_loss"].double().cpu()
-        stopped = stop()
-        if stopped:
-            break
-    metrics = {k: v.double().cpu().numpy() for k, v in population.validate(tensors, valid_idx, tc.batch_size).items()}
-    metrics["train_loss"] = (sums / (step + 1)).numpy()
-    return metrics, stopped
-
-
-def _artifact_free_nll(population: Population, tensors, valid_idx: torch.Tensor, skip: torch.Tensor, tc: TrainConfig,
-                       metric: str, trim: float = ARTIFACT_TRIM) -> np.ndarray:
-    """(P,) ``artifacts.artifact_free_nll`` of every member on the validation trials (like ``metric``):
-    the entries in ``skip`` (``near_artifacts``, (trial, time, neuron)) and each member's largest
-    ``trim`` share of entry NLLs left out."""
-    model = population.model
-    model.eval()
-    with torch.no_grad():
-        nll = artifact_free_nll(lambda batch: model._each_member(LFADS.entry_nll, batch, in_dims=(None,)),
-                                validation_batches(tensors, valid_idx, tc.sv_fraction, tc.batch_size),
-                                skip[valid_idx], heldout=metric == "valid_sv_nll", trim=trim)
-    model.train()
-    return nll.cpu().numpy()
+def _artifact_free_nll(nll: torch.Tensor, feed: Feed, skip: torch.Tensor, metric: str,
+                       trim: float = ARTIFACT_TRIM) -> np.ndarray:
+    """(P,) ``artifacts.artifact_free_nll`` like ``metric`` of every member: ``nll`` (P, trials, T, N)
+    the members' entry NLLs of the feed's 'valid' trials (``LocalMembers.entry_nll``; the encoder
+    reads them as recorded), ``skip`` (trials, T, N) the entries left out (``Feed.artifact_skip``)."""
+    (_, batch), = feed.validation(nll.shape[1])  # every 'valid' trial in one batch, in the order of nll
+    return artifact_free_nll(lambda _: nll.to(skip.device), [batch], skip, heldout=metric == "valid_sv_nll",
+                             trim=trim).cpu().numpy()
 
 
 def _end_generation(state, population, space, pc, decisions, metrics, ckpt_dir, settings, seconds, stopped) -> None:
-    """Record the generation, keep the best member, exploit / explore, decide on stopping, checkpoint.
+    """Record the generation, keep the best member, exploit / perturb, decide on stopping, checkpoint.
 
-    ``stopped`` (a stop request): the run ends here, but exploits and explores as usual first so
+    ``stopped`` (a stop request): the run ends here, but exploits and perturbs as usual first so
     that a resumed run goes on with the next generation.
     """
     P = population.size
     fitness = np.array(state.smoothed, dtype=np.float64)
     fitness[~np.isfinite(fitness)] = np.nan
+    hps = population.hparams()
     row = {"fitness": fitness, "parent": np.array(state.parent), "end_epoch": state.epoch, "seconds": seconds,
-           **{k: np.asarray(v, dtype=np.float64) for k, v in metrics.items()},
-           **{k: population.hps[k].double().cpu().numpy() for k in space}}
+           **{k: np.asarray(v, dtype=np.float64) for k, v in metrics.items()}, **{k: hps[k] for k in space}}
     state.rows.append(row)
     if np.isfinite(fitness).any():
         i = int(np.nanargmin(fitness))
         if fitness[i] < state.best_fitness:
             state.best_fitness, state.best_generation = float(fitness[i]), state.generation
-            state.best_member = {
-                "state": {k: v.float().cpu() for k, v in population.model.member_state_dict(i).items()},
-                "hparams": population.member_hparams(i),
-                "config": dataclasses.asdict(population.member_config(i)),
-            }
+            state.best_member = population.member(i)
             if ckpt_dir is not None:
                 save_checkpoint(_best_checkpoint(state, settings), ckpt_dir / "best.pt")
     # stopping: the best fitness so far against stop_patience generations ago (burn-in excluded)
@@ -475,10 +488,11 @@ def _end_generation(state, population, space, pc, decisions, metrics, ckpt_dir, 
         parent = exploit(fitness, pc.exploit, decisions, pc.truncation_fraction)
         losers = np.flatnonzero(parent != np.arange(P))
         population.copy_members(losers.tolist(), parent[losers].tolist())
+        values = population.hparams()
         for i in losers:
             for name, hp in space.items():
-                new = explore(float(population.hps[name][i]), hp.low, hp.high, hp.explore_width, decisions)
-                population.hps[name][i] = new
+                population.set_hparam(name, i, perturb(float(values[name][i]), hp.low, hp.high,
+                                                       hp.explore_width, decisions))
         state.smoothed = [state.smoothed[p] for p in parent]
         state.parent = parent.tolist()
         state.generation += 1
@@ -515,9 +529,10 @@ def _history(state: _RunState, space: SearchSpace, settings: dict) -> xr.Dataset
 
 def _best_checkpoint(state: _RunState, settings: dict) -> dict:
     best = state.best_member
-    train_config = {**settings["train_config"], **by_owner(best["hparams"], "train")}
+    train_config = {**settings["train_config"], **{k: v for k, v in best["hparams"].items()
+                                                     if k in settings["train_config"]}}
     return model_checkpoint(best["config"], best["state"], train_config, pbt_generation=state.best_generation,
-                            model_family="stitchedlfads" if "sessions" in best["config"] else "lfads")
+                            model_family=settings["model"]["family"])
 
 
-__all__ = ["PBTConfig", "PBTResult", "check_population_fits", "explore", "exploit", "pbt"]
+__all__ = ["PBTConfig", "PBTResult", "check_population_fits", "exploit", "pbt", "perturb", "run_pbt"]

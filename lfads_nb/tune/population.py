@@ -1,34 +1,39 @@
-"""A population of LFADS models trained as one: the engine under population-based training.
+"""A population of models trained as one: the engine under population-based training.
 
-P members share an architecture (``LFADSConfig``) but each has its own weights, its own
-hyperparameters and its own optimiser state. The population is not a second model: it is
-``torch.func.vmap`` of the one ``LFADS`` over weights stacked along a leading member axis
-(equinox's principle: write the model for one example, get the batch by a transform). One
-forward and one backward pass train all members at once; the fused GRU kernels fold the member
-axis into their own D axis (their vmap rules), so the recurrences of all members run as one.
+P members of one family (``lfads_nb.models.registry``) share an architecture (its config) but each
+has its own weights, its own hyperparameters and its own optimiser state. The population is not a
+second model: it is ``torch.func.vmap`` of the one model over weights stacked along a leading
+member axis (equinox's principle: write the model for one example, get the batch by a transform).
+One forward and one backward pass train all members at once; LFADS's fused GRU kernels fold the
+member axis into their own D axis (their vmap rules), so the recurrences of all members run as one.
 
 The pieces, top to bottom:
 
-1. ``PopulationLFADS``: P ``LFADS`` members (each built by ``build_model``, so with the same
-   data-dependent start as a single model), their weights stacked under LFADS's own names,
-   shape ``(P, *shape)``; ``forward``, ``loss`` and ``validation_sums`` are LFADS's, vmapped.
-2. ``StepNoise`` / ``draw_step_noise``: every random number of one training step drawn up
-   front (the coordinated-dropout uniforms and a ``Noise`` per member), so a test can feed the
-   same numbers to P separate ``LFADS`` models.
+1. ``PopulationModel``: P members (each built by ``build_model``, so with the same data-dependent
+   start as a single model), their weights stacked under the model's own names, shape
+   ``(P, *shape)``; ``each_member`` runs any of the model's methods for every member (vmapped),
+   ``loss`` the protocol's.
+2. ``StepNoise`` / ``draw_step_noise``: every random number of one training step drawn up front
+   (the coordinated-dropout uniforms, the family's model noise per member, the temporal-shift
+   normals), so a test can feed the same numbers to P separate models.
 3. ``PopulationAdam`` and ``clip_grad_norms_``: ``torch.optim.Adam`` and
    ``torch.nn.utils.clip_grad_norm_`` with one learning rate, step count and clipping norm per
    member (the member's gradient norm is over all of its own weights).
-4. ``Population``: the training unit PBT drives: model, hyperparameter tensors, optimiser, noise
-   generator; ``train_step``, ``validate``, ``copy_members`` (exploit), ``member_model``
-   (export one member as an ordinary ``LFADS``), ``state_dict`` / ``load_state_dict``.
+4. ``Population``: the unit that ``lfads_nb.training.loop.run_epoch`` steps in population-based
+   training, as it steps one model in ``train``: model, hyperparameter tensors, optimiser, noise
+   generator; ``step``, ``validate``, ``copy_members`` (exploit), ``member_model`` (export one
+   member as an ordinary model), ``state_dict`` / ``load_state_dict``.
 
 Members never interact: no operation reduces over the member axis, so a member whose weights
-became NaN does not affect the others (tested).
+became NaN does not affect the others (tested). Random operations inside a member's forward pass
+(NDT's dropout layers) draw differently per member from torch's global generator
+(``vmap(randomness='different')``); LFADS takes all of its randomness from the ``StepNoise``.
 """
 from __future__ import annotations
 
 import copy
 import dataclasses
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
@@ -37,11 +42,11 @@ from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
 from ..errors import ConfigError, DataError
-from ..models.lfads import LFADS, LFADSConfig, LFADSOutput, Noise, draw_noise
-from ..training.loop import (LOSS_WEIGHTS, TrainConfig, _Tensors, metrics_from_sums, training_batch, validation_batches,
-                             validation_metrics)
+from ..models.registry import Family, family_of
+from ..training.feed import Feed
+from ..training.loop import (TrainConfig, metrics_from_sums, validation_batch_size, validation_sums)
 from ..transforms import Batch, rounded_normal_shifts
-from .hyperparameters import HYPERPARAMETERS, PER_MEMBER, by_owner
+from .hyperparameters import by_owner, per_member
 
 
 def _shared_read_in(name: str) -> bool:
@@ -50,10 +55,31 @@ def _shared_read_in(name: str) -> bool:
     return name.endswith("read_in.index")
 
 
-def _member_batch_dims(batch: Batch) -> Batch:
-    """How a training batch maps onto members under vmap: the fields with a leading member axis
-    (the masks of coordinated dropout; the data too under temporal shift) are mapped, the rest shared."""
+def _member_axis(value):
+    """vmap in_dims mapping every tensor of ``value`` (a tensor, None, a NamedTuple or a Mapping of
+    them) on its leading member axis."""
+    if value is None:
+        return None
+    if isinstance(value, Tensor):
+        return 0
+    if isinstance(value, Mapping):
+        return {k: _member_axis(v) for k, v in value.items()}
+    return type(value)(*(_member_axis(v) for v in value))
+
+
+def _member_batch_dims(batch):
+    """How a training batch (or one per session) maps onto members under vmap: the fields with a
+    leading member axis (the masks of coordinated dropout; the data too under temporal shift) are
+    mapped, the rest shared."""
+    if isinstance(batch, Mapping):
+        return {name: _member_batch_dims(b) for name, b in batch.items()}
     return Batch(*(0 if isinstance(v, Tensor) and v.dim() == 4 else None for v in batch))
+
+
+def _member_sizes(batch) -> set[int]:
+    """The leading (member) sizes of a training batch's per-member fields (its 4-d tensors), of every session."""
+    batches = batch.values() if isinstance(batch, Mapping) else [batch]
+    return {v.shape[0] for b in batches for v in b if isinstance(v, Tensor) and v.dim() == 4}
 
 
 # --------------------------------------------------------------------------------------------
@@ -62,39 +88,28 @@ def _member_batch_dims(batch: Batch) -> Batch:
 
 
 class StepNoise(NamedTuple):
-    """Every random number of one training step of P members, B trials, T bins, N channels."""
+    """Every random number of one training step of P members, ``B_s`` trials of ``N_s`` channels in
+    each session ``s`` of the step (``None`` for a lone Dataset), T bins."""
 
-    cd: Tensor  # (P, B, T, N) coordinated-dropout uniforms (``transforms.coordinated_dropout``)
-    model: Noise  # each field with a leading P (``model.draw_noise(..., members=P)``)
-    shift: Tensor | None = None  # (2, P, B, N) temporal-shift normals (encoder, target), or None: no shift
-
-
-def draw_step_noise(config: LFADSConfig, P: int, B: int, T: int, generator: torch.Generator,
-                    dtype: torch.dtype = torch.float32, device=None, *, shift: bool = False) -> StepNoise:
-    """Draw a step's ``StepNoise`` from ``generator``: the CD uniforms, the model's noise, then
-    (with ``shift``) the temporal-shift normals."""
-    cd = torch.rand((P, B, T, config.n_neurons), generator=generator, dtype=dtype, device=device)
-    model = draw_noise(config, B, T, members=P, generator=generator, dtype=dtype, device=device)
-    normals = (torch.randn((2, P, B, config.n_neurons), generator=generator, dtype=dtype, device=device)
-               if shift else None)
-    return StepNoise(cd, model, normals)
+    cd: dict | None  # {s: (P, B_s, T, N_s)} coordinated-dropout uniforms, or None: the family has no CD
+    model: object  # the family's noise for all the step's trials, with a leading P (``Family.draw_noise``)
+    shift: dict | None = None  # {s: (2, P, B_s, N_s)} temporal-shift normals (encoder, target), or None
 
 
-def draw_sessions_step_noise(config: LFADSConfig, P: int, sizes: Mapping[str, tuple[int, int]], T: int,
-                             generator: torch.Generator, dtype: torch.dtype = torch.float32, device=None, *,
-                             shift: bool = False) -> StepNoise:
-    """``draw_step_noise`` for a step of stitched members over several sessions: ``sizes`` maps
-    each session of the step to its (trials B_s, channels N_s). ``cd`` (and ``shift``) become
-    ``{session: (P, B_s, T, N_s)}`` (``{session: (2, P, B_s, N_s)}``); the model's noise covers
-    all the step's trials, in session order. Drawn in that order: CD per session, the model's
-    noise, the shift normals per session."""
-    cd = {name: torch.rand((P, B, T, N), generator=generator, dtype=dtype, device=device)
-          for name, (B, N) in sizes.items()}
-    model = draw_noise(config, sum(B for B, _ in sizes.values()), T, members=P, generator=generator, dtype=dtype,
-                       device=device)
+def draw_step_noise(family: Family, config, P: int, sizes: Mapping, T: int, generator: torch.Generator,
+                    dtype: torch.dtype = torch.float32, device=None, *, cd: bool = True,
+                    shift: bool = False) -> StepNoise:
+    """Draw a step's ``StepNoise`` from ``generator``, in this order: the CD uniforms session by
+    session (with ``cd``), the model's noise for all the step's trials (in session order), then (with
+    ``shift``) the temporal-shift normals session by session. ``sizes`` maps each session of the step
+    to its (trials, channels) (``Feed.step_sizes``)."""
+    uniforms = ({name: torch.rand((P, B, T, N), generator=generator, dtype=dtype, device=device)
+                 for name, (B, N) in sizes.items()} if cd else None)
+    model = family.draw_noise(config, sum(B for B, _ in sizes.values()), T, members=P, generator=generator,
+                              dtype=dtype, device=device)
     normals = ({name: torch.randn((2, P, B, N), generator=generator, dtype=dtype, device=device)
                 for name, (B, N) in sizes.items()} if shift else None)
-    return StepNoise(cd, model, normals)
+    return StepNoise(uniforms, model, normals)
 
 
 # --------------------------------------------------------------------------------------------
@@ -102,14 +117,9 @@ def draw_sessions_step_noise(config: LFADSConfig, P: int, sizes: Mapping[str, tu
 # --------------------------------------------------------------------------------------------
 
 
-def _mapped(noise: Noise | None):
-    """vmap in_dims for a per-member ``Noise``: axis 0 of each field that is drawn."""
-    return None if noise is None else Noise(*(None if v is None else 0 for v in noise))
-
-
 class _Call(nn.Module):
     """``fn(module, *args)`` as a module's forward, so ``torch.func.functional_call`` can run any
-    method of an ``LFADS`` with one member's weights."""
+    method of a model with one member's weights."""
 
     def __init__(self, module: nn.Module, fn: Callable):
         super().__init__()
@@ -119,26 +129,28 @@ class _Call(nn.Module):
         return self.fn(self.module, *args)
 
 
-class PopulationLFADS(nn.Module):
-    """P ``LFADS`` models run as one: their weights stacked, LFADS's own methods vmapped over them.
+class PopulationModel(nn.Module):
+    """P models of one family run as one: their weights stacked, the model's own methods vmapped.
 
-    ``weights`` is an ``LFADS`` used as a container: each of its parameters and buffers holds
-    all members, shape ``(P, *LFADS shape)``, under LFADS's own name, so member i's state dict
-    is ``{name: value[i]}`` (``member_state_dict``). It is never called itself: every
-    computation is ``torch.func.vmap`` of ``functional_call`` on an unstacked template member.
-    Shapes are LFADS's with a leading P, except inputs the members share.
+    ``weights`` is a member used as a container: each of its parameters and buffers holds all
+    members, shape ``(P, *shape)``, under the model's own name, so member i's state dict is
+    ``{name: value[i]}`` (``member_state_dict``). It is never called itself: every computation is
+    ``torch.func.vmap`` of ``functional_call`` on an unstacked template member. Shapes are the
+    model's with a leading P, except inputs the members share.
     """
 
-    def __init__(self, members: Sequence[LFADS]):
+    def __init__(self, members: Sequence[nn.Module]):
         super().__init__()
         members = list(members)
         if not members:
             raise ConfigError("A population needs at least one member.")
-        if not all(isinstance(m, LFADS) for m in members):
-            raise ConfigError("PopulationLFADS stacks LFADS models; build them with lfads_nb.build_model.")
+        self.family = family_of(members[0])
+        if any(type(m) is not type(members[0]) for m in members):
+            raise ConfigError("Population members must be models of one family; build them with lfads_nb.build_model.")
         configs = {repr(dataclasses.asdict(m.config)) for m in members}
         if len(configs) > 1:
-            raise ConfigError("Population members must share one LFADSConfig; build every member with the same sizes.")
+            raise ConfigError(f"Population members must share one {type(members[0].config).__name__}; build every "
+                              "member with the same sizes.")
         shared = [name for name, _ in members[0].named_buffers() if _shared_read_in(name)]
         if len({tuple(tuple(m.get_buffer(name).tolist()) for name in shared) for m in members}) > 1:
             raise ConfigError("Population members must read in the same held-in neurons; build every member from the "
@@ -146,75 +158,58 @@ class PopulationLFADS(nn.Module):
         self.config, self.population = members[0].config, len(members)
         self.weights = copy.deepcopy(members[0])
         for name, module in list(self.weights.named_modules()):
-            for key in list(module._parameters):
+            for key in [k for k, v in module._parameters.items() if v is not None]:  # e.g. attention's unused q_proj
                 full = f"{name}.{key}" if name else key
                 stacked = torch.stack([m.get_parameter(full).detach() for m in members])
                 # frozen weights (a stitched model's read-ins) stay frozen
                 module._parameters[key] = nn.Parameter(stacked, requires_grad=module._parameters[key].requires_grad)
-            for key in list(module._buffers):
+            for key in [k for k, v in module._buffers.items() if v is not None]:
                 full = f"{name}.{key}" if name else key
                 module._buffers[key] = torch.stack([m.get_buffer(full) for m in members])
         # The unstacked template (not a submodule) whose methods vmap runs with each member's weights.
         object.__setattr__(self, "_template", copy.deepcopy(members[0]))
 
-    def _each_member(self, fn: Callable, *args, in_dims: tuple):
+    def each_member(self, fn: Callable, *args, in_dims: tuple):
         """``fn(member, *args)`` for every member at once; ``in_dims`` as ``vmap``'s, per argument."""
-        template = self._template.to(self.weights.generator.weight_hh.device).train(self.training)
+        template = self._template.to(next(self.weights.parameters()).device).train(self.training)
         state = {f"module.{k}": v for k, v in self.weights.named_parameters()}
         # The read-in is the data's, the same for every member: the template's own, not mapped
         # (a mapped index would turn every read-in into a per-member gather).
         state.update({f"module.{k}": v for k, v in self.weights.named_buffers() if not _shared_read_in(k)})
         call = _Call(template, fn)
-        return vmap(lambda s, *a: functional_call(call, s, a), in_dims=(0, *in_dims))(state, *args)
+        with warnings.catch_warnings():  # torch has no batching rule for its fused transformer layer (NDT, eval)
+            warnings.filterwarnings("ignore", message="There is a performance drop because we have not yet implemented")
+            return vmap(lambda s, *a: functional_call(call, s, a), in_dims=(0, *in_dims),
+                        randomness="different")(state, *args)
 
     def member_state_dict(self, i: int) -> dict[str, Tensor]:
-        """Member i's weights as an ordinary ``LFADS`` state dict (copies)."""
+        """Member i's weights as an ordinary state dict of its model (copies)."""
         return {k: v[i].detach().clone() for k, v in self.weights.state_dict().items()}
 
-    def forward(self, encoder_input: Tensor, ext_input: Tensor | None = None, *,
-                noise: Noise | None = None, dropout: Tensor | None = None) -> LFADSOutput:
-        """``LFADS.forward`` of every member: encoder_input (P, B, T, E), ext_input shared.
+    def forward(self, *inputs: Tensor, **options):
+        """The model's ``forward`` of every member: each input with a leading member axis P,
+        ``options`` passed to every member as they are. Returns its output with a leading P."""
+        for x in inputs:
+            if not isinstance(x, Tensor) or x.dim() == 0 or x.shape[0] != self.population:
+                raise DataError(f"A population of {self.population} members needs inputs with a leading member axis "
+                                f"of size {self.population}; got {tuple(x.shape) if isinstance(x, Tensor) else x!r}.")
+        return self.each_member(lambda m, *a: m(*a, **options), *inputs, in_dims=(0,) * len(inputs))
 
-        With ``noise`` (each field (P, ...)) the members sample their posteriors with it and, in
-        train mode, drop out at rates ``dropout`` (P,); without, posterior means, as ``LFADS``
-        with ``sample=False``. Returns an ``LFADSOutput`` whose every field has a leading P.
-        """
-        self._check_members(encoder_input.shape[0] if isinstance(encoder_input, Tensor) else None, dropout)
-        like = self.weights.generator.weight_hh
-        rates = dropout if dropout is not None else like.new_full((self.population,), self.config.dropout)
-        return self._each_member(
-            lambda m, x, ext, eps, rate: m(x, ext, sample=eps is not None, noise=eps, dropout=rate),
-            encoder_input, ext_input, noise, rates, in_dims=(0, None, _mapped(noise), 0),
-        )
-
-    def loss(self, batch: Batch, weights: Mapping[str, Tensor], noise: Noise, dropout: Tensor):
-        """``LFADS.loss`` of every member on a training batch whose masks have a leading P
-        (``training.loop.training_batch`` with per-member CD rates): (P,) loss and parts."""
-        sessions = isinstance(batch, Mapping)  # a StitchedLFADS's {session: Batch}
-        self._check_members(next(iter(batch.values())).encoder_mask.shape[0] if sessions else batch.encoder_mask.shape[0],
-                            dropout)
-        dims = {k: _member_batch_dims(b) for k, b in batch.items()} if sessions else _member_batch_dims(batch)
-        return self._each_member(lambda m, b, w, eps, rate: m.loss(b, w, noise=eps, dropout=rate),
-                                 batch, dict(weights), noise, dropout, in_dims=(dims, 0, _mapped(noise), 0))
-
-    def validation_sums(self, batch: Batch, session: str | None = None) -> Tensor:
-        """``LFADS.validation_sums`` of every member on one shared validation batch: (P, 4);
-        of one ``session`` of stitched members."""
-        if session is None:
-            return self._each_member(lambda m, b: m.validation_sums(b), batch, in_dims=(None,))
-        return self._each_member(lambda m, b: m.for_session(session).validation_sums(b), batch, in_dims=(None,))
-
-    def l2_penalties(self) -> dict[str, Tensor]:
-        """``LFADS.l2_penalties`` of every member: each value (P,)."""
-        return self._each_member(lambda m: m.l2_penalties(), in_dims=())
-
-    def _check_members(self, leading: int | None, dropout: Tensor | None) -> None:
+    def loss(self, inputs, weights: Mapping[str, Tensor], noise, member_values: Mapping[str, Tensor]):
+        """The protocol's ``loss`` of every member on a training batch (or one per session) whose
+        masks have a leading P (``Feed.training_batch`` with per-member rates): (P,) loss and parts.
+        ``weights`` and ``member_values`` (the family's per-member model hyperparameters) map names
+        to (P,) tensors; ``noise`` is the family's, with a leading P."""
         P = self.population
-        if leading != P:
-            raise DataError(f"A population of {P} members needs inputs with a leading member axis of size {P}; "
-                            f"got {leading}.")
-        if dropout is not None and (not isinstance(dropout, Tensor) or tuple(dropout.shape) != (P,)):
-            raise ConfigError(f"The members' dropout rates must be a tensor of shape ({P},).")
+        if _member_sizes(inputs) - {P}:
+            raise DataError(f"A population of {P} members needs per-member inputs with a leading member axis of size "
+                            f"{P}; got {sorted(_member_sizes(inputs))}.")
+        for name, value in member_values.items():
+            if not isinstance(value, Tensor) or tuple(value.shape) != (P,):
+                raise ConfigError(f"The members' {name} must be a tensor of shape ({P},).")
+        return self.each_member(lambda m, b, w, eps, values: m.loss(b, w, noise=eps, **values),
+                                inputs, dict(weights), noise, dict(member_values),
+                                in_dims=(_member_batch_dims(inputs), 0, _member_axis(noise), 0))
 
 
 # --------------------------------------------------------------------------------------------
@@ -298,80 +293,78 @@ class PopulationAdam:
 
 
 class Population:
-    """P LFADS members trained together: what population-based training steps, copies and saves.
+    """P members of one family trained together: what population-based training steps, copies and saves.
 
-    ``members``: the P ``LFADS`` models to start from, sharing one architecture (build each with
+    ``members``: the P models to start from, sharing one architecture (build each with
     ``lfads_nb.build_model(ds, seed=...)`` so it starts from the data); ``train_config`` the
-    shared settings (batch size, ramps, sample validation); ``hparams`` maps per-member names
-    (``hyperparameters.PER_MEMBER``) to P values; a missing name takes its owner's value: that of
-    ``train_config`` or of the members' ``LFADSConfig``. The rest of both configs is shared by the
-    population. ``noise_seed`` seeds the generator of every step's random numbers.
+    shared settings (batch size, ramps, sample validation); ``hparams`` maps the family's
+    per-member names (``hyperparameters.per_member``) to P values; a missing name takes its owner's
+    value: that of ``train_config`` or of the members' config. The rest of both configs is shared by
+    the population. ``noise_seed`` seeds the generator of every step's random numbers.
+    ``validation_members``: the size of the whole population when this is a part of it (a Ray
+    worker's), which sets the validation batch size (``training.loop.validation_batch_size``).
     """
 
-    def __init__(self, members: Sequence[LFADS], train_config: TrainConfig, hparams: Mapping[str, Sequence[float]], *,
-                 noise_seed: int = 0, device: str = "cpu", dtype: torch.dtype = torch.float32):
-        unknown = sorted(set(hparams) - set(PER_MEMBER))
+    def __init__(self, members: Sequence[nn.Module], train_config: TrainConfig, hparams: Mapping[str, Sequence[float]],
+                 *, noise_seed: int = 0, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                 validation_members: int | None = None):
+        self.model = PopulationModel(members)
+        self.family = self.model.family
+        names = per_member(self.family.name)
+        unknown = sorted(set(hparams) - set(names))
         if unknown:
             raise ConfigError(
-                f"{unknown} cannot differ between population members; per-member hyperparameters are {list(PER_MEMBER)}. "
-                "Set the others in the TrainConfig / LFADSConfig shared by the population."
+                f"{unknown} cannot differ between population members; per-member hyperparameters of "
+                f"{self.family.name} are {list(names)}. Set the others in the TrainConfig / model config shared by "
+                "the population."
             )
-        self.model = PopulationLFADS(members)
         P, model_config = self.model.population, self.model.config
         self.model_config, self.train_config = model_config, train_config
         self.device = torch.device(device)
         self.model.to(device=self.device, dtype=dtype)
         self.hps: dict[str, Tensor] = {}
         configs = {"train": train_config, "model": model_config}
-        for name in PER_MEMBER:
-            default = getattr(configs[HYPERPARAMETERS[name].owner], name)
+        for name in names:
+            default = getattr(configs[self.family.tunables[name].owner], name)
             values = hparams.get(name, [default] * P)
             if len(values) != P:
                 raise ConfigError(f"hparams[{name!r}] has {len(values)} values for {P} members.")
             self.hps[name] = torch.tensor([float(v) for v in values], dtype=dtype, device=self.device)
         self.optimizer = PopulationAdam(list(self.model.parameters()))
         self.generator = torch.Generator(self.device).manual_seed(int(noise_seed))
+        self.validation_batch_size = validation_batch_size(train_config.batch_size, validation_members or P)
 
     @property
     def size(self) -> int:
         return self.model.population
 
-    def train_step(self, tensors: _Tensors, idx: Tensor, kl_ramp: float, l2_ramp: float,
-                   noise: StepNoise | None = None) -> dict[str, Tensor]:
-        """One optimiser step of every member on the trials ``idx``; returns (P,) losses and parts.
+    def step(self, feed: Feed, trials: Mapping, kl_ramp: float, l2_ramp: float,
+             noise: StepNoise | None = None) -> dict[str, Tensor]:
+        """One optimiser step of every member on the feed's ``trials`` (``Feed.step_trials``); returns
+        (P,) losses and parts (and each member's gradient norm before clipping).
 
         Each member's batch gets its own coordinated dropout at its ``cd_rate`` and, when any
-        member's ``shift_std`` is > 0, its own temporal shifts at its std; the loss is
-        ``LFADS.loss`` with its KL and L2 weights and dropout rate. ``noise``: this step's random
-        numbers (default: drawn from the population's generator).
+        member's ``shift_std`` is > 0, its own temporal shifts at its std; the loss is the model's
+        with the member's loss weights and per-member model hyperparameters. ``noise``: this step's
+        random numbers (default: drawn from the population's generator).
         """
         P, dtype = self.size, self.hps["lr"].dtype
-        shifting = bool((self.hps["shift_std"] > 0).any())
-        sessions = isinstance(tensors, Mapping)  # stitched members: {session: _Tensors}, {session: trials}
-        if noise is None and sessions:
-            sizes = {name: (len(i), tensors[name].data.shape[-1]) for name, i in idx.items()}
-            noise = draw_sessions_step_noise(self.model_config, P, sizes, next(iter(tensors.values())).data.shape[1],
-                                             self.generator, dtype, self.device, shift=shifting)
-        elif noise is None:
-            noise = draw_step_noise(self.model_config, P, len(idx), tensors.data.shape[1], self.generator, dtype,
-                                    self.device, shift=shifting)
+        shifting = "shift_std" in self.hps and bool((self.hps["shift_std"] > 0).any())
+        if noise is None:
+            noise = draw_step_noise(self.family, self.model_config, P, feed.step_sizes(trials), feed.n_time,
+                                    self.generator, dtype, self.device, cd="cd_rate" in self.hps, shift=shifting)
         if shifting and noise.shift is None:
             raise ConfigError("Members have shift_std > 0 but this step's noise has no temporal-shift normals; "
                               "draw it with draw_step_noise(..., shift=True).")
-
-        def batch_of(t: _Tensors, i: Tensor, cd: Tensor, normals: Tensor | None) -> Batch:
-            shifts = None if not shifting else tuple(
-                rounded_normal_shifts(normals, self.hps["shift_std"].view(P, 1, 1), self.train_config.shift_max))
-            return training_batch(t, i, self.train_config.sv_fraction, self.hps["cd_rate"].view(P, 1, 1, 1), cd, shifts)
-
-        if sessions:
-            batch = {name: batch_of(tensors[name], i, noise.cd[name], noise.shift[name] if shifting else None)
-                     for name, i in idx.items()}
-        else:
-            batch = batch_of(tensors, idx, noise.cd, noise.shift)
-        weights = {name: self.hps[name] for name in LOSS_WEIGHTS}
+        shifts = None if not shifting else {
+            name: tuple(rounded_normal_shifts(normals, self.hps["shift_std"].view(P, 1, 1), self.train_config.shift_max))
+            for name, normals in noise.shift.items()}
+        cd_rate = None if noise.cd is None else self.hps["cd_rate"].view(P, 1, 1, 1)
+        batch = feed.training_batch(trials, cd_rate, noise.cd, shifts)
+        weights = {name: self.hps[name] for name in self.family.loss_weights}
         weights.update(kl_ramp=torch.full_like(self.hps["lr"], kl_ramp), l2_ramp=torch.full_like(self.hps["lr"], l2_ramp))
-        loss, parts = self.model.loss(batch, weights, noise.model, self.hps["dropout"])
+        member_values = {name: self.hps[name] for name in self.family.member_options}
+        loss, parts = self.model.loss(batch, weights, noise.model, member_values)
         self.optimizer.zero_grad()
         loss.sum().backward()  # members share no weights: the sum's gradient is each member's own
         parts["grad_norm"] = clip_grad_norms_(self.optimizer.params, self.hps["grad_clip"])
@@ -379,18 +372,27 @@ class Population:
         return {"train_loss": loss.detach(), **{k: v.detach() for k, v in parts.items()}}
 
     @torch.no_grad()
-    def validate(self, tensors: _Tensors, idx: Tensor, batch_size: int = 256) -> dict[str, Tensor]:
-        """Per-member validation NLL per entry, (P,) each: ``valid_recon`` on the visible entries
-        and, with sample validation, ``valid_sv_nll`` on the held-out ones (as ``training``).
-        Stitched members: ``tensors`` and ``idx`` per session, the NLL over all sessions' entries."""
-        sv = self.train_config.sv_fraction
-        if not isinstance(tensors, Mapping):
-            return validation_metrics(self.model, tensors, idx, sv, batch_size)
+    def validate(self, feed: Feed, batch_size: int | None = None) -> dict[str, Tensor]:
+        """Per-member validation NLL per entry on the feed's 'valid' trials, (P,) each: ``valid_recon``
+        on the entries the loss counts and, with sample validation, ``valid_sv_nll`` on the held-out
+        ones (as ``training.loop.validation_metrics`` of one model). ``batch_size``: trials per
+        validation batch (default ``self.validation_batch_size``)."""
+        batch_size = batch_size or self.validation_batch_size
         self.model.eval()
-        sums = sum(self.model.validation_sums(b, session=name)
-                   for name in tensors for b in validation_batches(tensors[name], idx[name], sv, batch_size))
+        sums = sum(self.model.each_member(lambda m, b, view=view: validation_sums(m, view, b), batch, in_dims=(None,))
+                   for view, batch in feed.validation(batch_size))
         self.model.train()
-        return metrics_from_sums(sums, sv)
+        return metrics_from_sums(sums, feed.sv_fraction)
+
+    @torch.no_grad()
+    def entry_nll(self, view, batch: Batch) -> Tensor:
+        """(P, B, T, N) every member's NLL of every entry of a validation ``batch`` (``view``: the
+        model that reads its session, ``Feed.validation``)."""
+        was_training = self.model.training
+        self.model.eval()
+        nll = self.model.each_member(lambda m, b: view(m).entry_nll(b), batch, in_dims=(None,))
+        self.model.train(was_training)
+        return nll
 
     @torch.no_grad()
     def copy_members(self, dst: Sequence[int], src: Sequence[int]) -> None:
@@ -401,27 +403,29 @@ class Population:
             t[dst] = t[src]
         self.optimizer.copy_members(dst, src)
 
-    def member_config(self, i: int) -> LFADSConfig:
-        """Member i's architecture as an ordinary ``LFADSConfig``, with its own values of the
-        per-member model hyperparameters (``dropout``)."""
-        return dataclasses.replace(self.model_config, **by_owner(self.member_hparams(i), "model"))
+    def member_config(self, i: int):
+        """Member i's architecture as an ordinary config, with its own values of the per-member model
+        hyperparameters (LFADS's ``dropout``, NDT's ``mask_ratio``)."""
+        return dataclasses.replace(self.model_config, **by_owner(self.member_hparams(i), "model", self.family.name))
 
     def member_hparams(self, i: int) -> dict[str, float]:
         return {k: float(v[i]) for k, v in self.hps.items()}
 
-    def member_model(self, i: int) -> LFADS:
-        """Member i as an ordinary ``LFADS`` (on the CPU, float32, eval mode), ready for ``infer``."""
-        model = type(self.model._template)(self.member_config(i))
+    def member_model(self, i: int) -> nn.Module:
+        """Member i as an ordinary model of its family (on the CPU, float32, eval mode), ready for ``infer``."""
+        model = self.family.model(self.member_config(i))
         model.load_state_dict({k: v.float().cpu() for k, v in self.model.member_state_dict(i).items()})
         return model.eval()
 
     def state_dict(self) -> dict:
-        """Everything that changes in training, as plain tensors (loads with weights_only=True)."""
+        """Everything that changes in training, as plain tensors (loads with weights_only=True), with
+        torch's global random state (the draws inside a member's forward pass, e.g. NDT's dropout)."""
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "hps": dict(self.hps),
             "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
         }
 
     @torch.no_grad()
@@ -431,7 +435,7 @@ class Population:
         for k, v in state["hps"].items():
             self.hps[k].copy_(v)
         self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
 
 
-__all__ = ["Population", "PopulationAdam", "PopulationLFADS", "StepNoise", "clip_grad_norms_",
-           "draw_sessions_step_noise", "draw_step_noise"]
+__all__ = ["Population", "PopulationAdam", "PopulationModel", "StepNoise", "clip_grad_norms_", "draw_step_noise"]

@@ -1,313 +1,226 @@
-"""Population-based training of LFADS as Ray Tune trials, on one machine or a Ray cluster.
+"""Population-based training on Ray: ``pbt``'s own loop with the population split over Ray workers.
 
-The same training as :func:`lfads_nb.tune.pbt.pbt`, scaled out: each Tune trial trains a batched
-sub-population of ``members_per_trial`` LFADS members (one :class:`lfads_nb.tune.population.Population`,
-epochs by :func:`lfads_nb.tune.pbt.train_epoch`), and Ray Tune's ``PopulationBasedTraining``
-scheduler exploits and explores between trials. Only Ray 2.x's public API is used:
-``tune.Tuner``, ``tune.TuneConfig``, ``tune.RunConfig``, ``tune.report`` with a
-``tune.Checkpoint``, ``tune.get_checkpoint`` and ``tune.get_context``. Needs the ``ray`` extra
-(``pip install 'lfads_nb[ray]'``).
+``ray_pbt(ds, members_per_worker=k, ...)`` takes ``pbt``'s arguments and runs its loop
+(``lfads_nb.tune.pbt.run_pbt``): the same exploit and perturbation rules, stopping rule, sessions,
+artifact-free fitness, history, progress, ``pbt.pt`` / ``best.pt`` checkpoints and resume. Only the
+members' epochs run elsewhere: on ``population / k`` Ray actors (``_Worker``), each holding a
+:class:`lfads_nb.tune.population.Population` of k members and its own ``Feed`` of the data. Needs
+Ray (``pip install 'lfads_nb[ray]'``); only Ray core's public API is used (``ray.remote``, ``ray.get``,
+``ray.put``, ``ray.kill``).
 
-The pieces, in the order a run uses them:
+Per epoch the driver hands every worker the state of its ``decisions`` generator, so each one
+shuffles the trials as one population would, and advances its own generator by the same draws;
+it gathers the members' metrics. Exploit copies a member's weights, Adam state and
+hyperparameters from its worker to the loser's. Worker w draws its members' noise from a generator
+seeded by the run's seed for w = 0 and ``member_seed(seed, 1_000_000 + w)`` for the others, so a
+single worker of every member is ``pbt`` exactly (tested), and several workers differ from it only
+in those random numbers. A stop request is seen between epochs. ``pbt.pt`` holds every worker's
+population, so a run resumes with the same ``members_per_worker``.
 
-1. ``ray_pbt(ds, ...)`` splits the population (``PBTConfig.population``) into
-   ``population / members_per_trial`` trials. Each trial's config holds its members'
-   hyperparameters (``{"members": {"0": {"lr": ..., ...}, ...}}``), initialised as ``pbt``
-   does (``init`` where the space gives one, else a seeded draw).
-2. ``_trial`` (runs on a Ray worker): a burn-in generation, then generations of
-   ``generation_epochs``; after each it reports ``fitness`` (the best smoothed validation NLL
-   of its members), per-member values and a checkpoint (weights, Adam state, RNG states).
-3. The scheduler (synchronous, ``time_attr='generations_done'``, every generation): the
-   bottom ``truncation_fraction`` of trials restart from a top trial's checkpoint with its
-   config explored by ``_Explore`` (every member's hyperparameters multiplied by
-   1 +- U[0.002 w, w], bounded, as in ``pbt``). A trial's config is the only source of its
-   hyperparameters; members inside one trial do not copy each other.
-4. ``RayPBTResult``: the best member (best fitness at any generation's end) as an ordinary
-   ``LFADS``, its hyperparameters, and a history Dataset (generation x member) with the
-   variables of ``PBTResult.history``, so ``lfads_nb.plots.pbt_*`` draw it; plus Tune's
-   ``ResultGrid``. Runs stop after ``max_generations`` (no plateau rule).
-
-On a cluster: start Ray there (``ray start --head`` / ``ray up``), call
-``ray.init(address="auto")`` (or pass ``address``) before ``ray_pbt``, and give a
-``storage_path`` on a file system every node shares. Each trial also appends one JSON line per
-generation to ``<storage_path>/<name>/generation_rows/``: the history is read from there, since
-Tune's own result files can lose rows when PBT restarts a trial from another's checkpoint.
+On a cluster: start Ray there (``ray start --head`` / ``ray up``) and call
+``ray.init(address="auto")`` before ``ray_pbt``; the driver writes ``checkpoint_dir``.
 """
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
-import tempfile
-from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
-import xarray as xr
 
-from ..data.schema import validate
 from ..errors import ConfigError
-from ..models.lfads import LFADS, LFADSConfig
-from ..training.checkpoint import ema, load_checkpoint, save_checkpoint
-from ..training.loop import TrainConfig, _to_tensors, build_model, check_device, train_valid_indices
-from .pbt import (PBT_NEEDS_VALIDATION, PBTConfig, _initial_hparams, _member_seed, _space_for_population, build_members,
-                  train_epoch)
-from .pbt import explore as explore_value
+from ..training.feed import make_feed
+from ..training.loop import TrainConfig, check_device, run_epoch
+from .pbt import PBT_NEEDS_VALIDATION, PBTConfig, PBTResult, initial_hparams, member_seed, run_pbt
 from .population import Population
-from .search import DEFAULT_SPACE, SearchSpace
-
-CHECKPOINT_FILE = "trial.pt"
+from .search import SearchSpace
 
 
-def _tune():
+def _ray():
     try:
         import ray
-        from ray import tune
     except ImportError:
-        raise ImportError("The Ray backend needs Ray Tune: pip install 'lfads_nb[ray]' (or 'ray[tune]>=2.9').") from None
-    return ray, tune
+        raise ImportError("The Ray backend needs Ray: pip install 'lfads_nb[ray]' (or 'ray>=2.9').") from None
+    return ray
 
 
-# ---------------------------------------------------------------------------------------------
-# One trial: a batched sub-population (runs on a Ray worker)
-# ---------------------------------------------------------------------------------------------
+class _Worker:
+    """A Ray actor: k members of the population (a ``Population``) and a ``Feed`` of the data."""
 
-def _trial(config: dict, *, ds: xr.Dataset, settings: dict) -> None:
-    """Train this trial's members generation by generation, reporting to Tune after each."""
-    from ray import tune
+    def __init__(self, ds, train_config: dict, members, hparams: dict, noise_seed: int, threads: int, population: int):
+        torch.set_num_threads(threads)
+        tc = TrainConfig(**train_config)
+        check_device(tc.device)  # here, not on the driver: the head may have no GPU where the workers do
+        torch.manual_seed(noise_seed)  # the draws inside members' forward passes (NDT's dropout layers)
+        self.config = tc
+        self.feed = make_feed(ds, tc, PBT_NEEDS_VALIDATION)
+        self.population = Population(members, tc, hparams, noise_seed=noise_seed, device=tc.device,
+                                     validation_members=population)
 
-    torch.set_num_threads(settings["threads"])
-    tc = TrainConfig(**settings["train_config"])
-    check_device(tc.device)  # here, not in ray_pbt: the head may have no GPU where the workers do
-    names = list(settings["space"])
-    k = settings["members_per_trial"]
-    members = [config["members"][str(j)] for j in range(k)]
-    hparams = {name: [m[name] for m in members] for name in names}
-    first = config["index"] * k  # global index of this trial's first member (initial weights only)
-    members = build_members(ds, tc, settings["model_sizes"], [_member_seed(settings["seed"], first + j) for j in range(k)])
-    population = Population(members, tc, hparams, noise_seed=_member_seed(settings["seed"], 1_000_000 + config["index"]),
-                            device=tc.device)
-    decisions = torch.Generator().manual_seed(_member_seed(settings["seed"], 2_000_000 + config["index"]))
-    trial_id = tune.get_context().get_trial_id()
-    epoch, generation, smoothed, origin = 0, 0, [math.nan] * k, trial_id
-    checkpoint = tune.get_checkpoint()
-    if checkpoint is not None:  # resumed, or restarted from a better trial's checkpoint (exploit)
-        with checkpoint.as_directory() as folder:
-            saved = load_checkpoint(Path(folder) / CHECKPOINT_FILE, ("population",), map_location=tc.device)
-        population.load_state_dict(saved["population"])
-        for name in names:  # the config's values rule: after an exploit they are the explored ones
-            population.hps[name].copy_(torch.tensor(hparams[name], dtype=population.hps[name].dtype))
-        epoch, generation, smoothed, origin = saved["epoch"], saved["generation"], saved["smoothed"], saved["trial_id"]
-        decisions.set_state(saved["decisions"])
+    def epoch(self, epoch: int, decisions_state: torch.Tensor) -> dict:
+        decisions = torch.Generator().set_state(decisions_state)
+        result = run_epoch(self.population, self.feed, epoch, decisions, self.config)
+        return {k: v.double().cpu().numpy() for k, v in result.metrics.items()}
 
-    train_idx, valid_idx = train_valid_indices(ds, PBT_NEEDS_VALIDATION)
-    tensors = _to_tensors(ds, tc)
-    while True:
-        length = settings["burn_in"] if generation == 0 else settings["generation_epochs"]
-        for _ in range(length):
-            metrics, _ = train_epoch(population, tensors, train_idx, valid_idx, tc, epoch, decisions)
-            current = metrics[settings["metric"]]
-            smoothed = [ema(s, c) for s, c in zip(smoothed, current)]
-            epoch += 1
-        fitness = np.where(np.isfinite(smoothed), smoothed, np.nan)
-        row = {"fitness": float(np.nanmin(fitness)) if np.isfinite(fitness).any() else math.inf,
-               "generation": generation, "generations_done": generation + 1, "end_epoch": epoch, "origin": origin}
-        for j in range(k):
-            row[f"fitness_{j}"] = float(fitness[j])
-            row.update({f"{name}_{j}": float(population.hps[name][j]) for name in names})
-            row.update({f"{key}_{j}": float(values[j]) for key, values in metrics.items()})
-        generation += 1
-        # Named by trial id: an exploit copies the whole config, "index" included, into the clone.
-        with open(Path(settings["row_log"]) / f"{trial_id}.jsonl", "a") as log:
-            log.write(json.dumps({**row, "trial_id": trial_id}) + "\n")
-        with tempfile.TemporaryDirectory() as folder:
-            save_checkpoint({"population": population.state_dict(), "epoch": epoch, "generation": generation,
-                             "smoothed": smoothed, "trial_id": trial_id, "decisions": decisions.get_state()},
-                            Path(folder) / CHECKPOINT_FILE)
-            tune.report(row, checkpoint=tune.Checkpoint.from_directory(folder))
-        origin = trial_id
+    def entry_nll(self) -> torch.Tensor:
+        return torch.cat([self.population.entry_nll(view, b)
+                          for view, b in self.feed.validation(self.population.validation_batch_size)], dim=1).cpu()
 
+    def hparams(self) -> dict:
+        return {name: v.double().cpu().numpy() for name, v in self.population.hps.items()}
 
-class _Explore:
-    """Tune's ``custom_explore_fn``: every member's hyperparameters explored as ``pbt`` explores.
+    def set_hparam(self, name: str, j: int, value: float) -> None:
+        self.population.hps[name][j] = value
 
-    Seeded: the n-th call draws from a generator seeded by (seed, n).
-    """
+    def copy_members(self, dst: list, src: list) -> None:
+        self.population.copy_members(dst, src)
 
-    def __init__(self, space: SearchSpace, seed: int):
-        self.bounds = {name: (hp.low, hp.high, hp.explore_width) for name, hp in space.items()}
-        self.seed, self.calls = seed, 0
+    def export(self, j: int) -> dict:
+        """Member j's weights, Adam state and hyperparameters, to copy into another worker."""
+        population = self.population
+        adam = population.optimizer
+        return {"weights": [t[j].cpu() for t in list(population.model.parameters()) + list(population.model.buffers())],
+                "adam": [t[j].cpu() for t in [adam.steps] + adam.exp_avg + adam.exp_avg_sq],
+                "hps": {name: float(v[j]) for name, v in population.hps.items()}}
 
-    def __call__(self, config: dict) -> dict:
-        self.calls += 1
-        generator = torch.Generator().manual_seed(_member_seed(self.seed, 3_000_000 + self.calls))
-        for member in config["members"].values():
-            for name, (low, high, width) in self.bounds.items():
-                member[name] = explore_value(float(member[name]), low, high, width, generator)
-        return config
+    @torch.no_grad()
+    def import_member(self, j: int, saved: dict) -> None:
+        """Member j becomes the member ``saved`` (``export``): the exploit step across workers."""
+        population = self.population
+        adam = population.optimizer
+        for t, value in zip(list(population.model.parameters()) + list(population.model.buffers()), saved["weights"]):
+            t[j] = value.to(t.device)
+        for t, value in zip([adam.steps] + adam.exp_avg + adam.exp_avg_sq, saved["adam"]):
+            t[j] = value.to(t.device)
+        for name, value in saved["hps"].items():
+            population.hps[name][j] = value
+
+    def member(self, j: int) -> dict:
+        population = self.population
+        return {"state": {k: v.float().cpu() for k, v in population.model.member_state_dict(j).items()},
+                "hparams": population.member_hparams(j),
+                "config": dataclasses.asdict(population.member_config(j))}
+
+    def state_dict(self) -> dict:
+        return {k: _to_cpu(v) for k, v in self.population.state_dict().items()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.population.load_state_dict(state)
 
 
-# ---------------------------------------------------------------------------------------------
-# The run
-# ---------------------------------------------------------------------------------------------
+def _to_cpu(value):
+    if isinstance(value, torch.Tensor):
+        return value.cpu()
+    if isinstance(value, dict):
+        return {k: _to_cpu(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_to_cpu(v) for v in value]
+    return value
 
-@dataclass
-class RayPBTResult:
-    model: LFADS             # the best member (best fitness at any generation end), eval mode, CPU float32
-    hparams: dict            # its hyperparameters
-    history: xr.Dataset      # dims (generation, member); member = trial * members_per_trial + slot
-    best_generation: int
-    results: object          # Tune's ResultGrid, one Result per trial
+
+class RayMembers:
+    """The members of a run on Ray workers, with ``pbt.LocalMembers``' methods: member i lives in
+    worker i // k at slot i % k."""
+
+    def __init__(self, ds, train_config: TrainConfig, pbt_config, space, members, *, k: int, cpus: float,
+                 gpus: float):
+        ray = _ray()
+        self.ray, self.k, self.size = ray, k, len(members)
+        self.settings = {"ray": {"members_per_worker": k}}  # pbt.pt holds one population per worker
+        self.feed = make_feed(ds, train_config, PBT_NEEDS_VALIDATION)  # draws the batch order as the workers do
+        hparams = initial_hparams(space, self.size, pbt_config.seed)
+        actor = ray.remote(num_cpus=cpus, num_gpus=gpus)(_Worker)
+        shared = ray.put(ds)
+        self.workers = []
+        for w in range(self.size // k):
+            seed = pbt_config.seed if w == 0 else member_seed(pbt_config.seed, 1_000_000 + w)
+            mine = {name: values[w * k:(w + 1) * k] for name, values in hparams.items()}
+            self.workers.append(actor.remote(shared, dataclasses.asdict(train_config), members[w * k:(w + 1) * k], mine,
+                                             seed, max(1, int(cpus)), self.size))
+
+    def _at(self, i: int):
+        return self.workers[i // self.k], i % self.k
+
+    def epoch(self, epoch: int, decisions: torch.Generator, config: TrainConfig, stop) -> tuple[dict, bool]:
+        state = decisions.get_state()
+        parts = self.ray.get([w.epoch.remote(epoch, state) for w in self.workers])
+        self.feed.shuffle(decisions)  # the draws every worker made from the same state
+        return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}, bool(stop())
+
+    def entry_nll(self) -> torch.Tensor:
+        return torch.cat(self.ray.get([w.entry_nll.remote() for w in self.workers]))
+
+    def hparams(self) -> dict[str, np.ndarray]:
+        parts = self.ray.get([w.hparams.remote() for w in self.workers])
+        return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}
+
+    def set_hparam(self, name: str, member: int, value: float) -> None:
+        worker, j = self._at(member)
+        self.ray.get(worker.set_hparam.remote(name, j, value))
+
+    def copy_members(self, dst, src) -> None:
+        """Member dst[n] becomes a copy of member src[n]; every source is read before any member is written."""
+        saved = self.ray.get([self._at(s)[0].export.remote(self._at(s)[1]) for s in src])
+        self.ray.get([self._at(d)[0].import_member.remote(self._at(d)[1], member) for d, member in zip(dst, saved)])
+
+    def member(self, i: int) -> dict:
+        worker, j = self._at(i)
+        return self.ray.get(worker.member.remote(j))
+
+    def state_dict(self) -> dict:
+        return {"workers": self.ray.get([w.state_dict.remote() for w in self.workers])}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.ray.get([w.load_state_dict.remote(s) for w, s in zip(self.workers, state["workers"])])
+
+    def close(self) -> None:
+        for worker in self.workers:
+            self.ray.kill(worker)
 
 
 def ray_pbt(
-    ds: xr.Dataset,
+    ds,
     *,
-    space: SearchSpace = DEFAULT_SPACE,
+    model: str = "lfads",
+    space: SearchSpace | None = None,
     pbt_config: PBTConfig | None = None,
     train_config: TrainConfig | None = None,
     model_sizes: dict | None = None,
-    members_per_trial: int = 1,
-    cpus_per_trial: float = 1,
-    gpus_per_trial: float = 0,
-    storage_path=None,
-    name: str = "lfads_pbt",
-    verbose: int = 1,
-) -> RayPBTResult:
-    """PBT of LFADS on ``ds`` as Ray Tune trials of ``members_per_trial`` members each.
-
-    Settings as :func:`lfads_nb.tune.pbt.pbt` (``pbt_config.exploit`` is Tune's truncation with
-    ``truncation_fraction``; the plateau rule is not used). ``cpus_per_trial`` /
-    ``gpus_per_trial``: resources Tune reserves per trial (torch uses ``cpus_per_trial``
-    threads; with GPUs set ``train_config.device='cuda'``). ``storage_path``: the folder where
-    Tune keeps results and checkpoints and the trials log their generations (default: a new
-    temporary folder, fine on one machine; on a cluster a shared path all nodes reach).
-    Uses the running Ray instance, or starts a local one.
+    checkpoint_dir=None,
+    resume: bool = True,
+    progress=None,
+    live: bool | None = None,
+    members_per_worker: int = 1,
+    cpus_per_worker: float = 1,
+    gpus_per_worker: float = 0,
+) -> PBTResult:
+    """:func:`lfads_nb.tune.pbt.pbt` (same arguments, same result) with the population split over Ray
+    workers of ``members_per_worker`` members each (it must divide ``PBTConfig.population``).
+    ``cpus_per_worker`` / ``gpus_per_worker``: what Ray reserves per worker (torch uses
+    ``cpus_per_worker`` threads; with GPUs set ``train_config.device='cuda'``). Uses the running Ray
+    instance, or starts a local one.
     """
-    ray, tune = _tune()
-    from ray.tune.schedulers import PopulationBasedTraining
-
-    pc = pbt_config or PBTConfig()
-    tc = train_config or TrainConfig()
-    space = _space_for_population(space)
-    validate(ds, require_train=True)
-    if isinstance(members_per_trial, bool) or not isinstance(members_per_trial, int) or members_per_trial < 1 \
-            or pc.population % members_per_trial:
-        raise ConfigError(f"members_per_trial={members_per_trial!r} must be a positive integer dividing "
-                          f"PBTConfig.population ({pc.population}).")
-    n_trials = pc.population // members_per_trial
-    if n_trials < 2:
-        raise ConfigError(f"{n_trials} trial: PBT needs at least 2 trials to exploit; lower members_per_trial.")
-    if pc.metric == "valid_sv_nll" and tc.sv_fraction == 0:
-        raise ConfigError("PBTConfig.metric='valid_sv_nll' needs sample validation: set TrainConfig.sv_fraction > 0.")
-    if pc.fitness_skips_artifacts:
-        raise ConfigError("PBTConfig.fitness_skips_artifacts is not available with ray_pbt; run lfads_nb.pbt.pbt, "
-                          "or mask the artifacts in the data first (lfads_nb.artifacts.mask_artifacts).")
-    train_valid_indices(ds, PBT_NEEDS_VALIDATION)
-    if storage_path is not None and "://" in str(storage_path):
-        raise ConfigError(f"storage_path={storage_path!r}: give a folder on a file system every node shares; "
-                          "the trials log each generation there as files.")
-    storage = Path(storage_path) if storage_path is not None else Path(tempfile.mkdtemp(prefix="lfads_pbt_"))
-    row_log = storage.resolve() / name / "generation_rows"
-    row_log.mkdir(parents=True, exist_ok=True)
-    for old in row_log.glob("*.jsonl"):  # a new run of the same name starts a new log
-        old.unlink()
-    model_sizes = dict(model_sizes or {})
-    model_config = build_model(ds, **model_sizes).config
-    initial = _initial_hparams(space, pc.population, pc.seed)
-    configs = [{"index": t, "members": {str(j): {n: initial[n][t * members_per_trial + j] for n in space}
-                                        for j in range(members_per_trial)}} for t in range(n_trials)]
-    settings = {"train_config": dataclasses.asdict(tc), "model_config": dataclasses.asdict(model_config),
-                "model_sizes": model_sizes,
-                "space": {n: dataclasses.asdict(hp) for n, hp in space.items()}, "members_per_trial": members_per_trial,
-                "seed": pc.seed, "metric": pc.metric, "threads": max(1, int(cpus_per_trial)),
-                "burn_in": pc.burn_in_epochs or max(tc.kl_ramp_epochs, tc.l2_ramp_epochs, 1),
-                "generation_epochs": pc.generation_epochs, "row_log": str(row_log)}
-
+    ray = _ray()
+    population = (pbt_config or PBTConfig()).population
+    if isinstance(members_per_worker, bool) or not isinstance(members_per_worker, int) or members_per_worker < 1 \
+            or population % members_per_worker:
+        raise ConfigError(f"members_per_worker={members_per_worker!r} must be a positive integer dividing "
+                          f"PBTConfig.population ({population}).")
     if not ray.is_initialized():
         ray.init()
-    scheduler = PopulationBasedTraining(
-        time_attr="generations_done", perturbation_interval=1, synch=True,
-        quantile_fraction=pc.truncation_fraction, custom_explore_fn=_Explore(space, pc.seed))
-    trainable = tune.with_resources(tune.with_parameters(_trial, ds=ds, settings=settings),
-                                    {"cpu": cpus_per_trial, "gpu": gpus_per_trial})
-    tuner = tune.Tuner(
-        trainable,
-        param_space={"index": tune.grid_search(list(range(n_trials))),
-                     "members": tune.sample_from(lambda spec: configs[spec.config.index]["members"])},
-        tune_config=tune.TuneConfig(scheduler=scheduler, metric="fitness", mode="min"),
-        run_config=tune.RunConfig(
-            name=name, storage_path=str(storage.resolve()), verbose=verbose,
-            stop={"generations_done": 1 + pc.max_generations},
-            checkpoint_config=tune.CheckpointConfig(checkpoint_score_attribute="fitness", checkpoint_score_order="min")),
-    )
-    results = tuner.fit()
-    errors = [r.error for r in results if r.error is not None]
-    if errors:
-        raise RuntimeError(f"{len(errors)} of {n_trials} Tune trials failed; the first: {errors[0]!r}")
-    history = _history(results, space, members_per_trial, settings)
-    model, hparams, best_generation = _best_member(results, space, members_per_trial, settings)
-    return RayPBTResult(model, hparams, history, best_generation, results)
+    made = []
+
+    def on_ray(ds, tc, pc, space, members):
+        made.append(RayMembers(ds, tc, pc, space, members, k=members_per_worker, cpus=cpus_per_worker,
+                               gpus=gpus_per_worker))
+        return made[-1]
+
+    try:
+        return run_pbt(ds, on_ray, model=model, space=space, pbt_config=pbt_config, train_config=train_config,
+                       model_sizes=model_sizes, checkpoint_dir=checkpoint_dir, resume=resume, progress=progress,
+                       live=live)
+    finally:
+        for members in made:
+            members.close()
 
 
-def _trial_rows(row_log: Path) -> list[dict[int, dict]]:
-    """Per trial, in trial-id order (Tune's grid order): generation -> the last row it logged."""
-    out = []
-    for path in sorted(row_log.glob("*.jsonl")):
-        rows = {}
-        for line in path.read_text().splitlines():
-            row = json.loads(line)
-            rows[int(row["generation"])] = row  # a restarted trial may log a generation again: the last counts
-        out.append(rows)
-    return out
-
-
-def _history(results, space: SearchSpace, k: int, settings: dict) -> xr.Dataset:
-    """The run as ``pbt``'s history: dims (generation, member), member = trial * k + slot."""
-    rows = _trial_rows(Path(settings["row_log"]))
-    ids = [r[0]["trial_id"] for r in rows]
-    n_gen = min(len(r) for r in rows)
-    P = len(rows) * k
-
-    def grid(column):
-        return np.array([[rows[t][g][f"{column}_{j}"] for t in range(len(rows)) for j in range(k)] for g in range(n_gen)])
-
-    parent = np.array([[ids.index(rows[t][g]["origin"]) * k + j for t in range(len(rows)) for j in range(k)]
-                       for g in range(n_gen)])
-    metrics = [c[:-2] for c in rows[0][0] if c.endswith("_0") and c[:-2] not in space and c[:-2] != "fitness"]
-    data = {name: (("generation", "member"), grid(name)) for name in ["fitness", *metrics, *space]}
-    data["parent"] = (("generation", "member"), parent)
-    data["end_epoch"] = ("generation", np.array([rows[0][g]["end_epoch"] for g in range(n_gen)]))
-    ds = xr.Dataset(data, coords={"generation": np.arange(n_gen), "member": np.arange(P)},
-                    attrs={"description": f"population-based training on Ray Tune: {len(rows)} trials of {k} members, "
-                                          "one row per generation (0 = burn-in)",
-                           **{key: json.dumps(settings[key]) for key in ("space", "train_config", "model_config")}})
-    for name in space:
-        ds[name].attrs["description"] = "hyperparameter during the generation"
-    ds["fitness"].attrs.update(units="nats per entry", description="smoothed validation NLL at the generation's end")
-    ds["parent"].attrs["description"] = "member whose weights, optimiser state and hyperparameters it started from"
-    return ds
-
-
-def _best_member(results, space: SearchSpace, k: int, settings: dict) -> tuple[LFADS, dict, int]:
-    """Load the checkpoint with the lowest fitness of any trial and export its best member."""
-    best = None
-    for result in results:
-        for checkpoint, metrics in result.best_checkpoints:
-            if best is None or metrics["fitness"] < best[1]["fitness"]:
-                best = (checkpoint, metrics)
-    if best is None or not math.isfinite(best[1]["fitness"]):
-        raise RuntimeError("No trial reported a finite fitness: every member diverged. Lower the learning-rate range "
-                           "or raise the KL/L2 ramps.")
-    checkpoint, metrics = best
-    with checkpoint.as_directory() as folder:
-        saved = load_checkpoint(Path(folder) / CHECKPOINT_FILE, ("population",))
-    tc = dataclasses.replace(TrainConfig(**settings["train_config"]), device="cpu")
-    population = Population([LFADS(LFADSConfig(**settings["model_config"])) for _ in range(k)], tc, {})
-    population.load_state_dict(saved["population"])
-    j = int(np.nanargmin([metrics[f"fitness_{i}"] for i in range(k)]))
-    return population.member_model(j), population.member_hparams(j), int(metrics["generation"])
-
-
-__all__ = ["RayPBTResult", "ray_pbt"]
+__all__ = ["RayMembers", "ray_pbt"]

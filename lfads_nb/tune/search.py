@@ -35,9 +35,9 @@ from ..dashboard import Progress
 from ..data.schema import DIMS, select_ids, validate
 from ..errors import ConfigError, DataError, TrainingDiverged
 from ..metrics import rate_r2
-from ..models.lfads import LFADSConfig
-from ..training.loop import TrainConfig, TrainResult, build_model, infer, train
-from .hyperparameters import by_owner, check_tunable, check_value
+from ..models.registry import build_model, get_family
+from ..training.loop import TrainConfig, TrainResult, infer, train
+from .hyperparameters import by_owner, check_known, check_sizes, check_tunable, check_value
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,7 @@ class Hyperparameter:
     explore_width: float = 0.3
 
     def __post_init__(self):
-        check_tunable([self.name])
+        check_known(self.name)
         for what in ("low", "high"):
             value = getattr(self, what)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
@@ -147,22 +147,19 @@ class SearchSpace(Mapping):
 
 
 def apply_point(point: Mapping[str, float], train_config: TrainConfig | None = None,
-                model_sizes: Mapping | None = None) -> tuple[TrainConfig, dict]:
-    """The ``TrainConfig`` and model sizes (``build_model`` keywords) of one point.
+                model_sizes: Mapping | None = None, model: str = "lfads") -> tuple[TrainConfig, dict]:
+    """The ``TrainConfig`` and model sizes (``build_model`` keywords) of one point for the family ``model``.
 
     Values of ``point`` replace the fields of the same name in ``train_config`` (TrainConfig
-    fields) or ``model_sizes`` (LFADSConfig fields, e.g. ``dropout``). Raises ConfigError for an
-    unknown name or a value a config rejects.
+    fields) or ``model_sizes`` (fields of the family's config, e.g. LFADS's ``dropout``). Raises
+    ConfigError for a name the family cannot tune or a value a config rejects.
     """
     train_config = train_config or TrainConfig()
     sizes = dict(model_sizes or {})
-    check_tunable(point)
-    config = dataclasses.replace(train_config, **by_owner(point, "train"))
-    sizes.update(by_owner(point, "model"))
-    try:  # check the model values now rather than at build time (n_neurons comes from the data)
-        LFADSConfig(**{"n_neurons": 1, **sizes})
-    except TypeError as err:
-        raise ConfigError(f"model_sizes has a key that is not an LFADSConfig field ({err}).") from None
+    check_tunable(point, model)
+    config = dataclasses.replace(train_config, **by_owner(point, "train", model))
+    sizes.update(by_owner(point, "model", model))
+    check_sizes(sizes, model)  # now rather than at build time (the sizes read off the data come later)
     return config, sizes
 
 
@@ -185,6 +182,22 @@ EMG_SPACE = SearchSpace([
     Hyperparameter("lr", 1e-4, 2e-2, log=True, init=1e-2, explore_width=0.3),
     Hyperparameter("shift_std", 0.5, 6.0, log=False, init=3.0, explore_width=0.3),
 ])
+
+# The NDT's own: its learning rate around the reference's 1e-3 and the share of bins it masks around
+# the paper's 25 % (Ye & Pandarinath 2021), both per member, so PBT can tune them.
+NDT_SPACE = SearchSpace([
+    Hyperparameter("lr", 1e-4, 1e-2, log=True, init=1e-3, explore_width=0.3),
+    Hyperparameter("mask_ratio", 0.1, 0.5, log=False, init=0.25, explore_width=0.3),
+])
+
+# The space a search of each family uses when given none.
+DEFAULT_SPACES = {"lfads": DEFAULT_SPACE, "stitched": DEFAULT_SPACE, "ndt": NDT_SPACE}
+
+
+def default_space(model: str = "lfads") -> SearchSpace:
+    """The search space of the family ``model`` when none is given (``DEFAULT_SPACES``)."""
+    get_family(model)  # an unknown family is named as such
+    return DEFAULT_SPACES[model]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,13 +290,15 @@ def random_search(
     ds: xr.Dataset,
     n_models: int,
     *,
-    space: SearchSpace = DEFAULT_SPACE,
+    model: str = "lfads",
+    space: SearchSpace | None = None,
     model_sizes: Mapping | None = None,
     train_config: TrainConfig | None = None,
     seed: int = 0,
     progress: bool = True,
 ) -> SearchResult:
-    """Train ``n_models`` LFADS models on ``ds``, each at a random point of ``space``.
+    """Train ``n_models`` models of the family ``model`` on ``ds``, each at a random point of ``space``
+    (default: the family's, ``default_space``).
 
     Every model starts from ``train_config`` and ``model_sizes`` (``build_model`` keywords)
     with the point's values replacing the tuned fields; models train one after another in
@@ -299,6 +314,7 @@ def random_search(
     settings (JSON) so a saved table says how it was made.
     """
     validate(ds, require_train=True)
+    space = default_space(model) if space is None else space
     if not isinstance(space, SearchSpace):
         raise ConfigError(f"space must be a SearchSpace, got {type(space).__name__}; e.g. lfads_nb.search.DEFAULT_SPACE.")
     if "rates_true" not in ds and progress:
@@ -306,7 +322,7 @@ def random_search(
     train_config = train_config or TrainConfig()
     model_sizes = dict(model_sizes or {})
     points = space.sample(n_models, seed)
-    configs = [apply_point(p, train_config, model_sizes) for p in points]  # every error before any training
+    configs = [apply_point(p, train_config, model_sizes, model) for p in points]  # every error before any training
     rows, runs = [], []
     for i, (point, (config, sizes)) in enumerate(zip(points, configs)):
         model_seed = _model_seed(seed, i)
@@ -314,7 +330,7 @@ def random_search(
         start = time.perf_counter()
         torch.manual_seed(model_seed)  # the weight initialisation
         try:
-            result = train(build_model(ds, config, **sizes), ds, config, progress=Progress())
+            result = train(build_model(ds, config, model=model, **sizes), ds, config, progress=Progress())
         except TrainingDiverged as err:  # one bad point must not end the search: keep its best epoch
             result = err.result
         seconds = time.perf_counter() - start
@@ -328,7 +344,8 @@ def random_search(
         {name: ("model", np.array([r[name] for r in rows])) for name in rows[0]},
         coords={"model": np.arange(n_models)},
         attrs={
-            "description": f"random search: {n_models} LFADS models, one row per model",
+            "description": f"random search: {n_models} {model} models, one row per model",
+            "model": model,
             "search_seed": int(seed),
             "space": json.dumps({n: dataclasses.asdict(hp) for n, hp in space.items()}),
             "train_config": json.dumps(dataclasses.asdict(train_config)),

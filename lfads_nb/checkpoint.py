@@ -10,15 +10,14 @@ model at ``observation``, no read-in) and are refused like any other version.
 
 The files:
 
-- a model checkpoint (``model_checkpoint``): ``model_config`` (an ``LFADSConfig`` as a dict),
-  ``model`` (an ``LFADS`` state dict) and the ``train_config`` it was trained with, and for other
-  families (NDT) their ``model_family`` name and config; what
+- a model checkpoint (``model_checkpoint``): ``model_config`` (the model's config as a dict),
+  ``model`` (its state dict), the ``train_config`` it was trained with and ``model_family``, the
+  family's checkpoint name (``lfads_nb.models.registry``; absent means LFADS); what
   ``lfads_nb.load_model`` reads. ``train`` writes ``best.pt`` and ``last.pt`` as model checkpoints
   with what resuming needs added (``training_checkpoint``); ``pbt`` exports its best member as
   ``best.pt``.
 - ``pbt.pt`` (``population_checkpoint``): the run's ``settings`` (JSON), the ``population``'s
-  state, the ``decisions`` generator and the ``run_state``.
-- the Ray backend's ``trial.pt``: a trial's ``population`` and where the trial is.
+  state (on Ray, one per worker), the ``decisions`` generator and the ``run_state``.
 
 Resuming follows one rule (``check_settings``): every setting must be the saved one, except
 those the run names as free to change (the device; for ``train`` also ``max_epochs``).
@@ -34,7 +33,7 @@ from pathlib import Path
 
 import torch
 
-from ..errors import CheckpointError
+from .errors import CheckpointError
 
 FORMAT = 2
 MODEL_KEYS = ("model_config", "model")
@@ -147,10 +146,11 @@ def model_checkpoint(model_config: Mapping, weights: Mapping[str, torch.Tensor],
     return {"model_config": model_config, "train_config": train_config, "model": weights, **extra}
 
 
-def training_checkpoint(model, optimizer, shuffle: torch.Generator, state: RunState, config, weights=None) -> dict:
+def training_checkpoint(model, family: str, optimizer, shuffle: torch.Generator, state: RunState, config,
+                        weights=None) -> dict:
     """``train``'s ``last.pt`` / ``best.pt``: a model checkpoint of ``weights`` (default: the model's
-    own) plus the optimizer, the run state and every random state, so a resumed run repeats the
-    uninterrupted one."""
+    own) of the family named ``family`` (its checkpoint name, ``lfads_nb.models.registry``), plus the
+    optimizer, the run state and every random state, so a resumed run repeats the uninterrupted one."""
     return model_checkpoint(
         dataclasses.asdict(model.config), weights if weights is not None else model.state_dict(),
         dataclasses.asdict(config),
@@ -159,7 +159,7 @@ def training_checkpoint(model, optimizer, shuffle: torch.Generator, state: RunSt
         torch_rng=torch.get_rng_state(),
         cuda_rng=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         shuffle_rng=shuffle.get_state(),
-        model_family=type(model).__name__.lower(),  # which class load_model builds ("lfads", "ndt")
+        model_family=family,
     )
 
 
