@@ -6,32 +6,21 @@ those listed before it and the modules ``errors``, ``transforms``, ``checkpoint`
 observation models, the registry of model families with ``build_model`` and ``load_model``),
 ``dashboard`` (training progress, the explorer), ``training`` (the feed, the one epoch, ``train``,
 ``infer``) and ``tune`` (search, population-based training, Ray). Importing it makes every plotly figure shown in a Jupyter kernel
-carry a static copy beside the interactive one (``lfads_nb.display``).
+carry a static copy beside the interactive one (``lfads_nb.display``). ``lfads_nb.pbt`` is the
+function (population-based training, ``lfads_nb.tune.pbt``); ``lfads_nb.score`` scores an
+inference by its data kind (``lfads_nb.metrics``).
 """
-import sys as _sys
-
 from . import display, dynamics, metrics, plots, tune
-from .data import KINDS, DataKind, kind_of, make_dataset, split, validate
+from .data import KINDS, DataKind, kind_of, make_dataset, make_sessions, split, validate
 from .dashboard import Explorer, explore
 from .errors import CheckpointError, ConfigError, DataError, TrainingDiverged
 from .io import export_lfads_h5, load, save, save_scores
+from .metrics import score
 from .models import LFADS, NDT, LFADSConfig, NDTConfig, StitchedLFADS, build_model, load_model
-from .tune.pbt import PBTConfig, PBTResult
-from .tune.search import DEFAULT_SPACE, EMG_SPACE, Hyperparameter, SearchSpace, random_search
+from .tune.pbt import PBTConfig, PBTResult, pbt
+from .tune.ray_backend import ray_pbt
+from .tune.search import DEFAULT_SPACE, EMG_SPACE, NDT_SPACE, Hyperparameter, SearchSpace, random_search
 from .training import TrainConfig, TrainResult, infer, train
-
-# Old module paths that the README and the tutorials use, kept for the modules that moved into
-# subpackages: each is registered in sys.modules and as an attribute, so ``import lfads_nb.pbt``,
-# ``from lfads_nb.pbt import pbt`` and ``lfads_nb.pbt.pbt`` all reach the moved module itself.
-_MOVED = {
-    "pbt": tune.pbt,
-    "ray_backend": tune.ray_backend,
-    "search": tune.search,
-}
-for _old, _module in _MOVED.items():
-    _sys.modules[f"{__name__}.{_old}"] = _module
-    globals()[_old] = _module
-del _old, _module
 
 display.activate()
 
@@ -40,15 +29,20 @@ __all__ = [
     "ConfigError",
     "DEFAULT_SPACE",
     "DataError",
-    "EMG_SPACE",
     "DataKind",
+    "EMG_SPACE",
+    "Explorer",
     "Hyperparameter",
     "KINDS",
     "LFADS",
     "LFADSConfig",
+    "NDT",
+    "NDTConfig",
+    "NDT_SPACE",
     "PBTConfig",
     "PBTResult",
     "SearchSpace",
+    "StitchedLFADS",
     "TrainConfig",
     "TrainResult",
     "TrainingDiverged",
@@ -61,12 +55,17 @@ __all__ = [
     "load",
     "load_model",
     "make_dataset",
+    "make_sessions",
     "metrics",
+    "pbt",
     "plots",
     "random_search",
+    "ray_pbt",
     "save",
     "save_scores",
+    "score",
     "split",
     "train",
+    "tune",
     "validate",
 ]

@@ -39,6 +39,7 @@ from plotly.subplots import make_subplots
 from scipy.optimize import linear_sum_assignment
 
 from .errors import ConfigError, DataError
+from .metrics import affine_fit
 
 STABILITY_COLOURS = {"stable": "#2ca02c", "saddle": "#ff7f0e", "unstable": "#d62728"}
 MODEL_COLOURS = ("#9467bd", "#1f77b4", "#8c564b", "#e377c2")  # one per model, apart from the stability colours
@@ -419,7 +420,7 @@ def affine_map(states: xr.DataArray | np.ndarray, latents: xr.DataArray | np.nda
     x, y = _points(states, "states"), _points(latents, "latents")
     if len(x) != len(y):
         raise DataError(f"states and latents must cover the same trials and bins ({len(x)} vs {len(y)} rows).")
-    weights = np.linalg.lstsq(np.c_[x, np.ones(len(x))], y, rcond=None)[0]
+    weights = affine_fit(x, y)
     return AffineMap(weights[:-1], weights[-1])
 
 

@@ -20,6 +20,8 @@ metric               definition
                      averaged over neurons
 ``state_r2``         least-squares affine map true latents -> inferred latents, R^2 averaged
                      over inferred dims (Sedler et al. 2023: superfluous inferred dims lower it)
+``spike_echo``       slope of a model's rate error at t + lag on the spike noise at t (identity
+                     overfitting: a model that copies its input spikes has a peak at lag 0)
 ``latent_r2``        ridge map inferred latents (factors) -> true latents fit on train trials,
                      R^2 on test trials averaged over true dims (decoding: held out)
 ``session_decoding_  affine decoder from each session's factors to the true state's top PCs,
@@ -29,6 +31,9 @@ r2``                 fit within a session or on the other sessions (optionally a
 
 ``smooth_spikes`` is the Gaussian-smoothing baseline; ``choose_smoothing_sigma`` picks its width.
 ``spike_scores`` puts these scores for several rate estimates in one table (dim ``method``).
+
+``score(out, ds)`` (``lfads_nb.score``) is the one entry for every data kind: the kind's table for
+one inference or several, ``latent_r2`` and ``state_r2`` included, NaN where the data lack a truth.
 
 EMG (values in the data's units, (trial, time, neuron=channel)): ``smooth_emg`` is the low-pass
 baseline and ``choose_emg_smoothing`` picks its width without truth; ``activation_r2`` scores an
@@ -49,6 +54,7 @@ from scipy.special import gammaln
 from sklearn.linear_model import Ridge
 from sklearn.model_selection import GridSearchCV
 
+from .data.kinds import kind_of
 from .data.schema import DIMS, describe_ids, select_ids
 from .errors import ConfigError, DataError
 
@@ -289,6 +295,49 @@ def fp_bps(rates: xr.DataArray, spikes: xr.DataArray, forward, bin_width: float)
     ids = _selected_ids(forward, "time", rates, spikes, "forward-prediction bins")
     return bits_per_spike(select_ids(rates, "time", ids, "rates"), select_ids(spikes, "time", ids, "spikes"),
                           bin_width)
+
+
+# ----------------------------------------------------------------------------- identity overfitting
+
+def spike_echo(rates: xr.DataArray, ds: xr.Dataset, lags=range(-3, 4)) -> xr.DataArray:
+    """How much of each spike's own noise reaches the model's rate estimate, by lag (in bins).
+
+    With x the spike counts, lambda = rates_true x bin_width the true expected counts and
+    r = rates x bin_width the inferred ones, for every trial and neuron
+
+        echo(lag) = sum_t (x_t - lambda_t) (r_{t+lag} - lambda_{t+lag}) / sum_t (x_t - lambda_t)^2,
+
+    the least-squares slope of the model's error at t + lag on the Poisson noise at t (over the
+    pairs of bins inside the trial). A model that reads rates off the population's dynamics has
+    a small echo, spread smoothly over lags; a model that copies spikes through (identity
+    overfitting) has a sharp peak at lag 0; 1 would be a perfect copy.
+
+    ``rates``: (trial, time, neuron) in Hz, e.g. ``infer(...)['rates']``; ``ds``: the data, with
+    ``rates_true``, holding those trials. Unobserved (NaN) bins are left out. Returns a
+    DataArray over ``lag``.
+    """
+    if "rates_true" not in ds:
+        raise DataError("spike_echo needs the true rates (ds['rates_true']); it is defined for synthetic data only.")
+    if not isinstance(rates, xr.DataArray) or set(rates.dims) != {"trial", "time", "neuron"}:
+        raise DataError("rates must be a DataArray (trial, time, neuron) in Hz, e.g. lfads_nb.infer(model, ds)['rates'].")
+    lags = [int(lag) for lag in lags]
+    n_time = ds.sizes["time"]
+    if not lags or max(abs(lag) for lag in lags) >= n_time:
+        raise ConfigError(f"lags must be a non-empty list of bin offsets smaller than the trial ({n_time} bins), got {lags}.")
+    data = select_ids(ds, "trial", rates["trial"].values, "ds")
+    bin_width = float(ds.attrs["bin_width"])
+    truth = data["rates_true"].transpose(*DIMS).values.astype(float) * bin_width
+    noise = data["spikes"].transpose(*DIMS).values.astype(float) - truth
+    rates = select_ids(rates, "neuron", data["neuron"].values, "rates")
+    error = rates.transpose(*DIMS).values.astype(float) * bin_width - truth
+    noise, error = np.nan_to_num(noise), np.where(np.isnan(noise), 0.0, error)
+    echo = []
+    for lag in lags:
+        a = noise[:, max(0, -lag):n_time - max(0, lag)]
+        b = error[:, max(0, lag):n_time - max(0, -lag)]
+        echo.append(float((a * b).sum() / (a * a).sum()))
+    return xr.DataArray(np.array(echo), dims=("lag",), coords={"lag": lags}, name="spike_echo",
+                        attrs={"description": "slope of the rate error at t + lag on the spike noise at t"})
 
 
 # ----------------------------------------------------------------------------- behaviour decoding
@@ -589,6 +638,19 @@ def psth_r2(rates: xr.DataArray, spikes: xr.DataArray, *, bin_width: float, sigm
 
 # ----------------------------------------------------------------------------- state R^2
 
+def affine_fit(source: np.ndarray, target: np.ndarray) -> np.ndarray:
+    """The least-squares affine map from (n, F) ``source`` rows to (n, G) ``target`` rows, as (F + 1, G)
+    weights whose last row is the offset: ``affine_apply(weights, x)`` maps new rows. The one affine
+    fit of the library (``state_r2``, ``session_decoding_r2``, ``dynamics.affine_map``)."""
+    weights, *_ = np.linalg.lstsq(np.hstack([source, np.ones((len(source), 1))]), target, rcond=None)
+    return weights
+
+
+def affine_apply(weights: np.ndarray, source: np.ndarray) -> np.ndarray:
+    """(n, F) rows through an ``affine_fit`` map: (n, G)."""
+    return source @ weights[:-1] + weights[-1]
+
+
 def _affine_r2(source: xr.DataArray, target: xr.DataArray, names: tuple[str, str]) -> float:
     """R^2 of the least-squares affine map from ``source`` to ``target`` (both (trial, time,
     <feature>), fitted over all (trial, time) points), per target feature, averaged."""
@@ -600,9 +662,8 @@ def _affine_r2(source: xr.DataArray, target: xr.DataArray, names: tuple[str, str
     yv = y.values.reshape(-1, y.sizes[target_dim]).astype(float)
     _finite(xv, names[0])
     _finite(yv, names[1])
-    design = np.hstack([xv, np.ones((xv.shape[0], 1))])
-    weights, *_ = np.linalg.lstsq(design, yv, rcond=None)
-    return float(_r2_columns(design @ weights, yv, f"{names[1]} '{target_dim}'", _labels(y, target_dim)).mean())
+    fitted = affine_apply(affine_fit(xv, yv), xv)
+    return float(_r2_columns(fitted, yv, f"{names[1]} '{target_dim}'", _labels(y, target_dim)).mean())
 
 
 def state_r2(latents_inferred: xr.DataArray, latents_true: xr.DataArray) -> float:
@@ -902,14 +963,17 @@ def session_decoding_r2(inferred: dict, truth: dict, *, n_components: int = 10, 
     components = vectors[:, np.argsort(eigenvalues)[::-1][:n_components]]
 
     def rows(name, label):
-        x = _split_rows(inferred[name], label, name)
-        return np.hstack([x, np.ones((len(x), 1))]), (_split_rows(truth[name], label, name) - centre) @ components
+        return _split_rows(inferred[name], label, name), (_split_rows(truth[name], label, name) - centre) @ components
+
+    def decoded_r2(sources, targets, name):
+        """R^2 on session ``name``'s 'valid' rows of the decoder fitted from ``sources`` to ``targets``."""
+        weights = affine_fit(np.concatenate(sources), np.concatenate(targets))
+        test_source, test_target = rows(name, "valid")
+        return float(_r2_columns(affine_apply(weights, test_source), test_target, "components",
+                                 np.arange(n_components)).mean())
 
     def score(fit_on, name):
-        design, target = (np.concatenate(parts) for parts in zip(*(rows(n, "train") for n in fit_on)))
-        weights, *_ = np.linalg.lstsq(design, target, rcond=None)
-        test_design, test_target = rows(name, "valid")
-        return float(_r2_columns(test_design @ weights, test_target, "components", np.arange(n_components)).mean())
+        return decoded_r2(*zip(*(rows(n, "train") for n in fit_on)), name)
 
     within = [score([name], name) for name in names]
     across = [score([n for n in names if n != name], name) for name in names]
@@ -919,22 +983,18 @@ def session_decoding_r2(inferred: dict, truth: dict, *, n_components: int = 10, 
         means = {name: _condition_means(inferred[name], name) for name in names}
         aligned = []
         for name in names:
-            design, target = [], []
+            sources, targets = [], []
             for other in (n for n in names if n != name):
                 shared = sorted(set(means[other]) & set(means[name]), key=str)
                 if not shared:
                     raise DataError(f"Sessions '{other}' and '{name}' share no condition in their 'train' trials; "
                                     "the alignment maps one session's condition means onto the other's.")
-                source = np.concatenate([means[other][c] for c in shared])
-                mapping, *_ = np.linalg.lstsq(np.hstack([source, np.ones((len(source), 1))]),
-                                              np.concatenate([means[name][c] for c in shared]), rcond=None)
+                mapping = affine_fit(np.concatenate([means[other][c] for c in shared]),
+                                     np.concatenate([means[name][c] for c in shared]))
                 x, y = rows(other, "train")
-                design.append(np.hstack([x @ mapping, np.ones((len(x), 1))]))
-                target.append(y)
-            weights, *_ = np.linalg.lstsq(np.concatenate(design), np.concatenate(target), rcond=None)
-            test_design, test_target = rows(name, "valid")
-            aligned.append(float(_r2_columns(test_design @ weights, test_target, "components",
-                                             np.arange(n_components)).mean()))
+                sources.append(affine_apply(mapping, x))
+                targets.append(y)
+            aligned.append(decoded_r2(sources, targets, name))
         out["across_aligned_r2"] = ("session", aligned)
     return out
 
@@ -947,3 +1007,92 @@ def _condition_means(da: xr.DataArray, session: str) -> dict:
     train = da.sel(trial=da["split"].values.astype(str) == "train")
     labels = train["condition"].values
     return {c: train.values[labels == c].mean(axis=0).astype(float) for c in np.unique(labels).tolist()}
+
+
+# ----------------------------------------------------------------------------- one table by data kind
+
+MODEL_LATENTS = ("factors", "latents")  # an inference Dataset's inferred latents: LFADS's, NDT's
+
+
+def score(out, ds: xr.Dataset, *, train_trials="train", test_trials="valid") -> xr.Dataset:
+    """The comparison table of ``ds``'s data kind, one row (dim ``method``) per inference.
+
+    ``out``: an inference Dataset of ``ds`` (``lfads_nb.infer``; method name ``'model'``), or
+    ``{method: inference Dataset, or the kind's output as a DataArray}`` (a baseline such as
+    ``smooth_spikes`` is a DataArray of rates in Hz), each on every trial and bin of ``ds``.
+    Scored on ``test_trials``, decoders fit on ``train_trials`` (split names or trial ids), by kind:
+
+    - spikes: ``spike_scores`` (``bits_per_spike``, ``rate_r2``, ``psth_r2``, ``velocity_r2``),
+      plus ``co_bps`` (neurons of the ``heldout`` coordinate) and ``fp_bps`` (bins of the
+      ``forward`` coordinate);
+    - EMG: ``emg_scores`` (``activation_r2``, ``activation_r2_clean``, ``artifact_leakage``,
+      ``kinematics_r2``);
+    - calcium events: ``events_r2``, R^2 per neuron of the inferred events against
+      ``events_mean_true``, averaged over neurons.
+
+    Every kind also gets ``latent_r2`` (held-out decoding inferred -> true) and ``state_r2``
+    (true -> inferred, in-sample) against ``latents_true``, from an inference's ``factors`` (LFADS)
+    or ``latents`` (NDT), else from its output itself. A score whose truth or coordinate ``ds``
+    lacks is NaN.
+    """
+    kind = kind_of(ds)
+    estimates, latents = _outputs_and_latents(out, kind.output)
+    if kind.name == "spikes":
+        table = spike_scores(ds, estimates, latents=latents, train_trials=train_trials, test_trials=test_trials)
+        return table.assign(_masked_bps(ds, estimates, test_trials)).assign_attrs(kind="spikes")
+    if kind.name == "emg":
+        with warnings.catch_warnings():  # a missing truth is a NaN column here, as for every kind
+            warnings.simplefilter("ignore", UserWarning)
+            table = emg_scores(ds, estimates, train_trials=train_trials, test_trials=test_trials)
+    else:
+        test = _trial_ids(test_trials, ds[kind.variable], "test_trials")
+        table = xr.Dataset({"events_r2": ("method", [
+            rate_r2(estimate.sel(trial=test), ds[kind.truth].sel(trial=test)) if kind.truth in ds else math.nan
+            for estimate in estimates.values()])}, coords={"method": list(estimates)})
+    rows = {name: _latent_scores(ds, latents.get(name, estimate), train_trials, test_trials)
+            for name, estimate in estimates.items()}
+    latent = xr.Dataset.from_dataframe(pd.DataFrame(rows).T.rename_axis("method"))
+    return xr.merge([table, latent], combine_attrs="override").assign_attrs(kind=kind.name,
+                                                                          test_trials=str(test_trials))
+
+
+def _outputs_and_latents(out, output: str) -> tuple[dict, dict]:
+    """``score``'s ``out`` as {method: the kind's output} and {method: inferred latents}."""
+    inferences = {"model": out} if isinstance(out, xr.Dataset) else dict(out)
+    if not inferences:
+        raise ConfigError("score needs at least one inference; pass lfads_nb.infer's Dataset or {method: ...}.")
+    estimates, latents = {}, {}
+    for name, inference in inferences.items():
+        if isinstance(inference, xr.DataArray):
+            estimates[name] = inference
+            continue
+        if not isinstance(inference, xr.Dataset) or output not in inference:
+            raise ConfigError(f"score: the inference {name!r} has no {output!r} (the data kind's output); pass "
+                              f"lfads_nb.infer's Dataset, or the estimate itself as a DataArray named {output!r}.")
+        estimates[name] = inference[output]
+        found = [v for v in MODEL_LATENTS if v in inference]
+        if found:
+            latents[name] = inference[found[0]]
+    return estimates, latents
+
+
+def _latent_scores(ds: xr.Dataset, inferred: xr.DataArray, train_trials, test_trials) -> dict[str, float]:
+    """``latent_r2`` and ``state_r2`` of ``inferred`` against ``ds['latents_true']`` (NaN without it)."""
+    if "latents_true" not in ds:
+        return {"latent_r2": math.nan, "state_r2": math.nan}
+    test = _trial_ids(test_trials, ds["latents_true"], "test_trials")
+    return {"latent_r2": latent_r2(inferred, ds["latents_true"], train_trials=train_trials, test_trials=test),
+            "state_r2": state_r2(inferred.sel(trial=test), ds["latents_true"].sel(trial=test))}
+
+
+def _masked_bps(ds: xr.Dataset, estimates: dict, test_trials) -> dict:
+    """``co_bps`` and ``fp_bps`` per method on ``test_trials`` where ``ds`` marks held-out neurons
+    (``heldout``) and forward-prediction bins (``forward``); NaN where it marks none."""
+    test = _trial_ids(test_trials, ds["spikes"], "test_trials")
+    spikes, bin_width = ds["spikes"].sel(trial=test), float(ds.attrs["bin_width"])
+    columns = {}
+    for name, metric, coord in (("co_bps", co_bps, "heldout"), ("fp_bps", fp_bps, "forward")):
+        marked = coord in ds.coords and bool(ds[coord].values.any())
+        columns[name] = ("method", [metric(rates.sel(trial=test), spikes, coord, bin_width) if marked else math.nan
+                                    for rates in estimates.values()])
+    return columns

@@ -256,7 +256,7 @@ def inputs_and_echo(inferred: xr.Dataset, ds: xr.Dataset, trial, echo: xr.DataAr
                     marker_time: float | None = None, echo_max: float | None = None, title: str = "") -> go.Figure:
     """Look inside an LFADS model with a controller: one trial's population spike count (top
     left) and inferred inputs (bottom left, one line per input), and the spike echo by lag
-    (right; ``lfads_nb.search.spike_echo``). ``inferred``: ``lfads_nb.infer``'s Dataset with
+    (right; ``lfads_nb.metrics.spike_echo``). ``inferred``: ``lfads_nb.infer``'s Dataset with
     ``inputs``; ``ds``: the data with ``spikes``; ``marker_time``: a time (s) marked dashed on
     the left, e.g. a true input pulse; ``echo_max``: the echo axis' top, to compare models on
     one scale."""

@@ -198,7 +198,7 @@ def test_autolfads_tunes_the_shift_std_per_member(tmp_path):
     ds = emg(0, n_trials=30, n_bins=30, n_channels=4)
     space = lfads_nb.EMG_SPACE
     assert "shift_std" in space and "cd_rate" not in space
-    result = lfads_nb.pbt.pbt(
+    result = lfads_nb.pbt(
         ds, space=space, pbt_config=lfads_nb.PBTConfig(population=3, generation_epochs=1, burn_in_epochs=1,
                                                        max_generations=2),
         train_config=TrainConfig(batch_size=10, cd_rate=0.0, kl_ramp_epochs=1, l2_ramp_epochs=1),
@@ -208,7 +208,7 @@ def test_autolfads_tunes_the_shift_std_per_member(tmp_path):
     assert len(np.unique(shift.round(6))) > 1  # explored, member by member
     assert "emg_mean" in lfads_nb.infer(result.model, ds)
     with pytest.raises(ConfigError, match="not shorter than the trials"):
-        lfads_nb.pbt.pbt(emg(0, n_trials=10, n_bins=5, n_channels=3), space=space, model_sizes=TINY, live=False,
+        lfads_nb.pbt(emg(0, n_trials=10, n_bins=5, n_channels=3), space=space, model_sizes=TINY, live=False,
                          pbt_config=lfads_nb.PBTConfig(population=2))
 
 
@@ -429,7 +429,7 @@ def test_pbt_fitness_that_skips_artifacts(tmp_path):
 
     config = lfads_nb.PBTConfig(population=2, generation_epochs=1, burn_in_epochs=1, max_generations=1,
                                 fitness_skips_artifacts=True)
-    result = lfads_nb.pbt.pbt(ds, space=lfads_nb.EMG_SPACE, pbt_config=config, train_config=tc, model_sizes=TINY,
+    result = lfads_nb.pbt(ds, space=lfads_nb.EMG_SPACE, pbt_config=config, train_config=tc, model_sizes=TINY,
                               checkpoint_dir=tmp_path, live=False)
     history = result.history
     assert np.isfinite(history["valid_recon_artifact_free"]).all()

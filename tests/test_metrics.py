@@ -9,7 +9,9 @@ import pytest
 import xarray as xr
 
 from lfads_nb import ConfigError, DataError, make_dataset
+import lfads_nb
 from lfads_nb import metrics
+from lfads_nb.data.kinds import kind_of
 
 DIMS = ("trial", "time", "neuron")
 
@@ -609,3 +611,65 @@ def test_spike_scores_table_equals_the_metrics_and_is_nan_without_truth():
     assert "rates_true" in empty.attrs["missing"]
     with pytest.raises(ConfigError, match="latents has methods"):
         metrics.spike_scores(ds, {"smoothing": smoothed}, latents={"lfads": smoothed})
+
+
+# ----------------------------------------------------------------------------- score: one table by data kind
+
+def _fake_inference(ds, output, rng, latent_dim=3):
+    """An inference Dataset as lfads_nb.infer writes it: the kind's output and factors."""
+    shape = ds[kind_of(ds).variable].shape
+    return xr.Dataset({output: (("trial", "time", "neuron"), rng.uniform(1, 20, shape)),
+                       "factors": (("trial", "time", "factor"), rng.normal(size=(*shape[:2], latent_dim)))},
+                      coords={k: ds.coords[k] for k in ("trial", "time", "neuron")})
+
+
+def test_score_is_the_kinds_table_built_from_the_metric_functions():
+    """Reference: the metric functions themselves (spike_scores, co_bps, fp_bps, emg_scores,
+    latent_r2, state_r2) on the same inputs; NaN where the data lack the truth."""
+    from data_generators import calcium_2p, chaotic_rnn, emg
+    from lfads_nb.data.kinds import kind_of as kind
+
+    rng = np.random.default_rng(0)
+    ds = chaotic_rnn(seed=0, n_conditions=6, trials_per_condition=4, n_observed=10, n_bins=20)
+    heldout = np.arange(ds.sizes["neuron"]) >= 8
+    ds = ds.assign_coords(heldout=("neuron", heldout), forward=("time", np.arange(ds.sizes["time"]) >= 16))
+    out = _fake_inference(ds, "rates", rng)
+    baseline = metrics.smooth_spikes(ds["spikes"], 0.01, 0.03)
+    table = lfads_nb.score({"lfads": out, "smooth": baseline}, ds)
+    assert table.attrs["kind"] == "spikes" and list(table.method.values) == ["lfads", "smooth"]
+    want = metrics.spike_scores(ds, {"lfads": out["rates"], "smooth": baseline}, latents={"lfads": out["factors"]})
+    for name in want.data_vars:
+        np.testing.assert_allclose(table[name].values, want[name].values, rtol=1e-12, equal_nan=True)
+    valid = ds.trial.values[ds.split.values == "valid"]
+    assert table.co_bps.sel({"method": "lfads"}).item() == pytest.approx(metrics.co_bps(
+        out["rates"].sel(trial=valid), ds["spikes"].sel(trial=valid), "heldout", 0.01))
+    assert table.fp_bps.sel({"method": "smooth"}).item() == pytest.approx(metrics.fp_bps(
+        baseline.sel(trial=valid), ds["spikes"].sel(trial=valid), "forward", 0.01))
+    one = lfads_nb.score(out, ds)  # one inference: the method is 'model'
+    assert list(one.method.values) == ["model"] and one.rate_r2.item() == table.rate_r2.sel({"method": "lfads"}).item()
+    bare = lfads_nb.score(out, ds.drop_vars(["rates_true", "latents_true"]).drop_vars(["heldout", "forward"]))
+    assert np.isnan([bare[v].item() for v in ("rate_r2", "latent_r2", "state_r2", "co_bps", "fp_bps")]).all()
+    assert np.isfinite(bare.bits_per_spike.item())
+
+    recording = emg(0, n_trials=20, n_bins=30, n_channels=4)
+    out = _fake_inference(recording, "emg_mean", rng)
+    table = lfads_nb.score(out, recording)
+    want = metrics.emg_scores(recording, {"model": out["emg_mean"]})
+    for name in want.data_vars:
+        np.testing.assert_allclose(table[name].values, want[name].values, rtol=1e-12, equal_nan=True)
+    valid = recording.trial.values[recording.split.values == "valid"]
+    assert table.latent_r2.item() == pytest.approx(metrics.latent_r2(out["factors"], recording["latents_true"]))
+    assert table.state_r2.item() == pytest.approx(metrics.state_r2(out["factors"].sel(trial=valid),
+                                                                   recording["latents_true"].sel(trial=valid)))
+
+    events = calcium_2p(0, n_neurons=8, n_conditions=4, trials_per_condition=5, n_frames=6)
+    assert kind(events).name == "calcium_events"
+    out = _fake_inference(events, "events_mean", rng)
+    table = lfads_nb.score(out, events)
+    assert np.isnan(table.events_r2.item())  # the generator gives the latent truth, not the events'
+    assert table.latent_r2.item() == pytest.approx(metrics.latent_r2(out["factors"], events["latents_true"]))
+
+    with pytest.raises(ConfigError, match="no 'rates'"):
+        lfads_nb.score(out, ds)
+    with pytest.raises(ConfigError, match="at least one"):
+        lfads_nb.score({}, ds)

@@ -141,29 +141,28 @@ def test_pyproject_finds_every_subpackage():
     assert folders - set(find_packages(where=str(ROOT), include=include)) == set()
 
 
-# Module paths the README and the tutorials use for modules that moved into subpackages; lfads_nb/__init__.py
-# registers each old path as the moved module itself.
-MOVED = {"lfads_nb.pbt": "lfads_nb.tune.pbt", "lfads_nb.search": "lfads_nb.tune.search",
-         "lfads_nb.ray_backend": "lfads_nb.tune.ray_backend"}
-
-
-def test_old_module_paths_are_the_moved_modules():
-    """In a fresh interpreter, the old path imported first, then the forms the README and the tutorials use."""
+def test_the_public_names_are_flat_and_the_old_module_paths_are_gone():
+    """``lfads_nb.pbt`` is the function (no module shadows it); the modules live in their
+    subpackages only, so ``import lfads_nb.pbt`` fails as for any name that is not a module."""
     import subprocess
     import sys
 
-    code = f"""
-import importlib, sys
-import lfads_nb.pbt
-from lfads_nb.pbt import PBTConfig, pbt
-from lfads_nb.search import DEFAULT_SPACE, apply_point, random_search, score, spike_echo
-import lfads_nb
-for old, new in {MOVED!r}.items():
-    assert importlib.import_module(old) is importlib.import_module(new) is sys.modules[old], old
-    assert getattr(lfads_nb, old.rpartition('.')[2]) is sys.modules[new], old
-assert lfads_nb.pbt.pbt is pbt is lfads_nb.tune.pbt.pbt
-assert lfads_nb.ray_backend.ray_pbt is lfads_nb.tune.ray_backend.ray_pbt
-assert lfads_nb.search.spike_echo is spike_echo
+    code = """
+import importlib
+import lfads_nb, lfads_nb.tune.pbt, lfads_nb.tune.ray_backend, lfads_nb.tune.search
+from lfads_nb.models import NDT, StitchedLFADS
+assert lfads_nb.pbt is lfads_nb.tune.pbt.pbt and callable(lfads_nb.pbt)
+assert lfads_nb.ray_pbt is lfads_nb.tune.ray_backend.ray_pbt
+assert lfads_nb.random_search is lfads_nb.tune.search.random_search
+assert lfads_nb.score is lfads_nb.metrics.score
+assert lfads_nb.NDT is NDT and lfads_nb.StitchedLFADS is StitchedLFADS and lfads_nb.Explorer
+for old in ("lfads_nb.pbt", "lfads_nb.search", "lfads_nb.ray_backend"):
+    try:
+        importlib.import_module(old)
+    except ModuleNotFoundError:
+        continue
+    raise AssertionError(old + " still imports")
+assert set(lfads_nb.__all__) <= set(dir(lfads_nb))
 """
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
                             env={**os.environ, "OMP_NUM_THREADS": "1"})

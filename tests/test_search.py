@@ -14,7 +14,7 @@ from scipy.stats import kstest
 
 import lfads_nb
 from data_generators import chaotic_rnn
-from lfads_nb.metrics import rate_r2
+from lfads_nb.metrics import rate_r2, spike_echo
 from lfads_nb import TrainConfig, infer
 from lfads_nb.tune.hyperparameters import HYPERPARAMETERS, PER_MEMBER
 from lfads_nb.tune.search import (
@@ -23,8 +23,7 @@ from lfads_nb.tune.search import (
     SearchSpace,
     apply_point,
     random_search,
-    score,
-    spike_echo,
+    run_scores,
 )
 
 torch.set_num_threads(1)
@@ -40,7 +39,7 @@ def ds():
 
 @pytest.fixture(scope="module")
 def search(ds):
-    return random_search(ds, 3, space=DEFAULT_SPACE, model_sizes=TINY, train_config=FAST, seed=5, progress=False)
+    return random_search(ds, 3, space=DEFAULT_SPACE, model_sizes=TINY, train_config=FAST, seed=5, verbose=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -137,11 +136,11 @@ def test_bad_space_is_a_config_error(make, match):
 
 def test_bad_search_arguments_fail_before_training(ds):
     with pytest.raises(lfads_nb.ConfigError, match="SearchSpace"):
-        random_search(ds, 2, space={"lr": (1e-4, 1e-3)}, progress=False)
+        random_search(ds, 2, space={"lr": (1e-4, 1e-3)}, verbose=False)
     with pytest.raises(lfads_nb.ConfigError, match="not an LFADSConfig field"):
-        random_search(ds, 2, model_sizes={"hidden": 3}, progress=False)
+        random_search(ds, 2, model_sizes={"hidden": 3}, verbose=False)
     with pytest.raises(lfads_nb.DataError, match="no training trials"):
-        random_search(ds.assign_coords(split=("trial", ["valid"] * ds.sizes["trial"])), 2, progress=False)
+        random_search(ds.assign_coords(split=("trial", ["valid"] * ds.sizes["trial"])), 2, verbose=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -181,7 +180,7 @@ def test_rate_r2_is_that_of_the_validation_trials(ds, search):
         assert search.table["rate_r2"].values[i] == pytest.approx(rate_r2(infer(run.model, valid)["rates"], valid["rates_true"]))
         rates = infer(run.model, valid)["rates"]
         assert search.table["spike_echo"].values[i] == pytest.approx(float(spike_echo(rates, valid, lags=[0])[0]))
-    no_truth = score(search.runs[0], ds.drop_vars("rates_true"))
+    no_truth = run_scores(search.runs[0], ds.drop_vars("rates_true"))
     assert math.isnan(no_truth["rate_r2"]) and math.isnan(no_truth["spike_echo"])
 
 
@@ -207,9 +206,9 @@ def test_spike_echo_recovers_a_planted_copy(ds):
 
 
 def test_same_seed_reproduces_the_table_and_another_seed_does_not(ds, search):
-    again = random_search(ds, 3, space=DEFAULT_SPACE, model_sizes=TINY, train_config=FAST, seed=5, progress=False)
+    again = random_search(ds, 3, space=DEFAULT_SPACE, model_sizes=TINY, train_config=FAST, seed=5, verbose=False)
     xr.testing.assert_identical(search.table.drop_vars("train_seconds"), again.table.drop_vars("train_seconds"))
-    other = random_search(ds, 1, space=DEFAULT_SPACE, model_sizes=TINY, train_config=FAST, seed=6, progress=False)
+    other = random_search(ds, 1, space=DEFAULT_SPACE, model_sizes=TINY, train_config=FAST, seed=6, verbose=False)
     assert other.table["lr"].values[0] != search.table["lr"].values[0]
     assert other.table["valid_nll"].values[0] != search.table["valid_nll"].values[0]
 
@@ -246,7 +245,7 @@ def test_a_diverged_model_keeps_its_best_epoch_and_the_search_goes_on(ds, monkey
         raise err
 
     monkeypatch.setattr(search_module, "train", flaky_train)
-    result = random_search(ds, 3, model_sizes=TINY, train_config=FAST, seed=5, progress=True)
+    result = random_search(ds, 3, model_sizes=TINY, train_config=FAST, seed=5, verbose=True)
     table = result.table
     assert list(table["stop_reason"].values) == ["diverged", "diverged", "max_epochs"]
     assert table["best_epoch"].values[0] == 0 and np.isfinite(table["rate_r2"].values[0])

@@ -2,7 +2,7 @@
 (``search``), the batched population of models (``population``) and population-based training in
 one process (``pbt``) or on Ray workers (``ray_backend``), both driving the same loop.
 
-The function ``pbt`` stays at ``lfads_nb.tune.pbt.pbt``: here ``pbt`` names its module.
+``lfads_nb.pbt`` is the function ``lfads_nb.tune.pbt.pbt``; here ``pbt`` names its module.
 """
 from .hyperparameters import HYPERPARAMETERS, Tunable, tunables
 from .pbt import PBTConfig, PBTResult

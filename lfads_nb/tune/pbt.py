@@ -190,7 +190,7 @@ class _RunState(RunState):
 def _space_for_population(space: SearchSpace | None, model: str) -> SearchSpace:
     space = default_space(model) if space is None else space
     if not isinstance(space, SearchSpace):
-        raise ConfigError(f"space must be a SearchSpace, got {type(space).__name__}; e.g. lfads_nb.search.DEFAULT_SPACE.")
+        raise ConfigError(f"space must be a SearchSpace, got {type(space).__name__}; e.g. lfads_nb.DEFAULT_SPACE.")
     table = tunables(model)
     bad = [name for name in space if name not in table or not table[name].per_member]
     if bad:

@@ -10,7 +10,7 @@ The pieces, in the order a search uses them:
 2. ``SearchSpace.sample(n, seed)``: ``n`` seeded points, each a dict name -> value.
 3. ``apply_point(point, train_config, model_sizes)``: the ``TrainConfig`` and model sizes of
    one point.
-4. ``score(result, ds)``: what one trained model is judged by: validation NLL and
+4. ``run_scores(result, ds)``: what one trained model is judged by: validation NLL and
    sample-validation NLL at its selected epoch, rate R^2 against ``rates_true``, and
    ``spike_echo``, the signature of identity overfitting (a model that copies its input spikes).
 5. ``random_search(ds, n_models, ...)``: train ``n_models`` models one after another in this
@@ -32,9 +32,9 @@ import torch
 import xarray as xr
 
 from ..dashboard import Progress
-from ..data.schema import DIMS, select_ids, validate
-from ..errors import ConfigError, DataError, TrainingDiverged
-from ..metrics import rate_r2
+from ..data.schema import validate
+from ..errors import ConfigError, TrainingDiverged
+from ..metrics import rate_r2, spike_echo
 from ..models.registry import build_model, get_family
 from ..training.loop import TrainConfig, TrainResult, infer, train
 from .hyperparameters import by_owner, check_known, check_sizes, check_tunable, check_value
@@ -204,54 +204,13 @@ def default_space(model: str = "lfads") -> SearchSpace:
 # Judging one model
 # ---------------------------------------------------------------------------------------------
 
-def spike_echo(rates: xr.DataArray, ds: xr.Dataset, lags=range(-3, 4)) -> xr.DataArray:
-    """How much of each spike's own noise reaches the model's rate estimate, by lag (in bins).
-
-    With x the spike counts, lambda = rates_true x bin_width the true expected counts and
-    r = rates x bin_width the inferred ones, for every trial and neuron
-
-        echo(lag) = sum_t (x_t - lambda_t) (r_{t+lag} - lambda_{t+lag}) / sum_t (x_t - lambda_t)^2,
-
-    the least-squares slope of the model's error at t + lag on the Poisson noise at t (over the
-    pairs of bins inside the trial). A model that reads rates off the population's dynamics has
-    a small echo, spread smoothly over lags; a model that copies spikes through (identity
-    overfitting) has a sharp peak at lag 0; 1 would be a perfect copy.
-
-    ``rates``: (trial, time, neuron) in Hz, e.g. ``infer(...)['rates']``; ``ds``: the data, with
-    ``rates_true``, holding those trials. Unobserved (NaN) bins are left out. Returns a
-    DataArray over ``lag``.
-    """
-    if "rates_true" not in ds:
-        raise DataError("spike_echo needs the true rates (ds['rates_true']); it is defined for synthetic data only.")
-    if not isinstance(rates, xr.DataArray) or set(rates.dims) != {"trial", "time", "neuron"}:
-        raise DataError("rates must be a DataArray (trial, time, neuron) in Hz, e.g. lfads_nb.infer(model, ds)['rates'].")
-    lags = [int(lag) for lag in lags]
-    n_time = ds.sizes["time"]
-    if not lags or max(abs(lag) for lag in lags) >= n_time:
-        raise ConfigError(f"lags must be a non-empty list of bin offsets smaller than the trial ({n_time} bins), got {lags}.")
-    data = select_ids(ds, "trial", rates["trial"].values, "ds")
-    bin_width = float(ds.attrs["bin_width"])
-    truth = data["rates_true"].transpose(*DIMS).values.astype(float) * bin_width
-    noise = data["spikes"].transpose(*DIMS).values.astype(float) - truth
-    rates = select_ids(rates, "neuron", data["neuron"].values, "rates")
-    error = rates.transpose(*DIMS).values.astype(float) * bin_width - truth
-    noise, error = np.nan_to_num(noise), np.where(np.isnan(noise), 0.0, error)
-    echo = []
-    for lag in lags:
-        a = noise[:, max(0, -lag):n_time - max(0, lag)]
-        b = error[:, max(0, lag):n_time - max(0, -lag)]
-        echo.append(float((a * b).sum() / (a * a).sum()))
-    return xr.DataArray(np.array(echo), dims=("lag",), coords={"lag": lags}, name="spike_echo",
-                        attrs={"description": "slope of the rate error at t + lag on the spike noise at t"})
-
-
-def score(result: TrainResult, ds: xr.Dataset) -> dict[str, float]:
+def run_scores(result: TrainResult, ds: xr.Dataset) -> dict[str, float]:
     """What a trained model is compared by, at its selected (best) epoch.
 
     ``valid_nll``: reconstruction NLL per entry on the validation trials (nats);
     ``sv_nll``: the same on the sample-validation entries (NaN without sample validation);
     ``rate_r2``: rate R^2 of the posterior-mean rates on the validation trials against
-    ``rates_true`` and ``spike_echo``: :func:`spike_echo` at lag 0 on the validation trials
+    ``rates_true`` and ``spike_echo``: :func:`lfads_nb.metrics.spike_echo` at lag 0 on the validation trials
     (both NaN when the data have no ground truth); ``best_epoch``.
     """
     out = {"valid_nll": math.nan, "sv_nll": math.nan, "rate_r2": math.nan, "spike_echo": math.nan,
@@ -295,7 +254,7 @@ def random_search(
     model_sizes: Mapping | None = None,
     train_config: TrainConfig | None = None,
     seed: int = 0,
-    progress: bool = True,
+    verbose: bool = True,
 ) -> SearchResult:
     """Train ``n_models`` models of the family ``model`` on ``ds``, each at a random point of ``space``
     (default: the family's, ``default_space``).
@@ -304,11 +263,11 @@ def random_search(
     with the point's values replacing the tuned fields; models train one after another in
     this process with :func:`lfads_nb.training.train`. ``seed`` fixes the points, the weight
     initialisations and the training randomness, so the same call gives the same table.
-    ``progress`` prints one line per model.
+    ``verbose`` prints one line per model.
 
     Returns a :class:`SearchResult` whose ``table`` has dim ``model`` (0..n_models-1) and the
     variables: each tuned hyperparameter; ``valid_nll``, ``sv_nll``, ``rate_r2``,
-    ``spike_echo``, ``best_epoch`` (see :func:`score`); ``epochs`` trained; ``stop_reason``
+    ``spike_echo``, ``best_epoch`` (see :func:`run_scores`); ``epochs`` trained; ``stop_reason``
     ('max_epochs', 'early_stopping' or 'diverged': a model whose loss became NaN keeps its best
     epoch and the search goes on); ``train_seconds``; ``model_seed``. ``attrs`` record the fixed
     settings (JSON) so a saved table says how it was made.
@@ -316,8 +275,8 @@ def random_search(
     validate(ds, require_train=True)
     space = default_space(model) if space is None else space
     if not isinstance(space, SearchSpace):
-        raise ConfigError(f"space must be a SearchSpace, got {type(space).__name__}; e.g. lfads_nb.search.DEFAULT_SPACE.")
-    if "rates_true" not in ds and progress:
+        raise ConfigError(f"space must be a SearchSpace, got {type(space).__name__}; e.g. lfads_nb.DEFAULT_SPACE.")
+    if "rates_true" not in ds and verbose:
         print("no rates_true in the data: rate_r2 will be NaN")
     train_config = train_config or TrainConfig()
     model_sizes = dict(model_sizes or {})
@@ -334,11 +293,11 @@ def random_search(
         except TrainingDiverged as err:  # one bad point must not end the search: keep its best epoch
             result = err.result
         seconds = time.perf_counter() - start
-        metrics = score(result, ds)
+        metrics = run_scores(result, ds)
         rows.append({**point, **metrics, "epochs": len(result.history), "stop_reason": result.stop_reason,
                      "train_seconds": seconds, "model_seed": model_seed})
         runs.append(result)
-        if progress:
+        if verbose:
             print(_progress_line(i, n_models, point, rows[-1]), flush=True)
     table = xr.Dataset(
         {name: ("model", np.array([r[name] for r in rows])) for name in rows[0]},
