@@ -3,7 +3,7 @@
 - ``chaotic_rnn``: the original LFADS chaotic RNN set (and its input-pulse, tanh-rate and
   partially observed variants); ``chaotic_rnn_benchmark``: the gain 2.5 peer-benchmark preset.
 - ``calcium_2p``: two-photon calcium events of Lorenz-driven neurons, sampled at staggered sub-frame
-  times (RADICaL); ``lfads_nb.calcium.frame_binned`` gives its frame-binned view.
+  times (RADICaL); ``lfads_nb.data.calcium.frame_binned`` gives its frame-binned view.
 - ``chaotic_rnn_multisession``: one chaotic RNN seen by several sessions with different units
   (a DataTree of sessions, for stitching).
 - ``lorenz``: Poisson neurons driven by the Lorenz attractor (defaults: the Lorenz-29 shape).

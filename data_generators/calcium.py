@@ -14,7 +14,7 @@ The chain, every step kept as ground truth (extensions reference, section 2.3; Z
 5. **Fluorescence**: each neuron is read once per frame, at its scan phase (sub-frame bin
    ``k * sub_bins + scan_phase``), F = c + N(0, noise_sd^2), in spike-amplitude units.
 6. **Events**: OASIS AR(1) deconvolution of each neuron's frame series
-   (``lfads_nb.calcium.deconvolve_staggered``, g = exp(-frame_s / tau_decay), ``s_min``),
+   (``lfads_nb.data.calcium.deconvolve_staggered``, g = exp(-frame_s / tau_decay), ``s_min``),
    placed at the sub-frame bin where it was read; NaN at the other bins.
 
 Calcium and deconvolution start ``history_s`` seconds before each trial, so the first frames
@@ -26,7 +26,7 @@ import numpy as np
 import xarray as xr
 
 import lfads_nb
-from lfads_nb.calcium import frame_index, deconvolve_frames, to_subframe
+from lfads_nb.data.calcium import frame_index, deconvolve_frames, to_subframe
 
 from .common import (
     check_count,
@@ -111,7 +111,7 @@ def calcium_2p(
     ``latents_true`` (trial, time, latent = x, y, z: each Lorenz variable centred and divided by
     its max |value|, as in ``lorenz``), coords ``scan_phase`` (neuron), ``condition``, ``split``;
     attrs ``frame_s``, ``sub_bins``, ``s_min``, ``tau_decay``, ... The frame-binned view is
-    ``lfads_nb.calcium.frame_binned(ds)``.
+    ``lfads_nb.data.calcium.frame_binned(ds)``.
     """
     lorenz_hz = check_positive("lorenz_hz", lorenz_hz, "Hz")
     n_neurons = check_count("n_neurons", n_neurons)

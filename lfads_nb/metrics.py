@@ -541,7 +541,7 @@ def _neighbour_kernel(bin_width: float, sigma: float) -> np.ndarray:
     return kernel
 
 
-def _warn_at_grid_edge(sigmas: np.ndarray, best: float, what: str) -> None:
+def warn_at_grid_edge(sigmas: np.ndarray, best: float, what: str) -> None:
     """Warn when the chosen width ``best`` is the smallest or largest of ``sigmas`` (s): the
     optimum may lie outside the grid, and a baseline tuned there is not a fair one."""
     if sigmas.size > 1 and best in (sigmas.min(), sigmas.max()):
@@ -579,7 +579,7 @@ def choose_smoothing_sigma(spikes: xr.DataArray, bin_width: float, sigmas: Seque
     scores = xr.DataArray(np.asarray(scores), dims=("sigma",), coords={"sigma": sigmas},
                           name="rate_r2" if rates_true is not None else "loo_bits_per_spike")
     best = float(sigmas[int(np.argmax(scores.values))])
-    _warn_at_grid_edge(sigmas, best, "smoothing width")
+    warn_at_grid_edge(sigmas, best, "smoothing width")
     return best, scores
 
 
@@ -816,7 +816,7 @@ def choose_emg_smoothing(emg: xr.DataArray, bin_width: float, sigmas: Sequence[f
     scores = [np.nanmean((_smooth(values, kernel, axis=1) - values) ** 2) for kernel in kernels]
     scores = xr.DataArray(np.asarray(scores), dims=("sigma",), coords={"sigma": sigmas}, name="loo_mse")
     best = float(sigmas[int(np.argmin(scores.values))])
-    _warn_at_grid_edge(sigmas, best, "low-pass width")
+    warn_at_grid_edge(sigmas, best, "low-pass width")
     return best, scores
 
 

@@ -19,6 +19,7 @@ import xarray as xr
 from plotly.subplots import make_subplots
 
 from .data.schema import select_ids, validate
+from .dynamics import PCA, flow_field, pca
 from .errors import DataError
 
 MAX_TRIALS_3D = 20
@@ -916,4 +917,101 @@ def session_alignment(curves: xr.DataArray, n_components: int = 3) -> go.Figure:
     fig.update_yaxes(title_text="read-in output (a.u.)")
     fig.update_layout(title="Each session's PSTHs through its own read-in (one line per condition)",
                       height=max(500, 220 * k), legend=dict(orientation="h", y=-0.12))
+    return fig
+
+
+# ----------------------------------------------------------------------------- fixed points (lfads_nb.dynamics)
+
+STABILITY_COLOURS = {"stable": "#2ca02c", "saddle": "#ff7f0e", "unstable": "#d62728"}
+MODEL_COLOURS = ("#9467bd", "#1f77b4", "#8c564b", "#e377c2")  # one per model, apart from the stability colours
+
+
+def fixed_points(model, states: xr.DataArray, found: xr.Dataset, *, basis: PCA | None = None,
+                 max_trials: int = 30, n_grid: int = 15, title: str | None = None) -> go.Figure:
+    """Fixed points over the trajectories and the flow, in 2-D small multiples of PC space: PC1-PC2
+    (left) and PC1-PC3 (right). Grey lines: up to ``max_trials`` trials of ``states`` (trial, time,
+    generator); arrows: the autonomous flow in each plane through the states' mean (direction and
+    relative speed, scaled to the grid); markers: the fixed points, coloured by stability and
+    labelled by their number of unstable directions. ``basis``: the PCA (default: :func:`pca` of
+    ``states``, as the explorer's; ``lfads_nb.dynamics``)."""
+    basis = basis or pca(states)
+    paths = basis.project(np.asarray(states.values, dtype=np.float64)[:max_trials])
+    points = basis.project(found["state"].values) if found.sizes["fixed_point"] else np.zeros((0, 3))
+    planes = ((0, 1), (0, 2))
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1,
+                        subplot_titles=[f"PC{a + 1} vs PC{b + 1}" for a, b in planes])
+    everything = np.concatenate([paths.reshape(-1, 3), points])
+    for col, (a, b) in enumerate(planes, start=1):
+        lo, hi = everything[:, [a, b]].min(axis=0), everything[:, [a, b]].max(axis=0)
+        pad = 0.1 * np.maximum(hi - lo, 1e-9)
+        extent = np.stack([lo - pad, hi + pad], axis=1)
+        for k, path in enumerate(paths):
+            fig.add_scatter(x=path[:, a], y=path[:, b], mode="lines", line=dict(color="rgba(120,120,120,0.35)", width=1),
+                            name="inferred trajectories", legendgroup="traj", showlegend=col == 1 and k == 0,
+                            row=1, col=col)
+        _add_flow_arrows(fig, *flow_field(model, basis, (a, b), extent, n_grid), extent, n_grid, col, showlegend=col == 1)
+        for kind, colour in STABILITY_COLOURS.items():
+            pick = found["stability"].values == kind
+            if pick.any():
+                fig.add_scatter(x=points[pick, a], y=points[pick, b], mode="markers+text",
+                                marker=dict(size=13, color=colour, symbol="x", line=dict(width=1, color="black")),
+                                text=[f"{n} unstable" for n in found["n_unstable"].values[pick]],
+                                textposition="top center", name=f"{kind} fixed point", legendgroup=kind,
+                                showlegend=col == 1, row=1, col=col)
+        fig.update_xaxes(title_text=f"PC{a + 1} ({100 * basis.explained[a]:.0f} % var.)", row=1, col=col)
+        fig.update_yaxes(title_text=f"PC{b + 1} ({100 * basis.explained[b]:.0f} % var.)", row=1, col=col)
+    kind = "map F(g) - g" if found.attrs.get("dynamics") == "map" else "field f(g)"
+    fig.update_layout(title=title or f"{found.sizes['fixed_point']} fixed points and the autonomous flow ({kind})",
+                      height=520, legend=dict(orientation="h", yanchor="top", y=-0.15))
+    return fig
+
+
+def _add_flow_arrows(fig: go.Figure, u, v, du, dv, extent, n_grid: int, col: int, showlegend: bool) -> None:
+    """Arrows as line segments with a head, the longest as long as one grid cell."""
+    cell = (extent[:, 1] - extent[:, 0]) / max(n_grid - 1, 1)
+    length = np.hypot(du / cell[0], dv / cell[1])
+    scale = 0.9 / max(float(length.max()), 1e-300)
+    tip_u, tip_v = u + du * scale, v + dv * scale
+    xs, ys = [], []
+    for x0, y0, x1, y1 in zip(u, v, tip_u, tip_v):
+        xs += [x0, x1, None]
+        ys += [y0, y1, None]
+    fig.add_scatter(x=xs, y=ys, mode="lines", line=dict(color="#1f77b4", width=1), name="flow (zero inputs)",
+                    legendgroup="flow", showlegend=showlegend, hoverinfo="skip", row=1, col=col)
+    fig.add_scatter(x=tip_u, y=tip_v, mode="markers", marker=dict(size=3, color="#1f77b4"), showlegend=False,
+                    hoverinfo="skip", row=1, col=col)
+
+
+def fixed_points_true_space(latents: xr.DataArray, true_points: np.ndarray, found: dict, *,
+                            labels: dict | None = None, max_trials: int = 30,
+                            title: str = "Fixed points mapped into the true latent space") -> go.Figure:
+    """Found fixed points (``found``: model name -> (P, 3) mapped points) against the true ones
+    (black circles) over true trajectories (grey), as 2-D small multiples x-y and x-z. Each model
+    keeps one colour and symbol in both panels (``MODEL_COLOURS`` in the order of ``found``);
+    ``labels`` (model name -> P strings, e.g. the numbers of unstable directions) are written
+    beside its markers."""
+    paths = np.asarray(latents.transpose("trial", "time", ...).values[:max_trials], dtype=np.float64)
+    names = [str(v) for v in latents[latents.dims[-1]].values]
+    planes = ((0, 1), (0, 2))
+    fig = make_subplots(rows=1, cols=2, horizontal_spacing=0.1,
+                        subplot_titles=[f"{names[a]} vs {names[b]}" for a, b in planes])
+    symbols = ("x", "diamond", "square", "triangle-up")
+    for col, (a, b) in enumerate(planes, start=1):
+        for k, path in enumerate(paths):
+            fig.add_scatter(x=path[:, a], y=path[:, b], mode="lines", line=dict(color="rgba(120,120,120,0.3)", width=1),
+                            name="true trajectories", legendgroup="traj", showlegend=col == 1 and k == 0, row=1, col=col)
+        fig.add_scatter(x=true_points[:, a], y=true_points[:, b], mode="markers", name="true fixed points",
+                        marker=dict(size=16, color="rgba(0,0,0,0)", line=dict(width=2.5, color="black")),
+                        legendgroup="true", showlegend=col == 1, row=1, col=col)
+        for m, (model, points) in enumerate(found.items()):
+            points = np.asarray(points).reshape(-1, len(names))
+            colour = MODEL_COLOURS[m % len(MODEL_COLOURS)]
+            text = (labels or {}).get(model)
+            fig.add_scatter(x=points[:, a], y=points[:, b], mode="markers+text" if text is not None else "markers",
+                            name=f"found by {model}", text=text, textposition="top right",
+                            textfont=dict(color=colour), legendgroup=model, showlegend=col == 1, row=1, col=col,
+                            marker=dict(size=10, symbol=symbols[m % len(symbols)], color=colour))
+        fig.update_xaxes(title_text=f"{names[a]} (z-scored)", row=1, col=col)
+        fig.update_yaxes(title_text=f"{names[b]} (z-scored)", row=1, col=col)
+    fig.update_layout(title=title, height=520, legend=dict(orientation="h", yanchor="top", y=-0.15))
     return fig

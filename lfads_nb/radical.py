@@ -1,11 +1,11 @@
 """RADICaL against its baselines on sub-frame calcium data (tutorial 06).
 
 Four ways to estimate each neuron's activity from the same deconvolved events, each then scored
-against the truth on held-out trials (``calcium.truth_scores``: ``metrics.latent_r2``):
+against the truth on held-out trials (``truth_scores``: ``metrics.latent_r2``):
 
-- ``smoothing_frame``: frame-binned events smoothed in time (``calcium.smoothed_events``);
+- ``smoothing_frame``: frame-binned events smoothed in time (``smoothed_events``);
 - ``smoothing_subframe``: each neuron's events at its own sub-frame read times, smoothed or
-  interpolated per neuron (``calcium.smoothed_events(timing='subframe')``): the sub-frame timing
+  interpolated per neuron (``smoothed_events(timing='subframe')``): the sub-frame timing
   without a model;
 - ``lfads_frame``: ZIG LFADS on the frame-binned events (one bin per frame, the AutoLFADS way);
 - ``radical``: ZIG LFADS on the sub-frame events, unsampled bins NaN and skipped by selective
@@ -19,9 +19,107 @@ from __future__ import annotations
 import numpy as np
 import xarray as xr
 
-from .calcium import METHODS, frame_binned, smoothed_events, truth_scores
+from .data.calcium import frame_binned, on_subframe_time
+from .errors import ConfigError, DataError
+from .metrics import warn_at_grid_edge, latent_r2, smooth_spikes
 from .models import build_model
 from .training import TrainConfig, infer, train
+
+
+METHODS = ("smoothing_frame", "smoothing_subframe", "lfads_frame", "radical")
+
+
+def truth_scores(estimate: xr.DataArray, ds: xr.Dataset) -> dict[str, float]:
+    """How well a per-neuron estimate (trial, time, neuron) recovers the true latent state of
+    ``ds``, at ``ds``'s sub-frame bins (``on_subframe_time``):
+
+    - ``latent_r2``: ``metrics.latent_r2`` from all neurons' estimates to the true Lorenz state, a
+      ridge map fit on the 'train' trials and scored on the 'valid' trials, R^2 averaged over x, y, z.
+
+    NaN where ``ds`` has no ``latents_true``.
+    """
+    if "latents_true" not in ds:
+        return {"latent_r2": np.nan}
+    estimate = on_subframe_time(estimate, ds).transpose("trial", "time", "neuron")
+    return {"latent_r2": latent_r2(estimate, ds["latents_true"], train_trials="train", test_trials="valid")}
+
+
+SMOOTHING_WIDTHS = (0.0, 0.005, 0.01, 0.02, 0.04, 0.08)  # seconds; 0 = no smoothing (frame values, or interpolation)
+
+
+def _subframe_candidate(ds: xr.Dataset, sigma: float, frame_s: float) -> xr.DataArray:
+    """Each neuron's events at its own read times, in events / s on the sub-frame grid: linearly
+    interpolated between its reads (``sigma`` 0, held constant before the first and after the
+    last), or a Gaussian of ``sigma`` s over its reads (the kernel renormalised over the read
+    bins, ``metrics.smooth_spikes``)."""
+    events = ds["events"].transpose("trial", "time", "neuron")
+    if sigma > 0:
+        smoothed = smooth_spikes(events, float(ds.attrs["bin_width"]), sigma) * float(ds.attrs["bin_width"])
+        if np.isnan(smoothed.values).any():
+            raise DataError(f"A smoothing width of {sigma:g} s leaves sub-frame bins with no read in reach; "
+                            f"use widths of at least {frame_s / 4:g} s or 0 (interpolation).")
+    else:
+        values = events.values.astype(float)
+        bins = np.arange(values.shape[1])
+        out = np.empty_like(values)
+        for trial in range(values.shape[0]):
+            for neuron in range(values.shape[2]):
+                read = ~np.isnan(values[trial, :, neuron])
+                if not read.any():
+                    raise DataError(f"Neuron position {neuron} has no read in trial position {trial}; the "
+                                    "sub-frame smoothing baseline needs at least one per trial.")
+                out[trial, :, neuron] = np.interp(bins, bins[read], values[trial, read, neuron])
+        smoothed = events.copy(data=out)
+    return (smoothed / frame_s).rename("events_smoothed").assign_attrs(units="events / s", sigma=float(sigma))
+
+
+def smoothed_events(ds: xr.Dataset, sigmas=SMOOTHING_WIDTHS, *, timing: str = "frame") -> xr.DataArray:
+    """The smoothing baseline: each neuron's events smoothed in time by a Gaussian, in events per
+    second, its width chosen among ``sigmas`` (seconds) by how well all neurons' smoothed events
+    predict the true state (``metrics.latent_r2``) on half of the training trials after a ridge map
+    fit on the other half (the validation trials are not used).
+
+    ``timing``: ``'frame'`` smooths the frame-binned events (``frame_binned``: one value per frame
+    for every neuron, as if all were read at the frame's centre; width 0 = the frame values as
+    they are), returning (trial, frame time, neuron); ``'subframe'`` keeps each event at its
+    neuron's sub-frame read time (the information RADICaL has) and smooths over each neuron's own
+    reads (width 0 = linear interpolation between them), returning (trial, sub-frame time, neuron).
+
+    Without ``latents_true`` the middle width is used. Warns when the choice is the widest
+    candidate, or the narrowest when that is not 0 (``metrics.warn_at_grid_edge``): the optimum
+    may lie beyond the grid. ``attrs['sigma']`` holds the width.
+    """
+    grid = np.asarray(list(sigmas), dtype=float)
+    if grid.size == 0 or not np.all(np.isfinite(grid)) or np.any(grid < 0):
+        raise ConfigError(f"sigmas must be smoothing widths >= 0 s (0 = no smoothing), e.g. (0, 0.03, 0.06); "
+                          f"got {sigmas!r}.")
+    if timing not in ("frame", "subframe"):
+        raise ConfigError(f"timing must be 'frame' (frame-binned events) or 'subframe' (each event at its "
+                          f"read time), got {timing!r}.")
+    frames = frame_binned(ds)
+    frame_s = float(frames.attrs["bin_width"])
+
+    def candidate(sigma):
+        if timing == "subframe":
+            return _subframe_candidate(ds, sigma, frame_s)
+        if sigma > 0:
+            return smooth_spikes(frames["events"], frame_s, sigma)
+        return (frames["events"] / frame_s).assign_attrs(units="events / s", sigma=0.0)
+
+    if "latents_true" not in ds:
+        return candidate(grid[len(grid) // 2])
+    train = ds["trial"].values[ds["split"].values.astype(str) == "train"]
+    fit, check = train[::2], train[1::2]
+    best, best_r2 = None, -np.inf
+    for sigma in grid.tolist():  # one candidate at a time: each is as large as the data
+        estimate = candidate(sigma)
+        r2 = latent_r2(on_subframe_time(estimate, ds).transpose("trial", "time", "neuron"), ds["latents_true"],
+                       train_trials=fit, test_trials=check)
+        if r2 > best_r2:
+            best, best_r2 = estimate, r2
+    if best.attrs["sigma"] > 0:  # no smoothing is the true floor of the grid: nothing lies below it
+        warn_at_grid_edge(grid, best.attrs["sigma"], "smoothing width")
+    return best
 
 
 def compare_methods(ds: xr.Dataset, train_config: TrainConfig, *, seed: int = 0, progress_factory=None,
@@ -31,7 +129,7 @@ def compare_methods(ds: xr.Dataset, train_config: TrainConfig, *, seed: int = 0,
     ``train_config``: how both LFADS models train; ``sizes``: their LFADSConfig sizes;
     ``seed``: their initial weights; ``progress_factory``: called with the method name, returns
     a training progress display (None: the default one). Returns ``(scores, estimates, runs)``:
-    ``scores`` a Dataset over ``method`` (``calcium.METHODS``) with ``latent_r2`` (NaN without
+    ``scores`` a Dataset over ``method`` (``METHODS``) with ``latent_r2`` (NaN without
     truth) and ``smoothing_sigma`` (the chosen width in s; NaN for the LFADS models), attrs
     ``lorenz_hz`` when known; ``estimates`` each method's per-neuron estimate (trial, time,
     neuron), at frame resolution for the frame-binned methods and at sub-frame resolution for

@@ -1,4 +1,4 @@
-"""OASIS AR(1) deconvolution, staggered sampling and the calcium_2p generator (lfads_nb.calcium,
+"""OASIS AR(1) deconvolution, staggered sampling and the calcium_2p generator (lfads_nb.data.calcium,
 data_generators.calcium).
 
 References: OASIS against scipy's non-negative least squares (the AR(1) problem with s >= 0 is
@@ -16,7 +16,7 @@ from scipy.optimize import nnls
 import lfads_nb
 from data_generators import calcium_2p
 from lfads_nb import ConfigError, DataError
-from lfads_nb.calcium import deconvolve_staggered, frame_binned, oasis_ar1, sampled_mask
+from lfads_nb.data.calcium import deconvolve_staggered, frame_binned, oasis_ar1, sampled_mask
 
 SMALL = dict(n_neurons=12, n_conditions=4, trials_per_condition=5, n_frames=10)
 
@@ -244,7 +244,8 @@ def test_truth_scores_reward_the_truth_and_penalise_blur():
     """truth_scores is metrics.latent_r2 at the sub-frame bins: the true rates (any per-neuron
     affine map of them) decode the state well; a frame-averaged copy, interpolated back to
     sub-frame bins, decodes it worse at a fast latent; no truth gives NaN."""
-    from lfads_nb.calcium import on_subframe_time, truth_scores
+    from lfads_nb.data.calcium import on_subframe_time
+    from lfads_nb.radical import truth_scores
 
     ds = calcium_2p(0, lorenz_hz=12, n_neurons=30, n_conditions=8, trials_per_condition=5, n_frames=10)
     exact = truth_scores(3 * ds["rates_true"] + 1, ds)
@@ -261,7 +262,7 @@ def test_truth_scores_reward_the_truth_and_penalise_blur():
 
 
 def test_smoothed_events_picks_a_width_on_training_trials_only():
-    from lfads_nb.calcium import smoothed_events
+    from lfads_nb.radical import smoothed_events
 
     ds = calcium_2p(0, n_neurons=20, n_conditions=4, trials_per_condition=5, n_frames=10)
     valid = ds["split"].values == "valid"
@@ -279,7 +280,7 @@ def test_subframe_smoothing_keeps_each_event_at_its_read_time():
     neuron), before the first read held constant. A Gaussian width averages over the reads in
     reach only. On events that are the true rates read at each neuron's scan phase, keeping that
     timing decodes the fast latent better than binning by frame."""
-    from lfads_nb.calcium import smoothed_events, truth_scores
+    from lfads_nb.radical import smoothed_events, truth_scores
 
     ds = calcium_2p(0, lorenz_hz=12, n_neurons=30, n_conditions=8, trials_per_condition=5, n_frames=10)
     frame_s = ds.attrs["frame_s"]
@@ -339,12 +340,12 @@ def test_calcium_plots():
 def test_smoothed_events_counts_no_smoothing_and_warns_at_an_edge_of_its_grid(monkeypatch):
     """The smoothing grid may start at 0, the frame-binned events in events/s: nothing lies below
     it, so choosing it does not warn. A positive narrowest or the widest width warns, as
-    ``metrics._warn_at_grid_edge`` does for the other smoothing choosers (before, a 10-80 ms grid
+    ``metrics.warn_at_grid_edge`` does for the other smoothing choosers (before, a 10-80 ms grid
     picked its 10 ms edge silently at every tutorial setting)."""
     import warnings
 
-    from lfads_nb import metrics
-    from lfads_nb.calcium import smoothed_events
+    from lfads_nb import radical
+    from lfads_nb.radical import smoothed_events
 
     ds = calcium_2p(0, n_neurons=20, n_conditions=4, trials_per_condition=5, n_frames=10)
     with warnings.catch_warnings():
@@ -355,7 +356,7 @@ def test_smoothed_events_counts_no_smoothing_and_warns_at_an_edge_of_its_grid(mo
     with pytest.warns(UserWarning, match="low end of the grid"):
         assert smoothed_events(ds, sigmas=(0.015, 0.03)).attrs["sigma"] == 0.015
     # a score that prefers smoother estimates: the widest width wins and is flagged
-    monkeypatch.setattr(metrics, "latent_r2", lambda est, *args, **kw: -float(est.diff("time").var()))
+    monkeypatch.setattr(radical, "latent_r2", lambda est, *args, **kw: -float(est.diff("time").var()))
     with pytest.warns(UserWarning, match="high end of the grid"):
         assert smoothed_events(ds, sigmas=(0.0, 0.03, 0.06)).attrs["sigma"] == 0.06
     with pytest.raises(ConfigError, match="sigmas must be smoothing widths >= 0 s"):

@@ -1,5 +1,5 @@
 """plots.state_fit: the figure shows what metrics.state_r2 scores (checked on latents with a known answer);
-dynamics.plot_true_space: one colour per model across its panels."""
+plots.fixed_points_true_space: one colour per model across its panels."""
 import numpy as np
 import pytest
 import xarray as xr
@@ -28,7 +28,7 @@ def test_state_fit_panels_and_scores():
 
 
 def test_true_space_gives_each_model_one_colour_in_both_panels():
-    """dynamics.plot_true_space: a model's markers have the same colour (and symbol) in the x-y and x-z
+    """plots.fixed_points_true_space: a model's markers have the same colour (and symbol) in the x-y and x-z
     panels, and two models differ; the true points are drawn where they are."""
     from lfads_nb import dynamics
 
@@ -36,7 +36,7 @@ def test_true_space_gives_each_model_one_colour_in_both_panels():
     latents = xr.DataArray(rng.normal(size=(4, 10, 3)), dims=("trial", "time", "latent"),
                            coords={"latent": ["x", "y", "z"]})
     true = np.array([[0.0, 0.0, -2.0], [1.0, 1.0, 0.5]])
-    fig = dynamics.plot_true_space(latents, true, {"node_3": true + 0.1, "gru_large": true[:1]},
+    fig = plots.fixed_points_true_space(latents, true, {"node_3": true + 0.1, "gru_large": true[:1]},
                                    labels={"node_3": ["1", "2"]})
     markers = {}
     for trace in fig.data:

@@ -336,7 +336,7 @@ def test_save_scores_round_trip(tmp_path):
 def test_detector_finds_the_injected_artifacts_and_little_else():
     """Against the generator's own artifact truth: most of the injected amplitude is flagged,
     most flags are on artifacts, and data without artifacts are hardly flagged at all."""
-    from lfads_nb.artifacts import detect_artifacts, mask_artifacts
+    from lfads_nb.data.artifacts import detect_artifacts, mask_artifacts
 
     ds = emg(3, n_trials=60, n_bins=100, n_channels=12, artifact_rate=2.0)
     flags = detect_artifacts(ds["emg"]).values
@@ -357,7 +357,7 @@ def test_detector_finds_the_injected_artifacts_and_little_else():
 
 
 def test_detector_bad_input():
-    from lfads_nb.artifacts import detect_artifacts
+    from lfads_nb.data.artifacts import detect_artifacts
 
     ds = emg(0, n_trials=4, n_bins=20, n_channels=3)
     with pytest.raises(DataError, match="rectified"):
@@ -376,7 +376,7 @@ def test_artifact_free_fitness_prefers_the_model_that_ignores_artifacts():
     as an over-coupled controller does, carries each event on through the shared dynamics (a
     perturbation of every channel decaying over 5 bins, 10 % of the event's mean amplitude). The NLL
     over all entries prefers the artifact copier; the artifact-free fitness prefers the truth."""
-    from lfads_nb.artifacts import ARTIFACT_TRIM, near_artifacts
+    from lfads_nb.data.artifacts import ARTIFACT_TRIM, near_artifacts
 
     ds = emg(5, n_trials=80, n_bins=100, n_channels=12, samples_per_bin=4, artifact_rate=3.0)
     truth, artifact = (torch.as_tensor(ds[v].values, dtype=torch.float64) for v in ("emg_mean_true", "artifact_true"))
@@ -406,7 +406,7 @@ def test_pbt_fitness_that_skips_artifacts(tmp_path):
     """The artifact-free fitness is the validation NLL over the unflagged entries: with no entry
     flagged and no trimming it equals the population's own ``valid_recon`` (the reference path);
     in a run it is recorded and drives the fitness."""
-    from lfads_nb.artifacts import near_artifacts
+    from lfads_nb.data.artifacts import near_artifacts
     from lfads_nb.tune import pbt as pbt_module
     from lfads_nb.tune.population import Population
 
@@ -449,7 +449,7 @@ def test_pbt_fitness_that_skips_artifacts(tmp_path):
 def test_gamma_lfads_trains_on_masked_emg_and_fills_the_flagged_entries(tmp_path):
     """Flagged entries are not observed: training and inference run through them and emg_mean
     is finite and positive there too, with the same trials and bins as the data."""
-    from lfads_nb.artifacts import mask_artifacts
+    from lfads_nb.data.artifacts import mask_artifacts
 
     ds = emg(2, n_trials=30, n_bins=40, n_channels=6, artifact_rate=5.0)
     masked = mask_artifacts(ds)
@@ -467,7 +467,7 @@ def test_gamma_lfads_trains_on_masked_emg_and_fills_the_flagged_entries(tmp_path
 # ----------------------------------------------------------------------------- artifact-free NLL, shared
 
 def test_near_artifacts_spreads_flags_over_whole_bins_and_prefers_the_stored_flags():
-    from lfads_nb.artifacts import detect_artifacts, mask_artifacts, near_artifacts
+    from lfads_nb.data.artifacts import detect_artifacts, mask_artifacts, near_artifacts
 
     ds = emg(0, n_trials=4, n_bins=20, n_channels=3, artifact_rate=0)
     flags = ds["emg"].copy(data=np.zeros(ds["emg"].shape, bool))
@@ -487,7 +487,7 @@ def test_near_artifacts_spreads_flags_over_whole_bins_and_prefers_the_stored_fla
 def test_artifact_free_nll_is_a_trimmed_mean_over_the_counted_entries():
     """Against numpy, for one model (B, T, N) and a population (P, B, T, N): the entries that the
     loss counts and ``skip`` does not, each model's largest ``trim`` share left out, then the mean."""
-    from lfads_nb.artifacts import artifact_free_nll
+    from lfads_nb.data.artifacts import artifact_free_nll
 
     rng = np.random.default_rng(0)
     V, T, N, P, B = 7, 6, 3, 2, 3
@@ -521,7 +521,7 @@ def test_checkpoints_chosen_by_the_artifact_free_nll_the_number_pbt_computes(tmp
     """``select_by='valid_recon_artifact_free'``: the history records the artifact-free NLL, the best
     epoch is its minimum, the kept model reproduces the recorded value, and a population holding
     that model twice gives each member the same value (PBT's fitness and the loop share one code)."""
-    from lfads_nb.artifacts import artifact_free_nll, near_artifacts
+    from lfads_nb.data.artifacts import artifact_free_nll, near_artifacts
     from lfads_nb.tune import pbt as pbt_module
     from lfads_nb.tune.population import Population
 

@@ -11,7 +11,7 @@ import torch
 
 import lfads_nb
 from data_generators import attractor, calcium_2p, chaotic_rnn, emg
-from lfads_nb.calcium import frame_binned
+from lfads_nb.data.calcium import frame_binned
 from lfads_nb.errors import DataError
 
 torch.set_num_threads(1)

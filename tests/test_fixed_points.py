@@ -15,7 +15,7 @@ from scipy.linalg import expm
 
 import lfads_nb
 from data_generators import attractor, chaotic_rnn, integrate_lorenz, true_fixed_points, true_jacobians
-from lfads_nb import dynamics
+from lfads_nb import dynamics, plots
 from lfads_nb.errors import ConfigError, DataError
 from lfads_nb.models.lfads import integrate_fixed_step
 
@@ -310,7 +310,7 @@ def test_lfads_generators_points_are_fixed_under_their_own_dynamics(generator):
     expected = np.sort_complex(np.linalg.eigvals(jac.numpy()))
     np.testing.assert_allclose(np.sort_complex(_multipliers(found)[0]), expected, atol=1e-5)
 
-    fig = dynamics.plot_fixed_points(model, states, found)
+    fig = plots.fixed_points(model, states, found)
     names = {t.name for t in fig.data}
     assert {"inferred trajectories", "flow (zero inputs)"} <= names
     assert any(n and n.endswith("fixed point") for n in names)

@@ -1,5 +1,7 @@
-"""Data: the Dataset model and its validation (``schema``), the data kinds (``kinds``) and several
-sessions as a DataTree (``sessions``)."""
+"""Data: the Dataset model and its validation (``schema``), the data kinds (``kinds``), several
+sessions as a DataTree (``sessions``) and the preprocessing of two kinds: EMG artifacts
+(``artifacts``: detection, masking, the artifact-free validation NLL) and two-photon calcium
+(``calcium``: OASIS deconvolution, staggered sampling, the frame-binned view)."""
 from .kinds import KINDS, DataKind, get_kind, kind_of
 from .schema import (DIMS, SPLITS, TRUTH_VARIABLES, describe_ids, encoder_bins, heldin_mask, make_dataset,
                      observed_variable, sample_validation_mask, select_ids, split, training_values,

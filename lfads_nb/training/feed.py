@@ -38,7 +38,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from ..artifacts import near_artifacts
+from ..data.artifacts import near_artifacts
 from ..data.kinds import kind_of
 from ..data.schema import encoder_bins, heldin_mask, observed_variable, sample_validation_mask
 from ..data.sessions import sessions_of

@@ -41,7 +41,7 @@ import torch
 import xarray as xr
 from torch import Tensor
 
-from ..artifacts import artifact_free_nll
+from ..data.artifacts import artifact_free_nll
 from ..checkpoint import RunState, ema, load_checkpoint, restore_training, save_checkpoint, training_checkpoint
 from ..data.kinds import kind_of
 from ..data.schema import validate

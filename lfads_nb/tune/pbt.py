@@ -12,7 +12,7 @@ The pieces, in the order a run uses them:
    epoch ``train`` runs): a burn-in (generation 0, covering the KL / L2 ramps), then generations of
    ``generation_epochs``. At the end of each generation every member's fitness is its smoothed
    validation NLL (smth = 0.3 prev + 0.7 current, per epoch; with ``fitness_skips_artifacts`` only
-   over the bins farther than 2 bins from any entry that ``lfads_nb.artifacts.detect_artifacts``
+   over the bins farther than 2 bins from any entry that ``lfads_nb.data.artifacts.detect_artifacts``
    flags, less the largest 1 % of entry NLLs (the artifacts it missed), while the encoder still
    reads them as recorded: reproducing an artifact earns nothing, and spreading it to other bins or
    channels costs); members with NaN or infinite fitness are always replaced; the others are
@@ -49,7 +49,7 @@ import numpy as np
 import torch
 import xarray as xr
 
-from ..artifacts import ARTIFACT_TRIM, artifact_free_nll
+from ..data.artifacts import ARTIFACT_TRIM, artifact_free_nll
 from ..checkpoint import (RunState, ema, model_checkpoint, population_checkpoint, restore_population,
                           save_checkpoint)
 from ..data.sessions import sessions_of

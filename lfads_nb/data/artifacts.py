@@ -41,8 +41,8 @@ import torch
 import xarray as xr
 from scipy.ndimage import maximum_filter, median_filter
 
-from .data.schema import observed_variable
-from .errors import ConfigError, DataError
+from .schema import observed_variable
+from ..errors import ConfigError, DataError
 
 DIMS = ("trial", "time", "neuron")
 ARTIFACT_TRIM = 0.01  # artifact_free_nll: share of the largest entry NLLs left out besides the bins near flags

@@ -20,7 +20,8 @@ import numbers
 import numpy as np
 import xarray as xr
 
-from .errors import ConfigError, DataError
+from ..errors import ConfigError, DataError
+from .schema import validate
 
 
 # ----------------------------------------------------------------------------- OASIS AR(1)
@@ -241,8 +242,6 @@ def frame_binned(ds: xr.Dataset) -> xr.Dataset:
     kept, with ``bin_width = frame_s`` and ``sub_bins = 1``; ``scan_phase`` is dropped (the
     frame view has no sub-frame timing).
     """
-    from .data.schema import validate
-
     validate(ds)
     sub_bins, frame_s, phase = _staggered_layout(ds)
     n_frames = ds.sizes["time"] // sub_bins
@@ -269,9 +268,6 @@ def frame_binned(ds: xr.Dataset) -> xr.Dataset:
 
 # The four estimates tutorial 06 compares: two smoothing baselines, one per view of the events
 # (frame-binned, or each event at its neuron's sub-frame read time), and LFADS on each view.
-METHODS = ("smoothing_frame", "smoothing_subframe", "lfads_frame", "radical")
-
-
 def on_subframe_time(estimate: xr.DataArray, ds: xr.Dataset) -> xr.DataArray:
     """``estimate`` (trial, time, ...) at any time resolution, linearly interpolated to the
     sub-frame bins of ``ds`` (held constant beyond the first and last estimate): how a
@@ -285,102 +281,3 @@ def on_subframe_time(estimate: xr.DataArray, ds: xr.Dataset) -> xr.DataArray:
     weight = xr.DataArray(position - low, dims="time")
     values = estimate.isel(time=low).drop_vars("time") * (1 - weight) + estimate.isel(time=high).drop_vars("time") * weight
     return values.assign_coords(time=ds["time"]).transpose(*estimate.dims)
-
-
-def truth_scores(estimate: xr.DataArray, ds: xr.Dataset) -> dict[str, float]:
-    """How well a per-neuron estimate (trial, time, neuron) recovers the true latent state of
-    ``ds``, at ``ds``'s sub-frame bins (``on_subframe_time``):
-
-    - ``latent_r2``: ``metrics.latent_r2`` from all neurons' estimates to the true Lorenz state, a
-      ridge map fit on the 'train' trials and scored on the 'valid' trials, R^2 averaged over x, y, z.
-
-    NaN where ``ds`` has no ``latents_true``.
-    """
-    from .metrics import latent_r2
-
-    if "latents_true" not in ds:
-        return {"latent_r2": np.nan}
-    estimate = on_subframe_time(estimate, ds).transpose("trial", "time", "neuron")
-    return {"latent_r2": latent_r2(estimate, ds["latents_true"], train_trials="train", test_trials="valid")}
-
-
-SMOOTHING_WIDTHS = (0.0, 0.005, 0.01, 0.02, 0.04, 0.08)  # seconds; 0 = no smoothing (frame values, or interpolation)
-
-
-def _subframe_candidate(ds: xr.Dataset, sigma: float, frame_s: float) -> xr.DataArray:
-    """Each neuron's events at its own read times, in events / s on the sub-frame grid: linearly
-    interpolated between its reads (``sigma`` 0, held constant before the first and after the
-    last), or a Gaussian of ``sigma`` s over its reads (the kernel renormalised over the read
-    bins, ``metrics.smooth_spikes``)."""
-    from .metrics import smooth_spikes
-
-    events = ds["events"].transpose("trial", "time", "neuron")
-    if sigma > 0:
-        smoothed = smooth_spikes(events, float(ds.attrs["bin_width"]), sigma) * float(ds.attrs["bin_width"])
-        if np.isnan(smoothed.values).any():
-            raise DataError(f"A smoothing width of {sigma:g} s leaves sub-frame bins with no read in reach; "
-                            f"use widths of at least {frame_s / 4:g} s or 0 (interpolation).")
-    else:
-        values = events.values.astype(float)
-        bins = np.arange(values.shape[1])
-        out = np.empty_like(values)
-        for trial in range(values.shape[0]):
-            for neuron in range(values.shape[2]):
-                read = ~np.isnan(values[trial, :, neuron])
-                if not read.any():
-                    raise DataError(f"Neuron position {neuron} has no read in trial position {trial}; the "
-                                    "sub-frame smoothing baseline needs at least one per trial.")
-                out[trial, :, neuron] = np.interp(bins, bins[read], values[trial, read, neuron])
-        smoothed = events.copy(data=out)
-    return (smoothed / frame_s).rename("events_smoothed").assign_attrs(units="events / s", sigma=float(sigma))
-
-
-def smoothed_events(ds: xr.Dataset, sigmas=SMOOTHING_WIDTHS, *, timing: str = "frame") -> xr.DataArray:
-    """The smoothing baseline: each neuron's events smoothed in time by a Gaussian, in events per
-    second, its width chosen among ``sigmas`` (seconds) by how well all neurons' smoothed events
-    predict the true state (``metrics.latent_r2``) on half of the training trials after a ridge map
-    fit on the other half (the validation trials are not used).
-
-    ``timing``: ``'frame'`` smooths the frame-binned events (``frame_binned``: one value per frame
-    for every neuron, as if all were read at the frame's centre; width 0 = the frame values as
-    they are), returning (trial, frame time, neuron); ``'subframe'`` keeps each event at its
-    neuron's sub-frame read time (the information RADICaL has) and smooths over each neuron's own
-    reads (width 0 = linear interpolation between them), returning (trial, sub-frame time, neuron).
-
-    Without ``latents_true`` the middle width is used. Warns when the choice is the widest
-    candidate, or the narrowest when that is not 0 (``metrics._warn_at_grid_edge``): the optimum
-    may lie beyond the grid. ``attrs['sigma']`` holds the width.
-    """
-    from .metrics import _warn_at_grid_edge, latent_r2, smooth_spikes
-
-    grid = np.asarray(list(sigmas), dtype=float)
-    if grid.size == 0 or not np.all(np.isfinite(grid)) or np.any(grid < 0):
-        raise ConfigError(f"sigmas must be smoothing widths >= 0 s (0 = no smoothing), e.g. (0, 0.03, 0.06); "
-                          f"got {sigmas!r}.")
-    if timing not in ("frame", "subframe"):
-        raise ConfigError(f"timing must be 'frame' (frame-binned events) or 'subframe' (each event at its "
-                          f"read time), got {timing!r}.")
-    frames = frame_binned(ds)
-    frame_s = float(frames.attrs["bin_width"])
-
-    def candidate(sigma):
-        if timing == "subframe":
-            return _subframe_candidate(ds, sigma, frame_s)
-        if sigma > 0:
-            return smooth_spikes(frames["events"], frame_s, sigma)
-        return (frames["events"] / frame_s).assign_attrs(units="events / s", sigma=0.0)
-
-    if "latents_true" not in ds:
-        return candidate(grid[len(grid) // 2])
-    train = ds["trial"].values[ds["split"].values.astype(str) == "train"]
-    fit, check = train[::2], train[1::2]
-    best, best_r2 = None, -np.inf
-    for sigma in grid.tolist():  # one candidate at a time: each is as large as the data
-        estimate = candidate(sigma)
-        r2 = latent_r2(on_subframe_time(estimate, ds).transpose("trial", "time", "neuron"), ds["latents_true"],
-                       train_trials=fit, test_trials=check)
-        if r2 > best_r2:
-            best, best_r2 = estimate, r2
-    if best.attrs["sigma"] > 0:  # no smoothing is the true floor of the grid: nothing lies below it
-        _warn_at_grid_edge(grid, best.attrs["sigma"], "smoothing width")
-    return best
