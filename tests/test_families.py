@@ -106,6 +106,11 @@ def test_every_registered_family_is_covered():
     assert set(FAMILIES) == set(REGISTERED)  # a new family adds its small case above
 
 
+def scores_trials(ds):
+    """The trials ``lfads_nb.score`` scores by default: the 'valid' ones."""
+    return ds["trial"].values[ds["split"].values == "valid"]
+
+
 def _sessions(data) -> dict:
     return {name: data[name].to_dataset() for name in data.children} if isinstance(data, xr.DataTree) else {None: data}
 
@@ -123,8 +128,11 @@ def test_trains_infers_scores_and_is_tuned_by_pbt(family, tmp_path):
         assert inferred["rates"].shape == ds["spikes"].shape
         assert (inferred["trial"].values == ds["trial"].values).all()
         xr.testing.assert_allclose(inferred, again if name is None else again[name].to_dataset())
-        r2 = float(lfads_nb.metrics.rate_r2(inferred["rates"], ds["rates_true"]))
-        assert np.isfinite(r2) and r2 < 1
+        scores = lfads_nb.score(inferred, ds)  # the spikes table, latents from the family's own output
+        assert scores.rate_r2.item() == pytest.approx(lfads_nb.metrics.rate_r2(
+            inferred["rates"].sel(trial=scores_trials(ds)), ds["rates_true"].sel(trial=scores_trials(ds))))
+        assert np.isfinite(scores.rate_r2.item()) and scores.rate_r2.item() < 1
+        assert np.isfinite([scores[v].item() for v in ("bits_per_spike", "latent_r2", "state_r2")]).all()
     config = lfads_nb.TrainConfig(batch_size=BATCH, kl_ramp_epochs=1, l2_ramp_epochs=1, **train)
     tuned = pbt(data, model=family, pbt_config=lfads_nb.PBTConfig(population=2, generation_epochs=1, burn_in_epochs=1,
                                                                   max_generations=1),
