@@ -66,6 +66,5 @@ __all__ = [
     "score",
     "split",
     "train",
-    "tune",
     "validate",
 ]
