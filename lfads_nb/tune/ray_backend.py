@@ -201,6 +201,9 @@ def ray_pbt(
         raise ConfigError(f"{n_trials} trial: PBT needs at least 2 trials to exploit; lower members_per_trial.")
     if pc.metric == "valid_sv_nll" and tc.sv_fraction == 0:
         raise ConfigError("PBTConfig.metric='valid_sv_nll' needs sample validation: set TrainConfig.sv_fraction > 0.")
+    if pc.exploit == "none":
+        raise ConfigError("PBTConfig.exploit='none' (a population that never copies) is not available with ray_pbt, "
+                          "which always exploits by truncation; run lfads_nb.pbt.pbt for it.")
     if pc.fitness_skips_artifacts:
         raise ConfigError("PBTConfig.fitness_skips_artifacts is not available with ray_pbt; run lfads_nb.pbt.pbt, "
                           "or mask the artifacts in the data first (lfads_nb.artifacts.mask_artifacts).")
