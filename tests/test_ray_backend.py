@@ -93,6 +93,8 @@ def test_bad_sub_population_sizes():
         ray_pbt(data(), pbt_config=PBTConfig(population=4), members_per_trial=3)
     with pytest.raises(ConfigError, match="at least 2 trials"):
         ray_pbt(data(), pbt_config=PBTConfig(population=4), members_per_trial=4)
+    with pytest.raises(ConfigError, match="exploit='none'"):  # Tune would truncate: a silently different run
+        ray_pbt(data(), pbt_config=PBTConfig(population=4, exploit="none"), members_per_trial=2)
 
 
 def test_a_trial_refuses_a_device_its_worker_lacks(monkeypatch):
