@@ -63,6 +63,18 @@ def test_truncation_bottom_copies_top():
     assert set(parent[[8, 9]]) <= {0, 1}
 
 
+def test_exploit_none_keeps_every_member_and_its_hyperparameters():
+    assert (exploit(np.array([1.0, np.nan, 0.5]), "none", torch.Generator()) == [0, 1, 2]).all()
+    run = _run(max_generations=2, exploit="none")
+    h = run.history
+    assert (h["parent"] == h["member"]).all()  # nobody copied ...
+    for name in DEFAULT_SPACE:  # ... nor explored: every member keeps its starting values
+        assert (h[name] == h[name].isel(generation=0)).all(), name
+    best = np.unravel_index(np.nanargmin(h["fitness"].values), h["fitness"].shape)
+    assert run.best_generation == best[0]
+    assert run.hparams["dropout"] == pytest.approx(float(h["dropout"].isel(generation=0, member=best[1])))
+
+
 def test_perturb_is_a_bounded_multiplicative_step():
     g = torch.Generator().manual_seed(0)
     w = 0.3

@@ -18,7 +18,8 @@ The pieces, in the order a run uses them:
    channels costs); members with NaN or infinite fitness are always replaced; the others are
    exploited by binary tournament (random pairs, the loser copies the winner) or truncation (the
    bottom fraction copies the top fraction), copying weights, Adam state and hyperparameters
-   together; every member that copied then has its hyperparameters perturbed (``perturb``): each is
+   together (``exploit='none'``: nobody copies, the same population as a random search at the same
+   budget, for comparisons); every member that copied then has its hyperparameters perturbed (``perturb``): each is
    multiplied by 1 +- U[0.002 w, w] (a step in log space), redrawn until inside its bounds. The run
    stops when the best fitness improved by less than ``stop_improvement`` (relative) over
    ``stop_patience`` generations, or after ``max_generations``.
@@ -72,7 +73,8 @@ class PBTConfig:
     generation_epochs: int = 25
     burn_in_epochs: int | None = None      # None: the longer of the KL and L2 ramps
     max_generations: int = 50              # generations after the burn-in
-    exploit: str = "tournament"            # or "truncation"
+    exploit: str = "tournament"            # or "truncation", or "none": members never copy nor explore (the
+                                           # same population as a random search at the same budget, to compare)
     truncation_fraction: float = 0.2       # truncation: bottom fraction copies top fraction
     stop_improvement: float = 5e-4         # stop when the best fitness improves by less than 0.05 % ...
     stop_patience: int = 4                 # ... over this many generations
@@ -89,8 +91,8 @@ class PBTConfig:
             raise ConfigError("PBTConfig.population must be at least 2 (exploitation needs two members).")
         if self.burn_in_epochs is not None and (not isinstance(self.burn_in_epochs, int) or self.burn_in_epochs < 1):
             raise ConfigError(f"PBTConfig.burn_in_epochs must be a positive integer or None, got {self.burn_in_epochs!r}.")
-        if self.exploit not in ("tournament", "truncation"):
-            raise ConfigError(f"PBTConfig.exploit must be 'tournament' or 'truncation', got {self.exploit!r}.")
+        if self.exploit not in ("tournament", "truncation", "none"):
+            raise ConfigError(f"PBTConfig.exploit must be 'tournament', 'truncation' or 'none', got {self.exploit!r}.")
         if not 0 < self.truncation_fraction <= 0.5:
             raise ConfigError(f"PBTConfig.truncation_fraction must be in (0, 0.5], got {self.truncation_fraction!r}.")
         if not self.stop_improvement >= 0:
@@ -107,7 +109,8 @@ def exploit(fitness: np.ndarray, rule: str, generator: torch.Generator, truncati
     """Who copies whom: ``parent[i]`` is the member i copies (i itself if it keeps its weights).
 
     Lower fitness is better. Non-finite fitness (a diverged member) always loses: it copies a
-    random finite member if no rule already replaced it.
+    random finite member if no rule already replaced it. Rule 'none': nobody copies, not even a
+    diverged member (a random search keeps its dead points).
     """
     P = len(fitness)
     parent = np.arange(P)
@@ -115,6 +118,8 @@ def exploit(fitness: np.ndarray, rule: str, generator: torch.Generator, truncati
     if not finite.any():
         raise TrainingDiverged("Every member of the population diverged (NaN or infinite validation loss); "
                                "lower the learning-rate range or raise the KL/L2 ramps.")
+    if rule == "none":
+        return parent
     score = np.where(finite, fitness, np.inf)
     if rule == "tournament":
         order = torch.randperm(P, generator=generator).numpy()
