@@ -550,6 +550,9 @@ def test_checkpoints_chosen_by_the_artifact_free_nll_the_number_pbt_computes(tmp
     sessions = make_sessions({"a": ds, "b": ds})
     with pytest.raises(ConfigError, match="one recording"):  # refused before training starts
         lfads_nb.train(lfads_nb.build_model(sessions, config, seed=0, **TINY), sessions, config, live=False)
+    with pytest.raises(ConfigError, match="one recording"):  # PBT's artifact-free fitness: the same refusal
+        lfads_nb.pbt(sessions, pbt_config=lfads_nb.PBTConfig(population=2, fitness_skips_artifacts=True),
+                     train_config=config, model_sizes=TINY, live=False)
 
 
 def test_masked_low_pass_renormalises_around_nan_and_fills_long_gaps():

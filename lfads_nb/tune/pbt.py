@@ -53,7 +53,6 @@ import xarray as xr
 from ..data.artifacts import ARTIFACT_TRIM, artifact_free_nll
 from ..checkpoint import (RunState, ema, model_checkpoint, population_checkpoint, restore_population,
                           save_checkpoint)
-from ..data.sessions import sessions_of
 from ..errors import ConfigError, TrainingDiverged
 from ..models.registry import build_model, family_of
 from ..training.feed import Feed, check_shift, make_feed
@@ -379,14 +378,10 @@ def run_pbt(ds, make_members, *, model: str, space, pbt_config, train_config, mo
     check_device(tc.device)
     space = _space_for_population(space, model)
     model_sizes = dict(model_sizes or {})
-    datasets = sessions_of(ds, require_train=True)
-    stitched = None not in datasets
     if pc.metric == "valid_sv_nll" and tc.sv_fraction == 0:
         raise ConfigError("PBTConfig.metric='valid_sv_nll' needs sample validation: set TrainConfig.sv_fraction > 0.")
-    if stitched and pc.fitness_skips_artifacts:
-        raise ConfigError("PBTConfig.fitness_skips_artifacts works on one recording: run PBT on each session, "
-                          "or set fitness_skips_artifacts=False for stitched sessions.")
     driver_feed = make_feed(ds, tc, PBT_NEEDS_VALIDATION)  # checks the data; the masks of the artifact-free fitness
+    skip = driver_feed.artifact_skip() if pc.fitness_skips_artifacts else None  # refuses sessions here
     if "shift_std" in space:  # members shift even where the shared config does not
         check_shift(tc.shift_max, driver_feed.n_time)
     P = pc.population
@@ -399,7 +394,6 @@ def run_pbt(ds, make_members, *, model: str, space, pbt_config, train_config, mo
     model_config = members[0].config
     torch.manual_seed(pc.seed)  # the draws inside members' forward passes (NDT's dropout layers)
     population = make_members(ds, tc, pc, space, members)
-    skip = driver_feed.artifact_skip() if pc.fitness_skips_artifacts else None
     decisions = torch.Generator().manual_seed(pc.seed)  # batch order, exploit pairs, perturbation draws
     state = _RunState(P)
     settings = {"pbt_config": dataclasses.asdict(pc), "train_config": dataclasses.asdict(tc),
