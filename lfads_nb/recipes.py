@@ -18,7 +18,7 @@ points). The parts, and why (measured here on Lorenz, NODE-3, 1000 trials, one C
 - **a narrow initial IC posterior** (``LFADSConfig.ic_post_var_init``): with the default unit
   variance the sampled initial conditions spread over the whole attractor, which rewards a field
   that contracts every start to the mean (rate R^2 0.71 against 0.52);
-- **stop on a flat curve** (``TrainConfig.early_stop_min_delta``): a run ends once 50 epochs have
+- **stop on a flat curve** (``TrainConfig.early_stop_min_delta``): a run ends once 100 epochs have
   improved its best validation NLL by at most 5e-4 nats per entry, so a model that has learned
   what it can (a large GRU, within a few hundred epochs) frees its CPU for one still learning
   (the NODE, for a thousand epochs and more).
@@ -33,7 +33,7 @@ ATTRACTOR_SIZES = dict(co_dim=0, ic_enc_dim=32, dropout=0.0, ic_post_var_init=0.
 each as wide as the model's dimension (``attractor_model``)."""
 
 ATTRACTOR_TRAINING = dict(batch_size=50, lr=2e-3, lr_decay=1.0, cd_rate=0.0, kl_ramp_epochs=10, l2_ramp_epochs=10,
-                          curriculum_bins=5, curriculum_epochs=12, max_epochs=1000, early_stop_patience=50,
+                          curriculum_bins=5, curriculum_epochs=12, max_epochs=1000, early_stop_patience=100,
                           early_stop_min_delta=5e-4)
 """``TrainConfig`` settings of the attractor recipe: small batches at a constant learning rate, the
 curriculum, and a stop once the validation curve has flattened."""
