@@ -167,6 +167,28 @@ def test_early_stopping_after_ramps():
     assert len(result.history) - 1 - result.best_epoch == 2
 
 
+def test_early_stopping_min_delta_stops_on_a_flat_curve():
+    # Validation losses that keep improving by 1e-4 an epoch: any new best restarts the patience
+    # (min_delta 0), but improvements of at most min_delta over `patience` epochs end the run.
+    from lfads_nb.training.loop import _end_of_epoch, _RunState
+
+    def epochs_to_stop(min_delta):
+        cfg = TrainConfig(early_stop_patience=5, early_stop_min_delta=min_delta, kl_ramp_epochs=0, l2_ramp_epochs=0)
+        state = _RunState(cfg)
+        for epoch in range(100):
+            state.epoch = epoch
+            new_best = _end_of_epoch(state, {"valid_recon": 1.0 - 1e-4 * epoch}, cfg)
+            assert new_best and state.best_epoch == epoch  # the best checkpoint follows every new best
+            if state.epochs_since_best >= cfg.early_stop_patience:
+                return epoch
+        return None
+
+    assert epochs_to_stop(0.0) is None
+    assert epochs_to_stop(1e-3) == 5  # epoch 0 restarted the patience; epochs 1-5 improved it by 5e-4 in all
+    with pytest.raises(lfads_nb.ConfigError, match="early_stop_min_delta"):
+        TrainConfig(early_stop_min_delta=-1e-3)
+
+
 def test_infer_is_aligned_to_the_input_trials_and_units():
     ds = tiny_dataset(heldout=2)
     result = run(ds, config(max_epochs=2))

@@ -72,6 +72,10 @@ class TrainConfig:
     kl_ramp_epochs: int = 50        # KL weight rises linearly from 0 to 1 over these epochs
     l2_ramp_epochs: int = 50
     early_stop_patience: int = 40   # epochs after the ramps without a new best
+    early_stop_min_delta: float = 0.0  # a new best counts for early stopping only if it beats the best that last
+                                    # restarted the patience by more than this (nats per entry); 0: any new best.
+                                    # So a run stops once early_stop_patience epochs improved it by at most this:
+                                    # its validation curve has flattened. The best checkpoint is kept either way
     cd_rate: float = 0.3            # coordinated dropout: fraction of entries hidden from the encoder, about
                                     # lfads-torch's / AutoLFADS's value; without it a controller (co_dim > 0)
                                     # can copy spikes through. 0 turns it off
@@ -97,7 +101,8 @@ class TrainConfig:
             if not getattr(self, name) > 0:
                 raise ConfigError(f"TrainConfig.{name} must be positive, got {getattr(self, name)!r}.")
         for name in ("kl_ic_scale", "kl_co_scale", "l2_gen_scale", "l2_con_scale",
-                     "kl_ramp_epochs", "l2_ramp_epochs", "lr_patience", "early_stop_patience"):
+                     "kl_ramp_epochs", "l2_ramp_epochs", "lr_patience", "early_stop_patience",
+                     "early_stop_min_delta"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)!r}.")
         if not self.shift_std >= 0:
@@ -315,10 +320,17 @@ class _RunState(RunState):
         self.smoothed: float | None = None
         self.best_smoothed = math.inf        # for the lr schedule
         self.epochs_since_improvement = 0
-        self.best_score = math.inf           # for model selection / early stopping
+        self.best_score = math.inf           # for model selection
         self.best_epoch = -1
-        self.epochs_since_best = 0
+        self.stop_reference = math.inf       # for early stopping: the best that last restarted its patience
+        self.epochs_since_best = 0           # epochs since then
         self.lr = config.lr
+
+    def restore(self, values) -> _RunState:
+        super().restore(values)
+        if "stop_reference" not in values:  # a checkpoint from before early_stop_min_delta: any new best restarted
+            self.stop_reference = self.best_score
+        return self
 
 
 def train(
@@ -437,10 +449,13 @@ def _end_of_epoch(state: _RunState, row: dict, config: TrainConfig, whole_trials
             state.lr = max(config.lr_min, state.lr * config.lr_decay)
             state.epochs_since_improvement = 0
     score = row[config.select_by]
+    if score < state.stop_reference - config.early_stop_min_delta:
+        state.stop_reference, state.epochs_since_best = score, 0
+    else:
+        state.epochs_since_best += 1
     if score < state.best_score:
-        state.best_score, state.best_epoch, state.epochs_since_best = score, state.epoch, 0
+        state.best_score, state.best_epoch = score, state.epoch
         return True
-    state.epochs_since_best += 1
     return False
 
 
