@@ -390,7 +390,7 @@ def test_artifact_free_fitness_prefers_the_model_that_ignores_artifacts():
         params = torch.stack([torch.full_like(mean, math.log(shape)), math.log(shape) - mean.log()], -1)
         return Gamma(12).nll(params, data)
 
-    def fitness(mean):  # as _artifact_free_nll: unflagged entries, the largest ARTIFACT_TRIM left out
+    def fitness(mean):  # as artifacts.artifact_free_nll: unflagged entries, the largest ARTIFACT_TRIM left out
         values = nll(mean)[clean].sort().values
         return values[:math.ceil((1 - ARTIFACT_TRIM) * len(values))].mean()
 
@@ -403,29 +403,41 @@ def test_artifact_free_fitness_prefers_the_model_that_ignores_artifacts():
 
 
 def test_pbt_fitness_that_skips_artifacts(tmp_path):
-    """The artifact-free fitness is the validation NLL over the unflagged entries: with no entry
-    flagged and no trimming it equals the population's own ``valid_recon`` (the reference path);
-    in a run it is recorded and drives the fitness."""
-    from lfads_nb.data.artifacts import near_artifacts
+    """The artifact-free fitness is the validation NLL over the unflagged entries, computed in the
+    population's one validation pass: each member's equals ``artifacts.artifact_free_nll`` of that
+    model alone (of the visible entries for 'valid_recon', of the held-out ones for 'valid_sv_nll'),
+    with no entry flagged and no trimming it is the model's ``valid_recon`` (the reference path),
+    and in a run it is recorded and drives the fitness."""
+    import dataclasses
+
+    from lfads_nb.data.artifacts import artifact_free_nll, near_artifacts
     from lfads_nb.tune import pbt as pbt_module
     from lfads_nb.tune.population import Population
+    from lfads_nb.training.loop import validation_metrics
 
     ds = emg(0, n_trials=30, n_bins=30, n_channels=4, artifact_rate=4.0)
     tc = TrainConfig(batch_size=10, cd_rate=0.0, kl_ramp_epochs=1, l2_ramp_epochs=1)
-    members = pbt_module.build_members(ds, tc, "lfads", TINY, [1, 2])
-    population = Population(members, tc, pbt_module.initial_hparams(lfads_nb.EMG_SPACE, 2, 0), noise_seed=0)
-    feed = make_feed(ds, tc)
-    local = pbt_module.LocalMembers(population, feed)
-    valid = feed.sessions[None].valid_idx
-    none = torch.zeros((len(valid), *ds["emg"].shape[1:]), dtype=torch.bool)
-    reference = population.validate(feed)["valid_recon"].double().numpy()
-    np.testing.assert_allclose(pbt_module._artifact_free_nll(local.entry_nll(), feed, none, "valid_recon", trim=0.0),
-                               reference, rtol=1e-6)
-    skip = feed.artifact_skip()
-    np.testing.assert_array_equal(skip.numpy(), near_artifacts(ds).values[valid.numpy()])
-    assert skip.any()
-    skipped = pbt_module._artifact_free_nll(local.entry_nll(), feed, skip, "valid_recon")
-    assert np.isfinite(skipped).all() and not np.allclose(skipped, reference)
+    members = [m.eval() for m in pbt_module.build_members(ds, tc, "lfads", TINY, [1, 2])]
+    hps = pbt_module.initial_hparams(lfads_nb.EMG_SPACE, 2, 0)
+    for metric, config in (("valid_recon", tc), ("valid_sv_nll", dataclasses.replace(tc, sv_fraction=0.2))):
+        feed = make_feed(ds, config)
+        valid = feed.sessions[None].valid_idx
+        skip = feed.artifact_skip()
+        np.testing.assert_array_equal(skip.numpy(), near_artifacts(ds).values[valid.numpy()])
+        assert skip.any()
+        got = Population(members, config, hps, noise_seed=0, artifact_free=metric).validate(feed)
+        assert list(got) == ["valid_recon", *(["valid_sv_nll"] if config.sv_fraction else []),
+                             f"{metric}_artifact_free"]
+        none = torch.zeros_like(skip)
+        for i, member in enumerate(members):
+            with torch.no_grad():
+                alone = artifact_free_nll(member.entry_nll, [b for _, b in feed.validation(256)], skip,
+                                          heldout=metric == "valid_sv_nll")
+                reference = artifact_free_nll(member.entry_nll, [b for _, b in feed.validation(256)], none, trim=0.0)
+            assert float(got[f"{metric}_artifact_free"][i]) == pytest.approx(float(alone), rel=1e-5)
+            assert np.isfinite(float(alone)) and float(alone) != pytest.approx(float(got[metric][i]), rel=1e-5)
+            assert float(reference) == pytest.approx(float(validation_metrics(member, feed, 256)["valid_recon"]),
+                                                     rel=1e-6)
 
     config = lfads_nb.PBTConfig(population=2, generation_epochs=1, burn_in_epochs=1, max_generations=1,
                                 fitness_skips_artifacts=True)
@@ -541,10 +553,10 @@ def test_checkpoints_chosen_by_the_artifact_free_nll_the_number_pbt_computes(tmp
         again = artifact_free_nll(result.model.entry_nll, validation_batches(tensors, valid, 0.0, 256), skip)
     assert float(again) == pytest.approx(history["valid_recon_artifact_free"].iloc[result.best_epoch], rel=1e-6)
     population = Population([result.model, result.model], config,
-                            pbt_module.initial_hparams(lfads_nb.EMG_SPACE, 2, 0), noise_seed=0)
-    members = pbt_module._artifact_free_nll(pbt_module.LocalMembers(population, feed).entry_nll(), feed,
-                                            feed.artifact_skip(), "valid_recon")
-    np.testing.assert_allclose(members, float(again), rtol=1e-5)
+                            pbt_module.initial_hparams(lfads_nb.EMG_SPACE, 2, 0), noise_seed=0,
+                            artifact_free="valid_recon")
+    members = population.validate(feed)["valid_recon_artifact_free"]
+    np.testing.assert_allclose(members.numpy(), float(again), rtol=1e-5)
     with pytest.raises(ConfigError, match="select_by"):
         TrainConfig(select_by="valid_artifacts")
     sessions = make_sessions({"a": ds, "b": ds})

@@ -17,7 +17,7 @@ from lfads_nb.checkpoint import load_checkpoint
 from lfads_nb.models.registry import LFADS_LOSS_WEIGHTS
 from lfads_nb.training import make_feed
 from lfads_nb.training.feed import session_view
-from lfads_nb.training.loop import loss_weights, validation_metrics, validation_sums
+from lfads_nb.training.loop import loss_weights, validation_metrics, validation_nll
 
 SIZES = dict(gen_dim=16, ic_enc_dim=8, ic_dim=8, fac_dim=6, co_dim=0)
 
@@ -132,7 +132,7 @@ def test_loss_over_sessions_is_the_mean_over_all_their_counted_entries():
                            1.0, 1.0)
     out, params = model.run_sessions(batches, sample=False)
     _, parts = model.objective(out, batches, weights, params)
-    sums = sum(validation_sums(model, session_view(name), b) for name, b in batches.items())
+    sums = sum(validation_nll(model, session_view(name), b)[1] for name, b in batches.items())
     assert float(parts["train_recon"].detach()) == pytest.approx(float((sums[0] / sums[1]).detach()), rel=1e-12)
 
 

@@ -3,9 +3,14 @@
 wheel holds every subpackage, and the module paths the README and the tutorials name keep working."""
 import os
 import re
+import subprocess
+import sys
+import threading
 import tomllib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -78,33 +83,67 @@ def _tutorial_imports() -> set[str]:
     return modules
 
 
-def _fresh_environment(tmp_path, requirements: list[str]) -> str:
-    """A new venv with a CPU torch first (never a bare torch), then ``requirements``; its python."""
-    import subprocess
-    import sys
+_INSTALLS_ROOT = threading.Lock()  # pip install -e . writes lfads_nb.egg-info into the checkout: one at a time
 
-    venv = tmp_path / "env"
+
+def _fresh_environment(venv: Path, requirements: list[str], then=None) -> str:
+    """A new venv with a CPU torch first (never a bare torch), then ``requirements``, then ``then(python)``
+    (the step that installs this checkout, ``pip install -e .`` or Binder's postBuild); its python.
+
+    pip is told not to byte-compile what it installs (``--no-compile``): compiling every module of
+    torch, ray and jupyterlab was most of an install's time, and an import compiles what it reads."""
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = str(venv / "bin" / "python")
     torch = os.environ.get("LFADS_NB_TORCH", "torch==2.13.0")
-    pip = [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
+    pip = [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile"]
     subprocess.run(pip + [torch], check=True)
     subprocess.run(pip + [r for r in requirements if _name(r) != "torch"], check=True)
+    if then is not None:
+        with _INSTALLS_ROOT:
+            then(python)
     return python
 
 
-def _assert_imports_every_tutorial_module(python: str, cwd) -> None:
-    import subprocess
+def _pip_install_checkout(python: str) -> None:
+    """environment.yml's pip section (``-e .``), installed after its list, as conda does."""
+    subprocess.run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile",
+                    "-e", str(ROOT)], check=True)
 
+
+def _binder_post_build(python: str) -> None:
+    """binder/postBuild run as Binder runs it: from the repository root, the environment's python first on PATH."""
+    env = dict(os.environ, PATH=f"{Path(python).parent}{os.pathsep}{os.environ['PATH']}")
+    subprocess.run([str(BINDER / "postBuild")], cwd=ROOT, env=env, check=True)
+
+
+FRESH_ENVIRONMENTS = {  # test -> (environment file, the step that installs this checkout)
+    "test_a_fresh_environment_from_environment_yml_imports_every_tutorial_module": (ENVIRONMENT, _pip_install_checkout),
+    "test_binder_installs_into_a_fresh_environment": (BINDER / "environment.yml", _binder_post_build),
+}
+
+
+@pytest.fixture(scope="module")
+def fresh_environments(request, tmp_path_factory) -> dict:
+    """The selected tests' fresh environments, built side by side (one pip process each, so the
+    two cores of a small machine build both in the time of one): test name -> future of its python."""
+    selected = {item.originalname for item in request.session.items} & set(FRESH_ENVIRONMENTS)
+    with ThreadPoolExecutor(max(1, len(selected))) as pool:
+        yield {name: pool.submit(_fresh_environment, tmp_path_factory.mktemp("fresh") / "env",
+                                 _pip_equivalent(FRESH_ENVIRONMENTS[name][0]), FRESH_ENVIRONMENTS[name][1])
+               for name in sorted(selected)}
+
+
+def _assert_imports_every_tutorial_module(python: str, cwd) -> None:
     modules = sorted(_tutorial_imports())
     assert {"lfads_nb", "data_generators", "torch", "plotly"} <= set(modules)
     result = subprocess.run([python, "-c", "import " + ", ".join(modules)], capture_output=True, text=True, cwd=cwd)
     assert result.returncode == 0, result.stderr[-2000:]
 
 
-def test_a_fresh_environment_from_environment_yml_imports_every_tutorial_module(tmp_path):
-    """The conda environment, built the pip way: a new venv gets exactly environment.yml's list."""
-    python = _fresh_environment(tmp_path, _pip_equivalent() + ["-e", str(ROOT)])
+def test_a_fresh_environment_from_environment_yml_imports_every_tutorial_module(fresh_environments, tmp_path):
+    """The conda environment, built the pip way: a new venv gets exactly environment.yml's list, then its
+    pip section (``-e .``)."""
+    python = fresh_environments["test_a_fresh_environment_from_environment_yml_imports_every_tutorial_module"].result()
     _assert_imports_every_tutorial_module(python, tmp_path)
 
 
@@ -121,14 +160,10 @@ def test_binder_environment_is_cpu_torch_without_the_local_package():
     assert os.access(BINDER / "postBuild", os.X_OK) and "--no-deps" in post_build
 
 
-def test_binder_installs_into_a_fresh_environment(tmp_path):
+def test_binder_installs_into_a_fresh_environment(fresh_environments, tmp_path):
     """Binder's steps, the pip way: binder/environment.yml's list into a new venv, then binder/postBuild
     run as Binder runs it (from the repository root, the environment's python first on PATH)."""
-    import subprocess
-
-    python = _fresh_environment(tmp_path, _pip_equivalent(BINDER / "environment.yml"))
-    env = dict(os.environ, PATH=f"{Path(python).parent}{os.pathsep}{os.environ['PATH']}")
-    subprocess.run([str(BINDER / "postBuild")], cwd=ROOT, env=env, check=True)
+    python = fresh_environments["test_binder_installs_into_a_fresh_environment"].result()
     _assert_imports_every_tutorial_module(python, tmp_path)
 
 
@@ -144,9 +179,6 @@ def test_pyproject_finds_every_subpackage():
 def test_the_public_names_are_flat_and_the_old_module_paths_are_gone():
     """``lfads_nb.pbt`` is the function (no module shadows it); the modules live in their
     subpackages only, so ``import lfads_nb.pbt`` fails as for any name that is not a module."""
-    import subprocess
-    import sys
-
     code = """
 import importlib
 import lfads_nb, lfads_nb.tune.pbt, lfads_nb.tune.ray_backend, lfads_nb.tune.search

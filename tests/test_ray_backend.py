@@ -11,7 +11,7 @@ import ray  # the test extra installs it: CI runs this file, never skips it
 import torch
 
 import lfads_nb
-from data_generators import chaotic_rnn
+from data_generators import chaotic_rnn, emg
 from lfads_nb import plots
 from lfads_nb.errors import ConfigError
 from lfads_nb.tune.pbt import PBTConfig, pbt
@@ -52,15 +52,20 @@ def data():
     return chaotic_rnn(seed=0, n_units=12, n_bins=8, n_conditions=10, trials_per_condition=3)
 
 
-def run(runner, tmp_path, **options):
-    pc = PBTConfig(population=4, generation_epochs=1, burn_in_epochs=1, max_generations=2, seed=3)
-    return runner(data(), pbt_config=pc, train_config=lfads_nb.TrainConfig(**TRAIN), model_sizes=SIZES,
-                  checkpoint_dir=tmp_path, progress=Quiet(), **options)
+def run(runner, tmp_path, ds=None, fitness_skips_artifacts=False, **options):
+    pc = PBTConfig(population=4, generation_epochs=1, burn_in_epochs=1, max_generations=2, seed=3,
+                   fitness_skips_artifacts=fitness_skips_artifacts)
+    return runner(data() if ds is None else ds, pbt_config=pc, train_config=lfads_nb.TrainConfig(**TRAIN),
+                  model_sizes=SIZES, checkpoint_dir=tmp_path, progress=Quiet(), **options)
 
 
-def test_one_worker_of_every_member_is_pbt_exactly(local_ray, tmp_path):
-    local = run(pbt, tmp_path / "local")
-    remote = run(ray_pbt, tmp_path / "ray", members_per_worker=4)
+@pytest.mark.parametrize("artifacts", [False, True], ids=["spikes", "emg-artifact-free-fitness"])
+def test_one_worker_of_every_member_is_pbt_exactly(local_ray, tmp_path, artifacts):
+    options = dict(ds=emg(0, n_trials=30, n_bins=12, n_channels=4, artifact_rate=4.0), fitness_skips_artifacts=True) \
+        if artifacts else {}
+    local = run(pbt, tmp_path / "local", **options)
+    remote = run(ray_pbt, tmp_path / "ray", members_per_worker=4, **options)
+    assert ("valid_recon_artifact_free" in local.history) == artifacts
     for name in local.history.data_vars:
         if name != "seconds":
             np.testing.assert_array_equal(remote.history[name].values, local.history[name].values, err_msg=name)

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import ast
 import json
+import multiprocessing
 import os
 import re
 import shutil
 import subprocess
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import h5py
@@ -178,12 +180,44 @@ def test_meets_the_standard(notebook):
         "leave plotly's renderer to lfads_nb (static copies of figures)"
 
 
+SIDE_BY_SIDE = 2  # papermill runs at a time: each kernel computes on one core, its launcher waits
+
+
+@pytest.fixture(scope="module")
+def side_by_side():
+    """Worker processes that run this module's papermill runs ``SIDE_BY_SIDE`` at a time, in order
+    of submission (processes, not threads: papermill changes its process's working directory to start
+    a kernel in the run's folder); every kernel runs with the text progress (LFADS_NB_LIVE=0)."""
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("LFADS_NB_LIVE", "0")  # every worker, and so every kernel, inherits it
+        pool = ProcessPoolExecutor(SIDE_BY_SIDE, mp_context=multiprocessing.get_context("spawn"))
+        yield pool
+        pool.shutdown(cancel_futures=True)  # none left running past this module
+
+
+def _selected(request, name: str) -> list:
+    """The items of test function ``name`` this session runs, in order."""
+    return [item for item in request.session.items if item.originalname == name]
+
+
+@pytest.fixture(scope="module")
+def ci_runs(request, side_by_side):
+    """The CI-size papermill runs of the tutorials that test_runs_under_papermill checks, all
+    submitted at once, each into a clean ``ARTIFACTS/<stem>``: notebook name -> future of its
+    executed copy (``result()`` raises what the run raised)."""
+    futures = {}
+    for item in _selected(request, "test_runs_under_papermill"):
+        notebook = item.callspec.params["notebook"]
+        out_dir = ARTIFACTS / notebook.stem
+        shutil.rmtree(out_dir, ignore_errors=True)  # no checkpoints or files left from an earlier run
+        futures[notebook.name] = side_by_side.submit(execute, notebook, out_dir, CI_PARAMETERS[notebook.name])
+    return futures
+
+
 @pytest.mark.parametrize("notebook", TUTORIALS, ids=lambda p: p.name)
-def test_runs_under_papermill(notebook, monkeypatch):
-    monkeypatch.setenv("LFADS_NB_LIVE", "0")
+def test_runs_under_papermill(notebook, ci_runs):
     out_dir = ARTIFACTS / notebook.stem
-    shutil.rmtree(out_dir, ignore_errors=True)  # no checkpoints or files left from an earlier run
-    executed = execute(notebook, out_dir, CI_PARAMETERS[notebook.name])
+    executed = ci_runs[notebook.name].result()
     nb = json.loads(executed.read_text())
     errors = [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
     assert not errors
@@ -219,26 +253,59 @@ def _own_recording(path):
             f["train_data"], f["valid_data"] = spikes[:24], spikes[24:]
 
 
-def run_as_batch_job(notebook: str, run_dir: Path, params: dict) -> None:
-    """Run tutorials/``notebook`` under papermill in ``run_dir`` with ``params``, as a batch job
-    would, and fail on any cell that raised."""
-    executed = execute(ROOT / "tutorials" / notebook, run_dir, params)
-    nb = json.loads(executed.read_text())
+BATCH_JOBS = {}  # test function -> prepare(folder, **its parameters) -> (notebook, papermill parameters, context)
+
+
+def batch_job(test: str):
+    """Register the decorated ``prepare`` as the batch job of test function ``test``."""
+    def register(prepare):
+        BATCH_JOBS[test] = prepare
+        return prepare
+    return register
+
+
+@pytest.fixture(scope="module")
+def batch_runs(request, side_by_side, tmp_path_factory):
+    """Every selected batch-job test's run, all submitted at once: its data written by its
+    ``BATCH_JOBS`` entry into a folder of its own, then tutorials/<notebook> run under papermill in
+    ``<folder>/run`` with those parameters, as a batch job would. Test id -> (future of the executed
+    copy, the folder, the entry's context)."""
+    runs = {}
+    for name, prepare in BATCH_JOBS.items():
+        for item in _selected(request, name):
+            folder = tmp_path_factory.mktemp("batch")
+            notebook, params, context = prepare(folder, **(item.callspec.params if hasattr(item, "callspec") else {}))
+            runs[item.name] = (side_by_side.submit(execute, ROOT / "tutorials" / notebook, folder / "run", params),
+                               folder, context)
+    return runs
+
+
+def batch_result(batch_runs, request) -> tuple[Path, dict]:
+    """This test's batch run (``batch_runs``) once it finished, failing on any cell that raised:
+    (its folder, the context its job returned)."""
+    future, folder, context = batch_runs[request.node.name]
+    nb = json.loads(future.result().read_text())
     assert not [o for c in nb["cells"] for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    return folder, context
+
+
+@batch_job("test_tutorial_as_batch_job_on_own_data")
+def own_recording_job(folder, notebook, kind):
+    data = folder / f"recording{kind}"
+    _own_recording(data)
+    params = {k: v for k, v in CI_PARAMETERS[notebook].items() if k not in ("n_conditions", "trials_per_condition")}
+    params.update(data_path=str(data), output_path="rates.nc")
+    return notebook, params, {"data": data, "params": params}
 
 
 @pytest.mark.parametrize("notebook, kind", [("02_train_lfads.ipynb", ".nc"), ("02_train_lfads.ipynb", ".h5"),
                                              ("04_autolfads_pbt.ipynb", ".nc"), ("08_expressive_dynamics.ipynb", ".nc"),
                                              ("10_neural_data_transformer.ipynb", ".nc")])
-def test_tutorial_as_batch_job_on_own_data(notebook, kind, tmp_path, monkeypatch):
+def test_tutorial_as_batch_job_on_own_data(notebook, kind, batch_runs, request):
     """`papermill NN.ipynb out.ipynb -p data_path my.h5 -p output_path rates.nc` on data with no
     truth and no conditions; the bin width comes from the file (20 ms) or the default."""
-    monkeypatch.setenv("LFADS_NB_LIVE", "0")
-    data = tmp_path / f"recording{kind}"
-    _own_recording(data)
-    params = {k: v for k, v in CI_PARAMETERS[notebook].items() if k not in ("n_conditions", "trials_per_condition")}
-    params.update(data_path=str(data), output_path="rates.nc")
-    run_as_batch_job(notebook, tmp_path / "run", params)
+    tmp_path, context = batch_result(batch_runs, request)
+    data, params = context["data"], context["params"]
     out = lfads_nb.load(tmp_path / "run" / "rates.nc")
     bin_width = 0.02 if kind == ".nc" else 0.01
     recording = lfads_nb.load(data, bin_width=bin_width)
@@ -253,18 +320,23 @@ def test_tutorial_as_batch_job_on_own_data(notebook, kind, tmp_path, monkeypatch
         assert np.isfinite(scores["bits_per_spike"]).all()
 
 
-def test_emg_tutorial_as_batch_job_on_an_emg_file_without_truth(tmp_path, monkeypatch):
+@batch_job("test_emg_tutorial_as_batch_job_on_an_emg_file_without_truth")
+def emg_file_job(folder):
+    from data_generators import emg
+
+    recording = emg(1, n_trials=25, n_bins=40, n_channels=5, bin_width=0.02)
+    data = lfads_nb.export_lfads_h5(recording.drop_vars(["emg_mean_true"]), folder / "emg.h5")
+    params = {k: v for k, v in CI_PARAMETERS["05_emg_autolfads.ipynb"].items() if k != "n_trials"}
+    params.update(data_path=str(data), output_path="emg_mean.nc", scores_path="scores.nc")
+    return "05_emg_autolfads.ipynb", params, {"data": data}
+
+
+def test_emg_tutorial_as_batch_job_on_an_emg_file_without_truth(batch_runs, request):
     """`papermill 05_emg_autolfads.ipynb out.ipynb -p data_path emg.h5` on an LFADS HDF5 file of float
     EMG (20 ms bins stored) with no truth: emg_mean for every trial and bin, and a score table of NaN
     activation and leakage scores (the file has no truth) with every method."""
-    from data_generators import emg
-
-    monkeypatch.setenv("LFADS_NB_LIVE", "0")
-    recording = emg(1, n_trials=25, n_bins=40, n_channels=5, bin_width=0.02)
-    data = lfads_nb.export_lfads_h5(recording.drop_vars(["emg_mean_true"]), tmp_path / "emg.h5")
-    params = {k: v for k, v in CI_PARAMETERS["05_emg_autolfads.ipynb"].items() if k != "n_trials"}
-    params.update(data_path=str(data), output_path="emg_mean.nc", scores_path="scores.nc")
-    run_as_batch_job("05_emg_autolfads.ipynb", tmp_path / "run", params)
+    tmp_path, context = batch_result(batch_runs, request)
+    data = context["data"]
     out = lfads_nb.load(tmp_path / "run" / "emg_mean.nc")
     stored = lfads_nb.load(data, kind="emg")
     assert out.attrs["bin_width"] == 0.02 and list(out.trial.values) == list(stored.trial.values)
@@ -275,20 +347,25 @@ def test_emg_tutorial_as_batch_job_on_an_emg_file_without_truth(tmp_path, monkey
     assert scores["activation_r2"].isnull().all() and scores["artifact_leakage"].isnull().all()
 
 
-def test_calcium_tutorial_as_batch_job_on_events_without_truth_or_fluorescence(tmp_path, monkeypatch):
-    """`papermill 06_calcium_radical.ipynb out.ipynb -p data_path events.nc` on a recording of
-    sub-frame events alone (no truth, no fluorescence): events_mean for every trial and sub-frame
-    bin, and a score table of NaN with every method."""
+@batch_job("test_calcium_tutorial_as_batch_job_on_events_without_truth_or_fluorescence")
+def events_file_job(folder):
     from data_generators import calcium_2p
 
-    monkeypatch.setenv("LFADS_NB_LIVE", "0")
     recording = calcium_2p(3, n_neurons=12, n_conditions=4, trials_per_condition=5, n_frames=6)
     recording = recording.drop_vars(["rates_true", "latents_true", "spikes_true", "fluorescence"])
-    data = lfads_nb.save(recording, tmp_path / "events.nc")
+    data = lfads_nb.save(recording, folder / "events.nc")
     params = {k: v for k, v in CI_PARAMETERS["06_calcium_radical.ipynb"].items()
               if k not in ("n_neurons", "n_conditions", "trials_per_condition", "n_frames")}
     params.update(data_path=str(data), output_path="events_mean.nc", scores_path="scores.nc")
-    run_as_batch_job("06_calcium_radical.ipynb", tmp_path / "run", params)
+    return "06_calcium_radical.ipynb", params, {"recording": recording}
+
+
+def test_calcium_tutorial_as_batch_job_on_events_without_truth_or_fluorescence(batch_runs, request):
+    """`papermill 06_calcium_radical.ipynb out.ipynb -p data_path events.nc` on a recording of
+    sub-frame events alone (no truth, no fluorescence): events_mean for every trial and sub-frame
+    bin, and a score table of NaN with every method."""
+    tmp_path, context = batch_result(batch_runs, request)
+    recording = context["recording"]
     out = lfads_nb.load(tmp_path / "run" / "events_mean.nc")
     assert list(out.trial.values) == list(recording.trial.values)
     assert out.events_mean.shape == recording.events.shape and bool((out.events_mean > 0).all())
@@ -297,23 +374,28 @@ def test_calcium_tutorial_as_batch_job_on_events_without_truth_or_fluorescence(t
     assert scores["latent_r2"].isnull().all()
 
 
-def test_multisession_tutorial_as_batch_job_on_a_sessions_file_without_truth(tmp_path, monkeypatch):
-    """`papermill 07_multisession.ipynb out.ipynb -p data_path sessions.nc` on a saved DataTree of
-    sessions (netCDF groups, 20 ms bins) with conditions but no truth: each session's inference,
-    aligned to its trials, and a score table of NaN with both methods and every session."""
+@batch_job("test_multisession_tutorial_as_batch_job_on_a_sessions_file_without_truth")
+def sessions_file_job(folder):
     from data_generators import chaotic_rnn_multisession
 
-    monkeypatch.setenv("LFADS_NB_LIVE", "0")
     tree = chaotic_rnn_multisession(2, n_sessions=2, units_per_session=[6, 9], n_conditions=4,
                                     trials_per_condition=[5, 3], n_bins=15, bin_width=0.02)
     no_truth = lfads_nb.data.make_sessions({name: node.to_dataset().drop_vars(["rates_true", "latents_true", "behavior"])
                                             for name, node in tree.children.items()})
-    data = lfads_nb.save(no_truth, tmp_path / "sessions.nc")
+    data = lfads_nb.save(no_truth, folder / "sessions.nc")
     params = {k: v for k, v in CI_PARAMETERS["07_multisession.ipynb"].items()
               if k not in ("n_sessions", "units_per_session", "n_conditions", "trials_per_condition",
                            "poor_trials_per_condition", "n_bins")}
     params.update(data_path=str(data), output_path="stitched.nc", scores_path="scores.nc")
-    run_as_batch_job("07_multisession.ipynb", tmp_path / "run", params)
+    return "07_multisession.ipynb", params, {"no_truth": no_truth}
+
+
+def test_multisession_tutorial_as_batch_job_on_a_sessions_file_without_truth(batch_runs, request):
+    """`papermill 07_multisession.ipynb out.ipynb -p data_path sessions.nc` on a saved DataTree of
+    sessions (netCDF groups, 20 ms bins) with conditions but no truth: each session's inference,
+    aligned to its trials, and a score table of NaN with both methods and every session."""
+    tmp_path, context = batch_result(batch_runs, request)
+    no_truth = context["no_truth"]
     out = lfads_nb.load(tmp_path / "run" / "stitched.nc")
     assert list(out.children) == ["session0", "session1"]
     for name, node in no_truth.children.items():
@@ -329,19 +411,24 @@ def test_multisession_tutorial_as_batch_job_on_a_sessions_file_without_truth(tmp
     assert (scores["steps"] > 0).all() and (scores["best_epoch"] >= 1).all()
 
 
-def test_explore_tutorial_as_batch_job_on_a_file_without_latents(tmp_path, monkeypatch):
+@batch_job("test_explore_tutorial_as_batch_job_on_a_file_without_latents")
+def spikes_without_latents_job(folder):
+    from data_generators import attractor
+
+    recording = attractor("lorenz", seed=2, n_trials=30, n_bins=20).drop_vars(["rates_true", "latents_true"])
+    data = lfads_nb.save(recording, folder / "spikes.nc")
+    params = {k: v for k, v in CI_PARAMETERS["09_explore_dynamics.ipynb"].items() if k != "n_trials"}
+    params.update(data_path=str(data), output_path="rates.nc", scores_path="scores.nc")
+    return "09_explore_dynamics.ipynb", params, {"recording": recording}
+
+
+def test_explore_tutorial_as_batch_job_on_a_file_without_latents(batch_runs, request):
     """`papermill 09_explore_dynamics.ipynb out.ipynb -p data_path spikes.nc` on attractor spikes saved
     without their truth: the models train, the fixed points are searched, the inference is saved for
     every trial, and the score table has both models with integer fixed-point counts, their unstable
     directions as text, and NaN for every comparison with the truth."""
-    from data_generators import attractor
-
-    monkeypatch.setenv("LFADS_NB_LIVE", "0")
-    recording = attractor("lorenz", seed=2, n_trials=30, n_bins=20).drop_vars(["rates_true", "latents_true"])
-    data = lfads_nb.save(recording, tmp_path / "spikes.nc")
-    params = {k: v for k, v in CI_PARAMETERS["09_explore_dynamics.ipynb"].items() if k != "n_trials"}
-    params.update(data_path=str(data), output_path="rates.nc", scores_path="scores.nc")
-    run_as_batch_job("09_explore_dynamics.ipynb", tmp_path / "run", params)
+    tmp_path, context = batch_result(batch_runs, request)
+    recording = context["recording"]
     out = lfads_nb.load(tmp_path / "run" / "rates.nc")
     assert list(out.trial.values) == list(recording.trial.values) and bool((out.rates > 0).all())
     scores = xr.load_dataset(tmp_path / "run" / "scores.nc")

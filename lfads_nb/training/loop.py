@@ -175,10 +175,12 @@ def validation_nll_sums(nll: Tensor, seen: Tensor, held: Tensor) -> Tensor:
     return torch.stack([(nll * seen).sum(), seen.sum().to(nll.dtype), (nll * held).sum(), held.sum().to(nll.dtype)])
 
 
-def validation_sums(model, view, batch) -> Tensor:
-    """``validation_nll_sums`` of one validation batch: the NLL of ``view(model)`` (the model that
-    reads the batch's session) over the entries the loss counts and over those sample validation hid."""
-    return validation_nll_sums(view(model).entry_nll(batch), batch.loss_mask, batch.heldout)
+def validation_nll(model, view, batch) -> tuple[Tensor, Tensor]:
+    """The NLL of ``view(model)`` (the model that reads the batch's session) of every entry of one
+    validation batch, (B, T, N), and its ``validation_nll_sums`` over the entries the loss counts
+    and over those sample validation hid."""
+    nll = view(model).entry_nll(batch)
+    return nll, validation_nll_sums(nll, batch.loss_mask, batch.heldout)
 
 
 def metrics_from_sums(sums: Tensor, sv_fraction: float) -> dict[str, Tensor]:
@@ -196,30 +198,37 @@ def validation_batch_size(batch_size: int, members: int = 1) -> int:
 
 
 @torch.no_grad()
-def validation_metrics(model, feed: Feed, batch_size: int, artifact_free: bool = False) -> dict[str, Tensor]:
-    """Validation NLL per entry of one model on the feed's 'valid' trials: ``valid_recon`` on the
-    entries the loss counts and, with sample validation, ``valid_sv_nll`` on the held-out ones; with
-    ``artifact_free`` also ``valid_recon_artifact_free`` (``artifacts.artifact_free_nll`` away from
-    ``feed.artifact_skip()``), from the same pass."""
+def validation_metrics(model, feed: Feed, batch_size: int, artifact_free: str | None = None,
+                       batch_nll=validation_nll) -> dict[str, Tensor]:
+    """Validation NLL per entry of ``model`` on the feed's 'valid' trials, in one pass: ``valid_recon``
+    on the entries the loss counts and, with sample validation, ``valid_sv_nll`` on the held-out
+    ones; with ``artifact_free`` (one of those two names) also ``<artifact_free>_artifact_free``
+    (``artifacts.artifact_free_nll`` of those entries away from ``feed.artifact_skip()``).
+
+    ``batch_nll(model, view, batch)``: a validation batch's entry NLLs and their sums
+    (``validation_nll``); a population passes it vmapped over its members, and every value then
+    has a leading member axis."""
     was_training = model.training
     model.eval()
     sums = []
 
     def entry_nll(view, batch):
-        nll = view(model).entry_nll(batch)
-        sums.append(validation_nll_sums(nll, batch.loss_mask, batch.heldout))
+        nll, batch_sums = batch_nll(model, view, batch)
+        sums.append(batch_sums)
         return nll
 
-    if artifact_free:
-        free = artifact_free_nll(lambda batch: entry_nll(session_view(None), batch),
-                                 (batch for _, batch in feed.validation(batch_size)), feed.artifact_skip())
+    if artifact_free is not None:  # one recording (artifact_skip refuses sessions): one view
+        view = session_view(None)
+        free = artifact_free_nll(lambda batch: entry_nll(view, batch),
+                                 (batch for _, batch in feed.validation(batch_size)), feed.artifact_skip(),
+                                 heldout=artifact_free == "valid_sv_nll")
     else:
         for view, batch in feed.validation(batch_size):
             entry_nll(view, batch)
     model.train(was_training)
     metrics = metrics_from_sums(sum(sums), feed.sv_fraction)
-    if artifact_free:
-        metrics["valid_recon_artifact_free"] = free
+    if artifact_free is not None:
+        metrics[f"{artifact_free}_artifact_free"] = free
     return metrics
 
 
@@ -296,7 +305,7 @@ class ModelTrainer:
 
     def validate(self, feed: Feed) -> dict[str, Tensor]:
         return validation_metrics(self.model, feed, validation_batch_size(self.config.batch_size),
-                                  artifact_free=self.config.select_by == "valid_recon_artifact_free")
+                                  "valid_recon" if self.config.select_by == "valid_recon_artifact_free" else None)
 
 
 # ---------------------------------------------------------------------------------------------

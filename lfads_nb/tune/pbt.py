@@ -50,7 +50,6 @@ import numpy as np
 import torch
 import xarray as xr
 
-from ..data.artifacts import ARTIFACT_TRIM, artifact_free_nll
 from ..checkpoint import (RunState, ema, model_checkpoint, population_checkpoint, restore_population,
                           save_checkpoint)
 from ..errors import ConfigError, TrainingDiverged
@@ -212,6 +211,12 @@ def initial_hparams(space: SearchSpace, P: int, seed: int) -> dict[str, list[flo
     return {name: [hp.init if hp.init is not None else hp.sample(rng) for _ in range(P)] for name, hp in space.items()}
 
 
+def artifact_free(pc: PBTConfig) -> str | None:
+    """The validation metric whose artifact-free version is the fitness (``Population``'s
+    ``artifact_free``), or None."""
+    return pc.metric if pc.fitness_skips_artifacts else None
+
+
 def member_seed(seed: int, i: int) -> int:
     """The seed of member ``i``'s initial weights in a run seeded ``seed`` (also of Ray workers' streams)."""
     return int(np.random.SeedSequence([seed, i]).generate_state(1)[0] >> 1)
@@ -290,11 +295,6 @@ class LocalMembers:
         result = run_epoch(self.population, self.feed, epoch, decisions, config, stop)
         return {k: v.double().cpu().numpy() for k, v in result.metrics.items()}, result.stopped
 
-    def entry_nll(self) -> np.ndarray:
-        """(P, trials, T, N) every member's NLL of every entry of the 'valid' trials (one Dataset)."""
-        return torch.cat([self.population.entry_nll(view, batch)
-                          for view, batch in self.feed.validation(self.population.validation_batch_size)], dim=1).cpu()
-
     def hparams(self) -> dict[str, np.ndarray]:
         return {name: v.double().cpu().numpy() for name, v in self.population.hps.items()}
 
@@ -362,7 +362,7 @@ def pbt(
     def local(ds, tc, pc, space, members):
         feed = make_feed(ds, tc, PBT_NEEDS_VALIDATION)
         population = Population(members, tc, initial_hparams(space, pc.population, pc.seed), noise_seed=pc.seed,
-                                device=tc.device)
+                                device=tc.device, artifact_free=artifact_free(pc))
         return LocalMembers(population, feed)
 
     return run_pbt(ds, local, model=model, space=space, pbt_config=pbt_config, train_config=train_config,
@@ -380,8 +380,9 @@ def run_pbt(ds, make_members, *, model: str, space, pbt_config, train_config, mo
     model_sizes = dict(model_sizes or {})
     if pc.metric == "valid_sv_nll" and tc.sv_fraction == 0:
         raise ConfigError("PBTConfig.metric='valid_sv_nll' needs sample validation: set TrainConfig.sv_fraction > 0.")
-    driver_feed = make_feed(ds, tc, PBT_NEEDS_VALIDATION)  # checks the data; the masks of the artifact-free fitness
-    skip = driver_feed.artifact_skip() if pc.fitness_skips_artifacts else None  # refuses sessions here
+    driver_feed = make_feed(ds, tc, PBT_NEEDS_VALIDATION)  # checks the data
+    if pc.fitness_skips_artifacts:
+        driver_feed.artifact_skip()  # refuses sessions before any member is built
     if "shift_std" in space:  # members shift even where the shared config does not
         check_shift(tc.shift_max, driver_feed.n_time)
     P = pc.population
@@ -411,7 +412,7 @@ def run_pbt(ds, make_members, *, model: str, space, pbt_config, train_config, mo
 
         progress = make_pbt_progress(live)
     burn_in = pc.burn_in_epochs or max(tc.kl_ramp_epochs, tc.l2_ramp_epochs, 1)
-    fitness_of = pc.metric + ("_artifact_free" if skip is not None else "")
+    fitness_of = pc.metric + ("_artifact_free" if pc.fitness_skips_artifacts else "")  # a validation metric
 
     while not state.stop_reason:
         length = burn_in if state.generation == 0 else pc.generation_epochs
@@ -420,8 +421,6 @@ def run_pbt(ds, make_members, *, model: str, space, pbt_config, train_config, mo
         for _ in range(length):
             metrics, stopped = population.epoch(state.epoch, decisions, tc,
                                                 lambda: bool(getattr(progress, "stop_requested", False)))
-            if skip is not None:
-                metrics[fitness_of] = _artifact_free_nll(population.entry_nll(), driver_feed, skip, pc.metric)
             state.smoothed = [ema(s, c) for s, c in zip(state.smoothed, metrics[fitness_of])]
             state.epoch += 1
             progress.epoch(state.generation, state.epoch, {**metrics, "fitness": np.array(state.smoothed)})
@@ -439,16 +438,6 @@ def run_pbt(ds, make_members, *, model: str, space, pbt_config, train_config, mo
     result = family.model(family.config(**best["config"]))
     result.load_state_dict(best["state"])
     return PBTResult(result.eval(), dict(best["hparams"]), history, state.best_generation, state.stop_reason)
-
-
-def _artifact_free_nll(nll: torch.Tensor, feed: Feed, skip: torch.Tensor, metric: str,
-                       trim: float = ARTIFACT_TRIM) -> np.ndarray:
-    """(P,) ``artifacts.artifact_free_nll`` like ``metric`` of every member: ``nll`` (P, trials, T, N)
-    the members' entry NLLs of the feed's 'valid' trials (``LocalMembers.entry_nll``; the encoder
-    reads them as recorded), ``skip`` (trials, T, N) the entries left out (``Feed.artifact_skip``)."""
-    (_, batch), = feed.validation(nll.shape[1])  # every 'valid' trial in one batch, in the order of nll
-    return artifact_free_nll(lambda _: nll.to(skip.device), [batch], skip, heldout=metric == "valid_sv_nll",
-                             trim=trim).cpu().numpy()
 
 
 def _end_generation(state, population, space, pc, decisions, metrics, ckpt_dir, settings, seconds, stopped) -> None:

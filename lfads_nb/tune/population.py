@@ -44,7 +44,7 @@ from torch.func import functional_call, vmap
 from ..errors import ConfigError, DataError
 from ..models.registry import Family, family_of
 from ..training.feed import Feed
-from ..training.loop import (TrainConfig, metrics_from_sums, validation_batch_size, validation_sums)
+from ..training.loop import TrainConfig, validation_batch_size, validation_metrics, validation_nll
 from ..transforms import Batch, rounded_normal_shifts
 from .hyperparameters import by_owner, per_member
 
@@ -287,6 +287,11 @@ class PopulationAdam:
             t[dst] = t[src]
 
 
+def _members_validation_nll(model: PopulationModel, view, batch: Batch) -> tuple[Tensor, Tensor]:
+    """``training.loop.validation_nll`` of every member: (P, B, T, N) entry NLLs and (P, 4) sums."""
+    return model.each_member(lambda m, b: validation_nll(m, view, b), batch, in_dims=(None,))
+
+
 # --------------------------------------------------------------------------------------------
 # The training unit
 # --------------------------------------------------------------------------------------------
@@ -303,11 +308,13 @@ class Population:
     the population. ``noise_seed`` seeds the generator of every step's random numbers.
     ``validation_members``: the size of the whole population when this is a part of it (a Ray
     worker's), which sets the validation batch size (``training.loop.validation_batch_size``).
+    ``artifact_free``: 'valid_recon' or 'valid_sv_nll' to add its artifact-free version to every
+    validation (PBT's ``fitness_skips_artifacts``), or None.
     """
 
     def __init__(self, members: Sequence[nn.Module], train_config: TrainConfig, hparams: Mapping[str, Sequence[float]],
                  *, noise_seed: int = 0, device: str = "cpu", dtype: torch.dtype = torch.float32,
-                 validation_members: int | None = None):
+                 validation_members: int | None = None, artifact_free: str | None = None):
         self.model = PopulationModel(members)
         self.family = self.model.family
         names = per_member(self.family.name)
@@ -333,6 +340,7 @@ class Population:
         self.optimizer = PopulationAdam(list(self.model.parameters()))
         self.generator = torch.Generator(self.device).manual_seed(int(noise_seed))
         self.validation_batch_size = validation_batch_size(train_config.batch_size, validation_members or P)
+        self.artifact_free = artifact_free
 
     @property
     def size(self) -> int:
@@ -371,28 +379,14 @@ class Population:
         self.optimizer.step(self.hps["lr"])
         return {"train_loss": loss.detach(), **{k: v.detach() for k, v in parts.items()}}
 
-    @torch.no_grad()
     def validate(self, feed: Feed, batch_size: int | None = None) -> dict[str, Tensor]:
-        """Per-member validation NLL per entry on the feed's 'valid' trials, (P,) each: ``valid_recon``
-        on the entries the loss counts and, with sample validation, ``valid_sv_nll`` on the held-out
-        ones (as ``training.loop.validation_metrics`` of one model). ``batch_size``: trials per
-        validation batch (default ``self.validation_batch_size``)."""
-        batch_size = batch_size or self.validation_batch_size
-        self.model.eval()
-        sums = sum(self.model.each_member(lambda m, b, view=view: validation_sums(m, view, b), batch, in_dims=(None,))
-                   for view, batch in feed.validation(batch_size))
-        self.model.train()
-        return metrics_from_sums(sums, feed.sv_fraction)
-
-    @torch.no_grad()
-    def entry_nll(self, view, batch: Batch) -> Tensor:
-        """(P, B, T, N) every member's NLL of every entry of a validation ``batch`` (``view``: the
-        model that reads its session, ``Feed.validation``)."""
-        was_training = self.model.training
-        self.model.eval()
-        nll = self.model.each_member(lambda m, b: view(m).entry_nll(b), batch, in_dims=(None,))
-        self.model.train(was_training)
-        return nll
+        """Per-member validation NLL per entry on the feed's 'valid' trials, (P,) each, in one pass
+        (``training.loop.validation_metrics`` of one model, vmapped over the members): ``valid_recon``
+        on the entries the loss counts, with sample validation ``valid_sv_nll`` on the held-out ones,
+        and with ``artifact_free`` its artifact-free version. ``batch_size``: trials per validation
+        batch (default ``self.validation_batch_size``)."""
+        return validation_metrics(self.model, feed, batch_size or self.validation_batch_size, self.artifact_free,
+                                  batch_nll=_members_validation_nll)
 
     @torch.no_grad()
     def copy_members(self, dst: Sequence[int], src: Sequence[int]) -> None:

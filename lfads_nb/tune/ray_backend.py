@@ -30,7 +30,7 @@ import torch
 from ..errors import ConfigError
 from ..training.feed import make_feed
 from ..training.loop import TrainConfig, check_device, run_epoch
-from .pbt import PBT_NEEDS_VALIDATION, PBTConfig, PBTResult, initial_hparams, member_seed, run_pbt
+from .pbt import PBT_NEEDS_VALIDATION, PBTConfig, PBTResult, artifact_free, initial_hparams, member_seed, run_pbt
 from .population import Population
 from .search import SearchSpace
 
@@ -46,7 +46,8 @@ def _ray():
 class _Worker:
     """A Ray actor: k members of the population (a ``Population``) and a ``Feed`` of the data."""
 
-    def __init__(self, ds, train_config: dict, members, hparams: dict, noise_seed: int, threads: int, population: int):
+    def __init__(self, ds, train_config: dict, members, hparams: dict, noise_seed: int, threads: int, population: int,
+                 artifact_free: str | None = None):
         torch.set_num_threads(threads)
         tc = TrainConfig(**train_config)
         check_device(tc.device)  # here, not on the driver: the head may have no GPU where the workers do
@@ -54,16 +55,12 @@ class _Worker:
         self.config = tc
         self.feed = make_feed(ds, tc, PBT_NEEDS_VALIDATION)
         self.population = Population(members, tc, hparams, noise_seed=noise_seed, device=tc.device,
-                                     validation_members=population)
+                                     validation_members=population, artifact_free=artifact_free)
 
     def epoch(self, epoch: int, decisions_state: torch.Tensor) -> dict:
         decisions = torch.Generator().set_state(decisions_state)
         result = run_epoch(self.population, self.feed, epoch, decisions, self.config)
         return {k: v.double().cpu().numpy() for k, v in result.metrics.items()}
-
-    def entry_nll(self) -> torch.Tensor:
-        return torch.cat([self.population.entry_nll(view, b)
-                          for view, b in self.feed.validation(self.population.validation_batch_size)], dim=1).cpu()
 
     def hparams(self) -> dict:
         return {name: v.double().cpu().numpy() for name, v in self.population.hps.items()}
@@ -135,7 +132,7 @@ class RayMembers:
             seed = pbt_config.seed if w == 0 else member_seed(pbt_config.seed, 1_000_000 + w)
             mine = {name: values[w * k:(w + 1) * k] for name, values in hparams.items()}
             self.workers.append(actor.remote(shared, dataclasses.asdict(train_config), members[w * k:(w + 1) * k], mine,
-                                             seed, max(1, int(cpus)), self.size))
+                                             seed, max(1, int(cpus)), self.size, artifact_free(pbt_config)))
 
     def _at(self, i: int):
         return self.workers[i // self.k], i % self.k
@@ -145,9 +142,6 @@ class RayMembers:
         parts = self.ray.get([w.epoch.remote(epoch, state) for w in self.workers])
         self.feed.shuffle(decisions)  # the draws every worker made from the same state
         return {name: np.concatenate([p[name] for p in parts]) for name in parts[0]}, bool(stop())
-
-    def entry_nll(self) -> torch.Tensor:
-        return torch.cat(self.ray.get([w.entry_nll.remote() for w in self.workers]))
 
     def hparams(self) -> dict[str, np.ndarray]:
         parts = self.ray.get([w.hparams.remote() for w in self.workers])
