@@ -10,7 +10,8 @@ Three 3-D systems (parameters as in the ``dysts`` package the paper used):
 
 Each trial is a segment of ``n_bins`` samples, ``pts_per_period`` samples per characteristic
 period of the system (the paper: 100 for Lorenz, 35 for Rossler and Arneodo), from its own
-point on the attractor (a random start run for a burn-in). The paper cut one long trajectory
+point on the attractor (a random start run for a burn-in; a start whose trajectory escapes to
+infinity, which happens to Rossler's, is drawn again). The paper cut one long trajectory
 into contiguous segments; independent starts give segments from the same invariant set and let
 all trials integrate at once. Observation as the paper's: the state z-scored per variable, a
 readout ``W`` (3 x n_neurons) with entries U(-0.5, 0.5), each neuron's activity ``s W`` z-scored
@@ -36,6 +37,7 @@ from .lorenz import lorenz_derivative
 
 MAX_STEP = 0.002  # RK4 step in the system's time units (below 1e-6 error per sample for these systems)
 BURN_IN_PERIODS = 10.0  # periods from a random start to a point on the attractor
+MAX_START_DRAWS = 20  # a start outside the basin (a Rossler trajectory can escape to infinity) is drawn again
 LATENT_NAMES = ("x", "y", "z")
 STREAMS = ("starts", "neurons", "split", "spikes")
 
@@ -163,9 +165,19 @@ def attractor(
     rng = random_streams(seed, STREAMS)
     derivative, period, centre, spread = SYSTEMS[system]
 
-    starts = np.asarray(centre) + spread * rng["starts"].standard_normal((n_trials, 3))
-    on_attractor = integrate(derivative, starts, 2, BURN_IN_PERIODS * period)[:, -1]
-    states = integrate(derivative, on_attractor, n_bins, period / pts_per_period)  # (trial, time, 3)
+    states = np.full((n_trials, n_bins, 3), np.nan)  # (trial, time, 3)
+    todo = np.arange(n_trials)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for _ in range(MAX_START_DRAWS):
+            starts = np.asarray(centre) + spread * rng["starts"].standard_normal((len(todo), 3))
+            on_attractor = integrate(derivative, starts, 2, BURN_IN_PERIODS * period)[:, -1]
+            states[todo] = integrate(derivative, on_attractor, n_bins, period / pts_per_period)
+            todo = todo[~np.isfinite(states[todo]).all(axis=(1, 2))]  # escaped to infinity: draw again
+            if not len(todo):
+                break
+        else:
+            raise RuntimeError(f"{system}: {len(todo)} trials kept escaping from the attractor's basin after "
+                               f"{MAX_START_DRAWS} draws of their start.")
     state_mean, state_std = states.mean(axis=(0, 1)), states.std(axis=(0, 1))
     latents = (states - state_mean) / state_std
 

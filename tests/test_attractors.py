@@ -54,6 +54,18 @@ def test_determinism_and_seeds():
     assert not np.array_equal(a["spikes"].values, attractor("rossler", seed=2, **SMALL)["spikes"].values)
 
 
+def test_starts_that_escape_the_basin_are_drawn_again():
+    # Rossler at seed 1 draws starts whose trajectories escape to infinity (the data used to be NaN and
+    # the Poisson draw raised "lam value too large"); they are drawn again, and the other trials keep
+    # the states they had before the redraw existed (the same first draw of starts).
+    ds = attractor("rossler", seed=1, n_trials=1000)
+    assert np.isfinite(ds["latents_true"].values).all() and np.isfinite(ds["rates_true"].values).all()
+    assert abs(float(ds["latents_true"].mean())) < 1e-6 and float(ds["spikes"].mean()) < 10
+    few = attractor("rossler", seed=1, n_trials=20)  # no escape among the first 20 starts
+    raw = lambda d: d["latents_true"].values[:20] * d.attrs["state_std"] + d.attrs["state_mean"]  # noqa: E731
+    np.testing.assert_allclose(raw(few), raw(ds), atol=1e-5)  # float32 z-scores, undone
+
+
 @pytest.mark.parametrize("kwargs, name", [
     (dict(system="chua"), "system"), (dict(n_neurons=0), "n_neurons"), (dict(n_trials=1), "n_trials"),
     (dict(bin_width=-1.0), "bin_width"), (dict(pts_per_period=0), "pts_per_period"),
