@@ -83,6 +83,7 @@ def _tutorial_imports() -> set[str]:
     return modules
 
 
+PIP_INSTALL = ["-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile"]  # after a python
 _INSTALLS_ROOT = threading.Lock()  # pip install -e . writes lfads_nb.egg-info into the checkout: one at a time
 
 
@@ -95,7 +96,7 @@ def _fresh_environment(venv: Path, requirements: list[str], then=None) -> str:
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = str(venv / "bin" / "python")
     torch = os.environ.get("LFADS_NB_TORCH", "torch==2.13.0")
-    pip = [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile"]
+    pip = [python, *PIP_INSTALL]
     subprocess.run(pip + [torch], check=True)
     subprocess.run(pip + [r for r in requirements if _name(r) != "torch"], check=True)
     if then is not None:
@@ -106,8 +107,7 @@ def _fresh_environment(venv: Path, requirements: list[str], then=None) -> str:
 
 def _pip_install_checkout(python: str) -> None:
     """environment.yml's pip section (``-e .``), installed after its list, as conda does."""
-    subprocess.run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile",
-                    "-e", str(ROOT)], check=True)
+    subprocess.run([python, *PIP_INSTALL, "-e", str(ROOT)], check=True)
 
 
 def _binder_post_build(python: str) -> None:
