@@ -740,7 +740,7 @@ def spike_scores(ds: xr.Dataset, estimates: dict, *, latents: dict | None = None
     nan = float("nan")
     rows = {}
     for name, rates in estimates.items():
-        mine, inferred = rates.sel(trial=test), latents.get(name, rates)
+        mine = rates.sel(trial=test)
         rows[name] = {
             "bits_per_spike": bits_per_spike(mine, ds["spikes"].sel(trial=test), bin_width),
             "rate_r2": rate_r2(mine, ds["rates_true"].sel(trial=test)) if "rates_true" in ds else nan,
@@ -748,10 +748,7 @@ def spike_scores(ds: xr.Dataset, estimates: dict, *, latents: dict | None = None
                         if "condition" in ds.coords else nan),
             "velocity_r2": (velocity_r2(rates, ds["behavior"], train_trials=train_trials, test_trials=test,
                                         bin_width=bin_width) if "behavior" in ds else nan),
-            "latent_r2": (latent_r2(inferred, ds["latents_true"], train_trials=train_trials, test_trials=test)
-                          if "latents_true" in ds else nan),
-            "state_r2": (state_r2(inferred.sel(trial=test), ds["latents_true"].sel(trial=test))
-                         if "latents_true" in ds else nan),
+            **_latent_scores(ds, latents.get(name, rates), train_trials, test),
         }
     out = xr.Dataset.from_dataframe(pd.DataFrame(rows).T.rename_axis("method"))
     out.attrs = {"test_trials": str(test_trials), "psth_sigma_s": psth_sigma,
@@ -1014,7 +1011,7 @@ def _condition_means(da: xr.DataArray, session: str) -> dict:
 MODEL_LATENTS = ("factors", "latents")  # an inference Dataset's inferred latents: LFADS's, NDT's
 
 
-def score(out, ds: xr.Dataset, *, train_trials="train", test_trials="valid") -> xr.Dataset:
+def score(out, ds: xr.Dataset, *, train_trials="train", test_trials="valid", latents: str | None = None) -> xr.Dataset:
     """The comparison table of ``ds``'s data kind, one row (dim ``method``) per inference.
 
     ``out``: an inference Dataset of ``ds`` (``lfads_nb.infer``; method name ``'model'``), or
@@ -1031,12 +1028,14 @@ def score(out, ds: xr.Dataset, *, train_trials="train", test_trials="valid") -> 
       ``events_mean_true``, averaged over neurons.
 
     Every kind also gets ``latent_r2`` (held-out decoding inferred -> true) and ``state_r2``
-    (true -> inferred, in-sample) against ``latents_true``, from an inference's ``factors`` (LFADS)
-    or ``latents`` (NDT), else from its output itself. A score whose truth or coordinate ``ds``
-    lacks is NaN.
+    (true -> inferred, in-sample) against ``latents_true``, from an inference's variable named by
+    ``latents``; None takes its ``factors`` (LFADS) or ``latents`` (NDT), and a DataArray method
+    is its own latents. ``latents="generator_states"`` scores a generator whose state is meant to
+    be the system's (a low-dimensional neural ODE, as Sedler et al. 2023 do). A score whose truth
+    or coordinate ``ds`` lacks is NaN.
     """
     kind = kind_of(ds)
-    estimates, latents = _outputs_and_latents(out, kind.output)
+    estimates, latents = _outputs_and_latents(out, kind.output, latents)
     if kind.name == "spikes":
         table = spike_scores(ds, estimates, latents=latents, train_trials=train_trials, test_trials=test_trials)
         return table.assign(_masked_bps(ds, estimates, test_trials)).assign_attrs(kind="spikes")
@@ -1056,8 +1055,9 @@ def score(out, ds: xr.Dataset, *, train_trials="train", test_trials="valid") -> 
                                                                           test_trials=str(test_trials))
 
 
-def _outputs_and_latents(out, output: str) -> tuple[dict, dict]:
-    """``score``'s ``out`` as {method: the kind's output} and {method: inferred latents}."""
+def _outputs_and_latents(out, output: str, latents_name: str | None) -> tuple[dict, dict]:
+    """``score``'s ``out`` as {method: the kind's output} and {method: inferred latents}: each
+    inference's ``latents_name``, or when None the first of ``MODEL_LATENTS`` it has."""
     inferences = {"model": out} if isinstance(out, xr.Dataset) else dict(out)
     if not inferences:
         raise ConfigError("score needs at least one inference; pass lfads_nb.infer's Dataset or {method: ...}.")
@@ -1070,7 +1070,11 @@ def _outputs_and_latents(out, output: str) -> tuple[dict, dict]:
             raise ConfigError(f"score: the inference {name!r} has no {output!r} (the data kind's output); pass "
                               f"lfads_nb.infer's Dataset, or the estimate itself as a DataArray named {output!r}.")
         estimates[name] = inference[output]
-        found = [v for v in MODEL_LATENTS if v in inference]
+        if latents_name is not None and latents_name not in inference:
+            raise ConfigError(f"score: the inference {name!r} has no {latents_name!r} to score as its latents (it has "
+                              f"{sorted(inference.data_vars)}); pass latents=None to score its factors (LFADS) or "
+                              f"latents (NDT), or an inference that keeps {latents_name!r}.")
+        found = [latents_name] if latents_name is not None else [v for v in MODEL_LATENTS if v in inference]
         if found:
             latents[name] = inference[found[0]]
     return estimates, latents

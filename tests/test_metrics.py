@@ -673,3 +673,24 @@ def test_score_is_the_kinds_table_built_from_the_metric_functions():
         lfads_nb.score(out, ds)
     with pytest.raises(ConfigError, match="at least one"):
         lfads_nb.score({}, ds)
+
+
+def test_score_takes_the_latents_it_is_told_to():
+    """Reference: metrics.latent_r2 and state_r2 of the named variable; a missing one is a ConfigError."""
+    from data_generators import chaotic_rnn
+
+    rng = np.random.default_rng(1)
+    ds = chaotic_rnn(seed=1, n_conditions=6, trials_per_condition=4, n_observed=10, n_bins=20)
+    out = _fake_inference(ds, "rates", rng)
+    out["generator_states"] = (("trial", "time", "state"), rng.normal(size=(*out.rates.shape[:2], 7)))
+    by_states = lfads_nb.score(out, ds, latents="generator_states")
+    valid = ds.trial.values[ds.split.values == "valid"]
+    assert by_states.state_r2.item() == pytest.approx(metrics.state_r2(
+        out.generator_states.sel(trial=valid), ds.latents_true.sel(trial=valid)), rel=1e-12)
+    assert by_states.latent_r2.item() == pytest.approx(metrics.latent_r2(out.generator_states, ds.latents_true),
+                                                       rel=1e-12)
+    by_factors = lfads_nb.score(out, ds)
+    assert by_factors.state_r2.item() != by_states.state_r2.item()
+    assert by_factors.rate_r2.item() == by_states.rate_r2.item()
+    with pytest.raises(ConfigError, match="no 'generator_states' to score"):
+        lfads_nb.score(out.drop_vars("generator_states"), ds, latents="generator_states")
