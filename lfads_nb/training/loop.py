@@ -51,7 +51,12 @@ from ..models.registry import check_model_data, family_of
 from .feed import Feed, make_feed, recorded_batch, session_view, to_tensors
 
 
-SELECT_BY = ("valid_recon", "valid_sv_nll", "valid_recon_artifact_free")
+def artifact_free_name(metric: str) -> str:
+    """The name ``validation_metrics`` gives a validation ``metric`` measured away from EMG artifacts."""
+    return f"{metric}_artifact_free"
+
+
+SELECT_BY = ("valid_recon", "valid_sv_nll", artifact_free_name("valid_recon"))
 
 
 @dataclass
@@ -228,7 +233,7 @@ def validation_metrics(model, feed: Feed, batch_size: int, artifact_free: str | 
     model.train(was_training)
     metrics = metrics_from_sums(sum(sums), feed.sv_fraction)
     if artifact_free is not None:
-        metrics[f"{artifact_free}_artifact_free"] = free
+        metrics[artifact_free_name(artifact_free)] = free
     return metrics
 
 
@@ -305,7 +310,7 @@ class ModelTrainer:
 
     def validate(self, feed: Feed) -> dict[str, Tensor]:
         return validation_metrics(self.model, feed, validation_batch_size(self.config.batch_size),
-                                  "valid_recon" if self.config.select_by == "valid_recon_artifact_free" else None)
+                                  "valid_recon" if self.config.select_by == artifact_free_name("valid_recon") else None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -370,7 +375,7 @@ def train(
     family = family_of(model)
     feed = make_feed(data, config)
     check_model_data(model, data, feed.stitched)
-    if config.select_by == "valid_recon_artifact_free":
+    if config.select_by == artifact_free_name("valid_recon"):
         feed.artifact_skip()  # refuses sessions before training starts
     model.check_training(config)
 

@@ -55,7 +55,7 @@ from ..checkpoint import (RunState, ema, model_checkpoint, population_checkpoint
 from ..errors import ConfigError, TrainingDiverged
 from ..models.registry import build_model, family_of
 from ..training.feed import Feed, check_shift, make_feed
-from ..training.loop import TrainConfig, check_device, run_epoch
+from ..training.loop import TrainConfig, artifact_free_name, check_device, run_epoch
 from .hyperparameters import by_owner, per_member, tunables
 from .population import Population
 from .search import SearchSpace, default_space
@@ -412,7 +412,7 @@ def run_pbt(ds, make_members, *, model: str, space, pbt_config, train_config, mo
 
         progress = make_pbt_progress(live)
     burn_in = pc.burn_in_epochs or max(tc.kl_ramp_epochs, tc.l2_ramp_epochs, 1)
-    fitness_of = pc.metric + ("_artifact_free" if pc.fitness_skips_artifacts else "")  # a validation metric
+    fitness_of = artifact_free_name(pc.metric) if pc.fitness_skips_artifacts else pc.metric  # a validation metric
 
     while not state.stop_reason:
         length = burn_in if state.generation == 0 else pc.generation_epochs
@@ -508,7 +508,7 @@ def _history(state: _RunState, space: SearchSpace, settings: dict) -> xr.Dataset
         ds[name].attrs["description"] = "hyperparameter during the generation"
     metric = settings.get("pbt_config", {}).get("metric", "the metric")  # valid_recon: validation NLL; valid_sv_nll: sample-validation NLL
     if settings.get("pbt_config", {}).get("fitness_skips_artifacts"):
-        metric += "_artifact_free"
+        metric = artifact_free_name(metric)
     ds["fitness"].attrs.update(units="nats per entry", description=f"{metric}, smoothed over epochs, at the generation's end")
     ds["parent"].attrs["description"] = "member whose weights, optimiser state and hyperparameters it started from"
     ds["seconds"].attrs["units"] = "s"
