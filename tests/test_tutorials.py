@@ -110,6 +110,17 @@ def test_parameters_cell_is_annotated(notebook):
     assert set(papermill.inspect_notebook(str(notebook))) == names
 
 
+def test_tutorial_02_teaches_the_chaotic_rnn_recipe():
+    """Tutorial 02's schedule parameters are ``recipes.CHAOTIC_RNN_TRAINING``, the one tutorial 10
+    trains its LFADS by, so the two cannot drift apart."""
+    from lfads_nb.recipes import CHAOTIC_RNN_TRAINING
+
+    defaults = {name: ast.literal_eval(p["default"])
+                for name, p in papermill.inspect_notebook(str(ROOT / "tutorials" / "02_train_lfads.ipynb")).items()
+                if name in CHAOTIC_RNN_TRAINING}
+    assert defaults == CHAOTIC_RNN_TRAINING
+
+
 SCREEN_LINES = 30  # a code cell longer than a screen belongs in lfads_nb/
 
 

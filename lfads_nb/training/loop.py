@@ -61,7 +61,11 @@ SELECT_BY = ("valid_recon", "valid_sv_nll", artifact_free_name("valid_recon"))
 
 @dataclass
 class TrainConfig:
-    """How to train. Epoch counts are in epochs, rates are fractions in [0, 1)."""
+    """How to train. Epoch counts are in epochs, rates are fractions in [0, 1).
+
+    The defaults are lfads-torch's schedule, a general start for runs of a few hundred epochs;
+    ``lfads_nb.recipes`` keeps the settings the tutorials train their tasks by
+    (``chaotic_rnn_training``: tutorial 02's faster schedule; ``attractor_training``)."""
 
     max_epochs: int = 200
     batch_size: int = 32
