@@ -8,7 +8,8 @@ Cases (model sizes, data and batch as the tutorials and ``train_speed.py`` train
   neurons x 100 bins, coordinated dropout 0.3).
 - ``lfads_co4``: the same with a controller (co_dim 4, ci_enc 64, con 64): tutorial 02's defaults.
 - ``node``: tutorial 08 part 1's NODE-3 (a 3-D neural-ODE generator, MLP 128, Euler, ic_enc 32,
-  no dropout, no controller) on Lorenz spikes (10 neurons x 70 bins), batch 64.
+  no dropout, no controller) on Lorenz spikes (10 neurons x 70 bins), batch 50 at lr 2e-3 (the
+  attractor recipe's, ``lfads_nb.recipes.ATTRACTOR_TRAINING``).
 - ``ndt``: tutorial 10's NDT (d_model 32, 2 layers, context 10 / 10) on chaotic-RNN
   spikes (50 neurons x 100 bins), batch 32.
 
@@ -56,7 +57,7 @@ def cases() -> dict:
         "lfads_co4": (lambda: chaotic_rnn_benchmark(0), {**PEER, "co_dim": 4}, dict(lr=4e-3, cd_rate=0.3)),
         "node": (lambda: attractor("lorenz", seed=0, n_trials=1000, n_neurons=10),
                  dict(generator="node", co_dim=0, gen_dim=3, fac_dim=3, ic_dim=3, ic_enc_dim=32, dropout=0.0),
-                 dict(lr=4e-3, cd_rate=0.0, batch_size=64)),
+                 dict(lr=2e-3, cd_rate=0.0, batch_size=50)),
         "ndt": (lambda: chaotic_rnn(seed=0, gain=2.5, rate_map="tanh", n_conditions=100, trials_per_condition=8),
                 dict(model="ndt", d_model=32, n_layers=2, context_backward=10, context_forward=10),
                 dict(lr=3e-3, cd_rate=0.0)),
