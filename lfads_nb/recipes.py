@@ -24,7 +24,7 @@ points). The parts, and why (measured here on Lorenz, NODE-3, 1000 trials, one C
   cheap (state R^2 0.78 in 52 CPU s, against 0.42 in 100 s when the curriculum only masks the
   loss, both with whole-batch steps). A slow curriculum matters most where a trial is long in the
   system's time: a Rossler trial spans two periods, and NODE-3 reached state R^2 0.88 after 700
-  epochs with 40 epochs per step, against 0.26 after 300 with 12 (seed 0); on Lorenz, seed 2,
+  epochs with 40 epochs per step, against 0.35 after 600 with 12 (seed 0); on Lorenz, seed 2,
   0.886 after 800 epochs in 167 CPU s with 40, against 0.855 in 220 s with 12. (The paper: 150
   epochs of two whole-batch steps each.) Rossler stays seed-dependent: 0.19 at seed 1;
 - **a narrow initial IC posterior** (``LFADSConfig.ic_post_var_init``): with the default unit
