@@ -13,9 +13,11 @@ period of the system (the paper: 100 for Lorenz, 35 for Rossler and Arneodo), fr
 point on the attractor (a random start run for a burn-in; a start whose trajectory escapes to
 infinity, which happens to Rossler's, is drawn again). The paper cut one long trajectory
 into contiguous segments; independent starts give segments from the same invariant set and let
-all trials integrate at once. Observation as the paper's: the state z-scored per variable, a
-readout ``W`` (3 x n_neurons) with entries U(-0.5, 0.5), each neuron's activity ``s W`` z-scored
-over the dataset, log-rate = z-scored activity + log(base_rate) (log-linear), Poisson counts.
+all trials integrate at once. Observation as the paper's: a readout ``W`` (3 x n_neurons) with
+entries U(-0.5, 0.5) of the system's raw state ``s``, each neuron's activity ``s W`` z-scored over
+the dataset, log-rate = z-scored activity + log(base_rate) (log-linear), Poisson counts. (Reading
+out the z-scored state instead would weigh Rossler's rare z excursions like x and y, and give
+counts in the thousands per bin.) ``latents_true`` is the state z-scored per variable.
 """
 from __future__ import annotations
 
@@ -183,7 +185,7 @@ def attractor(
 
     readout = rng["neurons"].uniform(-0.5, 0.5, (3, n_neurons))
     readout = readout[:, np.argsort(readout[0])]  # the paper sorts the neurons by their first weight
-    activity = latents @ readout
+    activity = states @ readout  # the raw state, as the paper's
     activity = (activity - activity.mean(axis=(0, 1))) / activity.std(axis=(0, 1))
     rates = (base_rate * np.exp(activity)).astype(np.float32)
 

@@ -6,7 +6,8 @@ import pytest
 from scipy.integrate import solve_ivp
 
 from data_generators import attractor
-from data_generators.attractors import SYSTEMS, arneodo_derivative, integrate, rossler_derivative
+from data_generators.attractors import STREAMS, SYSTEMS, arneodo_derivative, integrate, rossler_derivative
+from data_generators.common import random_streams
 from lfads_nb import ConfigError
 
 SMALL = dict(n_trials=40, n_bins=20)
@@ -29,6 +30,20 @@ def test_integrator_matches_an_independent_solver(system):
                     t_eval=np.linspace(0, period, 11)).y.T
     np.testing.assert_allclose(ours, ref, atol=1e-5)
 
+
+
+@pytest.mark.parametrize("system", sorted(SYSTEMS))
+def test_rates_are_the_papers_readout_of_the_raw_state(system):
+    """The observation model of Sedler et al.'s ChaoticDataModule.prepare_data, rebuilt here from its
+    steps: activity = raw state @ W (W ~ U(-0.5, 0.5), neurons sorted by their first weight), each
+    neuron's activity z-scored, rate = exp(activity) per bin. Reading out the z-scored state instead
+    gives Rossler's rare z excursions the weight of x and y, and counts in the thousands per bin."""
+    ds = attractor(system, seed=3, **SMALL)
+    raw = ds["latents_true"].values * np.asarray(ds.attrs["state_std"]) + np.asarray(ds.attrs["state_mean"])
+    readout = random_streams(3, STREAMS)["neurons"].uniform(-0.5, 0.5, (3, 10))
+    activity = raw @ readout[:, np.argsort(readout[0])]
+    activity = (activity - activity.mean(axis=(0, 1))) / activity.std(axis=(0, 1))
+    np.testing.assert_allclose(ds["rates_true"].values * ds.attrs["bin_width"], np.exp(activity), rtol=1e-5)
 
 @pytest.mark.parametrize("system", sorted(SYSTEMS))
 def test_dataset_shape_log_linear_rates_and_truth(system):
