@@ -173,6 +173,23 @@ def test_the_read_in_is_the_sessions_held_in_neurons():
         infer(model, other)
 
 
+def test_log1p_encoder_input_changes_what_the_encoders_read_not_what_the_loss_scores():
+    """With ``log1p_encoder_input`` the model on counts x is the plain model (same weights) with
+    log(1 + x) at its encoders and x still as the likelihood's target."""
+    torch.manual_seed(0)
+    logged = LFADS(LFADSConfig(n_neurons=5, co_dim=0, log1p_encoder_input=True, **SMALL)).eval()
+    plain = LFADS(LFADSConfig(n_neurons=5, co_dim=0, **SMALL)).eval()
+    plain.load_state_dict(logged.state_dict())
+    counts = torch.poisson(torch.full((3, 6, 5), 40.0))
+    heldin = torch.ones(5, dtype=torch.bool)
+    batch = transforms.make_batch(counts, heldin)
+    seen_as_log = transforms.make_batch(torch.log1p(counts), heldin)._replace(target=counts)
+    torch.testing.assert_close(logged.entry_nll(batch), plain.entry_nll(seen_as_log))
+    assert not torch.allclose(logged.entry_nll(batch), plain.entry_nll(batch))
+    with pytest.raises(lfads_nb.ConfigError, match="log1p_encoder_input"):
+        LFADSConfig(n_neurons=5, log1p_encoder_input="yes")
+
+
 # ---- the transforms ----------------------------------------------------------------------------
 
 

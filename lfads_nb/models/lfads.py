@@ -109,6 +109,7 @@ class LFADSConfig:
     node_solver: str = "euler"   # "node": fixed-step "euler" or "rk4"
     node_substeps: int = 1       # "node": solver steps per time bin
     node_step: float = 0.1       # "node": the vector field's time per bin (Sedler et al.'s Euler cell: 0.1)
+    log1p_encoder_input: bool = False  # the encoders read log(1 + data): counts of hundreds per bin saturate their GRUs
 
     def __post_init__(self):
         if self.encod_dim is None:
@@ -142,6 +143,8 @@ class LFADSConfig:
                      "node_step"]:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"LFADSConfig.{name} must be > 0, got {getattr(self, name)}.")
+        if not isinstance(self.log1p_encoder_input, bool):
+            raise ConfigError(f"LFADSConfig.log1p_encoder_input must be True or False, got {self.log1p_encoder_input!r}.")
         if self.generator not in GENERATORS:
             raise ConfigError(f"LFADSConfig.generator must be one of {sorted(GENERATORS)}, got {self.generator!r}.")
         if self.node_solver not in ODE_SOLVERS:
@@ -371,6 +374,15 @@ class FactorReadout(nn.Module):
 # --------------------------------------------------------------------------------------------
 # The model
 # --------------------------------------------------------------------------------------------
+
+
+def encoder_read_in(read_in: nn.Module, batch: Batch, log1p: bool) -> Tensor:
+    """``read_in`` of what the encoders may read (``transforms.encoder_input``), log(1 + x) first when
+    ``log1p`` (``LFADSConfig.log1p_encoder_input``): a few bins of hundreds of counts, such as
+    Rossler's z excursions, would otherwise saturate the encoders' gates. The likelihood still
+    scores the counts themselves."""
+    x = encoder_input(batch)
+    return read_in(torch.log1p(x) if log1p else x)
 
 
 def _linear(x: Tensor, weight: Tensor, bias: Tensor) -> Tensor:
@@ -834,7 +846,7 @@ class LFADS(nn.Module):
         """Infer everything for a batch.
 
         encoder_input (B, T, encod_dim): already masked, rescaled and read in by the caller
-        (``session.read_in(transforms.encoder_input(batch))``). ext_input (B, T, ext_input_dim) or None.
+        (``encoder_view(batch)``). ext_input (B, T, ext_input_dim) or None.
         ``sample=True`` draws g0 and u_t from their posteriors (training, posterior sampling);
         ``sample=False`` uses the posterior means. kl_co is the one-sample estimate at the drawn
         u when sampling, and its closed-form expectation when not (so ``sample=False`` is
@@ -923,21 +935,25 @@ class LFADS(nn.Module):
 
     # ---- the model protocol: what train, infer and the tuners use -------------------------
 
+    def encoder_view(self, batch: Batch) -> Tensor:
+        """What the encoders read (B, T, encod_dim): ``encoder_read_in`` of the session's read-in."""
+        return encoder_read_in(self.session.read_in, batch, self.config.log1p_encoder_input)
+
     def loss(self, batch: Batch, weights: Mapping, *, noise: Noise | None = None,
              dropout: float | Tensor | None = None) -> tuple[Tensor, dict[str, Tensor]]:
         """``objective`` of a training forward pass (posterior samples) on ``batch``."""
-        out = self(self.session.read_in(encoder_input(batch)), batch.ext, sample=True, noise=noise, dropout=dropout)
+        out = self(self.encoder_view(batch), batch.ext, sample=True, noise=noise, dropout=dropout)
         return self.objective(out, batch, weights)
 
     def entry_nll(self, batch: Batch) -> Tensor:
         """(B, T, N) NLL of every entry of ``batch.target`` under the posterior means (nats)."""
-        out = self(self.session.read_in(encoder_input(batch)), batch.ext, sample=False)
+        out = self(self.encoder_view(batch), batch.ext, sample=False)
         return self.observation.nll(out.obs_params, batch.target)
 
     def infer_batch(self, batch: Batch, *, sample: bool) -> dict[str, Tensor]:
         """What ``infer`` returns for a batch: ``mean``, the observation mean per bin (B, T, N)
         (the data kind names it and sets its units), and the outputs named in ``output_dims``."""
-        out = self(self.session.read_in(encoder_input(batch)), batch.ext, sample=sample)
+        out = self(self.encoder_view(batch), batch.ext, sample=sample)
         return {"mean": self.observation.mean(out.obs_params), "factors": out.factors, "inputs": out.inputs,
                 "ic_mean": out.ic_mean, "generator_states": out.gen_states}
 

@@ -37,8 +37,8 @@ from ..data.kinds import kind_of
 from ..data.schema import heldin_mask, observed_variable, training_values
 from ..data.sessions import session_names, validate_sessions
 from ..errors import ConfigError, DataError
-from ..transforms import Batch, encoder_input
-from .lfads import LFADS, LFADSConfig, LFADSOutput, Noise, SessionEnds
+from ..transforms import Batch
+from .lfads import LFADS, LFADSConfig, LFADSOutput, Noise, SessionEnds, encoder_read_in
 from .observations import make_observation
 
 
@@ -195,7 +195,8 @@ class StitchedLFADS(LFADS):
                 raise DataError(f"Batch of unknown session {name!r}; the model's sessions are {list(self.sessions)}.")
             if batches[name].ext is not None:
                 raise DataError("A StitchedLFADS takes no external inputs; drop 'ext_input' from the sessions.")
-        x = torch.cat([self.sessions[name].read_in(encoder_input(b)) for name, b in batches.items()])
+        x = torch.cat([encoder_read_in(self.sessions[name].read_in, b, self.config.log1p_encoder_input)
+                       for name, b in batches.items()])
         out = self.core(x, None, sample=sample, noise=noise, dropout=dropout)
         sizes = [b.target.shape[0] for b in batches.values()]
         params = {name: self.sessions[name].observation(f)
