@@ -156,6 +156,7 @@ def fixed_points(
     newton_steps: int = 20,
     tolerance: float = 1e-6,
     merge_distance: float = 0.05,
+    max_data_distance: float | None = 1.0,
     seed: int = 0,
 ) -> xr.Dataset:
     """Fixed points of ``model``'s generator with zero inputs, classified on its one-bin map (see the
@@ -174,18 +175,25 @@ def fixed_points(
         mean of ||velocity||^2 / 2 over the states), so the test does not depend on the units of g.
     merge_distance: candidates closer than this, in units of the states' RMS distance from their
         mean, are one fixed point (the one with the lowest q is kept).
+    max_data_distance: keep only points within this distance of the nearest state, in the same
+        units. Farther out no data constrain the generator, so a point there (a minimiser can run far
+        from its start) is an artefact of how the model extrapolates, not part of what it learned.
+        None keeps every point.
     seed: draws the starts and the noise.
 
     Returns
     -------
     The Dataset :func:`linearisation` describes (dims ``fixed_point``, sorted by q lowest first,
     ``generator`` and ``eigen``), from the Jacobian of the one-bin map ``generator.step``, plus
-    ``speed`` q; attrs ``dynamics`` ('map' or 'field': what the generator is), ``n_starts`` and
-    ``n_converged`` (starts that met the tolerance before merging).
+    ``speed`` q and ``data_distance`` (to the nearest state, units as ``merge_distance``); attrs
+    ``dynamics`` ('map' or 'field': what the generator is), ``n_starts``, ``n_converged`` (starts
+    that met the tolerance before merging) and ``n_outside_data`` (points dropped by
+    ``max_data_distance``).
     """
-    if n_starts < 1 or adam_steps < 0 or newton_steps < 0 or tolerance <= 0 or merge_distance < 0 or noise < 0:
+    if (n_starts < 1 or adam_steps < 0 or newton_steps < 0 or tolerance <= 0 or merge_distance < 0 or noise < 0
+            or (max_data_distance is not None and max_data_distance <= 0)):
         raise ConfigError("fixed_points needs n_starts >= 1, adam_steps >= 0, newton_steps >= 0, tolerance > 0, "
-                          "merge_distance >= 0 and noise >= 0.")
+                          "merge_distance >= 0, noise >= 0 and max_data_distance > 0 (or None).")
     dynamics = autonomous(model)
     x = _points(states, "states")
     if x.shape[1] != dynamics.dim:
@@ -200,14 +208,28 @@ def fixed_points(
     converged = q < tolerance * max(scale_q, 1e-300)
     radius = float(np.sqrt(((x - x.mean(axis=0)) ** 2).sum(axis=1).mean()))
     kept = _merge(g.numpy()[converged], q[converged], merge_distance * radius)
-    points = g.numpy()[converged][kept]
+    points, speeds = g.numpy()[converged][kept], q[converged][kept]
+    data_distance = _nearest_distance(points, x) / radius
+    inside = data_distance <= (np.inf if max_data_distance is None else max_data_distance)
+    points, speeds, data_distance = points[inside], speeds[inside], data_distance[inside]
     step_jacobians = (jacobians(dynamics.step, torch.from_numpy(points)).numpy() if len(points)
                       else np.zeros((0, dynamics.dim, dynamics.dim)))
     found = linearisation(points, step_jacobians)
-    found["speed"] = ("fixed_point", q[converged][kept], {"description": "q = ||velocity||^2 / 2 at the point"})
+    found["speed"] = ("fixed_point", speeds, {"description": "q = ||velocity||^2 / 2 at the point"})
+    found["data_distance"] = ("fixed_point", data_distance, {
+        "description": "distance to the nearest state, in units of the states' RMS distance from their mean"})
     found.attrs.update(dynamics="field" if dynamics.continuous else "map", n_starts=n_starts,
-                       n_converged=int(converged.sum()))
+                       n_converged=int(converged.sum()), n_outside_data=int((~inside).sum()))
     return found
+
+
+def _nearest_distance(points: np.ndarray, states: np.ndarray, chunk: int = 4096) -> np.ndarray:
+    """Distance from each of ``points`` (P, D) to the nearest of ``states`` (N, D): (P,)."""
+    nearest = np.full(len(points), np.inf)
+    for start in range(0, len(states), chunk):
+        block = states[start:start + chunk]
+        nearest = np.minimum(nearest, np.sqrt(((points[:, None] - block[None]) ** 2).sum(-1)).min(axis=1))
+    return nearest
 
 
 def _speed(dynamics: Dynamics, g: torch.Tensor) -> torch.Tensor:

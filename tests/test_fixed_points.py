@@ -287,6 +287,31 @@ def test_merging_and_unconverged_starts():
     assert one.attrs["n_converged"] == 16 and one.sizes["fixed_point"] == 1
 
 
+
+def test_points_far_from_every_state_are_dropped_and_counted():
+    """dg0/dt = -u (u - 8) with u = g0 - c0, the other two dims decaying to c: zeros at c (inside the
+    unit-variance cloud of states around c) and at c + 8 e0, about 5 away from the nearest state,
+    i.e. ~3 RMS radii (sqrt 3). Starts spread by noise reach both; the far one is outside the data."""
+
+    class TwoZeros(LinearField):
+        def vector_field(self, g, inputs):
+            u = g - CENTRE
+            return torch.stack([-u[:, 0] * (u[:, 0] - 8.0), -u[:, 1], -u[:, 2]], dim=-1)
+
+    search = dict(n_starts=64, noise=3.0, adam_steps=400, lr=0.1)
+    everything = dynamics.fixed_points(TwoZeros(np.eye(3)), _cloud(), max_data_distance=None, **search)
+    assert everything.sizes["fixed_point"] == 2 and everything.attrs["n_outside_data"] == 0
+    far = np.argmax(everything.state.values[:, 0])
+    np.testing.assert_allclose(everything.state.values[far], CENTRE.numpy() + [8.0, 0.0, 0.0], atol=1e-9)
+    states = _cloud()
+    radius = np.sqrt(((states - states.mean(0)) ** 2).sum(1).mean())
+    nearest = np.linalg.norm(states - everything.state.values[far], axis=1).min() / radius
+    assert 2.0 < nearest < 4.0 and everything.data_distance.values[far] == pytest.approx(nearest)
+    found = dynamics.fixed_points(TwoZeros(np.eye(3)), states, **search)
+    assert found.sizes["fixed_point"] == 1 and found.attrs["n_outside_data"] == 1
+    np.testing.assert_allclose(found.state.values[0], CENTRE.numpy(), atol=1e-9)
+    assert found.data_distance.values[0] < 0.5
+
 @pytest.mark.parametrize("generator", ["gru", "node"])
 def test_lfads_generators_points_are_fixed_under_their_own_dynamics(generator):
     """Independent check on a (briefly trained) LFADS: at each point found, the model's own float64
