@@ -37,6 +37,7 @@ import numpy as np
 import torch
 import xarray as xr
 from scipy.optimize import linear_sum_assignment
+from scipy.spatial import cKDTree
 
 from .errors import ConfigError, DataError
 from .metrics import affine_fit
@@ -209,7 +210,7 @@ def fixed_points(
     radius = float(np.sqrt(((x - x.mean(axis=0)) ** 2).sum(axis=1).mean()))
     kept = _merge(g.numpy()[converged], q[converged], merge_distance * radius)
     points, speeds = g.numpy()[converged][kept], q[converged][kept]
-    data_distance = _nearest_distance(points, x) / radius
+    data_distance = cKDTree(x).query(points)[0] / radius if len(points) else np.zeros(0)
     inside = data_distance <= (np.inf if max_data_distance is None else max_data_distance)
     points, speeds, data_distance = points[inside], speeds[inside], data_distance[inside]
     step_jacobians = (jacobians(dynamics.step, torch.from_numpy(points)).numpy() if len(points)
@@ -221,15 +222,6 @@ def fixed_points(
     found.attrs.update(dynamics="field" if dynamics.continuous else "map", n_starts=n_starts,
                        n_converged=int(converged.sum()), n_outside_data=int((~inside).sum()))
     return found
-
-
-def _nearest_distance(points: np.ndarray, states: np.ndarray, chunk: int = 4096) -> np.ndarray:
-    """Distance from each of ``points`` (P, D) to the nearest of ``states`` (N, D): (P,)."""
-    nearest = np.full(len(points), np.inf)
-    for start in range(0, len(states), chunk):
-        block = states[start:start + chunk]
-        nearest = np.minimum(nearest, np.sqrt(((points[:, None] - block[None]) ** 2).sum(-1)).min(axis=1))
-    return nearest
 
 
 def _speed(dynamics: Dynamics, g: torch.Tensor) -> torch.Tensor:

@@ -31,7 +31,6 @@ def test_integrator_matches_an_independent_solver(system):
     np.testing.assert_allclose(ours, ref, atol=1e-5)
 
 
-
 @pytest.mark.parametrize("system", sorted(SYSTEMS))
 def test_rates_are_the_papers_readout_of_the_raw_state(system):
     """The observation model of Sedler et al.'s ChaoticDataModule.prepare_data, rebuilt here from its
@@ -44,6 +43,7 @@ def test_rates_are_the_papers_readout_of_the_raw_state(system):
     activity = raw @ readout[:, np.argsort(readout[0])]
     activity = (activity - activity.mean(axis=(0, 1))) / activity.std(axis=(0, 1))
     np.testing.assert_allclose(ds["rates_true"].values * ds.attrs["bin_width"], np.exp(activity), rtol=1e-5)
+
 
 @pytest.mark.parametrize("system", sorted(SYSTEMS))
 def test_dataset_shape_log_linear_rates_and_truth(system):

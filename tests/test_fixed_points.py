@@ -287,7 +287,6 @@ def test_merging_and_unconverged_starts():
     assert one.attrs["n_converged"] == 16 and one.sizes["fixed_point"] == 1
 
 
-
 def test_points_far_from_every_state_are_dropped_and_counted():
     """dg0/dt = -u (u - 8) with u = g0 - c0, the other two dims decaying to c: zeros at c (inside the
     unit-variance cloud of states around c) and at c + 8 e0, about 5 away from the nearest state,
@@ -311,6 +310,7 @@ def test_points_far_from_every_state_are_dropped_and_counted():
     assert found.sizes["fixed_point"] == 1 and found.attrs["n_outside_data"] == 1
     np.testing.assert_allclose(found.state.values[0], CENTRE.numpy(), atol=1e-9)
     assert found.data_distance.values[0] < 0.5
+
 
 @pytest.mark.parametrize("generator", ["gru", "node"])
 def test_lfads_generators_points_are_fixed_under_their_own_dynamics(generator):
